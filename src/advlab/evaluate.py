@@ -1,0 +1,191 @@
+"""Clean and robust accuracy of a classifier over a list of attacks and a grid of ε.
+
+Robust accuracy is measured per example: an example counts as robust under an attack only if the
+model classifies it correctly both clean and at the attack's adversarial point, re-checked by a fresh
+forward pass on the returned images (never taken from the attack's own bookkeeping). The worst case
+over attacks is the per-example AND. Every evaluation ends by verifying that each adversarial example
+lies in its ε-ball and in [0, 1] with no NaN, and raises :class:`IntegrityError` otherwise.
+
+Python::
+
+    from advlab.attacks import parse_attack
+    result = evaluate(model, test_data, attacks=[parse_attack("fgsm"), parse_attack("pgd20")], eps=[0.1])
+    print(result.table())
+
+Command line: ``advlab evaluate RUN_DIR --attack fgsm --attack pgd20 --eps 0.05,0.1``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from advlab.attacks import AttackSpec, eval_mode
+from advlab.errors import AdvlabError
+
+# Float slack for the ε-ball check: projections are exact up to float32 rounding of x ± ε.
+BALL_TOLERANCE = 1e-6
+
+
+class IntegrityError(RuntimeError):
+    """An attack returned a point outside its threat model: a bug, never a result to report."""
+
+
+def verify_adversarial(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str, *, what: str = "attack") -> None:
+    """Fail loudly unless ``x_adv`` is finite, in [0, 1] and within ``eps`` of ``x`` in ``norm``."""
+    if not torch.isfinite(x_adv).all():
+        raise IntegrityError(f"{what}: adversarial examples contain NaN or infinity")
+    if x_adv.numel() and (x_adv.min() < 0 or x_adv.max() > 1):
+        raise IntegrityError(f"{what}: adversarial pixels leave [0, 1] ({x_adv.min().item()}, {x_adv.max().item()})")
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(p=2, dim=1)
+    limit = eps + BALL_TOLERANCE if norm == "linf" else eps * (1 + 1e-5) + BALL_TOLERANCE
+    if size.numel() and size.max() > limit:
+        raise IntegrityError(f"{what}: perturbation of size {size.max().item():.6g} exceeds ε = {eps:g} ({norm})")
+
+
+@dataclass
+class EvalResult:
+    """Accuracies of one model: ``robust[label][i]`` is the accuracy under that attack at ``eps[i]``."""
+
+    n: int
+    clean_accuracy: float
+    eps: list[float]
+    attacks: dict[str, dict]  # label -> attack hyperparameters (AttackSpec.to_dict())
+    robust: dict[str, list[float]]
+    worst_case: list[float]
+    seconds: float
+    per_example: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # "clean", label@eps -> bool
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (per-example flags left out)."""
+        return {"n": self.n, "clean_accuracy": self.clean_accuracy, "eps": self.eps, "attacks": self.attacks,
+                "robust_accuracy": self.robust, "worst_case_accuracy": self.worst_case, "seconds": self.seconds}
+
+    def table(self) -> str:
+        """A plain-text table: one row per ε, one column per attack, then the worst case."""
+        labels = list(self.robust)
+        header = ["eps", "clean"] + labels + (["worst case"] if len(labels) > 1 else [])
+        rows = []
+        for i, eps in enumerate(self.eps):
+            row = [f"{eps:.4g}", f"{100 * self.clean_accuracy:.2f}%"]
+            row += [f"{100 * self.robust[label][i]:.2f}%" for label in labels]
+            if len(labels) > 1:
+                row.append(f"{100 * self.worst_case[i]:.2f}%")
+            rows.append(row)
+        widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
+        lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header] + rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines) + f"\n({self.n} examples, {self.seconds:.1f} s)"
+
+
+def _batches(data, batch_size: int, device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(data, "batches"):
+        return data.batches(batch_size, device=device)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        return ((x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size))
+    return data  # an iterable of (x, y) batches, e.g. a DataLoader
+
+
+def evaluate(
+    model: nn.Module,
+    data,
+    *,
+    attacks: Sequence[AttackSpec],
+    eps: Sequence[float],
+    batch_size: int = 500,
+    early_stop: bool = True,
+    chain: bool = False,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    keep_per_example: bool = False,
+) -> EvalResult:
+    """Clean accuracy, and robust accuracy for each attack and ε, with the per-example worst case.
+
+    ``data`` is an :class:`advlab.data.ImageData`, an ``(x, y)`` pair of tensors or an iterable of
+    batches. ``early_stop`` lets each attack drop examples as soon as they are fooled (exactly as strong,
+    much faster on weak models). ``chain=True`` runs each attack only on the examples that all earlier
+    attacks left robust (AutoAttack style, fastest); then the per-attack numbers are cumulative.
+    Randomness (random starts) comes from a generator seeded with ``seed``, so results repeat.
+    """
+    if not attacks:
+        raise AdvlabError("give at least one attack to evaluate")
+    if not eps:
+        raise AdvlabError("give at least one ε to evaluate")
+    for attack in attacks:
+        for e in eps:
+            attack.hyperparameters(e)  # AttackSpec validated itself; ε is checked by the attack
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    labels = [a.label for a in attacks]
+    if len(set(labels)) != len(labels):
+        raise AdvlabError(f"the same attack is listed twice: {labels}")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    start = time.perf_counter()
+    clean_flags: list[torch.Tensor] = []
+    robust_flags: dict[tuple[str, int], list[torch.Tensor]] = {(a.label, i): [] for a in attacks for i in range(len(eps))}
+    worst_flags: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(eps))}
+    batches = _batches(data, batch_size, device)
+    total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
+    bar = _progress(total, progress, "evaluate")
+    with eval_mode(model):
+        for x, y in batches:
+            with torch.inference_mode():
+                correct = model(x).argmax(1) == y
+            clean_flags.append(correct.cpu())
+            for i, e in enumerate(eps):
+                still_robust = correct.clone()
+                for attack in attacks:
+                    # Only clean-correct examples can be robust; chained attacks also skip the broken ones.
+                    todo = (still_robust if chain else correct).nonzero().squeeze(1)
+                    robust = torch.zeros_like(correct)
+                    if todo.numel():
+                        x_adv = attack(model, x[todo], y[todo], eps=e, generator=generator, early_stop=early_stop)
+                        verify_adversarial(x[todo], x_adv, e, attack.norm, what=attack.label)
+                        with torch.inference_mode():
+                            robust[todo] = model(x_adv).argmax(1) == y[todo]
+                    robust_flags[(attack.label, i)].append((robust & still_robust if chain else robust).cpu())
+                    still_robust &= robust
+                worst_flags[i].append(still_robust.cpu())
+            bar.update(len(y))
+    bar.close()
+    clean = torch.cat(clean_flags) if clean_flags else torch.zeros(0, dtype=torch.bool)
+    n = int(clean.numel())
+    if n == 0:
+        raise AdvlabError("no examples to evaluate")
+    per_example = {"clean": clean}
+    robust_acc: dict[str, list[float]] = {label: [] for label in labels}
+    for (label, i), flags in robust_flags.items():
+        flags_all = torch.cat(flags)
+        robust_acc[label].append(flags_all.float().mean().item())
+        per_example[f"{label}@{eps[i]:g}"] = flags_all
+    worst = [torch.cat(worst_flags[i]).float().mean().item() for i in range(len(eps))]
+    return EvalResult(
+        n=n, clean_accuracy=clean.float().mean().item(), eps=[float(e) for e in eps],
+        attacks={a.label: a.to_dict() for a in attacks}, robust=robust_acc, worst_case=worst,
+        seconds=time.perf_counter() - start, per_example=per_example if keep_per_example else {},
+    )
+
+
+def clean_accuracy(model: nn.Module, data, *, batch_size: int = 1000, device=None) -> float:
+    """Fraction of ``data`` that ``model`` classifies correctly (eval mode, no gradients)."""
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    correct = seen = 0
+    with eval_mode(model), torch.inference_mode():
+        for x, y in _batches(data, batch_size, device):
+            correct += int((model(x).argmax(1) == y).sum())
+            seen += len(y)
+    return correct / max(seen, 1)
+
+
+def _progress(total: int | None, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="img", leave=False, dynamic_ncols=True)

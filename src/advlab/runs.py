@@ -1,0 +1,178 @@
+"""Run folders and checkpoints: atomic writes, safetensors weights, JSON records, no unpickling.
+
+A checkpoint is two files side by side:
+
+* ``NAME.safetensors``: the weights (``state_dict`` of the model returned by
+  :func:`advlab.models.create_model`), with the JSON record also stored in the file's metadata so the
+  file alone rebuilds the model;
+* ``NAME.json``: the record — model name and arguments, data set, normalization, resolved config,
+  epoch, metrics, advlab and torch versions.
+
+Load with :func:`load_checkpoint` (a run folder or a ``.safetensors`` path). Every write goes to a
+temporary file in the same folder and is moved into place with ``os.replace``, so an interrupted
+write never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advlab.errors import AdvlabError
+
+CHECKPOINT_FORMAT = 1  # bump when the record's layout changes incompatibly
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (all or nothing)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise AdvlabError(f"cannot write to {path.parent}: {err.strerror}; choose a writable folder") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdvlabError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdvlabError(f"{path} is not a readable JSON file ({err}); recreate it or point to another run") from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create the run folder, refusing to touch an existing non-empty one unless asked.
+
+    ``resume`` accepts an existing folder (the caller checks it holds the same run); ``overwrite``
+    empties nothing but lets the new run's files replace the old ones one by one.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AdvlabError(f"{path} exists and is not a folder; choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
+        raise AdvlabError(f"run folder {path} already exists and is not empty; use --resume to continue it, "
+                          "--overwrite to replace its files, or choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-")
+        probe.close()
+    except OSError as err:
+        raise AdvlabError(f"cannot write to run folder {path}: {err.strerror}; choose a writable --out") from None
+    return path
+
+
+def versions() -> dict[str, str]:
+    import advlab
+
+    return {"advlab": advlab.__version__, "torch": torch.__version__}
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Atomically save a flat dict of tensors in safetensors format (contiguous CPU copies)."""
+    from safetensors.torch import save
+
+    flat = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    return atomic_write_bytes(path, save(flat, metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file: (tensors, metadata). Never unpickles; corrupt files raise AdvlabError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise AdvlabError(f"checkpoint {path} does not exist; train one with `advlab train` or check the path")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise AdvlabError(f"checkpoint {path} is corrupt or not a safetensors file ({err}); "
+                          "retrain or restore it") from None
+    return tensors, metadata
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, record: dict[str, Any]) -> Path:
+    """Save ``model``'s weights to ``path`` (``.safetensors``) and ``record`` beside it as JSON.
+
+    ``record`` must hold at least ``model`` (name) and ``model_args`` (arguments of ``create_model``).
+    """
+    path = Path(path)
+    missing = {"model", "model_args"} - set(record)
+    if missing:
+        raise ValueError(f"checkpoint record lacks {sorted(missing)}")
+    record = {"format": CHECKPOINT_FORMAT, **record, "versions": versions()}
+    text = json.dumps(record, default=_json_default)
+    save_tensors(path, model.state_dict(), metadata={"advlab": text})
+    write_json(path.with_suffix(".json"), record)
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder means its ``best.safetensors`` if there is one, else ``model.safetensors``."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.safetensors", "model.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise AdvlabError(f"{path} holds no checkpoint (model.safetensors); train one with `advlab train --out {path}`")
+    return path
+
+
+def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved at ``path`` (a ``.safetensors`` file or a run folder) in eval mode.
+
+    Returns ``(model, record)``. Only tensors and JSON are read: nothing is unpickled.
+    """
+    from advlab.models import create_model
+
+    path = resolve_checkpoint(path)
+    tensors, metadata = load_tensors(path)
+    try:
+        record = json.loads(metadata["advlab"])
+        model = create_model(record["model"], **record["model_args"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise AdvlabError(f"{path} is a safetensors file but not an advlab checkpoint (no model record)") from None
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise AdvlabError(f"checkpoint {path} does not match model {record['model']!r}: {first}") from None
+    return model.to(device).eval(), record
