@@ -376,5 +376,5 @@ def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
         )
     name, steps, restarts, spec_norm = match.groups()
     if name != "pgd" and (steps or restarts):
-        raise AdvlabError(f"{name} takes no step or restart count, got {text!r}")
+        raise AdvlabError(f"attack {name} takes no step or restart count, got {text!r}")
     return AttackSpec(name=name, norm=spec_norm or norm or "linf", steps=int(steps or 20), restarts=int(restarts or 1))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
@@ -189,3 +190,111 @@ def _progress(total: int | None, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+
+
+def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None, data_dir, progress: bool):
+    from advlab.data import load_dataset
+
+    name = dataset or record.get("dataset")
+    if not name:
+        raise AdvlabError("the checkpoint names no data set; pass --dataset")
+    data = load_dataset(name, split, data_dir=data_dir, progress=progress)
+    if n is not None:
+        if n < 1:
+            raise AdvlabError(f"--n must be at least 1, got {n}")
+        data = data.subset(min(n, len(data)))
+    return data
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    attacks: Sequence[AttackSpec],
+    eps: Sequence[float],
+    n: int | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    data_dir=None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    batch_size: int = 500,
+    chain: bool = False,
+    early_stop: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> EvalResult:
+    """Load a checkpoint, evaluate it on ``n`` examples of ``split`` and write the result as JSON to ``out``."""
+    from advlab.runs import load_checkpoint, write_json
+
+    out = Path(out) if out is not None else None
+    if out is not None and out.exists() and not overwrite:
+        raise AdvlabError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    model, record = load_checkpoint(checkpoint)
+    data = _load_test_data(record, dataset, split, n, data_dir, progress)
+    result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
+                      early_stop=early_stop, seed=seed, progress=progress)
+    if out is not None:
+        write_json(out, {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split,
+                         "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
+                         **result.to_dict()})
+    return result
+
+
+def attack_checkpoint(
+    checkpoint: str | Path,
+    *,
+    attack: AttackSpec,
+    eps: float,
+    out: str | Path,
+    n: int = 8,
+    target: int | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    data_dir=None,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Attack the first ``n`` examples of ``split`` and write ``adversarial.safetensors``, ``gallery.png``
+    and ``attack.json`` (hyperparameters and success rate) into the folder ``out``.
+
+    ``target`` makes the attack targeted at that class index (examples already of that class are skipped).
+    """
+    import dataclasses
+
+    from advlab.report import save_gallery
+    from advlab.runs import load_checkpoint, prepare_run_dir, save_tensors, write_json
+
+    out = prepare_run_dir(out, overwrite=overwrite)
+    model, record = load_checkpoint(checkpoint)
+    data = _load_test_data(record, dataset, split, None, data_dir, progress)
+    classes = data.info.classes
+    if target is not None:
+        if not 0 <= target < len(classes):
+            raise AdvlabError(f"--target must be a class index from 0 to {len(classes) - 1}, got {target}")
+        keep = (data.labels != target).nonzero().squeeze(1)
+        data = data.subset(keep)
+        attack = dataclasses.replace(attack, targeted=True)
+    data = data.subset(min(n, len(data)))
+    x, y = data.tensors()
+    goal = torch.full_like(y, target) if target is not None else y
+    generator = torch.Generator().manual_seed(seed)
+    x_adv = attack(model, x, goal, eps=eps, generator=generator)
+    verify_adversarial(x, x_adv, eps, attack.norm, what=attack.label)
+    with torch.inference_mode():
+        logits_clean, logits_adv = model(x), model(x_adv)
+    prediction = logits_adv.argmax(1)
+    success = prediction == goal if target is not None else prediction != y
+    save_tensors(out / "adversarial.safetensors",
+                 {"x": x, "x_adv": x_adv, "labels": y, "prediction_clean": logits_clean.argmax(1),
+                  "prediction_adv": prediction})
+    title = f"{attack.label}, ε = {eps:g}" + (f", target: {classes[target]}" if target is not None else "")
+    save_gallery(out / "gallery.png", x[:16], x_adv[:16], y[:16], logits_clean[:16], logits_adv[:16],
+                 classes=classes, eps=eps, title=title, targets=goal[:16] if target is not None else None)
+    summary = {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split, "n": len(y),
+               **attack.hyperparameters(eps), "target": target,
+               "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),
+               "success_rate": float(success.float().mean()),
+               "files": ["adversarial.safetensors", "gallery.png", "attack.json"]}
+    write_json(out / "attack.json", summary)
+    return summary

@@ -1,0 +1,286 @@
+"""The ``advlab`` command line: a thin layer that parses flags, calls one library function and prints.
+
+    advlab train --method pgd --eps 0.1 --epochs 10 --out runs/pgd
+    advlab attack runs/pgd --attack pgd20 --eps 0.1 --out runs/pgd/attack
+    advlab evaluate runs/pgd --attack fgsm --attack pgd50x10 --eps 0.05,0.1,0.2
+    advlab data list
+    advlab models
+
+Bad input exits with status 2 and one line on stderr that says what is wrong; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Sequence
+
+from advlab.errors import AdvlabError
+
+EPILOG_TRAIN = """examples:
+  advlab train --out runs/standard                          # standard training, Fashion-MNIST, small_cnn
+  advlab train --method fgsm --eps 0.1 --epochs 10 --out runs/fast
+  advlab train --method pgd --eps 8/255 --steps 10 --dataset cifar10 --model preact_resnet18 --out runs/c10
+  advlab train --config configs/quick.toml --out runs/quick
+  advlab train --resume --out runs/fast                      # continue an interrupted run
+"""
+EPILOG_ATTACK = """examples:
+  advlab attack runs/standard --attack fgsm --eps 0.1 --out runs/standard/fgsm
+  advlab attack runs/standard --attack pgd20 --eps 0.1 --n 16 --out runs/standard/pgd
+  advlab attack runs/standard --attack pgd50 --eps 0.1 --target 8 --out runs/standard/to-bag
+attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10); append -l2 for L2
+"""
+EPILOG_EVALUATE = """examples:
+  advlab evaluate runs/standard --attack fgsm --attack pgd20 --eps 0.1
+  advlab evaluate runs/pgd --attack fgsm --attack pgd50x10 --eps 0.05,0.1,0.15 --out runs/pgd/eval.json
+  advlab evaluate runs/pgd --attack pgd20-l2 --eps 0.5,1,2 --n 1000
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (what is wrong and where to look) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def parse_number(text: str) -> float:
+    """A float or a fraction such as ``8/255``."""
+    try:
+        return float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (use e.g. 0.1 or 8/255)") from None
+
+
+def parse_numbers(text: str) -> list[float]:
+    """A comma-separated list of numbers or fractions: ``0.05,0.1,8/255``."""
+    return [parse_number(part) for part in text.split(",") if part.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="folder with the data set files (default: $ADVLAB_DATA, "
+                        "~/.cache/advlab, the Debian system copy, else download)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+_TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
+    ("dataset", str, "fashion-mnist, mnist or cifar10 (default fashion-mnist)"),
+    ("model", str, "see `advlab models` (default small_cnn)"),
+    ("method", str, "standard, fgsm (fast AT), pgd (Madry), trades, mart or free (default standard)"),
+    ("eps", parse_number, "training ε in pixel units, L∞; accepts 8/255 (default 0.1)"),
+    ("alpha", parse_number, "attack step size (default: per method, e.g. 1.25ε for fgsm, 2.5ε/steps for pgd)"),
+    ("steps", _positive_int, "inner attack steps for pgd, trades and mart"),
+    ("beta", parse_number, "TRADES / MART trade-off weight β"),
+    ("replays", _positive_int, "minibatch replays m of free adversarial training"),
+    ("epochs", _positive_int, "training epochs"),
+    ("batch_size", _positive_int, "minibatch size"),
+    ("optimizer", str, "sgd or adam"),
+    ("lr", parse_number, "peak learning rate"),
+    ("momentum", parse_number, "SGD momentum"),
+    ("weight_decay", parse_number, "L2 weight decay"),
+    ("schedule", str, "learning-rate schedule: onecycle, piecewise or constant"),
+    ("eps_warmup_epochs", parse_number, "ramp ε up linearly from 0 over this many epochs"),
+    ("seed", int, "random seed (data order, random starts, initialization)"),
+    ("train_size", _positive_int, "train on the first N training images only (quick experiments)"),
+    ("val_size", int, "training images held out to track robust accuracy each epoch"),
+    ("check_steps", _positive_int, "PGD steps of the per-epoch robustness check"),
+]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from advlab.train import TrainConfig, load_config, train
+
+    config = load_config(args.config) if args.config else TrainConfig()
+    overrides = {name: getattr(args, name) for name, _, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
+    if args.data_dir is not None:
+        overrides["data_dir"] = str(args.data_dir)
+    config = TrainConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
+    summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"run folder: {args.out}")
+    for key in ("epochs_completed", "val_clean_accuracy", "val_robust_accuracy", "best_epoch", "seconds"):
+        if key in summary:
+            value = summary[key]
+            print(f"  {key.replace('_', ' ')}: {100 * value:.2f}%" if "accuracy" in key and value is not None
+                  else f"  {key.replace('_', ' ')}: {value}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- attack/eval
+
+
+def _attacks(names: Sequence[str] | None, norm: str, default: Sequence[str]):
+    from advlab.attacks import parse_attack
+
+    return [parse_attack(name, norm=norm) for name in (names or default)]
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from advlab.evaluate import attack_checkpoint
+
+    (attack,) = _attacks([args.attack], args.norm, ["pgd20"])
+    summary = attack_checkpoint(args.checkpoint, attack=attack, eps=args.eps, out=args.out, n=args.n,
+                                target=args.target, dataset=args.dataset, split=args.split,
+                                data_dir=args.data_dir, overwrite=args.overwrite, seed=args.seed,
+                                progress=not args.quiet)
+    goal = "reached the target" if args.target is not None else "fooled the model"
+    print(f"{attack.label} at ε = {args.eps:g}: {100 * summary['success_rate']:.1f}% of {summary['n']} "
+          f"examples {goal}; wrote {args.out}/gallery.png and {args.out}/adversarial.safetensors")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from advlab.evaluate import evaluate_checkpoint
+
+    attacks = _attacks(args.attack, args.norm, ["fgsm", "pgd20"])
+    result = evaluate_checkpoint(args.checkpoint, attacks=attacks, eps=args.eps, n=args.n, dataset=args.dataset,
+                                 split=args.split, data_dir=args.data_dir, out=args.out, overwrite=args.overwrite,
+                                 batch_size=args.batch_size, chain=args.chain, early_stop=not args.no_early_stop,
+                                 seed=args.seed, progress=not args.quiet)
+    print(result.table())
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- data/models
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from advlab.data import list_datasets
+
+    rows = list_datasets(args.data_dir)
+    print(f"{'name':<14} {'classes':>7}  {'shape':<10} where")
+    for row in rows:
+        where = f"{row['location']} ({row['source']})" if row.get("location") else \
+            f"not found; `advlab data download {row['name']}`"
+        shape = "×".join(str(s) for s in row["shape"]) if isinstance(row["shape"], (list, tuple)) else row["shape"]
+        print(f"{row['name']:<14} {row['classes']:>7}  {shape:<10} {where}")
+    return 0
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from advlab.data import download_dataset
+
+    path = download_dataset(args.name, args.data_dir, progress=not args.quiet)
+    print(f"{args.name}: verified files in {path}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from advlab.models import describe_model, list_models
+
+    for name in list_models():
+        print(f"{name:<16} {describe_model(name)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from advlab import __version__
+
+    parser = _Parser(prog="advlab", description="Adversarial robustness of image classifiers: attack, defend, "
+                     "observe. Pixels are in [0, 1]; ε is in pixel units (8/255 is accepted).",
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    parser.add_argument("--version", action="version", version=f"advlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help_text: str, epilog: str = "") -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("train", "train a classifier (standard or adversarial) into a run folder", EPILOG_TRAIN)
+    p.add_argument("--out", type=Path, required=True, help="run folder to create (refused if it exists, "
+                   "unless --resume or --overwrite)")
+    p.add_argument("--config", type=Path, help="TOML file with training settings (flags override it)")
+    for name, kind, help_text in _TRAIN_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=help_text)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
+    _add_common(p)
+    p.set_defaults(func=_cmd_train)
+
+    def attack_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("checkpoint", type=Path, help="a run folder or a .safetensors checkpoint")
+        p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat model (default linf)")
+        p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
+        p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
+        p.add_argument("--seed", type=int, default=0, help="seed for random starts (default 0)")
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        _add_common(p)
+
+    p = command("attack", "write adversarial examples and a PNG gallery for a trained model", EPILOG_ATTACK)
+    attack_options(p)
+    p.add_argument("--attack", default="pgd20", help="attack (default pgd20)")
+    p.add_argument("--eps", type=parse_number, required=True, help="ε in pixel units, e.g. 0.1 or 8/255")
+    p.add_argument("--n", type=_positive_int, default=8, help="number of test images to attack (default 8)")
+    p.add_argument("--target", type=int, help="targeted attack towards this class index")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=_cmd_attack)
+
+    p = command("evaluate", "clean and robust accuracy over attacks and ε, per-example worst case",
+                EPILOG_EVALUATE)
+    attack_options(p)
+    p.add_argument("--attack", action="append", help="attack to run; repeat for several (default: fgsm and pgd20)")
+    p.add_argument("--eps", type=parse_numbers, required=True, help="comma-separated ε values, e.g. 0.05,0.1")
+    p.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default: all)")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="images per batch (default 500)")
+    p.add_argument("--chain", action="store_true", help="run each attack only on examples that earlier "
+                   "attacks left robust (fastest; per-attack numbers become cumulative)")
+    p.add_argument("--no-early-stop", action="store_true", help="keep attacking examples already fooled "
+                   "(same result, slower; for benchmarks)")
+    p.add_argument("--out", type=Path, help="write the results as JSON to this file")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = command("data", "list or download data sets")
+    data_commands = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser, required=True)
+    q = data_commands.add_parser("list", help="each data set and where its files were found")
+    _add_common(q)
+    q.set_defaults(func=_cmd_data_list)
+    q = data_commands.add_parser("download", help="download a data set and verify its checksums")
+    q.add_argument("name", help="fashion-mnist, mnist or cifar10")
+    _add_common(q)
+    q.set_defaults(func=_cmd_data_download)
+
+    p = command("models", "list the model architectures")
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except AdvlabError as err:
+        print(f"advlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("advlab: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:  # a file problem the library did not foresee: still one line, still exit 2
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"advlab: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

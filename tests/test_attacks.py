@@ -1,0 +1,202 @@
+"""Invariants of every attack: ε-ball, [0, 1], no NaN, determinism, FGSM ≡ one-step PGD, no side effects."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from advlab.attacks import ATTACKS, AttackSpec, fgsm, parse_attack, pgd, random_noise
+from advlab.errors import AdvlabError
+from advlab.evaluate import verify_adversarial
+from advlab.models import LinearClassifier, Normalize, create_model, list_models
+
+
+def _norms(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = delta.flatten(1)
+    return flat.abs().amax(1), flat.norm(dim=1)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_registry_attacks_stay_in_ball_and_range(name, norm, tiny_cnn, batch):
+    x, y = batch
+    eps = 0.1 if norm == "linf" else 1.0
+    x_adv = ATTACKS[name](tiny_cnn, x, y, eps=eps, norm=norm)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    verify_adversarial(x, x_adv, eps, norm)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    channels=st.sampled_from([1, 3]),
+    size=st.sampled_from([4, 7]),
+    norm=st.sampled_from(["linf", "l2"]),
+    eps_fraction=st.floats(0.0, 1.0),
+    steps=st.integers(1, 6),
+    restarts=st.integers(1, 3),
+    targeted=st.booleans(),
+    early_stop=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_pgd_properties(n, channels, size, norm, eps_fraction, steps, restarts, targeted, early_stop, seed):
+    generator = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(Normalize((0.5,) * channels, (0.3,) * channels), LinearClassifier(channels, 4, size, size))
+    # Include pixels at the edges 0 and 1, where clipping matters most.
+    x = torch.rand(n, channels, size, size, generator=generator).round(decimals=1)
+    y = torch.randint(0, 4, (n,), generator=generator)
+    max_eps = 1.0 if norm == "linf" else math.sqrt(channels * size * size)
+    eps = eps_fraction * max_eps
+    x_adv = pgd(model, x, y, eps=eps, steps=steps, norm=norm, restarts=restarts, targeted=targeted,
+                early_stop=early_stop, generator=generator)
+    assert not torch.isnan(x_adv).any()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    linf, l2 = _norms(x_adv - x)
+    size_of = linf if norm == "linf" else l2
+    assert (size_of <= eps * (1 + 1e-5) + 1e-6).all()
+
+
+def test_fgsm_equals_one_step_pgd(tiny_cnn, batch):
+    x, y = batch
+    for norm, eps in [("linf", 0.05), ("l2", 0.5)]:
+        a = fgsm(tiny_cnn, x, y, eps=eps, norm=norm)
+        b = pgd(tiny_cnn, x, y, eps=eps, alpha=eps, steps=1, random_start=False, norm=norm)
+        assert torch.equal(a, b)
+
+
+def test_fgsm_matches_analytic_answer_on_linear_model():
+    torch.manual_seed(0)
+    model = LinearClassifier(1, 3, 5, 5)
+    x = torch.rand(6, 1, 5, 5) * 0.6 + 0.2  # away from the edges so clipping does not bite
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    eps = 0.1
+    # For a linear model the input gradient of CE is W^T (softmax(Wx+b) − onehot(y)).
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+        grad = (probs - nn.functional.one_hot(y, 3).float()) @ model.linear.weight
+        expected = (x + eps * grad.view_as(x).sign()).clamp(0, 1)
+    assert torch.allclose(fgsm(model, x, y, eps=eps), expected, atol=1e-7)
+    # L2 fast gradient method: a step of length ε along the normalized gradient.
+    with torch.no_grad():
+        expected_l2 = x + 0.5 * (grad / grad.norm(dim=1, keepdim=True)).view_as(x)
+    assert torch.allclose(fgsm(model, x, y, eps=0.5, norm="l2"), expected_l2, atol=1e-6)
+
+
+def test_same_seed_gives_identical_examples(tiny_cnn, batch):
+    x, y = batch
+    runs = [pgd(tiny_cnn, x, y, eps=0.1, steps=3, restarts=2, generator=torch.Generator().manual_seed(7))
+            for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    torch.manual_seed(3)
+    a = pgd(tiny_cnn, x, y, eps=0.1, steps=3)
+    torch.manual_seed(3)
+    assert torch.equal(a, pgd(tiny_cnn, x, y, eps=0.1, steps=3))
+
+
+class _Dropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Dropout(0.5), nn.BatchNorm1d(10))
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_attack_restores_modes_and_leaves_grads_alone(batch):
+    x, y = batch
+    model = _Dropout()
+    model.train()
+    model.inner[2].eval()  # a mixed state must come back exactly
+    model(x).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    modes = [m.training for m in model.modules()]
+    running = model.inner[3].running_mean.clone()
+    for attack in (fgsm, pgd, random_noise):
+        attack(model, x, y, eps=0.1)
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(p.grad, grads[name]) for name, p in model.named_parameters())
+    assert torch.equal(model.inner[3].running_mean, running)  # eval mode: BatchNorm statistics untouched
+
+
+def test_attack_works_under_no_grad_and_without_param_grads(tiny_cnn, batch):
+    x, y = batch
+    for p in tiny_cnn.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        x_adv = pgd(tiny_cnn, x, y, eps=0.1, steps=2)
+    assert not torch.equal(x_adv, x)
+
+
+def test_more_restarts_keep_the_strongest(tiny_cnn, batch):
+    x, y = batch
+    one = pgd(tiny_cnn, x, y, eps=0.05, steps=2, generator=torch.Generator().manual_seed(0))
+    many = pgd(tiny_cnn, x, y, eps=0.05, steps=2, restarts=4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fooled_one = (tiny_cnn(one).argmax(1) != y).sum()
+        fooled_many = (tiny_cnn(many).argmax(1) != y).sum()
+    assert fooled_many >= fooled_one
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(eps=-0.1), "eps"),
+        (dict(eps=1.5), "eps"),
+        (dict(eps=float("nan")), "eps"),
+        (dict(eps=0.1, steps=0), "steps"),
+        (dict(eps=0.1, restarts=0), "restarts"),
+        (dict(eps=0.1, alpha=-1.0), "alpha"),
+        (dict(eps=0.1, norm="l1"), "norm"),
+        (dict(eps=0.1, loss="hinge"), "loss"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message, tiny_cnn, batch):
+    x, y = batch
+    with pytest.raises(AdvlabError, match=message):
+        pgd(tiny_cnn, x, y, **kwargs)
+
+
+def test_normalized_inputs_are_refused(tiny_cnn, batch):
+    x, y = batch
+    with pytest.raises(AdvlabError, match=r"\[0, 1\]"):
+        fgsm(tiny_cnn, (x - 0.5) / 0.25, y, eps=0.1)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("fgsm", AttackSpec("fgsm")),
+        ("pgd", AttackSpec("pgd", steps=20)),
+        ("PGD50x10", AttackSpec("pgd", steps=50, restarts=10)),
+        ("pgd-7-l2", AttackSpec("pgd", steps=7, norm="l2")),
+        ("noise", AttackSpec("noise")),
+    ],
+)
+def test_parse_attack(text, expected):
+    assert parse_attack(text) == expected
+
+
+@pytest.mark.parametrize("text", ["cw", "fgsm10", "pgd-x", "pgd20-l1", ""])
+def test_parse_attack_rejects_unknown(text):
+    with pytest.raises(AdvlabError, match="attack"):
+        parse_attack(text)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_is_attackable(name):
+    torch.manual_seed(0)
+    channels, size = (3, 32) if name == "preact_resnet18" else (1, 28)
+    model = create_model(name, in_channels=channels, num_classes=10)
+    x = torch.rand(2, channels, size, size)
+    x_adv = pgd(model, x, torch.tensor([0, 1]), eps=0.03, steps=2)
+    verify_adversarial(x, x_adv, 0.03, "linf")
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(AdvlabError, match="unknown model"):
+        create_model("resnet9000")
