@@ -19,3 +19,54 @@ def tiny_cnn() -> nn.Module:
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     return torch.rand(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+
+
+FASHION_MNIST_SYSTEM = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+def _require_fashion_mnist() -> None:
+    import os
+
+    if not os.path.exists(FASHION_MNIST_SYSTEM):
+        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (scripts/setup.sh does)")
+
+
+@pytest.fixture(scope="session")
+def fashion_test():
+    """The first 500 Fashion-MNIST test images."""
+    _require_fashion_mnist()
+    from advlab.data import load_dataset
+
+    return load_dataset("fashion-mnist", "test", download=False, progress=False).subset(500)
+
+
+@pytest.fixture(scope="session")
+def trained_model():
+    """A standard small CNN trained for one epoch on 10,000 Fashion-MNIST images (~85% accurate, a few s)."""
+    _require_fashion_mnist()
+    from advlab.data import load_dataset
+
+    data = load_dataset("fashion-mnist", "train", download=False, progress=False).subset(10_000)
+    torch.manual_seed(0)
+    model = create_model("small_cnn", dataset="fashion-mnist")
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for x, y in data.batches(100, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(trained_model, tmp_path_factory):
+    """``trained_model`` saved as an advlab checkpoint in a run folder."""
+    from advlab.runs import save_checkpoint
+
+    run = tmp_path_factory.mktemp("run")
+    normalize = trained_model[0]
+    record = {"model": "small_cnn", "dataset": "fashion-mnist",
+              "model_args": {"dataset": "fashion-mnist", "mean": normalize.mean.flatten().tolist(),
+                             "std": normalize.std.flatten().tolist()}}
+    save_checkpoint(run / "model.safetensors", trained_model, record)
+    return run

@@ -1,0 +1,106 @@
+"""The command line: happy paths, and bad input that must end in one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from advlab.cli import main, parse_number, parse_numbers
+
+
+def _fails_cleanly(capsys, argv, *, match):
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse errors exit directly
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert match.lower() in err.lower(), err
+    return err
+
+
+def test_parse_numbers():
+    assert parse_number("8/255") == pytest.approx(8 / 255)
+    assert parse_numbers("0.1, 8/255,0") == pytest.approx([0.1, 8 / 255, 0.0])
+
+
+def test_evaluate_writes_json_and_prints_table(trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code = main(["evaluate", str(trained_checkpoint), "--attack", "fgsm", "--attack", "pgd5", "--eps", "0.05,0.1",
+                 "--n", "100", "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["n"] == 100 and data["eps"] == [0.05, 0.1]
+    assert f"{100 * data['clean_accuracy']:.2f}%" in printed
+    assert data["hyperparameters"]["PGD-5 L∞"][1]["alpha"] == pytest.approx(2.5 * 0.1 / 5)
+
+
+def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "attack"
+    assert main(["attack", str(trained_checkpoint), "--attack", "pgd10", "--eps", "0.1", "--n", "4",
+                 "--out", str(out), "--quiet"]) == 0
+    assert (out / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "attack.json").read_text())
+    assert summary["n"] == 4 and summary["steps"] == 10
+    from advlab.runs import load_tensors
+
+    tensors, _ = load_tensors(out / "adversarial.safetensors")
+    assert (tensors["x_adv"] - tensors["x"]).abs().max() <= 0.1 + 1e-6
+    # targeted
+    assert main(["attack", str(trained_checkpoint), "--eps", "0.2", "--n", "4", "--target", "8",
+                 "--out", str(tmp_path / "targeted"), "--quiet"]) == 0
+    assert "reached the target" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["evaluate", "{ckpt}", "--eps", "-0.1", "--n", "5"], "eps"),
+        (["evaluate", "{ckpt}", "--eps", "1.5", "--n", "5"], "eps"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "deepfool"], "unknown attack"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--dataset", "imagenet"], "unknown data set"),
+        (["evaluate", "{tmp}/missing.safetensors", "--eps", "0.1"], "does not exist"),
+        (["evaluate", "{tmp}/corrupt.safetensors", "--eps", "0.1"], "corrupt"),
+        (["evaluate", "{ckpt}", "--eps", "abc"], "not a number"),
+        (["attack", "{ckpt}", "--eps", "0.1", "--out", "{tmp}/a-file/sub"], "cannot write"),
+        (["attack", "{ckpt}", "--eps", "0.1", "--target", "12", "--out", "{tmp}/t"], "target"),
+        (["train", "--model", "resnet9000", "--out", "{tmp}/run"], "unknown model"),
+        (["train", "--dataset", "imagenet", "--out", "{tmp}/run"], "data set"),
+        (["train", "--eps", "-1", "--out", "{tmp}/run"], "eps"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, match, trained_checkpoint, tmp_path, capsys):
+    (tmp_path / "corrupt.safetensors").write_bytes(b"this is not a checkpoint")
+    (tmp_path / "a-file").write_text("keep me")
+    argv = [a.format(ckpt=trained_checkpoint, tmp=tmp_path) for a in argv]
+    _fails_cleanly(capsys, argv, match=match)
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
+def test_existing_outputs_are_never_overwritten(trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    out.write_text("precious")
+    _fails_cleanly(capsys, ["evaluate", str(trained_checkpoint), "--eps", "0.1", "--out", str(out)],
+                   match="already exists")
+    assert out.read_text() == "precious"
+    folder = tmp_path / "attack"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    _fails_cleanly(capsys, ["attack", str(trained_checkpoint), "--eps", "0.1", "--out", str(folder)],
+                   match="already exists")
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_console_script_help_and_error_exit_codes():
+    run = [sys.executable, "-m", "advlab.cli"]
+    help_text = subprocess.run(run + ["evaluate", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "examples:" in help_text
+    bad = subprocess.run(run + ["evaluate", "nowhere", "--eps", "0.1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1

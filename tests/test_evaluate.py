@@ -1,0 +1,104 @@
+"""Evaluation on a trained model: orderings that honest attacks must respect, and loud failure on cheats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import advlab.attacks as attacks_module
+from advlab.attacks import AttackSpec, parse_attack, pgd
+from advlab.errors import AdvlabError
+from advlab.evaluate import IntegrityError, evaluate, verify_adversarial
+
+
+def _run(model, data, names, eps=(0.1,), **kwargs):
+    return evaluate(model, data, attacks=[parse_attack(n) for n in names], eps=list(eps), progress=False, **kwargs)
+
+
+def test_pgd_at_most_fgsm_at_most_clean(trained_model, fashion_test):
+    result = _run(trained_model, fashion_test, ["fgsm", "pgd20"], eps=(0.05, 0.1))
+    assert result.clean_accuracy > 0.75
+    for i in range(2):
+        fgsm_acc, pgd_acc = result.robust["FGSM L∞"][i], result.robust["PGD-20 L∞"][i]
+        assert pgd_acc <= fgsm_acc <= result.clean_accuracy
+        assert result.worst_case[i] <= min(fgsm_acc, pgd_acc)
+    # accuracy falls as ε grows
+    assert result.robust["PGD-20 L∞"][1] <= result.robust["PGD-20 L∞"][0]
+
+
+def test_more_steps_never_help_beyond_noise(trained_model, fashion_test):
+    result = _run(trained_model, fashion_test, ["pgd5", "pgd40"], eps=(0.03,))
+    assert result.robust["PGD-40 L∞"][0] <= result.robust["PGD-5 L∞"][0] + 0.01
+
+
+def test_targeted_pgd_reaches_target(trained_model, fashion_test):
+    x, y = fashion_test.subset(200).tensors()
+    target = torch.full_like(y, 8)  # "Bag"
+    keep = y != 8
+    x_adv = pgd(trained_model, x[keep], target[keep], eps=0.2, steps=50, targeted=True,
+                generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reached = (trained_model(x_adv).argmax(1) == 8).float().mean().item()
+    assert reached > 0.8
+
+
+def test_early_stop_is_never_weaker(trained_model, fashion_test):
+    fast = _run(trained_model, fashion_test, ["pgd10"], early_stop=True)
+    slow = _run(trained_model, fashion_test, ["pgd10"], early_stop=False)
+    assert fast.robust["PGD-10 L∞"][0] <= slow.robust["PGD-10 L∞"][0]
+
+
+def test_chained_worst_case_equals_per_attack_worst_case(trained_model, fashion_test):
+    # Deterministic attacks (no random start), so both modes must agree exactly.
+    specs = [AttackSpec("fgsm"), AttackSpec("pgd", steps=5, random_start=False)]
+    a = evaluate(trained_model, fashion_test, attacks=specs, eps=[0.05], progress=False)
+    b = evaluate(trained_model, fashion_test, attacks=specs, eps=[0.05], progress=False, chain=True)
+    assert a.worst_case == b.worst_case
+    assert b.robust[specs[1].label][0] == b.worst_case[0]  # chained numbers are cumulative
+
+
+def test_same_seed_same_result(trained_model, fashion_test):
+    a = _run(trained_model, fashion_test.subset(100), ["pgd5x2"], seed=3)
+    b = _run(trained_model, fashion_test.subset(100), ["pgd5x2"], seed=3)
+    assert a.robust == b.robust
+
+
+def test_per_example_flags_match_accuracies(trained_model, fashion_test):
+    result = _run(trained_model, fashion_test.subset(100), ["fgsm"], keep_per_example=True)
+    flags = result.per_example["FGSM L∞@0.1"]
+    assert flags.float().mean().item() == pytest.approx(result.robust["FGSM L∞"][0])
+    assert not (flags & ~result.per_example["clean"]).any()  # robust implies clean-correct
+
+
+def test_table_and_dict(trained_model, fashion_test):
+    result = _run(trained_model, fashion_test.subset(50), ["fgsm", "pgd5"])
+    table = result.table()
+    assert "FGSM L∞" in table and "worst case" in table
+    assert set(result.to_dict()) >= {"clean_accuracy", "robust_accuracy", "worst_case_accuracy", "eps"}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda x: x + 0.2, "exceeds"),
+        (lambda x: x * float("nan"), "NaN"),
+        (lambda x: x + 1.5, r"\[0, 1\]"),
+    ],
+)
+def test_verify_adversarial_fails_loudly(bad, message):
+    x = torch.rand(4, 1, 5, 5) * 0.5
+    with pytest.raises(IntegrityError, match=message):
+        verify_adversarial(x, bad(x), 0.1, "linf")
+
+
+def test_evaluation_refuses_a_cheating_attack(trained_model, fashion_test, monkeypatch):
+    monkeypatch.setitem(attacks_module.ATTACKS, "noise", lambda model, x, y, **kw: (x + 0.3).clamp(0, 1))
+    with pytest.raises(IntegrityError, match="exceeds"):
+        _run(trained_model, fashion_test.subset(20), ["noise"])
+
+
+def test_evaluate_rejects_empty_lists(trained_model, fashion_test):
+    with pytest.raises(AdvlabError):
+        evaluate(trained_model, fashion_test, attacks=[], eps=[0.1], progress=False)
+    with pytest.raises(AdvlabError):
+        _run(trained_model, fashion_test, ["fgsm"], eps=())
