@@ -3,6 +3,8 @@
     advlab train --method pgd --eps 0.1 --epochs 10 --out runs/pgd
     advlab attack runs/pgd --attack pgd20 --eps 0.1 --out runs/pgd/attack
     advlab evaluate runs/pgd --attack fgsm --attack pgd50x10 --eps 0.05,0.1,0.2
+    advlab study --preset quick --out runs/quick
+    advlab report runs/quick
     advlab data list
     advlab models
 
@@ -156,6 +158,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------- study/report
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from advlab.study import load_study_config, run_study
+
+    config = load_study_config(args.config, preset=args.preset)
+    if args.data_dir is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, data_dir=str(args.data_dir))
+    out = args.out or Path("runs") / f"study-{config.preset}"
+    metrics = run_study(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    i = metrics["eps_grid"].index(metrics["train_eps"])
+    print(f"{'model':<22} {'clean':>7} {'worst case at ε = ' + format(metrics['train_eps'], 'g'):>24}")
+    for model in metrics["models"].values():
+        print(f"{model['label']:<22} {100 * model['clean_accuracy']:>6.2f}% {100 * model['worst_case_accuracy'][i]:>23.2f}%")
+    failed = [c for c in metrics["sanity_checks"] if not c["passed"]]
+    print(f"sanity checks: {len(metrics['sanity_checks']) - len(failed)} passed, {len(failed)} failed")
+    for check in failed:
+        print(f"  FAILED {check['model']}: {check['check']} ({check['detail']})")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from advlab.report import build_report
+
+    print(f"report: {build_report(args.run_dir)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- data/models
 
 
@@ -246,6 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "(same result, slower; for benchmarks)")
     p.add_argument("--out", type=Path, help="write the results as JSON to this file")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = command("study", "the trade-off study: train standard and robust models, attack all, write a report",
+                """examples:
+  advlab study --preset quick --out runs/quick     # about 5 minutes on a 2-core CPU
+  advlab study configs/full.toml --out runs/full   # the full recipe (hours)
+  advlab study --preset quick --out runs/quick     # again: resumes, every finished stage is cached
+""")
+    p.add_argument("config", nargs="?", type=Path, help="study TOML file (see configs/)")
+    p.add_argument("--preset", help="a preset from configs/: quick or full (default quick without CONFIG)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/study-PRESET); an existing one resumes")
+    p.add_argument("--overwrite", action="store_true", help="recompute every stage, replacing the folder's files")
+    _add_common(p)
+    p.set_defaults(func=_cmd_study)
+
+    p = command("report", "rebuild report.html and the figures of a study from its saved files",
+                "examples:\n  advlab report runs/quick\n")
+    p.add_argument("run_dir", type=Path, help="a study run folder (holds metrics.json)")
+    p.set_defaults(func=_cmd_report)
 
     p = command("data", "list or download data sets")
     data_commands = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser, required=True)

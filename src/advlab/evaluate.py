@@ -298,3 +298,29 @@ def attack_checkpoint(
                "files": ["adversarial.safetensors", "gallery.png", "attack.json"]}
     write_json(out / "attack.json", summary)
     return summary
+
+
+def transfer_accuracy(
+    target: nn.Module,
+    surrogate: nn.Module,
+    data,
+    *,
+    attack: AttackSpec,
+    eps: float,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> float:
+    """Accuracy of ``target`` on adversarial examples crafted against ``surrogate`` (a black-box transfer
+    attack). An example counts as robust only if ``target`` also classifies it correctly clean. If this
+    beats the white-box attack on ``target``, the white-box gradients are probably masked."""
+    device = next((p.device for p in target.parameters()), torch.device("cpu"))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    robust = seen = 0
+    with eval_mode(target), eval_mode(surrogate):
+        for x, y in _batches(data, batch_size, device):
+            x_adv = attack(surrogate, x, y, eps=eps, generator=generator)
+            verify_adversarial(x, x_adv, eps, attack.norm, what=f"transfer {attack.label}")
+            with torch.inference_mode():
+                robust += int(((target(x).argmax(1) == y) & (target(x_adv).argmax(1) == y)).sum())
+            seen += len(y)
+    return robust / max(seen, 1)
