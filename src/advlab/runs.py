@@ -38,6 +38,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except OSError as err:
         raise AdvlabError(f"cannot write to {path.parent}: {err.strerror}; choose a writable folder") from None
     try:
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -1,0 +1,98 @@
+"""A fabricated study run folder (metrics.json + gallery.safetensors) for report tests; no training needed.
+
+    from report_fixture import make_fake_run
+    metrics = make_fake_run(tmp_path)            # then advlab.report.build_report(tmp_path)
+
+The numbers are plausible for Fashion-MNIST at ε = 0.1 and follow the schema of
+``advlab.study.collect_metrics``; the images are random.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from advlab.runs import save_tensors, write_json
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+EPS_GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
+# name -> (label, method, clean, FGSM curve, PGD curve) with accuracies as fractions
+MODELS = {
+    "standard": ("standard", "standard", 0.9083,
+                 [0.9083, 0.2391, 0.0612, 0.0305, 0.0211, 0.0102],
+                 [0.9083, 0.0843, 0.0121, 0.0, 0.0, 0.0]),
+    "fgsm": ("fast FGSM AT", "fgsm", 0.8712,
+             [0.8712, 0.7933, 0.7214, 0.5528, 0.3307, 0.1104],
+             [0.8712, 0.7641, 0.6650, 0.4023, 0.1530, 0.0210]),
+    "pgd": ("PGD-10 AT", "pgd", 0.8674,
+            [0.8674, 0.8015, 0.7420, 0.5890, 0.3716, 0.1260],
+            [0.8674, 0.7835, 0.7100, 0.4412, 0.1827, 0.0340]),
+}
+
+
+def _attack(name: str, steps: int) -> dict:
+    return {"name": name, "norm": "linf", "steps": steps, "restarts": 1, "step_ratio": None,
+            "random_start": name == "pgd", "loss": "ce", "targeted": False}
+
+
+def _hyper(name: str, steps: int, eps: float) -> dict:
+    return {"attack": name, "norm": "linf", "eps": eps, "alpha": eps if name == "fgsm" else 2.5 / steps * eps,
+            "steps": 1 if name == "fgsm" else steps, "restarts": 1, "random_start": name == "pgd", "loss": "ce",
+            "targeted": False}
+
+
+def _epochs(clean: float, robust: float, n: int = 4) -> list[dict]:
+    return [{"epoch": e, "lr": 1e-3, "eps": 0.1, "train_loss": 1.2 / e, "train_clean_acc": clean * (0.8 + 0.05 * e),
+             "val_clean_acc": clean * (0.8 + 0.05 * e), "val_robust_acc": robust * (0.8 + 0.05 * e), "seconds": 3.0}
+            for e in range(1, n + 1)]
+
+
+def make_fake_run(folder: str | Path, *, n_images: int = 4, gallery: bool = True) -> dict:
+    """Write ``metrics.json`` (and ``gallery.safetensors`` unless ``gallery=False``) into ``folder``; return metrics."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    models = {}
+    for name, (label, method, clean, fgsm, pgd) in MODELS.items():
+        models[name] = {
+            "method": method, "label": label, "train_config": {"method": method, "epochs": 4, "eps": 0.1},
+            "train_seconds": 12.5 if name != "fgsm" else None,  # a model trained before times were kept
+            "epochs": _epochs(clean, pgd[2]) if name != "fgsm" else [],
+            "clean_accuracy": clean, "robust_accuracy": {"FGSM L∞": fgsm, "PGD-20 L∞": pgd},
+            "worst_case_accuracy": [min(a, b) for a, b in zip(fgsm, pgd)], "eval_seconds": 4.0, "n_eval": 1000,
+        }
+    checks = []
+    for name in MODELS:
+        passed = name != "fgsm"
+        checks.append({"model": name, "check": "iterative beats single-step", "passed": True,
+                       "detail": "PGD-20 L∞ ≤ FGSM L∞ at ε = 0.1", "numbers": {"PGD-20 L∞": 0.5, "FGSM L∞": 0.6}})
+        checks.append({"model": name, "check": "more steps and restarts change little", "passed": passed,
+                       "detail": "PGD-40×2 L∞ vs PGD-20 L∞: 2.3 points (< 1 needed)" if not passed else
+                       "PGD-40×2 L∞ vs PGD-20 L∞: 0.2 points (< 1 needed)", "numbers": {"PGD-40×2 L∞": 0.4}})
+    info = {"file": "gallery.safetensors", "eps": 0.1, "attack": "PGD-20 L∞", "models": ["standard", "pgd"],
+            "targeted_model": "standard", "targeted_eps": 0.2, "targeted_attack": "PGD-50 L∞ targeted",
+            "targets": [(k + 5) % 10 for k in range(n_images)]}
+    metrics = {
+        "advlab_version": "0.1.0", "created": "2025-01-01T00:00:00Z", "preset": "quick", "dataset": "fashion-mnist",
+        "classes": CLASSES, "train_eps": 0.1, "eps_grid": EPS_GRID, "n_eval": 1000, "chance_accuracy": 0.1,
+        "attacks": {"FGSM L∞": _attack("fgsm", 1), "PGD-20 L∞": _attack("pgd", 20)},
+        "attack_hyperparameters": {"FGSM L∞": [_hyper("fgsm", 1, e) for e in EPS_GRID],
+                                   "PGD-20 L∞": [_hyper("pgd", 20, e) for e in EPS_GRID]},
+        "models": models, "best_robust_model": "pgd", "sanity_checks": checks,
+    }
+    if gallery:
+        metrics["gallery"] = info
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(n_images, 1, 28, 28, generator=g)
+        labels = torch.arange(n_images) % 10
+        tensors = {"x": x, "labels": labels}
+        for name in info["models"] + ["targeted"]:
+            eps = 0.2 if name == "targeted" else 0.1
+            tensors[f"{name}.x_adv"] = (x + eps * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
+            tensors[f"{name}.logits_clean"] = torch.randn(n_images, 10, generator=g)
+            tensors[f"{name}.logits_adv"] = torch.randn(n_images, 10, generator=g)
+        tensors["targeted.targets"] = torch.tensor(info["targets"])
+        save_tensors(folder / "gallery.safetensors", tensors, metadata={"gallery": json.dumps(info)})
+    write_json(folder / "metrics.json", metrics)
+    return metrics

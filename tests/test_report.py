@@ -1,0 +1,276 @@
+"""The study report: built from a fabricated run folder (see report_fixture.py), checked as text and in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from advlab.errors import AdvlabError
+from advlab.report import build_report, pareto_frontier, percent, points, save_gallery
+from advlab.runs import read_json, write_json
+from report_fixture import make_fake_run
+
+FIGURES = ("robust_vs_eps", "tradeoff", "training_curves", "gallery", "gallery_targeted")
+DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(run folder, metrics, report.html text) of one fabricated run, built once for the module."""
+    run = tmp_path_factory.mktemp("study")
+    metrics = make_fake_run(run)
+    path = build_report(run)
+    return run, metrics, path.read_text(encoding="utf-8")
+
+
+def test_build_report_writes_every_figure_and_the_html(built):
+    run, _, text = built
+    assert (run / "report.html").is_file() and text.startswith("<!DOCTYPE html>")
+    for name in FIGURES:
+        assert (run / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_is_self_contained(built):
+    run, _, text = built
+    embedded = [base64.b64decode(data) for data in DATA_URI.findall(text)]
+    assert sorted(embedded) == sorted((run / "figures" / f"{name}.png").read_bytes() for name in FIGURES)
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert 'src="file' not in text and "<link" not in text
+
+
+def test_report_numbers_equal_metrics_under_one_rounding(built):
+    _, metrics, text = built
+    for model in metrics["models"].values():
+        assert f'<td rowspan="3">{percent(model["clean_accuracy"])}</td>' in text
+        for series in [*model["robust_accuracy"].values(), model["worst_case_accuracy"]]:
+            for value in series:
+                assert f">{percent(value)}</td>" in text
+    story = re.search(r"<div class='story'>(.*?)</div>", text).group(1)
+    assert "90.8% accurate on clean images but 1.2% under PGD-20 L∞ at ε = 0.1" in story
+    assert "keeps 71.0% at a cost of 4.1 points of clean accuracy" in story
+    assert "1 of 6 sanity checks" in story
+
+
+def test_report_lists_every_attack_hyperparameter(built):
+    _, metrics, text = built
+    assert "α (step size)" in text and "restarts" in text and "norm" in text
+    for label, rows in metrics["attack_hyperparameters"].items():
+        assert f">{label}</td>" in text
+        for row in rows:
+            assert f">{row['eps']:g}</td><td" in text
+            assert f">{row['alpha']:.4g}</td>" in text
+
+
+def test_report_shows_sanity_badges(built):
+    _, metrics, text = built
+    passed = sum(c["passed"] for c in metrics["sanity_checks"])
+    assert text.count('<span class="badge pass">PASS</span>') == passed == 5
+    assert text.count('<span class="badge fail">FAIL</span>') == 1
+    assert "(&lt; 1 needed)" in text  # details are HTML-escaped
+
+
+def test_strings_from_files_are_escaped(tmp_path):
+    metrics = make_fake_run(tmp_path, n_images=2)
+    metrics["models"]["pgd"]["label"] = "<script>alert('x')</script> TRADES $\\beta$"  # $ would start mathtext
+    metrics["sanity_checks"][0]["detail"] = "<b>bold</b> & more"
+    write_json(tmp_path / "metrics.json", metrics)
+    text = build_report(tmp_path).read_text(encoding="utf-8")
+    assert "<script" not in text and "<b>bold" not in text
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; TRADES $\\beta$" in text
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in text
+
+
+def test_report_without_gallery_or_optional_records(tmp_path):
+    metrics = make_fake_run(tmp_path, gallery=False)
+    for model in metrics["models"].values():
+        model.update(epochs=[], train_seconds=None)
+        del model["train_config"]
+    metrics.update(sanity_checks=[], best_robust_model=None)
+    for key in ("attacks", "created", "advlab_version"):
+        del metrics[key]
+    write_json(tmp_path / "metrics.json", metrics)
+    text = build_report(tmp_path).read_text(encoding="utf-8")
+    assert len(DATA_URI.findall(text)) == 3
+    assert "gallery.safetensors is missing" in text and "no sanity-check results" in text
+    assert not (tmp_path / "figures" / "gallery.png").exists()
+
+
+def test_corrupt_gallery_is_reported_not_fatal(tmp_path):
+    make_fake_run(tmp_path, gallery=False)
+    (tmp_path / "gallery.safetensors").write_bytes(b"not a safetensors file")
+    assert "could not be read" in build_report(tmp_path).read_text(encoding="utf-8")
+
+
+def test_missing_or_corrupt_metrics_raise_advlab_error(tmp_path):
+    with pytest.raises(AdvlabError, match="metrics.json does not exist"):
+        build_report(tmp_path)
+    (tmp_path / "metrics.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(AdvlabError, match="not a readable JSON file"):
+        build_report(tmp_path)
+    write_json(tmp_path / "metrics.json", {"models": {}})
+    with pytest.raises(AdvlabError, match="not a study's metrics file"):
+        build_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_percent_and_points_round_once():
+    assert percent(0.90834) == "90.8%" and percent(0.0) == "0.0%" and percent(None) == "—"
+    assert points(0.9083, 0.8674) == "4.1"  # 90.8 − 86.7, as a reader would subtract the shown numbers
+    assert points(0.90849, 0.86751) == "4.0"  # 90.8 − 86.8, though the unrounded difference is 4.1
+
+
+def test_pareto_frontier():
+    scores = {"a": (0.9, 0.0), "b": (0.8, 0.7), "c": (0.79, 0.6), "d": (0.85, 0.5)}
+    assert pareto_frontier(scores) == ["b", "d", "a"]
+
+
+def test_save_gallery_still_writes_a_png(tmp_path):
+    x = torch.rand(2, 1, 28, 28)
+    path = save_gallery(tmp_path / "g.png", x, (x + 0.1).clamp(0, 1), torch.tensor([0, 1]), torch.randn(2, 10),
+                        torch.randn(2, 10), classes=[str(i) for i in range(10)], eps=0.1, title="t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fake_run_matches_metrics_schema(tmp_path):
+    metrics = make_fake_run(tmp_path)
+    assert read_json(tmp_path / "metrics.json") == json.loads(json.dumps(metrics))
+    assert metrics["best_robust_model"] in metrics["gallery"]["models"]
+
+
+# ------------------------------------------------------------------------------------------- real browser
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium); "
+                                    "the report's browser check needs a real headless browser")
+
+
+class _DevTools:
+    """Chromium driven over the DevTools protocol on a pipe: JSON messages ending in NUL, fd 3 in, fd 4 out."""
+
+    def __init__(self, user_data_dir: Path, timeout: float = 30.0):
+        self.timeout, self.events, self._buffer, self._next_id = timeout, [], b"", 0
+        to_browser, self._write = os.pipe()
+        self._read, from_browser = os.pipe()
+
+        def wire_fds() -> None:  # in the child: the pipe ends at the fds Chromium expects
+            os.dup2(to_browser, 3)
+            os.dup2(from_browser, 4)
+
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={user_data_dir}", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            close_fds=False, preexec_fn=wire_fds, start_new_session=True)  # own group: killed as one in close()
+        os.close(to_browser)
+        os.close(from_browser)
+
+    def close(self) -> None:
+        for fd in (self._write, self._read):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the browser and its helpers, all started here
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+
+    def _message(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._read], [], [], left)[0]:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._read, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"Chromium closed the pipe (exit status {self.process.poll()})")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._message(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_for(self, method: str) -> dict:
+        deadline = time.monotonic() + self.timeout
+        seen = len(self.events)
+        while True:
+            for event in self.events[seen:]:
+                if event.get("method") == method:
+                    return event
+            seen = len(self.events)
+            self.events.append(self._message(deadline))
+
+
+def load_in_chromium(page: Path, tmp_path: Path) -> tuple[list[int], list[str], list[str]]:
+    """Open ``page`` in headless Chromium: (decoded width of each <img>, console errors, URLs fetched)."""
+    browser = _DevTools(tmp_path / "chromium-profile")
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Runtime", "Log", "Page", "Network"):
+            browser.call(f"{domain}.enable", session=session)
+        browser.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+        browser.wait_for("Page.loadEventFired")
+        widths = browser.call("Runtime.evaluate", {
+            "expression": "Promise.all(Array.from(document.images).map("
+                          "i => i.decode().then(() => i.complete ? i.naturalWidth : 0, () => 0)))",
+            "awaitPromise": True, "returnByValue": True}, session=session)["result"]["value"]
+        errors, fetched = [], []
+        for event in browser.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+                errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+            elif method == "Runtime.exceptionThrown":
+                errors.append(params["exceptionDetails"].get("text", "exception"))
+            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+                errors.append(params["entry"].get("text", ""))
+            elif method == "Network.requestWillBeSent":
+                fetched.append(params["request"]["url"])
+        return widths, errors, fetched
+    finally:
+        browser.close()
+
+
+@needs_chromium
+def test_report_renders_in_chromium(built, tmp_path):
+    run, _, _ = built
+    widths, errors, fetched = load_in_chromium(run / "report.html", tmp_path)
+    assert errors == []
+    assert len(widths) == len(FIGURES) and all(w > 0 for w in widths), widths
+    assert all(url.startswith(("file:", "data:")) for url in fetched), fetched  # opens offline
+
+
+@needs_chromium
+def test_chromium_check_catches_broken_pages(tmp_path):
+    """The harness itself: a console error, a thrown exception and an image that fails to load are all seen."""
+    page = tmp_path / "broken.html"
+    page.write_text("<!DOCTYPE html><img src='missing.png'><img src='data:image/png;base64,AAAA'>"
+                    "<script>console.error('boom'); throw new Error('bang')</script>", encoding="utf-8")
+    widths, errors, _ = load_in_chromium(page, tmp_path)
+    assert widths == [0, 0]
+    assert any("boom" in e for e in errors) and any("bang" in e or "Uncaught" in e for e in errors)

@@ -1,0 +1,123 @@
+"""The trade-off study end to end on a tiny budget: caching, determinism, refusal of a changed config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from advlab.cli import main
+from advlab.errors import AdvlabError
+from advlab.study import StudyConfig, collect_metrics, load_study_config, run_study
+
+TINY_TRAIN = {"model": "small_cnn", "optimizer": "adam", "lr": 0.003, "schedule": "constant", "batch_size": 64,
+              "epochs": 1, "train_size": 600, "val_size": 100, "check_examples": 50, "check_steps": 3}
+TINY_MODELS = {"standard": {"method": "standard", "label": "standard"},
+               "fgsm": {"method": "fgsm", "label": "fast FGSM AT"},
+               "trades": {"method": "trades", "label": "TRADES β=6", "steps": 2, "beta": 6.0}}
+
+
+def tiny_config(**changes) -> StudyConfig:
+    values = dict(preset="tiny", eps_grid=(0.0, 0.1, 0.5), attacks=("fgsm", "pgd5"), n_eval=60, gallery_size=3,
+                  train=TINY_TRAIN, models=TINY_MODELS)
+    return StudyConfig(**{**values, **changes})
+
+
+def _accuracies(metrics: dict) -> dict:
+    return {name: (m["clean_accuracy"], m["robust_accuracy"], m["worst_case_accuracy"],
+                   [e.get("val_robust_acc") for e in m["epochs"]]) for name, m in metrics["models"].items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    pytest.importorskip("advlab.train")
+    out = tmp_path_factory.mktemp("study") / "run"
+    return out, run_study(tiny_config(), out, progress=False)
+
+
+def test_study_writes_everything(tiny_study):
+    out, metrics = tiny_study
+    for name in ("metrics.json", "config.json", "report.html", "gallery.safetensors"):
+        assert (out / name).is_file(), name
+    assert set(metrics["models"]) == set(TINY_MODELS)
+    assert metrics["eps_grid"] == [0.0, 0.1, 0.5]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert _accuracies(saved) == _accuracies(metrics)
+    # six checks per model, each with a verdict and the numbers behind it
+    assert len(metrics["sanity_checks"]) == 6 * len(TINY_MODELS)
+    assert all(isinstance(c["passed"], bool) and c["numbers"] for c in metrics["sanity_checks"])
+    for model in metrics["models"].values():
+        assert model["robust_accuracy"]["PGD-5 L∞"][0] == pytest.approx(model["clean_accuracy"])  # ε = 0
+        assert model["worst_case_accuracy"][-1] <= model["clean_accuracy"]
+
+
+def test_same_seed_same_metrics_and_cached_resume(tiny_study, tmp_path):
+    out, metrics = tiny_study
+    again = run_study(tiny_config(), tmp_path / "again", progress=False)
+    assert _accuracies(again) == _accuracies(metrics)
+    # Re-running in the same folder reuses every cached stage: nothing is retrained.
+    stamp = (out / "models" / "fgsm" / "model.safetensors").stat().st_mtime_ns
+    resumed = run_study(tiny_config(), out, progress=False)
+    assert (out / "models" / "fgsm" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert _accuracies(resumed) == _accuracies(metrics)
+
+
+def test_interrupted_study_picks_up(tiny_study, tmp_path):
+    out, metrics = tiny_study
+    (out / "models" / "trades" / "eval.json").unlink()  # as if stopped before that stage
+    assert _accuracies(run_study(tiny_config(), out, progress=False)) == _accuracies(metrics)
+
+
+def test_changed_config_is_refused(tiny_study):
+    out, _ = tiny_study
+    with pytest.raises(AdvlabError, match="other settings"):
+        run_study(tiny_config(n_eval=61), out, progress=False)
+
+
+def test_report_command_rebuilds_from_files(tiny_study, capsys):
+    out, metrics = tiny_study
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").is_file()
+    assert _accuracies(collect_metrics(out)) == _accuracies(metrics)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(eps_grid=(0.2, 0.1)), "increasing"),
+        (dict(eps_grid=(0.0, 0.2)), "train_eps"),
+        (dict(attacks=("pgd20",)), "fgsm"),
+        (dict(models={"fgsm": {"method": "fgsm"}}), "standard"),
+        (dict(train_eps=-0.1), "train_eps"),
+    ],
+)
+def test_bad_study_configs(changes, match):
+    with pytest.raises(AdvlabError, match=match):
+        tiny_config(**changes)
+
+
+def test_presets_load_and_resolve():
+    pytest.importorskip("advlab.train")
+    for preset in ("quick", "full"):
+        config = load_study_config(preset=preset)
+        assert config.preset == preset
+        for name in config.models:
+            config.train_config(name)  # every model's training settings are valid
+        methods = {config.train_config(n).method for n in config.models}
+        assert {"standard", "fgsm", "pgd", "trades"} <= methods
+    with pytest.raises(AdvlabError, match="unknown preset"):
+        load_study_config(preset="huge")
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study\n")
+    with pytest.raises(AdvlabError, match="not a valid TOML"):
+        load_study_config(bad)
+    odd = tmp_path / "odd.toml"
+    odd.write_text("[study]\nfoo = 1\n")
+    with pytest.raises(AdvlabError, match="unknown study settings"):
+        load_study_config(odd)
+    assert dataclasses.is_dataclass(load_study_config())
