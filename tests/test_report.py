@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
@@ -11,13 +12,14 @@ import shutil
 import signal
 import subprocess
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import torch
 
 from advlab.errors import AdvlabError
-from advlab.report import build_report, pareto_frontier, percent, points, save_gallery
+from advlab.report import build_report, pareto_frontier, percent, points, save_gallery, story
 from advlab.runs import read_json, write_json
 from report_fixture import make_fake_run
 
@@ -34,6 +36,55 @@ def built(tmp_path_factory):
     return run, metrics, path.read_text(encoding="utf-8")
 
 
+class _Tables(HTMLParser):
+    """Every <table> of a page as rows of cell texts, entities decoded (a rowspan cell only in its first row)."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "br" and self._cell is not None:
+            self._cell.append(" | ")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _table(text: str, first_header: str, header: str) -> list[list[str]]:
+    """The rows of the table whose header row starts with ``first_header`` and names ``header``."""
+    return next(t for t in _Tables(text).tables if t[0][0] == first_header and header in t[0])
+
+
+def _accuracy(cell: str) -> float:
+    """A percentage cell parsed back into a fraction (and checked to have the report's one format)."""
+    assert re.fullmatch(r"\d{1,3}\.\d%", cell), cell
+    return float(cell[:-1]) / 100
+
+
+def _numbers(obj) -> list[float]:
+    """Every number anywhere in a JSON value."""
+    if isinstance(obj, dict):
+        return [v for value in obj.values() for v in _numbers(value)]
+    if isinstance(obj, list):
+        return [v for value in obj for v in _numbers(value)]
+    return [obj] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
+
+
 def test_build_report_writes_every_figure_and_the_html(built):
     run, _, text = built
     assert (run / "report.html").is_file() and text.startswith("<!DOCTYPE html>")
@@ -46,38 +97,82 @@ def test_report_is_self_contained(built):
     embedded = [base64.b64decode(data) for data in DATA_URI.findall(text)]
     assert sorted(embedded) == sorted((run / "figures" / f"{name}.png").read_bytes() for name in FIGURES)
     assert "<script" not in text and "http://" not in text and "https://" not in text
-    assert 'src="file' not in text and "<link" not in text
+    assert 'src="file' not in text and "<link" not in text and "url(" not in text
 
 
-def test_report_numbers_equal_metrics_under_one_rounding(built):
+def test_headline_story_is_made_of_the_numbers(built):
     _, metrics, text = built
+    headline = re.search(r"<p class='meta'>(.*?)</p>", text).group(1)
+    assert "1,000 test images" in headline and "L∞ ε = 0.1" in headline and "fashion-mnist" in text
+    paragraph = re.search(r"<div class='story'><p>(.*?)</p></div>", text).group(1)
+    assert "90.8% accurate on clean images but 1.2% under PGD-20 L∞ at ε = 0.1" in paragraph
+    assert "PGD-10 AT, the most robust model, keeps 71.0% under PGD-20 L∞ at a cost of 4.1 points" in paragraph
+    assert "PGD-10 AT beats TRADES β=6 on both counts" in paragraph
+    assert "1 of 10 sanity checks against gradient masking fails" in paragraph
+
+
+def test_results_tables_parse_back_to_metrics(built):
+    _, metrics, text = built
+    grid = metrics["eps_grid"]
+    rows = _table(text, "model", "attack")
+    assert rows[0][3:] == [f"ε = {e:g}" for e in grid]
+    body = iter(rows[1:])
     for model in metrics["models"].values():
-        assert f'<td rowspan="3">{percent(model["clean_accuracy"])}</td>' in text
-        for series in [*model["robust_accuracy"].values(), model["worst_case_accuracy"]]:
-            for value in series:
-                assert f">{percent(value)}</td>" in text
-    story = re.search(r"<div class='story'>(.*?)</div>", text).group(1)
-    assert "90.8% accurate on clean images but 1.2% under PGD-20 L∞ at ε = 0.1" in story
-    assert "keeps 71.0% at a cost of 4.1 points of clean accuracy" in story
-    assert "1 of 6 sanity checks" in story
+        series = [*model["robust_accuracy"].items(), ("worst case", model["worst_case_accuracy"])]
+        for k, (attack, values) in enumerate(series):
+            row = next(body)
+            if k == 0:
+                assert row[0] == f"{model['label']} | {model['method']}"
+                assert _accuracy(row[1]) == pytest.approx(model["clean_accuracy"], abs=5.01e-4)
+                assert row[1] == percent(model["clean_accuracy"])
+                row = row[2:]
+            assert row[0] == attack
+            assert [_accuracy(c) for c in row[1:]] == pytest.approx(values, abs=5.01e-4)
+            assert row[1:] == [percent(v) for v in values]
+    assert next(body, None) is None
+
+    i = grid.index(metrics["train_eps"])
+    scores = {n: (m["clean_accuracy"], m["worst_case_accuracy"][i]) for n, m in metrics["models"].items()}
+    summary = _table(text, "model", "on the frontier")[1:]
+    for row, (name, model) in zip(summary, metrics["models"].items(), strict=True):
+        assert row[0] == model["label"]
+        assert (_accuracy(row[2]), _accuracy(row[3])) == pytest.approx(scores[name], abs=5.01e-4)
+        assert row[4] == ("yes" if name in pareto_frontier(scores) else "no")
+
+
+def test_every_percentage_in_the_report_comes_from_metrics(built):
+    """Nothing made up, nothing rounded another way: each "x.y%" shown is percent() of a number in the file."""
+    _, metrics, text = built
+    allowed = {percent(v) for v in _numbers(metrics)}
+    shown = set(re.findall(r"\d+\.\d+%", DATA_URI.sub("", text)))
+    assert shown and shown <= allowed, shown - allowed
 
 
 def test_report_lists_every_attack_hyperparameter(built):
     _, metrics, text = built
-    assert "α (step size)" in text and "restarts" in text and "norm" in text
-    for label, rows in metrics["attack_hyperparameters"].items():
-        assert f">{label}</td>" in text
-        for row in rows:
-            assert f">{row['eps']:g}</td><td" in text
-            assert f">{row['alpha']:.4g}</td>" in text
+    rows = _table(text, "attack", "α (step size)")
+    assert rows[0] == ["attack", "kind", "norm", "steps", "restarts", "random start", "loss", "targeted", "α / ε",
+                       "ε", "α (step size)"]
+    body = iter(rows[1:])
+    for label, settings in metrics["attack_hyperparameters"].items():
+        for k, h in enumerate(settings):
+            row = next(body)
+            if k == 0:
+                assert row[:6] == [label, h["attack"], h["norm"], str(h["steps"]), str(h["restarts"]),
+                                   "yes" if h["random_start"] else "no"]
+            assert float(row[-2]) == pytest.approx(h["eps"]) and float(row[-1]) == pytest.approx(h["alpha"], rel=1e-3)
+    assert next(body, None) is None
 
 
 def test_report_shows_sanity_badges(built):
     _, metrics, text = built
     passed = sum(c["passed"] for c in metrics["sanity_checks"])
-    assert text.count('<span class="badge pass">PASS</span>') == passed == 5
+    assert text.count('<span class="badge pass">PASS</span>') == passed == 9
     assert text.count('<span class="badge fail">FAIL</span>') == 1
     assert "(&lt; 1 needed)" in text  # details are HTML-escaped
+    rows = _table(text, "model", "result")[1:]
+    assert [r[2] for r in rows] == ["PASS" if c["passed"] else "FAIL" for c in metrics["sanity_checks"]]
+    assert all(percent(v) in r[3] for r, c in zip(rows, metrics["sanity_checks"]) for v in c["numbers"].values())
 
 
 def test_strings_from_files_are_escaped(tmp_path):
@@ -104,6 +199,53 @@ def test_report_without_gallery_or_optional_records(tmp_path):
     assert len(DATA_URI.findall(text)) == 3
     assert "gallery.safetensors is missing" in text and "no sanity-check results" in text
     assert not (tmp_path / "figures" / "gallery.png").exists()
+
+
+def test_report_tolerates_missing_and_null_numbers(tmp_path):
+    metrics = make_fake_run(tmp_path, gallery=False)
+    del metrics["best_robust_model"], metrics["chance_accuracy"], metrics["n_eval"]
+    metrics["models"]["fgsm"]["robust_accuracy"]["PGD-20 L∞"][3] = None  # an ε that was not evaluated
+    metrics["models"]["trades-b1"]["clean_accuracy"] = None
+    del metrics["models"]["trades-b6"]["robust_accuracy"], metrics["models"]["trades-b6"]["worst_case_accuracy"]
+    metrics["models"]["pgd"]["epochs"] = [{"epoch": 1}, {"epoch": 2, "val_clean_acc": 0.8, "val_robust_acc": None}]
+    write_json(tmp_path / "metrics.json", metrics)
+    text = build_report(tmp_path).read_text(encoding="utf-8")
+    assert "PGD-10 AT, the most robust model" in text  # best_robust_model recomputed from the worst case
+    assert "chance" not in re.search(r"<div class='story'>(.*?)</div>", text).group(1)
+    assert "<td>—</td>" in text and "? test images" in text
+
+
+@pytest.mark.parametrize("corrupt, where", [
+    (lambda m: m["models"]["pgd"]["robust_accuracy"]["FGSM L∞"].pop(), "models.pgd.robust_accuracy['FGSM L∞']"),
+    (lambda m: m["models"]["pgd"].update(clean_accuracy="high"), "models.pgd.clean_accuracy"),
+    (lambda m: m["models"]["standard"].update(worst_case_accuracy=[None, "0.1"]), "models.standard.worst_case"),
+    (lambda m: m.update(eps_grid=[]), "eps_grid"),
+    (lambda m: m.update(models=["standard"]), "models"),
+    (lambda m: m.update(sanity_checks="all good"), "sanity_checks"),
+    (lambda m: m.update(attack_hyperparameters={"FGSM": 0.1}), "attack_hyperparameters"),
+])
+def test_malformed_metrics_raise_a_one_line_advlab_error(tmp_path, corrupt, where):
+    metrics = make_fake_run(tmp_path, gallery=False)
+    corrupt(metrics)
+    write_json(tmp_path / "metrics.json", metrics)
+    with pytest.raises(AdvlabError, match="is not a study's metrics file") as err:
+        build_report(tmp_path)
+    assert where in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_story_follows_the_numbers(tmp_path):
+    metrics = make_fake_run(tmp_path, gallery=False)
+    for check in metrics["sanity_checks"]:
+        check["passed"] = True
+    assert "All 10 sanity checks against gradient masking pass." in story(metrics)
+    changed = copy.deepcopy(metrics)
+    changed["models"]["pgd"]["clean_accuracy"] = 0.9200
+    changed["models"]["standard"]["worst_case_accuracy"][-1] = 0.25
+    text = story(changed)
+    assert "keeps 71.0% under PGD-20 L∞ and is even 1.2 points more accurate on clean images (92.0%)" in text
+    assert "the best worst-case accuracy is 25.0%, still above chance (10.0%)" in text
+    assert "PGD-10 AT is on the Pareto frontier" in text
 
 
 def test_corrupt_gallery_is_reported_not_fatal(tmp_path):
@@ -216,8 +358,9 @@ class _DevTools:
             self.events.append(reply)
 
     def wait_for(self, method: str) -> dict:
+        """The first ``method`` event, seen already (it may come before a call's reply) or still to come."""
         deadline = time.monotonic() + self.timeout
-        seen = len(self.events)
+        seen = 0
         while True:
             for event in self.events[seen:]:
                 if event.get("method") == method:

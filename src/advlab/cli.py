@@ -113,11 +113,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
     summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     print(f"run folder: {args.out}")
-    for key in ("epochs_completed", "val_clean_accuracy", "val_robust_accuracy", "best_epoch", "seconds"):
-        if key in summary:
-            value = summary[key]
-            print(f"  {key.replace('_', ' ')}: {100 * value:.2f}%" if "accuracy" in key and value is not None
-                  else f"  {key.replace('_', ' ')}: {value}")
+    for key in ("epochs_completed", "best_epoch", "val_clean_accuracy", "val_robust_accuracy",
+                "best_val_robust_accuracy", "seconds"):
+        value = summary.get(key)
+        if isinstance(value, float):
+            value = f"{100 * value:.2f}%" if "accuracy" in key else f"{value:.1f}"
+        if value is not None:
+            print(f"  {key.replace('_', ' ')}: {value}")
+    if summary.get("catastrophic_overfitting"):
+        print("  warning: catastrophic overfitting detected; training stopped and the last good weights kept")
     return 0
 
 

@@ -154,10 +154,10 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
     saved = out / "config.json"
     resolved = {name: config.train_config(name).to_dict() for name in config.models}  # validates every model
     if saved.is_file() and not overwrite:
-        previous = read_json(saved)
-        if previous.get("study") != config.to_dict():
-            changed = sorted(k for k in set(previous.get("study", {})) | set(config.to_dict())
-                             if previous.get("study", {}).get(k) != config.to_dict().get(k))
+        previous = read_json(saved).get("study", {})
+        current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise AdvlabError(f"{out} holds a study with other settings ({', '.join(changed)}); "
                               "choose another --out or pass --overwrite")
     prepare_run_dir(out, resume=saved.is_file(), overwrite=overwrite)
