@@ -251,3 +251,9 @@ def load_tensors_from(data: bytes) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     return load(data)
+
+
+def test_standard_training_keeps_the_cleanest_epoch_as_best(trained):
+    folder, summary = trained["standard"]
+    history = rows(folder)
+    assert summary["best_epoch"] == max(history, key=lambda r: r["val_clean_acc"])["epoch"]

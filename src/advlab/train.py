@@ -14,7 +14,8 @@ Command line: ``advlab train --method pgd --eps 0.1 --epochs 10 --out runs/pgd``
 reads a ``[train]`` table; ``--resume`` continues an interrupted run from its last completed epoch.
 
 The run folder: ``config.json`` (resolved config, versions), ``model.safetensors`` (last good weights),
-``best.safetensors`` (highest validation PGD accuracy: Rice et al.'s answer to robust overfitting), each
+``best.safetensors`` (highest validation PGD accuracy: Rice et al.'s answer to robust overfitting; highest
+clean accuracy for standard training), each
 with a ``.json`` record; ``metrics.jsonl`` and ``metrics.csv`` (one row per epoch); ``state.safetensors``
 (weights, optimizer, RNG and method state for ``--resume``); ``summary.json``. Nothing is ever unpickled.
 """
@@ -435,7 +436,7 @@ class _Progress:
     step: int = 0  # optimizer steps done
     rows: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
-    best_robust: float | None = None
+    best_robust: float | None = None  # the best epoch's score: val PGD accuracy (val clean for standard)
     last_good_epoch: int | None = None  # the epoch whose weights model.safetensors holds
     collapse: dict[str, Any] | None = None  # set when the catastrophic-overfitting guard fired
 
@@ -530,8 +531,11 @@ def train(
         else:
             save_checkpoint(out / "model.safetensors", model, {**record, "epoch": epoch, "metrics": row})
             run.last_good_epoch = epoch
-            if run.best_robust is None or val_robust > run.best_robust:
-                run.best_robust, run.best_epoch = val_robust, epoch
+            # The best epoch: highest validation PGD accuracy for adversarial training (Rice et al.), highest
+            # clean accuracy for standard training (its PGD accuracy is ~0 and would pick an untrained epoch).
+            score = val_robust if method.adversarial else val_clean
+            if run.best_robust is None or score > run.best_robust:
+                run.best_robust, run.best_epoch = score, epoch
                 save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
         _write_metrics(out, run.rows)
         _write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng)  # the commit point
