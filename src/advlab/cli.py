@@ -25,7 +25,7 @@ EPILOG_TRAIN = """examples:
   advlab train --out runs/standard                          # standard training, Fashion-MNIST, small_cnn
   advlab train --method fgsm --eps 0.1 --epochs 10 --out runs/fast
   advlab train --method pgd --eps 8/255 --steps 10 --dataset cifar10 --model preact_resnet18 --out runs/c10
-  advlab train --config configs/quick.toml --out runs/quick
+  advlab train --config configs/train-quick.toml --out runs/train-quick   # the quick robust recipe
   advlab train --resume --out runs/fast                      # continue an interrupted run
 """
 EPILOG_ATTACK = """examples:
@@ -100,6 +100,9 @@ _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
     ("train_size", _positive_int, "train on the first N training images only (quick experiments)"),
     ("val_size", int, "training images held out to track robust accuracy each epoch"),
     ("check_steps", _positive_int, "PGD steps of the per-epoch robustness check"),
+    ("check_examples", _positive_int, "validation images attacked by that check each epoch"),
+    ("co_threshold", parse_number, "stop when validation PGD accuracy falls this far below its best "
+     "(catastrophic overfitting; 1 turns the guard off)"),
 ]
 
 
@@ -108,6 +111,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config) if args.config else TrainConfig()
     overrides = {name: getattr(args, name) for name, _, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
+    if args.random_start is not None:
+        overrides["random_start"] = args.random_start
     if args.data_dir is not None:
         overrides["data_dir"] = str(args.data_dir)
     config = TrainConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
@@ -248,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML file with training settings (flags override it)")
     for name, kind, help_text in _TRAIN_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=help_text)
+    p.add_argument("--no-random-start", dest="random_start", action="store_false", default=None,
+                   help="start the training attack at x instead of a random point of the ε-ball")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
     _add_common(p)

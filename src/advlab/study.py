@@ -189,7 +189,7 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
         _stage(folder / "eval.json", evaluate_model, redo=overwrite)
     for name in models:
         _stage(out / "models" / name / "checks.json",
-               lambda name=name: _check_numbers(config, name, models, test, attacks, progress), redo=overwrite)
+               lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress), redo=overwrite)
     metrics = collect_metrics(out)
     if overwrite or not (out / "gallery.safetensors").is_file():
         _log("drawing the gallery", progress)
@@ -206,7 +206,7 @@ def _strongest_pgd(attacks: list[AttackSpec]) -> AttackSpec:
 
 
 def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: list[AttackSpec],
-                   progress: bool) -> dict:
+                   out: Path, progress: bool) -> dict:
     """The extra measurements behind the gradient-masking checks, at the training ε."""
     from advlab.evaluate import evaluate, transfer_accuracy
 
@@ -215,13 +215,16 @@ def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: 
     base = _strongest_pgd(attacks)
     doubled = dataclasses.replace(base, steps=2 * base.steps, restarts=2 * base.restarts)
     noise = AttackSpec("noise", norm=base.norm)
-    result = evaluate(models[name], test, attacks=[base, doubled, noise], eps=[eps], seed=config.seed + 1,
+    # The base PGD figure is the study's own (models/NAME/eval.json), the one the report shows.
+    saved = read_json(out / "models" / name / "eval.json")
+    base_accuracy = saved["robust_accuracy"][base.label][saved["eps"].index(eps)]
+    result = evaluate(models[name], test, attacks=[doubled, noise], eps=[eps], seed=config.seed + 1,
                       progress=progress)
     # The surrogate for a transfer attack: the standard model for robust models, and for the standard
     # model the first adversarially trained one.
     surrogate = "standard" if name != "standard" else next(n for n in config.models if n != "standard")
     transfer = transfer_accuracy(models[name], models[surrogate], test, attack=base, eps=eps, seed=config.seed)
-    return {"eps": eps, "pgd": {"label": base.label, "accuracy": result.robust[base.label][0]},
+    return {"eps": eps, "pgd": {"label": base.label, "accuracy": base_accuracy},
             "pgd_doubled": {"label": doubled.label, "accuracy": result.robust[doubled.label][0]},
             "noise": {"label": noise.label, "accuracy": result.robust[noise.label][0]},
             "transfer": {"surrogate": surrogate, "label": base.label, "accuracy": transfer}}
