@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Issue 3's method table: every training method on the same budget of 3 passes over Fashion-MNIST
+# (59,000 images; free AT: 3 passes of m = 4 replays), small_cnn, Adam + one-cycle, ε = 0.1; then clean and
+# PGD-50×10 accuracy at ε = 0.1 on the first N test images (default: all 10,000).
+#   bash benchmarks/methods_table.sh [N] [OUT_DIR (default runs/methods)]
+# Prints one row per method: clean, robust, training minutes; results in OUT_DIR/NAME/eval-pgd50x10.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-10000}"
+out="${2:-runs/methods}"
+advlab=.venv/bin/advlab
+declare -a runs=(
+    "standard --method standard"
+    "fgsm --method fgsm"
+    "pgd --method pgd --steps 3"
+    "trades-b1 --method trades --steps 3 --beta 1"
+    "trades-b6 --method trades --steps 3 --beta 6"
+    "mart --method mart --steps 3 --beta 6"
+    "free --method free --replays 4 --epochs 12"
+)
+for spec in "${runs[@]}"; do
+    read -r name args <<<"$spec"
+    [[ "$args" == *--epochs* ]] || args="$args --epochs 3"
+    # shellcheck disable=SC2086
+    $advlab train $args --eps 0.1 --out "$out/$name" --overwrite --quiet >/dev/null
+    $advlab evaluate "$out/$name" --attack pgd50x10 --eps 0.1 --n "$n" --out "$out/$name/eval-pgd50x10.json" \
+        --overwrite --quiet >/dev/null
+done
+.venv/bin/python - "$out" "${runs[@]%% *}" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+print("| method | clean | PGD-50×10, ε = 0.1 | training minutes | best epoch | eval images |")
+print("|---|---|---|---|---|---|")
+for name in sys.argv[2:]:
+    summary = json.loads((out / name / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    minutes = sum(r["seconds"] for r in rows) / 60  # training passes only, not the per-epoch validation
+    ev = json.loads((out / name / "eval-pgd50x10.json").read_text())
+    print(f"| {name} | {100 * ev['clean_accuracy']:.2f}% | {100 * ev['worst_case_accuracy'][0]:.2f}% | "
+          f"{minutes:.1f} | {summary['best_epoch']} | {ev['n']} |")
+PY
