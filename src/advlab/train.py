@@ -293,7 +293,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # short runs of small CNNs do not overfit enough to need it; 5e-4 for CIFAR + SGD
     schedule: str = "onecycle"  # Wong et al.'s cyclic rate: fastest to a good model in a fixed budget
     eps_warmup_epochs: float = 0.0  # ramp ε from 0 over this many epochs; 0: full ε from the start, as the papers
-    co_threshold: float = 0.2  # stop when val PGD accuracy falls this far below its best (Wong et al.'s 20 points); 1: never
+    co_threshold: float = 0.1  # stop when val PGD accuracy falls this far below its best epoch's (see catastrophic_overfitting); 1: never
     seed: int = 0  # initialization, data order and random starts all derive from it: same seed, same weights
     train_size: int | None = None  # train on the first N training images only (quick experiments); None: all
     val_size: int = 1000  # training images held out for the per-epoch checks (Rice et al. hold out 1,000)
@@ -414,11 +414,14 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def catastrophic_overfitting(best_robust: float | None, robust: float, threshold: float) -> bool:
-    """Wong et al.'s early-stopping rule, against the best epoch so far instead of the previous one:
-    fast FGSM training that overfits catastrophically loses its PGD accuracy within an epoch or two
-    while its FGSM accuracy soars, so a fall of more than ``threshold`` (0.2 = 20 points) below the
-    best validation PGD accuracy seen so far marks the collapse. Honest fluctuations on 1,000 images
-    are ±1.5 points, and robust overfitting (Rice et al.) declines by a few points over many epochs."""
+    """Wong et al.'s early-stopping rule, against the best epoch so far instead of the previous one.
+
+    Fast FGSM training that overfits catastrophically gains FGSM accuracy while its PGD accuracy falls.
+    On CIFAR-10 the fall is sudden; on Fashion-MNIST it is gradual (FGSM training from x at ε = 0.2:
+    validation PGD-10 accuracy 41% → 31% → 22% over six epochs while training accuracy rose from 54% to
+    73%), so a fall of more than ``threshold`` (0.1 = 10 points) below the best epoch marks it. That is
+    far beyond the ±1.5 points of noise on 1,000 validation images, and beyond robust overfitting
+    (Rice et al.), which costs a few points over many epochs."""
     return best_robust is not None and best_robust - robust > threshold
 
 
