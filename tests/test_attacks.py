@@ -123,6 +123,24 @@ def test_attack_restores_modes_and_leaves_grads_alone(batch):
     assert torch.equal(model.inner[3].running_mean, running)  # eval mode: BatchNorm statistics untouched
 
 
+def test_channels_last_changes_layout_only(tiny_cnn, batch):
+    """pgd() runs CPU convolutions in channels-last; the caller's weights and the values must not change."""
+    from advlab.attacks import perturb
+
+    x, y = batch
+    before = {name: (p.data_ptr(), p.stride(), p.clone()) for name, p in tiny_cnn.named_parameters()}
+    tiny_cnn.eval()
+    reference = perturb(tiny_cnn, x, y, eps=0.1, alpha=0.025, steps=5, random_start=False,
+                        objective=lambda z, t: nn.functional.cross_entropy(z, t, reduction="none"))
+    fast = pgd(tiny_cnn, x, y, eps=0.1, alpha=0.025, steps=5, random_start=False, early_stop=False)
+    assert fast.is_contiguous()
+    # sign(∇) may flip where a gradient entry is ~0 under a different summation order: allow a few pixels
+    assert (fast - reference).abs().gt(1e-5).float().mean() < 0.01
+    for name, p in tiny_cnn.named_parameters():
+        ptr, stride, value = before[name]
+        assert p.data_ptr() == ptr and p.stride() == stride and torch.equal(p, value)
+
+
 def test_attack_works_under_no_grad_and_without_param_grads(tiny_cnn, batch):
     x, y = batch
     for p in tiny_cnn.parameters():

@@ -48,6 +48,29 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextlib.contextmanager
+def channels_last(model: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Run ``model`` on CPU with its convolution weights and ``x`` in channels-last layout; yield that ``x``.
+
+    oneDNN's CPU convolutions are fastest in NHWC: measured 1.35× more PGD steps per second for small_cnn
+    on Fashion-MNIST (benchmarks/bench_tuning.py). Only the layout changes, never a value: the weights'
+    own storage is swapped back afterwards, so the Parameter objects, their values and ``.grad`` are
+    exactly the caller's. Does nothing on other devices or for inputs that are not image batches.
+    """
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    if x.dim() != 4 or x.device.type != "cpu" or not weights:
+        yield x
+        return
+    saved = [p.data for p in weights]
+    try:
+        for p in weights:
+            p.data = p.data.to(memory_format=torch.channels_last)  # .to restrides even when C = 1
+        yield x.to(memory_format=torch.channels_last)
+    finally:
+        for p, data in zip(weights, saved):
+            p.data = data
+
+
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-example ``max_{j≠y} z_j − z_y`` (Carlini & Wagner 2017): positive exactly when misclassified."""
     true_logit = logits.gather(1, labels[:, None]).squeeze(1)
@@ -227,28 +250,34 @@ def pgd(
 
     run = dict(eps=eps, alpha=alpha, steps=int(steps), norm=norm, random_start=random_start,
                objective=objective, success=success if early_stop else None, generator=generator)
-    with eval_mode(model), torch.enable_grad():
-        best = perturb(model, x, y, **run)
-        if restarts == 1:
-            return best
-        with torch.no_grad():
-            logits = model(best)
-        best_success = _succeeded(logits, y, targeted)
-        best_objective = _objective(logits, y, loss, targeted)
-        for _ in range(int(restarts) - 1):
-            todo = (~best_success).nonzero().squeeze(1)
-            if todo.numel() == 0:
-                break
-            candidate = perturb(model, x[todo], y[todo], **run)
-            with torch.no_grad():
-                logits = model(candidate)
-            success = _succeeded(logits, y[todo], targeted)
-            objective = _objective(logits, y[todo], loss, targeted)
-            better = success | (objective > best_objective[todo])
-            best[todo[better]] = candidate[better]
-            best_success[todo[better]] = success[better]
-            best_objective[todo[better]] = objective[better]
+    with eval_mode(model), torch.enable_grad(), channels_last(model, x) as x_fast:
+        return _pgd_restarts(model, x_fast, y, run, int(restarts), loss, targeted).contiguous()
+
+
+def _pgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run: dict, restarts: int, loss: str,
+                  targeted: bool) -> torch.Tensor:
+    """PGD from ``restarts`` random starts, each example keeping its strongest result."""
+    best = perturb(model, x, y, **run)
+    if restarts == 1:
         return best
+    with torch.no_grad():
+        logits = model(best)
+    best_success = _succeeded(logits, y, targeted)
+    best_objective = _objective(logits, y, loss, targeted)
+    for _ in range(int(restarts) - 1):
+        todo = (~best_success).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        candidate = perturb(model, x[todo], y[todo], **run)
+        with torch.no_grad():
+            logits = model(candidate)
+        success = _succeeded(logits, y[todo], targeted)
+        objective = _objective(logits, y[todo], loss, targeted)
+        better = success | (objective > best_objective[todo])
+        best[todo[better]] = candidate[better]
+        best_success[todo[better]] = success[better]
+        best_objective[todo[better]] = objective[better]
+    return best
 
 
 def fgsm(
