@@ -160,6 +160,19 @@ def test_more_restarts_keep_the_strongest(tiny_cnn, batch):
     assert fooled_many >= fooled_one
 
 
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_restarts_never_lose_a_success(tiny_cnn, batch, early_stop):
+    """Every example the first start fools stays fooled, whether later restarts skip it or not."""
+    x, y = batch
+    kwargs = dict(eps=0.05, steps=2, early_stop=early_stop)
+    one = pgd(tiny_cnn, x, y, generator=torch.Generator().manual_seed(0), **kwargs)
+    many = pgd(tiny_cnn, x, y, restarts=4, generator=torch.Generator().manual_seed(0), **kwargs)
+    with torch.no_grad():
+        fooled_one = tiny_cnn(one).argmax(1) != y
+        fooled_many = tiny_cnn(many).argmax(1) != y
+    assert fooled_one.any() and not (fooled_one & ~fooled_many).any()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

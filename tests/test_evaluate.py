@@ -102,3 +102,28 @@ def test_evaluate_rejects_empty_lists(trained_model, fashion_test):
         evaluate(trained_model, fashion_test, attacks=[], eps=[0.1], progress=False)
     with pytest.raises(AdvlabError):
         _run(trained_model, fashion_test, ["fgsm"], eps=())
+
+
+def test_bf16_attacks_are_judged_in_full_precision(trained_model, fashion_test, monkeypatch):
+    """bf16 autocast covers the attack only: clean accuracy and the final verdicts stay fp32."""
+    attacks = [AttackSpec(name="pgd", steps=10)]
+    ref = evaluate(trained_model, fashion_test, attacks=attacks, eps=[0.1], progress=False)
+    seen = []
+    real_pgd = attacks_module.pgd
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_pgd(*args, **kwargs)
+
+    monkeypatch.setattr(attacks_module, "pgd", spy)
+    low = evaluate(trained_model, fashion_test, attacks=attacks, eps=[0.1], progress=False, precision="bf16")
+    assert seen and all(seen)
+    assert low.clean_accuracy == ref.clean_accuracy  # the clean pass is not under autocast
+    assert abs(low.worst_case[0] - ref.worst_case[0]) <= 0.05  # a few examples at most
+
+
+@pytest.mark.parametrize("precision, message", [("fp16", "needs a CUDA device"), ("int8", "unknown precision")])
+def test_bad_precision_is_a_clear_error(trained_model, fashion_test, precision, message):
+    with pytest.raises(AdvlabError, match=message):
+        evaluate(trained_model, fashion_test, attacks=[AttackSpec(name="fgsm")], eps=[0.1], progress=False,
+                 precision=precision)

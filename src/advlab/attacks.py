@@ -227,7 +227,8 @@ def pgd(
     each further random start runs only on the examples not yet fooled, and each example keeps its
     strongest result (a success first, then the higher loss). ``loss`` is ``"ce"`` (cross-entropy)
     or ``"margin"`` (Carlini–Wagner logit margin). ``early_stop`` freezes an example at its first
-    successful iterate (use it for evaluation, where any success counts).
+    successful iterate (use it for evaluation, where any success counts); without it every restart
+    runs on every example, as a naive evaluation would, and the strongest result is still kept.
 
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
@@ -251,12 +252,13 @@ def pgd(
     run = dict(eps=eps, alpha=alpha, steps=int(steps), norm=norm, random_start=random_start,
                objective=objective, success=success if early_stop else None, generator=generator)
     with eval_mode(model), torch.enable_grad(), channels_last(model, x) as x_fast:
-        return _pgd_restarts(model, x_fast, y, run, int(restarts), loss, targeted).contiguous()
+        return _pgd_restarts(model, x_fast, y, run, int(restarts), loss, targeted, early_stop).contiguous()
 
 
 def _pgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run: dict, restarts: int, loss: str,
-                  targeted: bool) -> torch.Tensor:
-    """PGD from ``restarts`` random starts, each example keeping its strongest result."""
+                  targeted: bool, early_stop: bool) -> torch.Tensor:
+    """PGD from ``restarts`` random starts, each example keeping its strongest result (a success first,
+    then the higher objective); with ``early_stop`` a restart runs only on the examples not yet fooled."""
     best = perturb(model, x, y, **run)
     if restarts == 1:
         return best
@@ -265,7 +267,7 @@ def _pgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run: dict,
     best_success = _succeeded(logits, y, targeted)
     best_objective = _objective(logits, y, loss, targeted)
     for _ in range(int(restarts) - 1):
-        todo = (~best_success).nonzero().squeeze(1)
+        todo = (~best_success if early_stop else torch.ones_like(best_success)).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
         candidate = perturb(model, x[todo], y[todo], **run)
@@ -273,7 +275,8 @@ def _pgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run: dict,
             logits = model(candidate)
         success = _succeeded(logits, y[todo], targeted)
         objective = _objective(logits, y[todo], loss, targeted)
-        better = success | (objective > best_objective[todo])
+        was = best_success[todo]
+        better = (success & ~was) | ((success == was) & (objective > best_objective[todo]))
         best[todo[better]] = candidate[better]
         best_success[todo[better]] = success[better]
         best_objective[todo[better]] = objective[better]

@@ -75,6 +75,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="folder with the data set files (default: $ADVLAB_DATA, "
                         "~/.cache/advlab, the Debian system copy, else download)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice, "
+                        "one per core)")
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -160,7 +162,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, attacks=attacks, eps=args.eps, n=args.n, dataset=args.dataset,
                                  split=args.split, data_dir=args.data_dir, out=args.out, overwrite=args.overwrite,
                                  batch_size=args.batch_size, chain=args.chain, early_stop=not args.no_early_stop,
-                                 seed=args.seed, progress=not args.quiet)
+                                 seed=args.seed, progress=not args.quiet, precision=args.precision)
     print(result.table())
     if args.out:
         print(f"wrote {args.out}")
@@ -289,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "attacks left robust (fastest; per-attack numbers become cumulative)")
     p.add_argument("--no-early-stop", action="store_true", help="keep attacking examples already fooled "
                    "(same result, slower; for benchmarks)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="arithmetic of the attacks' passes: fp32 (default, the reference), bf16 autocast (CPU "
+                   "with AVX512-BF16/AMX, or CUDA) or fp16 autocast (CUDA); examples are judged in fp32")
     p.add_argument("--out", type=Path, help="write the results as JSON to this file")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -331,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except AdvlabError as err:
