@@ -2,12 +2,16 @@
 # Issue 3's method table: every training method on the same budget of 3 passes over Fashion-MNIST
 # (59,000 images; free AT: 3 passes of m = 4 replays), small_cnn, Adam + one-cycle, ε = 0.1; then clean and
 # PGD-50×10 accuracy at ε = 0.1 on the first N test images (default: all 10,000).
-#   bash benchmarks/methods_table.sh [N] [OUT_DIR (default runs/methods)]
-# Prints one row per method: clean, robust, training minutes; results in OUT_DIR/NAME/eval-pgd50x10.json.
+#   bash benchmarks/methods_table.sh [N] [OUT_DIR (default runs/methods)] [METHOD ...]
+# Prints one row per method: clean, robust, training minutes; results in OUT_DIR/NAME/eval-pgd50x10-nN.json.
+# A finished training run (OUT_DIR/NAME/summary.json) and a finished evaluation are reused, so the script
+# can be stopped and rerun; RETRAIN=1 trains again. METHOD names pick a subset of the rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-10000}"
 out="${2:-runs/methods}"
+shift $(( $# < 2 ? $# : 2 ))
+only=" $* "
 advlab=.venv/bin/advlab
 declare -a runs=(
     "standard --method standard"
@@ -18,25 +22,32 @@ declare -a runs=(
     "mart --method mart --steps 3 --beta 6"
     "free --method free --replays 4 --epochs 12"
 )
+names=()
 for spec in "${runs[@]}"; do
     read -r name args <<<"$spec"
+    [[ "$only" == "  " || "$only" == *" $name "* ]] || continue
+    names+=("$name")
     [[ "$args" == *--epochs* ]] || args="$args --epochs 3"
-    # shellcheck disable=SC2086
-    $advlab train $args --eps 0.1 --out "$out/$name" --overwrite --quiet >/dev/null
-    $advlab evaluate "$out/$name" --attack pgd50x10 --eps 0.1 --n "$n" --out "$out/$name/eval-pgd50x10.json" \
-        --overwrite --quiet >/dev/null
+    if [[ "${RETRAIN:-0}" == 1 || ! -f "$out/$name/summary.json" ]]; then
+        # shellcheck disable=SC2086
+        $advlab train $args --eps 0.1 --out "$out/$name" --overwrite --quiet >/dev/null
+        rm -f "$out/$name"/eval-pgd50x10-n*.json
+    fi
+    [[ -f "$out/$name/eval-pgd50x10-n$n.json" ]] ||
+        $advlab evaluate "$out/$name" --attack pgd50x10 --eps 0.1 --n "$n" --out "$out/$name/eval-pgd50x10-n$n.json" \
+            --quiet >/dev/null
 done
-.venv/bin/python - "$out" "${runs[@]%% *}" <<'PY'
+.venv/bin/python - "$out" "$n" "${names[@]}" <<'PY'
 import json, sys
 from pathlib import Path
-out = Path(sys.argv[1])
+out, n = Path(sys.argv[1]), sys.argv[2]
 print("| method | clean | PGD-50×10, ε = 0.1 | training minutes | best epoch | eval images |")
 print("|---|---|---|---|---|---|")
-for name in sys.argv[2:]:
+for name in sys.argv[3:]:
     summary = json.loads((out / name / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     minutes = sum(r["seconds"] for r in rows) / 60  # training passes only, not the per-epoch validation
-    ev = json.loads((out / name / "eval-pgd50x10.json").read_text())
+    ev = json.loads((out / name / f"eval-pgd50x10-n{n}.json").read_text())
     print(f"| {name} | {100 * ev['clean_accuracy']:.2f}% | {100 * ev['worst_case_accuracy'][0]:.2f}% | "
           f"{minutes:.1f} | {summary['best_epoch']} | {ev['n']} |")
 PY

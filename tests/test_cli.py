@@ -68,6 +68,8 @@ def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys
         (["evaluate", "{tmp}/missing.safetensors", "--eps", "0.1"], "does not exist"),
         (["evaluate", "{tmp}/corrupt.safetensors", "--eps", "0.1"], "corrupt"),
         (["evaluate", "{ckpt}", "--eps", "abc"], "not a number"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--n", "5", "--precision", "fp16"], "needs a CUDA device"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--threads", "0"], "threads"),
         (["attack", "{ckpt}", "--eps", "0.1", "--out", "{tmp}/a-file/sub"], "cannot write"),
         (["attack", "{ckpt}", "--eps", "0.1", "--target", "12", "--out", "{tmp}/t"], "target"),
         (["train", "--model", "resnet9000", "--out", "{tmp}/run"], "unknown model"),

@@ -289,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=500, help="images per batch (default 500)")
     p.add_argument("--chain", action="store_true", help="run each attack only on examples that earlier "
                    "attacks left robust (fastest; per-attack numbers become cumulative)")
-    p.add_argument("--no-early-stop", action="store_true", help="keep attacking examples already fooled "
-                   "(same result, slower; for benchmarks)")
+    p.add_argument("--no-early-stop", action="store_true", help="the naive evaluation, for benchmarks: attack "
+                   "every example with every step and restart, even those already fooled (much slower)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="arithmetic of the attacks' passes: fp32 (default, the reference), bf16 autocast (CPU "
                    "with AVX512-BF16/AMX, or CUDA) or fp16 autocast (CUDA); examples are judged in fp32")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install the peer libraries the benchmarks compare against, into advlab's venv, WITHOUT touching torch.
+# Run from anywhere; assumes `bash scripts/setup.sh` already created .venv with advlab (editable) + torch 2.13.0 CPU.
+# Every package goes in with --no-deps so pip can never pull torchvision or another torch.
+#   torchattacks 3.5.1: declares torch, torchvision, scipy, tqdm, requests, numpy; at import time it only
+#       needs torch + scipy (+tqdm/numpy, already present). torchvision is NOT imported, so no stub is needed;
+#       benchmarks/_common.py still puts benchmarks/_stubs on sys.path if a future version needs it and
+#       torchvision is absent (the folder is empty today).
+#   adversarial-robustness-toolbox 1.20.1 (ART): core deps numpy, scipy, scikit-learn, six, setuptools, tqdm;
+#       scikit-learn 1.9 needs joblib, threadpoolctl, narwhals; joblib 1.6 needs cloudpickle.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pip=.venv/bin/pip
+$pip install --no-deps -c constraints.txt torchattacks==3.5.1
+$pip install --no-deps -c constraints.txt adversarial-robustness-toolbox==1.20.1 \
+    scipy==1.17.1 scikit-learn==1.9.1 joblib==1.6.0 threadpoolctl==3.8.0 narwhals==2.29.0 \
+    cloudpickle==3.1.3 six==1.17.0
+.venv/bin/python - <<'PY'
+import torch, torchattacks, art
+from art.estimators.classification import PyTorchClassifier  # noqa: F401
+from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent  # noqa: F401
+print("torch", torch.__version__, "torchattacks", torchattacks.__version__, "art", art.__version__)
+try:
+    import torchvision  # noqa: F401
+    print("WARNING: torchvision is installed")
+except ImportError:
+    print("torchvision absent (as intended)")
+PY
