@@ -127,3 +127,19 @@ def test_bad_precision_is_a_clear_error(trained_model, fashion_test, precision, 
     with pytest.raises(AdvlabError, match=message):
         evaluate(trained_model, fashion_test, attacks=[AttackSpec(name="fgsm")], eps=[0.1], progress=False,
                  precision=precision)
+
+
+def test_pad_to_bucket_keeps_every_chosen_example():
+    from advlab.evaluate import _pad_to_bucket
+
+    mask = torch.zeros(100, dtype=torch.bool)
+    mask[[3, 50, 99]] = True
+    idx = _pad_to_bucket(mask)
+    assert idx.numel() == 32 and idx.unique().numel() == 32 and torch.equal(idx, idx.sort().values)
+    assert set([3, 50, 99]) <= set(idx.tolist())
+    mask[:] = True
+    assert _pad_to_bucket(mask).numel() == 100
+    mask[:] = False
+    assert _pad_to_bucket(mask).numel() == 0
+    mask[:90] = True  # 90 rounds up to 96, which is within the 100
+    assert _pad_to_bucket(mask).numel() == 96

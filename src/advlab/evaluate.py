@@ -99,6 +99,21 @@ def _batches(data, batch_size: int, device) -> Iterable[tuple[torch.Tensor, torc
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def _pad_to_bucket(mask: torch.Tensor, bucket: int = 32) -> torch.Tensor:
+    """Indices of ``mask``'s True entries, plus some False ones to make a multiple of ``bucket`` (or all).
+
+    The extra examples are attacked for nothing and their verdicts are masked out by the caller; in
+    exchange the attacks see a bounded set of batch shapes, which keeps peak memory from growing with
+    the number of images (benchmarks/bench_eval.py).
+    """
+    chosen = mask.nonzero().squeeze(1)
+    size = min(mask.numel(), -(-chosen.numel() // bucket) * bucket)
+    if chosen.numel() in (0, size):
+        return chosen
+    extra = (~mask).nonzero().squeeze(1)[: size - chosen.numel()]
+    return torch.cat([chosen, extra]).sort().values
+
+
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
@@ -193,7 +208,7 @@ def evaluate(
                     # Only clean-correct examples can be robust; chained attacks also skip the broken ones.
                     # Without early exit every example is attacked, as a naive evaluation would.
                     todo = (still_robust if chain else correct if early_stop else torch.ones_like(correct))
-                    todo = todo.nonzero().squeeze(1)
+                    todo = _pad_to_bucket(todo)
                     robust = torch.zeros_like(correct)
                     if todo.numel():
                         with low_precision():
