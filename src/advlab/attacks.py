@@ -130,19 +130,21 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> tor
 
 
 def _random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
-    """A random point of the ε-ball, clipped to [0, 1]. L∞: uniform in the cube. L2: a uniform direction
-    at a radius uniform in [0, ε] (as torchattacks draws it), not uniform in the ball: in d = 784
-    dimensions a uniform draw from the ball lies almost on its surface, which leaves PGD's few steps less
-    room. Measured on the Fashion-MNIST standard model at ε = 1.5
-    (benchmarks/bench_agreement.py, 10,000 images): with uniform-in-ball starts PGD-10 L2 left 19.06%
-    robust, torchattacks' 17.86%.
+    """A uniform draw from the ε-ball (L∞: the cube; L2: the ball), clipped to [0, 1].
+
+    For L2 this lies almost on the sphere of radius ε in high dimension. torchattacks instead draws the
+    radius uniformly in [0, ε]; measured on 10,000 Fashion-MNIST images at ε = 1.5 with PGD-10
+    (benchmarks/bench_agreement.py), that start leaves 7.4 points more robust examples on a robust model
+    (54.12% against 46.68%) and 1.2 fewer on a standard one (17.86% against 19.06%): the uniform-ball start
+    is kept, as the one that does not overstate robustness where it matters.
     """
     if norm == "linf":
         noise = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
     else:
         direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         direction = direction / _bcast(_per_example_norm(direction, "l2").clamp_min(1e-12), x)
-        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        dims = x[0].numel()
+        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dims)
         noise = direction * _bcast(radius * eps, x)
     return _project(x + noise, x, eps, norm)
 
