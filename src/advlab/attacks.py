@@ -56,7 +56,7 @@ def set_channels_last(enabled: bool) -> bool:
 
     The layout changes no value, but max pooling breaks ties between equal maxima differently in each
     layout, so a few gradient entries route to another (equally valid) pixel: on Fashion-MNIST, FGSM
-    differs from torchattacks' and ART's in 25 of 7.84 million pixels with it and in 1 (a rounding of a
+    differs from torchattacks' and ART's in 26 of 7.84 million pixels with it and in 1 (a rounding of a
     ~1e-12 gradient) without it (benchmarks/bench_fgsm_identity.py). Turn it off to compare exactly.
     """
     previous = _CHANNELS_LAST[0]
@@ -64,17 +64,24 @@ def set_channels_last(enabled: bool) -> bool:
     return previous
 
 
+def channels_last_weights(model: nn.Module, device: torch.device) -> list[nn.Parameter]:
+    """The convolution weights to keep channels-last: those of a CPU model while the layout is on."""
+    if not _CHANNELS_LAST[0] or torch.device(device).type != "cpu":
+        return []
+    return [p for p in model.parameters() if p.dim() == 4]
+
+
 @contextlib.contextmanager
 def channels_last(model: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
     """Run ``model`` on CPU with its convolution weights and ``x`` in channels-last layout; yield that ``x``.
 
-    oneDNN's CPU convolutions are fastest in NHWC: measured 1.35× more PGD steps per second for small_cnn
-    on Fashion-MNIST (benchmarks/bench_tuning.py). Only the layout changes, never a value: the weights'
+    oneDNN's CPU convolutions are fastest in NHWC: measured 1.5× more PGD steps per second for small_cnn
+    on Fashion-MNIST (benchmarks/bench_tuning.py, BENCHMARKS.md). Only the layout changes, never a value: the weights'
     own storage is swapped back afterwards, so the Parameter objects, their values and ``.grad`` are
     exactly the caller's. Does nothing on other devices or for inputs that are not image batches.
     """
-    weights = [p for p in model.parameters() if p.dim() == 4]
-    if not _CHANNELS_LAST[0] or x.dim() != 4 or x.device.type != "cpu" or not weights:
+    weights = channels_last_weights(model, x.device) if x.dim() == 4 else []
+    if not weights:
         yield x
         return
     saved = [p.data for p in weights]
@@ -141,8 +148,7 @@ def _random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Gener
     if norm == "linf":
         noise = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
     else:
-        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        direction = direction / _bcast(_per_example_norm(direction, "l2").clamp_min(1e-12), x)
+        direction = _step_direction(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), "l2")
         dims = x[0].numel()
         radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dims)
         noise = direction * _bcast(radius * eps, x)
@@ -232,7 +238,7 @@ def perturb(
     return x_adv
 
 
-_BUCKET = 32
+BUCKET = 32
 
 
 def _bucket(left: int, current: int) -> int:
@@ -243,7 +249,7 @@ def _bucket(left: int, current: int) -> int:
     allocator's heap and fills oneDNN's primitive cache, so peak memory grew with the number of images
     (benchmarks/bench_eval.py). It also saves a copy on steps that fool only a few examples.
     """
-    return min(current, -(-left // _BUCKET) * _BUCKET)
+    return min(current, -(-left // BUCKET) * BUCKET)
 
 
 def pgd(
@@ -310,7 +316,7 @@ def _pgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, run: dict,
         logits = model(best)
     best_success = _succeeded(logits, y, targeted)
     best_objective = _objective(logits, y, loss, targeted)
-    for _ in range(int(restarts) - 1):
+    for _ in range(restarts - 1):
         todo = (~best_success if early_stop else torch.ones_like(best_success)).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
@@ -370,8 +376,7 @@ def random_noise(
     if norm == "linf":
         signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
         return (x + eps * signs).clamp(0.0, 1.0)
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    direction = direction / _bcast(_per_example_norm(direction, "l2").clamp_min(1e-12), x)
+    direction = _step_direction(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), "l2")
     return (x + eps * direction).clamp(0.0, 1.0)
 
 

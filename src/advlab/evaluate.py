@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from advlab.attacks import AttackSpec, eval_mode
+from advlab.attacks import AttackSpec, _bucket, eval_mode
 from advlab.errors import AdvlabError
 
 # Float slack for the ε-ball check: projections are exact up to float32 rounding of x ± ε.
@@ -99,15 +99,15 @@ def _batches(data, batch_size: int, device) -> Iterable[tuple[torch.Tensor, torc
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def _pad_to_bucket(mask: torch.Tensor, bucket: int = 32) -> torch.Tensor:
-    """Indices of ``mask``'s True entries, plus some False ones to make a multiple of ``bucket`` (or all).
+def _pad_to_bucket(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of ``mask``'s True entries, plus some False ones up to the early-exit loop's bucket size.
 
     The extra examples are attacked for nothing and their verdicts are masked out by the caller; in
     exchange the attacks see a bounded set of batch shapes, which keeps peak memory from growing with
     the number of images (benchmarks/bench_eval.py).
     """
     chosen = mask.nonzero().squeeze(1)
-    size = min(mask.numel(), -(-chosen.numel() // bucket) * bucket)
+    size = _bucket(chosen.numel(), mask.numel())
     if chosen.numel() in (0, size):
         return chosen
     extra = (~mask).nonzero().squeeze(1)[: size - chosen.numel()]

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advlab.attacks import AttackSpec, perturb
+from advlab.attacks import AttackSpec, channels_last_weights, perturb
 from advlab.errors import AdvlabError, check_range
 from advlab.runs import (atomic_write_text, load_tensors, prepare_run_dir, read_json, save_checkpoint,
                          save_tensors, versions, write_json)
@@ -606,12 +606,10 @@ def _use_channels_last(model: nn.Module, device: torch.device) -> bool:
     (measured in benchmarks/bench_train.py). Only the layout changes: values, and so results, are those
     of the default layout up to float summation order; checkpoints are saved contiguous as ever.
     """
-    weights = [p for p in model.parameters() if p.dim() == 4]
-    if torch.device(device).type != "cpu" or not weights:
-        return False
+    weights = channels_last_weights(model, device)
     for p in weights:
         p.data = p.data.to(memory_format=torch.channels_last)
-    return True
+    return bool(weights)
 
 
 def _validate(model, val_data, check_data, config, device) -> tuple[float, float]:
