@@ -256,3 +256,22 @@ def test_every_model_is_attackable(name):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(AdvlabError, match="unknown model"):
         create_model("resnet9000")
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "madry_cnn"])
+def test_pool_before_relu_is_the_usual_conv_relu_pool(name):
+    # The CNNs pool before their ReLU for speed; it must be the textbook network, values and input gradients.
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=1, num_classes=10)
+    features = model[1].features
+    swapped = [features[0], features[2], features[1], features[3], features[5], features[4]]
+    assert [type(m) for m in swapped] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d] * 2
+    usual = nn.Sequential(model[0], nn.Sequential(*swapped), model[1].classifier)
+    x = torch.rand(8, 1, 28, 28, requires_grad=True)
+    out = model(x)
+    (grad,) = torch.autograd.grad(out.logsumexp(1).sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    out2 = usual(x2)
+    (grad2,) = torch.autograd.grad(out2.logsumexp(1).sum(), x2)
+    torch.testing.assert_close(out, out2)
+    torch.testing.assert_close(grad, grad2)

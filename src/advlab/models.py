@@ -36,15 +36,22 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+# Both CNNs below pool before their ReLU. Max-pooling and ReLU commute (ReLU is monotone), so each is the
+# same function, with the same gradients up to ties, as the usual conv-ReLU-pool, and loads the same
+# checkpoints (no layer with weights moved); but the ReLU and its backward touch 4× fewer values, about
+# 10% off every forward-and-backward pass of small_cnn on CPU (profiled for issue 4; tests/test_models.py
+# checks the equivalence).
+
+
 class SmallCNN(nn.Module):
     """A fast two-conv network for 28×28 grey images: ≥ 90% on Fashion-MNIST in a couple of CPU epochs."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, hidden: int = 128) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        )
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+        )  # pool, then ReLU: see the note above SmallCNN
         # LazyLinear would make the input size free, but breaks loading weights before a first forward.
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(2 * width * 7 * 7, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
@@ -60,9 +67,9 @@ class MadryCNN(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        )
+            nn.Conv2d(in_channels, 32, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+        )  # pool, then ReLU: see the note above SmallCNN
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(inplace=True), nn.Linear(1024, num_classes)
         )
