@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,13 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(AdvlabError, match="unknown study settings"):
         load_study_config(odd)
     assert dataclasses.is_dataclass(load_study_config())
+
+
+def test_full_preset_trains_the_full_recipe():
+    # The full preset's PGD model is issue 3's full recipe, setting for setting (training is deterministic
+    # on CPU), so its weights are the full recipe's and a finished runs/train-full can seed the study.
+    from advlab.train import load_config
+
+    study = load_study_config(preset="full").train_config("pgd").to_dict()
+    recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "train-full.toml").to_dict()
+    assert study == recipe
