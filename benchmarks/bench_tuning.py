@@ -116,6 +116,10 @@ def main() -> None:
     cl_model = C.standard_model(args.model).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     record("channels_last", lambda: pgd_all(m=cl_model, xs=x_cl))
+    for b in (50, 100, 500):
+        if b <= len(x):
+            record(f"channels_last, batch {b}", lambda b=b: pgd_all(m=cl_model, xs=x_cl, batch=b))
+    record("channels_last + bf16 autocast", lambda: pgd_all(m=cl_model, xs=x_cl, autocast=True))
     record("bf16 autocast", lambda: pgd_all(autocast=True), note="avx512_bf16 yes, amx no (lscpu)")
     if not args.no_compile:
         cm = torch.compile(C.standard_model(args.model))

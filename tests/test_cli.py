@@ -24,6 +24,13 @@ def _fails_cleanly(capsys, argv, *, match):
     return err
 
 
+def test_cli_evaluation_batch_is_the_library_default():
+    from advlab.cli import EVAL_BATCH
+    from advlab.evaluate import DEFAULT_BATCH
+
+    assert EVAL_BATCH == DEFAULT_BATCH
+
+
 def test_parse_numbers():
     assert parse_number("8/255") == pytest.approx(8 / 255)
     assert parse_numbers("0.1, 8/255,0") == pytest.approx([0.1, 8 / 255, 0.0])

@@ -43,9 +43,17 @@ def test_targeted_pgd_reaches_target(trained_model, fashion_test):
 
 
 def test_early_stop_is_never_weaker(trained_model, fashion_test):
+    # Without a random start both modes follow the same iterates, so early exit (which keeps an example's
+    # first successful iterate) can only be as strong or stronger.
+    spec = AttackSpec("pgd", steps=10, random_start=False)
+    fast = evaluate(trained_model, fashion_test, attacks=[spec], eps=[0.1], progress=False, early_stop=True)
+    slow = evaluate(trained_model, fashion_test, attacks=[spec], eps=[0.1], progress=False, early_stop=False)
+    assert fast.robust[spec.label][0] <= slow.robust[spec.label][0]
+    # With random starts the two modes draw different starts (they attack different subsets): equal up to
+    # that noise, 1 point of these 500 images.
     fast = _run(trained_model, fashion_test, ["pgd10"], early_stop=True)
     slow = _run(trained_model, fashion_test, ["pgd10"], early_stop=False)
-    assert fast.robust["PGD-10 L∞"][0] <= slow.robust["PGD-10 L∞"][0]
+    assert fast.robust["PGD-10 L∞"][0] <= slow.robust["PGD-10 L∞"][0] + 0.01
 
 
 def test_chained_worst_case_equals_per_attack_worst_case(trained_model, fashion_test):

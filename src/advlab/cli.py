@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 from advlab.errors import AdvlabError
 
+EVAL_BATCH = 256  # advlab.evaluate.DEFAULT_BATCH, kept here so that --help needs no torch import (tested)
+
 EPILOG_TRAIN = """examples:
   advlab train --out runs/standard                          # standard training, Fashion-MNIST, small_cnn
   advlab train --method fgsm --eps 0.1 --epochs 10 --out runs/fast
@@ -286,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", action="append", help="attack to run; repeat for several (default: fgsm and pgd20)")
     p.add_argument("--eps", type=parse_numbers, required=True, help="comma-separated ε values, e.g. 0.05,0.1")
     p.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default: all)")
-    p.add_argument("--batch-size", type=_positive_int, default=500, help="images per batch (default 500)")
+    p.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH,
+                   help=f"images per batch (default {EVAL_BATCH})")
     p.add_argument("--chain", action="store_true", help="run each attack only on examples that earlier "
                    "attacks left robust (fastest; per-attack numbers become cumulative)")
     p.add_argument("--no-early-stop", action="store_true", help="the naive evaluation, for benchmarks: attack "
