@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from advlab.cli import main, parse_number, parse_numbers
+from advlab.cli import EVAL_BATCH, main, parse_number, parse_numbers
 
 
 def _fails_cleanly(capsys, argv, *, match):
@@ -25,7 +25,6 @@ def _fails_cleanly(capsys, argv, *, match):
 
 
 def test_cli_evaluation_batch_is_the_library_default():
-    from advlab.cli import EVAL_BATCH
     from advlab.evaluate import DEFAULT_BATCH
 
     assert EVAL_BATCH == DEFAULT_BATCH
@@ -46,6 +45,7 @@ def test_evaluate_writes_json_and_prints_table(trained_checkpoint, tmp_path, cap
     assert data["n"] == 100 and data["eps"] == [0.05, 0.1]
     assert f"{100 * data['clean_accuracy']:.2f}%" in printed
     assert data["hyperparameters"]["PGD-5 L∞"][1]["alpha"] == pytest.approx(2.5 * 0.1 / 5)
+    assert (data["batch_size"], data["seed"], data["early_stop"], data["chain"]) == (EVAL_BATCH, 0, True, False)
 
 
 def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys):

@@ -310,7 +310,8 @@ def evaluate_checkpoint(
     if out is not None:
         write_json(out, {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split,
                          "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
-                         "attack_precision": precision,
+                         "attack_precision": precision, "batch_size": batch_size, "seed": seed,
+                         "early_stop": early_stop, "chain": chain,  # the random starts depend on these
                          **result.to_dict()})
     return result
 
