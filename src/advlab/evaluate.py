@@ -39,11 +39,11 @@ class IntegrityError(RuntimeError):
     """An attack returned a point outside its threat model: a bug, never a result to report."""
 
 
-
 # Images per evaluation batch. On the 2-core CPU of BENCHMARKS.md (benchmarks/bench_eval_batch.py), PGD-20
 # on 1,000 images of a robust small_cnn took 3.6 s at 256 against 4.3 s at 500 and 4.0–4.1 s at 100–128
 # (activations that fit the cache, against per-batch overhead); on a standard model 256 and 500 tie.
 DEFAULT_BATCH = 256
+
 
 def verify_adversarial(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str, *, what: str = "attack") -> None:
     """Fail loudly unless ``x_adv`` is finite, in [0, 1] and within ``eps`` of ``x`` in ``norm``."""
