@@ -75,10 +75,11 @@ def channels_last_weights(model: nn.Module, device: torch.device) -> list[nn.Par
 def channels_last(model: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
     """Run ``model`` on CPU with its convolution weights and ``x`` in channels-last layout; yield that ``x``.
 
-    oneDNN's CPU convolutions are fastest in NHWC: measured 1.5× more PGD steps per second for small_cnn
-    on Fashion-MNIST (benchmarks/bench_tuning.py, BENCHMARKS.md). Only the layout changes, never a value: the weights'
-    own storage is swapped back afterwards, so the Parameter objects, their values and ``.grad`` are
-    exactly the caller's. Does nothing on other devices or for inputs that are not image batches.
+    oneDNN's CPU convolutions are fastest in NHWC: measured 1.3–1.5× more PGD steps per second for
+    small_cnn on Fashion-MNIST (benchmarks/bench_attacks.py, "limit" against "limit NCHW"; BENCHMARKS.md).
+    Only the layout changes, never a value: the weights' own storage is swapped back afterwards, so the
+    Parameter objects, their values and ``.grad`` are exactly the caller's. Does nothing on other devices
+    or for inputs that are not image batches.
     """
     weights = channels_last_weights(model, x.device) if x.dim() == 4 else []
     if not weights:
@@ -225,7 +226,7 @@ def perturb(
                 left = int((~finished).sum())
                 if left == 0:
                     return result
-                size = _bucket(left, active.numel())
+                size = bucket_size(left, active.numel())
                 if size < active.numel():
                     # Unfinished rows first, then finished ones to fill the bucket, in their old order.
                     keep = torch.argsort(finished.to(torch.uint8), stable=True)[:size].sort().values
@@ -241,7 +242,7 @@ def perturb(
 BUCKET = 32
 
 
-def _bucket(left: int, current: int) -> int:
+def bucket_size(left: int, current: int) -> int:
     """How many rows the early-exit loop keeps when ``left`` of its ``current`` rows are unfinished.
 
     Rounding up to a multiple of 32 (finished rows ride along, their results already kept) bounds the

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from advlab.attacks import AttackSpec, _bucket, eval_mode
+from advlab.attacks import AttackSpec, bucket_size, eval_mode
 from advlab.errors import AdvlabError
 
 # Float slack for the ε-ball check: projections are exact up to float32 rounding of x ± ε.
@@ -113,7 +113,7 @@ def _pad_to_bucket(mask: torch.Tensor) -> torch.Tensor:
     the number of images (benchmarks/bench_eval.py).
     """
     chosen = mask.nonzero().squeeze(1)
-    size = _bucket(chosen.numel(), mask.numel())
+    size = bucket_size(chosen.numel(), mask.numel())
     if chosen.numel() in (0, size):
         return chosen
     extra = (~mask).nonzero().squeeze(1)[: size - chosen.numel()]
