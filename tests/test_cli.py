@@ -102,9 +102,15 @@ def test_existing_outputs_are_never_overwritten(trained_checkpoint, tmp_path, ca
     folder = tmp_path / "attack"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
-    _fails_cleanly(capsys, ["attack", str(trained_checkpoint), "--eps", "0.1", "--out", str(folder)],
-                   match="already exists")
+    err = _fails_cleanly(capsys, ["attack", str(trained_checkpoint), "--eps", "0.1", "--out", str(folder)],
+                         match="already exists")
+    assert "--resume" not in err  # the refusal names only options the command has
+    err = _fails_cleanly(capsys, ["study", "--out", str(folder)], match="already exists")
+    assert "--resume" not in err and "--overwrite" in err
+    err = _fails_cleanly(capsys, ["train", "--out", str(folder)], match="already exists")
+    assert "--resume" in err
     assert (folder / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
 def test_console_script_help_and_error_exit_codes():

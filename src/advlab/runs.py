@@ -81,17 +81,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
+                    resume_option: str | None = None) -> Path:
     """Create the run folder, refusing to touch an existing non-empty one unless asked.
 
     ``resume`` accepts an existing folder (the caller checks it holds the same run); ``overwrite``
-    empties nothing but lets the new run's files replace the old ones one by one.
+    empties nothing but lets the new run's files replace the old ones one by one. ``resume_option``
+    names the command's option that continues a run, for the refusal message (only where one exists).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise AdvlabError(f"{path} exists and is not a folder; choose another --out")
     if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
-        raise AdvlabError(f"run folder {path} already exists and is not empty; use --resume to continue it, "
+        to_resume = f"{resume_option} to continue it, " if resume_option else ""
+        raise AdvlabError(f"run folder {path} already exists and is not empty; use {to_resume}"
                           "--overwrite to replace its files, or choose another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)

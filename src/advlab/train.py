@@ -467,7 +467,7 @@ def train(
     config = config.resolved()
     if stop_after_epochs is not None and stop_after_epochs < 0:
         raise AdvlabError(f"stop_after_epochs must be at least 0, got {stop_after_epochs}")
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    out = prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")
     saved_state = _read_state(out) if resume else None
     if resume:
         _check_same_config(out, config, saved_state)
