@@ -107,6 +107,7 @@ def test_headline_story_is_made_of_the_numbers(built):
     paragraph = re.search(r"<div class='story'><p>(.*?)</p></div>", text).group(1)
     assert "90.8% accurate on clean images but 1.2% under PGD-20 L∞ at ε = 0.1" in paragraph
     assert "PGD-10 AT, the most robust model, keeps 71.0% under PGD-20 L∞ at a cost of 4.1 points" in paragraph
+    assert "its worst case over all attacks is 70.5%" in paragraph  # the sanity checks' attacks count too
     assert "PGD-10 AT beats TRADES β=6 on both counts" in paragraph
     assert "1 of 10 sanity checks against gradient masking fails" in paragraph
 
@@ -132,7 +133,10 @@ def test_results_tables_parse_back_to_metrics(built):
     assert next(body, None) is None
 
     i = grid.index(metrics["train_eps"])
-    scores = {n: (m["clean_accuracy"], m["worst_case_accuracy"][i]) for n, m in metrics["models"].items()}
+    scores = {n: (m["clean_accuracy"], (m.get("worst_case_all_attacks") or {}).get("accuracy",
+                                                                               m["worst_case_accuracy"][i]))
+              for n, m in metrics["models"].items()}
+    assert scores["pgd"][1] < metrics["models"]["pgd"]["worst_case_accuracy"][i]  # the fixture has both kinds
     summary = _table(text, "model", "on the frontier")[1:]
     for row, (name, model) in zip(summary, metrics["models"].items(), strict=True):
         assert row[0] == model["label"]
@@ -161,6 +165,12 @@ def test_report_lists_every_attack_hyperparameter(built):
                 assert row[:6] == [label, h["attack"], h["norm"], str(h["steps"]), str(h["restarts"]),
                                    "yes" if h["random_start"] else "no"]
             assert float(row[-2]) == pytest.approx(h["eps"]) and float(row[-1]) == pytest.approx(h["alpha"], rel=1e-3)
+    for label, h in metrics["check_attacks"].items():  # the sanity checks' attacks, at the training ε only
+        row = next(body)
+        assert row[:6] == [label, h["attack"], h["norm"], str(h["steps"]), str(h["restarts"]),
+                           "yes" if h["random_start"] else "no"]
+        assert float(row[-2]) == pytest.approx(h["eps"])
+        assert row[-1] == "—" if h["alpha"] is None else float(row[-1]) == pytest.approx(h["alpha"], rel=1e-3)
     assert next(body, None) is None
 
 

@@ -51,6 +51,18 @@ def test_study_writes_everything(tiny_study):
     for model in metrics["models"].values():
         assert model["robust_accuracy"]["PGD-5 L∞"][0] == pytest.approx(model["clean_accuracy"])  # ε = 0
         assert model["worst_case_accuracy"][-1] <= model["clean_accuracy"]
+        # The checks' extra attacks (doubled PGD, noise, transfer) only ever lower the worst case at ε = 0.1.
+        assert model["worst_case_all_attacks"]["accuracy"] <= model["worst_case_accuracy"][1]
+    best = metrics["best_robust_model"]
+    assert best == max((n for n in metrics["models"] if n != "standard"),
+                       key=lambda n: metrics["models"][n]["worst_case_all_attacks"]["accuracy"])
+    # Every extra attack is stated with its hyperparameters; doubled PGD keeps the step size of PGD-5.
+    extra = metrics["check_attacks"]
+    assert {"PGD-10×2 L∞ (sanity check)", "noise L∞ (sanity check)", "PGD-5 L∞ transfer (sanity check)",
+            "PGD-50 L∞ targeted (gallery)"} == set(extra)
+    assert extra["PGD-10×2 L∞ (sanity check)"]["alpha"] == pytest.approx(metrics["attack_hyperparameters"]
+                                                                        ["PGD-5 L∞"][1]["alpha"])
+    assert metrics["n_eval"] == 60
 
 
 def test_same_seed_same_metrics_and_cached_resume(tiny_study, tmp_path):
@@ -68,6 +80,42 @@ def test_interrupted_study_picks_up(tiny_study, tmp_path):
     out, metrics = tiny_study
     (out / "models" / "trades" / "eval.json").unlink()  # as if stopped before that stage
     assert _accuracies(run_study(tiny_config(), out, progress=False)) == _accuracies(metrics)
+
+
+def test_a_stage_computed_from_other_inputs_is_redone(tiny_study):
+    out, metrics = tiny_study
+    path = out / "models" / "fgsm" / "eval.json"
+    stale = json.loads(path.read_text())
+    stale["inputs"]["model"] = "a model since retrained"
+    stale["robust_accuracy"]["PGD-5 L∞"][1] = 0.99  # a figure the current model never earned
+    path.write_text(json.dumps(stale))
+    checks = (out / "models" / "fgsm" / "checks.json").stat().st_mtime_ns
+    again = run_study(tiny_config(), out, progress=False)
+    assert _accuracies(again) == _accuracies(metrics)  # recomputed, not read back
+    assert (out / "models" / "fgsm" / "checks.json").stat().st_mtime_ns != checks  # it read that eval.json
+
+
+def test_interrupted_overwrite_leaves_no_model_marked_done(tiny_study, monkeypatch):
+    import advlab.train
+
+    out, _ = tiny_study
+    real_train, calls = advlab.train.train, []
+
+    def train_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stopped while retraining the second model
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(advlab.train, "train", train_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(tiny_config(), out, overwrite=True, progress=False)
+    assert (out / "models" / "standard" / "done.json").is_file()
+    assert not (out / "models" / "fgsm" / "done.json").exists()
+    assert not (out / "models" / "trades" / "done.json").exists()
+    monkeypatch.undo()
+    run_study(tiny_config(), out, progress=False)  # and a plain resume finishes the job
+    assert (out / "models" / "trades" / "done.json").is_file()
 
 
 def test_changed_config_is_refused(tiny_study):
@@ -89,6 +137,8 @@ def test_report_command_rebuilds_from_files(tiny_study, capsys):
     [
         (dict(eps_grid=(0.2, 0.1)), "increasing"),
         (dict(eps_grid=(0.0, 0.2)), "train_eps"),
+        (dict(eps_grid=(0.0, 0.1)), "beyond train_eps"),
+        (dict(attacks=("fgsm", "pgd20-l2")), "one norm"),
         (dict(attacks=("pgd20",)), "fgsm"),
         (dict(models={"fgsm": {"method": "fgsm"}}), "standard"),
         (dict(train_eps=-0.1), "train_eps"),

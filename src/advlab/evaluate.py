@@ -389,14 +389,29 @@ def transfer_accuracy(
     """Accuracy of ``target`` on adversarial examples crafted against ``surrogate`` (a black-box transfer
     attack). An example counts as robust only if ``target`` also classifies it correctly clean. If this
     beats the white-box attack on ``target``, the white-box gradients are probably masked."""
+    flags = transfer_flags(target, surrogate, data, attack=attack, eps=eps, batch_size=batch_size, seed=seed)
+    return flags.float().mean().item() if flags.numel() else 0.0
+
+
+def transfer_flags(
+    target: nn.Module,
+    surrogate: nn.Module,
+    data,
+    *,
+    attack: AttackSpec,
+    eps: float,
+    batch_size: int = DEFAULT_BATCH,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Per example (CPU bool tensor): does ``target`` classify both the clean image and the adversarial
+    example crafted against ``surrogate`` correctly? See :func:`transfer_accuracy`."""
     device = next((p.device for p in target.parameters()), torch.device("cpu"))
     generator = torch.Generator(device=device).manual_seed(seed)
-    robust = seen = 0
+    flags: list[torch.Tensor] = []
     with eval_mode(target), eval_mode(surrogate):
         for x, y in _batches(data, batch_size, device):
             x_adv = attack(surrogate, x, y, eps=eps, generator=generator)
             verify_adversarial(x, x_adv, eps, attack.norm, what=f"transfer {attack.label}")
             with torch.inference_mode():
-                robust += int(((target(x).argmax(1) == y) & (target(x_adv).argmax(1) == y)).sum())
-            seen += len(y)
-    return robust / max(seen, 1)
+                flags.append(((target(x).argmax(1) == y) & (target(x_adv).argmax(1) == y)).cpu())
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)

@@ -31,6 +31,7 @@ from advlab.figures import (  # gallery_figure, save_gallery and figure_bytes: a
     count,
     figure_bytes,
     gallery_figure,
+    headline_worst_case,
     model_label,
     norm_name,
     pareto_frontier,
@@ -127,7 +128,7 @@ def story(metrics: dict) -> str:
         if base is not None and clean is not None:
             text += (f" at a cost of {points(base, clean)} points of clean accuracy ({percent(clean)})" if clean <= base
                      else f" and is even {points(clean, base)} points more accurate on clean images ({percent(clean)})")
-        worst = _at(model.get("worst_case_accuracy"), i)
+        worst = headline_worst_case(metrics, best)
         sentences.append(text + (f"; its worst case over all attacks is {percent(worst)}." if worst is not None
                                  and worst != kept else "."))
     chosen = tradeoff_points(metrics)
@@ -191,6 +192,17 @@ def _attack_table(metrics: dict) -> str:
             mark = ' class="train"' if h.get("eps") == train_eps else ""
             rows.append(f"<tr>{head}<td{mark}>{_number(h.get('eps'), 'g')}</td>"
                         f"<td{mark}>{_number(h.get('alpha'))}</td></tr>")
+    yes = {True: "yes", False: "no"}
+    for label, h in (metrics.get("check_attacks") or {}).items():
+        if not isinstance(h, dict):
+            continue
+        ratio = _number(h["alpha"] / h["eps"]) if h.get("alpha") is not None and h.get("eps") else "—"
+        cells = [(h.get("attack"), "l"), (h.get("norm"), "l"), (_number(h.get("steps")), ""),
+                 (_number(h.get("restarts")), ""), (yes[bool(h.get("random_start"))], "l"), (h.get("loss"), "l"),
+                 (yes[bool(h.get("targeted"))], "l")]
+        rows.append(f'<tr class="extra"><td class="l">{_e(label)}</td>' + "".join(
+            f'<td{" class=l" if c else ""}>{_e(v)}</td>' for v, c in cells)
+            + f"<td>{ratio}</td><td>{_number(h.get('eps'), 'g')}</td><td>{_number(h.get('alpha'))}</td></tr>")
     if not rows:
         return '<p class="note">This run does not record its attacks\' hyperparameters.</p>'
     return ('<table><tr><th class="l">attack</th><th class="l">kind</th><th class="l">norm</th><th>steps</th>'
@@ -222,14 +234,15 @@ def _summary_table(metrics: dict) -> str:
     rows = []
     for name, model in metrics["models"].items():
         seconds = model.get("train_seconds")
-        worst = _at(model.get("worst_case_accuracy"), i)
+        worst = headline_worst_case(metrics, name)
         rows.append(f'<tr><td class="l">{_e(model_label(metrics, name))}</td>'
                     f'<td class="l">{_e(model.get("method", "—"))}</td>'
                     f'<td>{percent(model.get("clean_accuracy"))}</td><td>{percent(worst)}</td>'
                     f'<td class="l">{"yes" if name in frontier else "no"}</td><td>{len(model.get("epochs") or [])}</td>'
                     f'<td>{"—" if not isinstance(seconds, (int, float)) else f"{seconds:.0f} s"}</td></tr>')
     return ('<table><tr><th class="l">model</th><th class="l">method</th><th>clean</th>'
-            f'<th>worst case at ε = {metrics["eps_grid"][i]:g}</th><th class="l">on the frontier</th><th>epochs</th>'
+            f'<th>worst case at ε = {metrics["eps_grid"][i]:g}, all attacks</th><th class="l">on the frontier</th>'
+            '<th>epochs</th>'
             '<th>training time</th></tr>' + "".join(rows) + "</table>")
 
 
@@ -374,9 +387,12 @@ def build_report(run_dir: str | Path) -> Path:
     else:
         parts.append(f"<p class='note'>{_e(gallery)}</p>")
     parts += ["<h2>5. Results</h2><h3>Attacks</h3>", _attack_table(metrics),
-              "<p class='small'>α is the step size in pixel units; the row of the training ε is highlighted.</p>",
+              "<p class='small'>α is the step size in pixel units; the row of the training ε is highlighted. "
+              "The rows marked “sanity check” run only at the training ε; the “all attacks” worst case of the "
+              "summary table counts them too.</p>",
               "<h3>Accuracy by model, attack and ε</h3>", _results_table(metrics),
-              "<p class='small'>Worst case: an image counts as robust only if it survives every attack.</p>",
+              "<p class='small'>Worst case: an image counts as robust only if it survives every attack in this "
+              "table; at the training ε the summary table's worst case also counts the sanity checks' attacks.</p>",
               "<h2>6. Sanity checks against gradient masking</h2>",
               "<p>Carlini et al., <i>On Evaluating Adversarial Robustness</i> (2019, arXiv:1902.06705): robustness "
               "that comes from hiding gradients rather than from the model fails at least one of these.</p>",

@@ -16,6 +16,7 @@ Layout of the run folder: ``config.json`` (resolved), ``models/NAME/`` (a traini
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -63,9 +64,15 @@ class StudyConfig:
             raise AdvlabError(f"eps_grid must contain train_eps = {self.train_eps}")
         if self.n_eval < 1 or self.gallery_size < 1:
             raise AdvlabError("n_eval and gallery_size must be at least 1")
+        if self.eps_grid[-1] <= self.train_eps:
+            raise AdvlabError(f"eps_grid must go beyond train_eps = {self.train_eps} (a sanity check needs accuracy "
+                              "to reach chance at large ε)")
         specs = [parse_attack(a) for a in self.attacks]
         if not any(s.name == "fgsm" for s in specs) or not any(s.name == "pgd" for s in specs):
             raise AdvlabError("a study's attacks must include fgsm and a pgd attack (its sanity checks compare them)")
+        if len({s.norm for s in specs}) > 1:
+            raise AdvlabError("a study's attacks must share one norm (the worst case over attacks is per ε); got "
+                              + ", ".join(self.attacks))
         if "standard" not in self.models or len(self.models) < 2:
             raise AdvlabError("a study needs a model named 'standard' and at least one adversarially trained model")
 
@@ -134,11 +141,21 @@ def _log(message: str, progress: bool) -> None:
         print(f"[study] {message}", file=sys.stderr, flush=True)
 
 
-def _stage(path: Path, compute: Callable[[], dict], *, redo: bool) -> dict:
-    """Return the cached result at ``path``, or compute it and save it there (atomically)."""
+def _digest(path: Path) -> str:
+    """A short content hash of a file: what a cached stage records of the files it was computed from."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _stage(path: Path, compute: Callable[[], dict], *, redo: bool, inputs: dict) -> dict:
+    """Return the cached result at ``path`` if it was computed from these ``inputs`` (settings and the
+    digests of the files it read), else compute it and save it there (atomically) with its inputs. So a
+    retrained model, a changed surrogate or an interrupted ``--overwrite`` never leaves a stale stage."""
+    inputs = json.loads(json.dumps(inputs))  # as saved: tuples become lists
     if path.is_file() and not redo:
-        return read_json(path)
-    result = compute()
+        cached = read_json(path)
+        if cached.get("inputs") == inputs:
+            return cached
+    result = {**compute(), "inputs": inputs}
     write_json(path, result)
     return result
 
@@ -161,6 +178,9 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
             raise AdvlabError(f"{out} holds a study with other settings ({', '.join(changed)}); "
                               "choose another --out or pass --overwrite")
     prepare_run_dir(out, resume=saved.is_file(), overwrite=overwrite)
+    if overwrite:  # an --overwrite that is interrupted must not leave the old models marked as trained
+        for marker in (out / "models").glob("*/done.json"):
+            marker.unlink()
     write_json(saved, {"study": config.to_dict(), "train_configs": resolved})
 
     test = load_dataset(config.dataset, "test", data_dir=config.data_dir, progress=progress)
@@ -176,6 +196,7 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
                             overwrite=overwrite, progress=progress)
             write_json(done, summary)
         models[name], _ = load_checkpoint(folder / "model.safetensors")
+    digests = {name: _digest(out / "models" / name / "model.safetensors") for name in models}
     for name, model in models.items():
         folder = out / "models" / name
 
@@ -183,17 +204,31 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
             from advlab.evaluate import evaluate
 
             _log(f"evaluating {config.label(name)} on {len(test)} test images", progress)
-            return evaluate(model, test, attacks=attacks, eps=list(config.eps_grid), seed=config.seed,
-                            progress=progress).to_dict()
+            result = evaluate(model, test, attacks=attacks, eps=list(config.eps_grid), seed=config.seed,
+                              progress=progress, keep_per_example=True)
+            # The examples no attack broke at the training ε: the sanity checks attack these further.
+            survivors = torch.ones(result.n, dtype=torch.bool)
+            for attack in attacks:
+                survivors &= result.per_example[f"{attack.label}@{config.train_eps:g}"]
+            return {**result.to_dict(), "train_eps_survivors": survivors.nonzero().squeeze(1).tolist()}
 
-        _stage(folder / "eval.json", evaluate_model, redo=overwrite)
+        _stage(folder / "eval.json", evaluate_model, redo=overwrite,
+               inputs={"model": digests[name], "attacks": config.attacks, "eps": config.eps_grid, "n": len(test),
+                       "seed": config.seed})
     for name in models:
+        surrogate = _surrogate(config, name)
         _stage(out / "models" / name / "checks.json",
-               lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress), redo=overwrite)
+               lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress), redo=overwrite,
+               inputs={"model": digests[name], "surrogate": digests[surrogate],
+                       "eval": _digest(out / "models" / name / "eval.json")})
     metrics = collect_metrics(out)
-    if overwrite or not (out / "gallery.safetensors").is_file():
+    best = metrics["best_robust_model"]
+    gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
+                      "eps": config.train_eps, "targeted_eps": config.targeted_eps, "attacks": config.attacks,
+                      "n": len(test), "seed": config.seed}
+    if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
         _log("drawing the gallery", progress)
-        _gallery(config, metrics, models, test, attacks, out)
+        _gallery(config, metrics, models, test, attacks, out, gallery_inputs)
     metrics = collect_metrics(out)
     write_json(out / "metrics.json", metrics)
     build_report(out)
@@ -205,33 +240,78 @@ def _strongest_pgd(attacks: list[AttackSpec]) -> AttackSpec:
     return max((a for a in attacks if a.name == "pgd"), key=lambda a: a.steps * a.restarts)
 
 
+def _surrogate(config: StudyConfig, name: str) -> str:
+    """The source model of the transfer attack on ``name``: the standard model for the robust models, and
+    for the standard model the first adversarially trained one."""
+    return "standard" if name != "standard" else next(n for n in config.models if n != "standard")
+
+
+def _gallery_inputs(out: Path) -> dict | None:
+    from advlab.runs import load_tensors
+
+    path = out / "gallery.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(load_tensors(path)[1]["gallery"]).get("inputs")
+    except (AdvlabError, KeyError, ValueError):
+        return None
+
+
 def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: list[AttackSpec],
                    out: Path, progress: bool) -> dict:
-    """The extra measurements behind the gradient-masking checks, at the training ε."""
-    from advlab.evaluate import evaluate, transfer_accuracy
+    """The extra measurements behind the gradient-masking checks, at the training ε.
+
+    Each extra attack also counts towards the model's worst case there (``worst_case_all``): doubled PGD
+    attacks the examples the study's own attacks left robust, uniform noise and the transfer attack every
+    example, and an example is robust only if it survives them all.
+    """
+    from advlab.evaluate import evaluate, transfer_flags
 
     _log(f"sanity-check measurements for {config.label(name)}", progress)
     eps = config.train_eps
     base = _strongest_pgd(attacks)
-    doubled = dataclasses.replace(base, steps=2 * base.steps, restarts=2 * base.restarts)
+    # Twice the steps and restarts at the same step size α: more search, not a finer one.
+    doubled = dataclasses.replace(base, steps=2 * base.steps, restarts=2 * base.restarts,
+                                  step_ratio=base.alpha(eps) / eps if eps > 0 else base.step_ratio)
     noise = AttackSpec("noise", norm=base.norm)
-    # The base PGD figure is the study's own (models/NAME/eval.json), the one the report shows.
+    # The study's own figures (models/NAME/eval.json), the ones the report shows.
     saved = read_json(out / "models" / name / "eval.json")
-    base_accuracy = saved["robust_accuracy"][base.label][saved["eps"].index(eps)]
-    result = evaluate(models[name], test, attacks=[doubled, noise], eps=[eps], seed=config.seed + 1,
-                      progress=progress)
-    # The surrogate for a transfer attack: the standard model for robust models, and for the standard
-    # model the first adversarially trained one.
-    surrogate = "standard" if name != "standard" else next(n for n in config.models if n != "standard")
-    transfer = transfer_accuracy(models[name], models[surrogate], test, attack=base, eps=eps, seed=config.seed)
-    return {"eps": eps, "pgd": {"label": base.label, "accuracy": base_accuracy},
-            "pgd_doubled": {"label": doubled.label, "accuracy": result.robust[doubled.label][0]},
-            "noise": {"label": noise.label, "accuracy": result.robust[noise.label][0]},
-            "transfer": {"surrogate": surrogate, "label": base.label, "accuracy": transfer}}
+    i = saved["eps"].index(eps)
+    base_accuracy = saved["robust_accuracy"][base.label][i]
+    n = saved["n"]
+    survivors = torch.tensor(saved["train_eps_survivors"], dtype=torch.long)
+    x_all, y_all = test.tensors()
+    robust = torch.zeros(n, dtype=torch.bool)
+    if len(survivors):
+        result = evaluate(models[name], (x_all[survivors], y_all[survivors]), attacks=[doubled], eps=[eps],
+                          seed=config.seed + 1, progress=progress, keep_per_example=True)
+        robust[survivors] = result.per_example[f"{doubled.label}@{eps:g}"]
+    after_doubled = robust.float().mean().item()
+    result = evaluate(models[name], test, attacks=[noise], eps=[eps], seed=config.seed + 1, progress=progress,
+                      keep_per_example=True)
+    noise_flags = result.per_example[f"{noise.label}@{eps:g}"]
+    surrogate = _surrogate(config, name)
+    transfer = transfer_flags(models[name], models[surrogate], test, attack=base, eps=eps, seed=config.seed)
+    robust &= noise_flags & transfer
+    return {"eps": eps, "n": n,
+            "pgd": {"label": base.label, "accuracy": base_accuracy},
+            "worst_case": {"accuracy": saved["worst_case_accuracy"][i], "attacks": [a.label for a in attacks]},
+            "pgd_doubled": {"label": doubled.label, "accuracy": after_doubled,
+                            "hyperparameters": doubled.hyperparameters(eps)},
+            "noise": {"label": noise.label, "accuracy": noise_flags.float().mean().item(),
+                      "hyperparameters": noise.hyperparameters(eps)},
+            "transfer": {"surrogate": surrogate, "label": base.label, "accuracy": transfer.float().mean().item(),
+                         "hyperparameters": base.hyperparameters(eps)},
+            "worst_case_all": {"accuracy": robust.float().mean().item(),
+                               "attacks": [a.label for a in attacks] + [doubled.label, noise.label,
+                                                                        f"transfer {base.label} from {surrogate}"]}}
 
 
 def sanity_checks(metrics: dict, checks: dict[str, dict]) -> list[dict]:
     """Carlini et al. 2019 (arXiv:1902.06705) checks against gradient masking, each pass/fail with numbers."""
+    from advlab.figures import points
+
     rows = []
     grid = metrics["eps_grid"]
     chance = metrics["chance_accuracy"]
@@ -253,11 +333,13 @@ def sanity_checks(metrics: dict, checks: dict[str, dict]) -> list[dict]:
 
         add("iterative beats single-step", pgd_acc <= fgsm_acc,
             f"{pgd} {pct(pgd_acc)} ≤ {fgsm} {pct(fgsm_acc)} at ε = {eps:g}", {pgd: pgd_acc, fgsm: fgsm_acc})
-        doubled = numbers["pgd_doubled"]
-        change = abs(doubled["accuracy"] - pgd_acc)
-        add("more steps and restarts change little", change < 0.01,
-            f"{doubled['label']} {pct(doubled['accuracy'])} vs {pgd} {pct(pgd_acc)}: "
-            f"{100 * change:.1f} points (< 1 needed)", {doubled["label"]: doubled["accuracy"], pgd: pgd_acc})
+        # Doubled PGD attacks what the study's attacks left robust: how far does the worst case still fall?
+        doubled, before = numbers["pgd_doubled"], numbers["worst_case"]["accuracy"]
+        change = before - doubled["accuracy"]
+        add("more steps and restarts change little", change < 0.01 - 1e-9,  # 1 point is not "less than a point"
+            f"adding {doubled['label']} takes the worst case from {pct(before)} to {pct(doubled['accuracy'])}: "
+            f"{points(before, doubled['accuracy'])} points (< 1 needed)",
+            {"worst case": before, f"+ {doubled['label']}": doubled["accuracy"]})
         worst = model["worst_case_accuracy"]
         rises = [(grid[j], grid[j + 1]) for j in range(len(worst) - 1) if worst[j + 1] > worst[j] + 1e-9]
         add("accuracy falls as ε grows", not rises,
@@ -276,8 +358,11 @@ def sanity_checks(metrics: dict, checks: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: list[AttackSpec], out: Path) -> None:
+def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: list[AttackSpec], out: Path,
+             inputs: dict) -> None:
     """Adversarial examples for the standard and the most robust model on the same images, plus targeted ones."""
+    from advlab.evaluate import verify_adversarial
+
     x_all, y_all = test.tensors()
     standard = models["standard"]
     with torch.inference_mode():
@@ -295,6 +380,7 @@ def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: li
     tensors = {"x": x, "labels": y}
     for name in ("standard", robust):
         x_adv = attack(models[name], x, y, eps=eps, generator=torch.Generator().manual_seed(config.seed))
+        verify_adversarial(x, x_adv, eps, attack.norm, what=f"gallery {attack.label}")
         with torch.inference_mode():
             tensors[f"{name}.x_adv"] = x_adv
             tensors[f"{name}.logits_clean"] = models[name](x)
@@ -302,12 +388,14 @@ def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: li
     targets = (y + len(test.info.classes) // 2) % len(test.info.classes)
     targeted = dataclasses.replace(attack, steps=max(attack.steps, 50), targeted=True)
     x_adv = targeted(standard, x, targets, eps=config.targeted_eps, generator=torch.Generator().manual_seed(config.seed))
+    verify_adversarial(x, x_adv, config.targeted_eps, targeted.norm, what=f"gallery {targeted.label}")
     with torch.inference_mode():
         tensors.update({"targeted.x_adv": x_adv, "targeted.logits_clean": standard(x),
                         "targeted.logits_adv": standard(x_adv), "targeted.targets": targets})
     info = {"file": "gallery.safetensors", "eps": eps, "attack": attack.label, "models": ["standard", robust],
             "targeted_model": "standard", "targeted_eps": config.targeted_eps, "targeted_attack": targeted.label,
-            "targets": targets.tolist()}
+            "targets": targets.tolist(), "targeted_hyperparameters": targeted.hyperparameters(config.targeted_eps),
+            "inputs": inputs}
     save_tensors(out / "gallery.safetensors", tensors, metadata={"gallery": json.dumps(info)})
 
 
@@ -330,6 +418,8 @@ def collect_metrics(out: str | Path) -> dict:
             continue
         evaluation = read_json(folder / "eval.json")
         done = read_json(folder / "done.json") if (folder / "done.json").is_file() else {}
+        if (folder / "checks.json").is_file():
+            checks[name] = read_json(folder / "checks.json")
         models[name] = {
             "method": saved["train_configs"][name]["method"], "label": config.label(name),
             "train_config": saved["train_configs"][name], "train_seconds": done.get("seconds"),
@@ -337,26 +427,47 @@ def collect_metrics(out: str | Path) -> dict:
             "robust_accuracy": evaluation["robust_accuracy"], "worst_case_accuracy": evaluation["worst_case_accuracy"],
             "eval_seconds": evaluation["seconds"], "n_eval": evaluation["n"],
         }
-        if (folder / "checks.json").is_file():
-            checks[name] = read_json(folder / "checks.json")
+        if name in checks:  # the worst case at the training ε over every attack run there, checks included
+            models[name]["worst_case_all_attacks"] = {"eps": checks[name]["eps"], **checks[name]["worst_case_all"]}
     i = config.eps_grid.index(config.train_eps)
     adversarial = [n for n in models if n != "standard"]
     metrics: dict[str, Any] = {
         "advlab_version": __version__, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "preset": config.preset, "dataset": info.name, "classes": list(info.classes),
-        "train_eps": config.train_eps, "eps_grid": list(config.eps_grid), "n_eval": config.n_eval,
+        "train_eps": config.train_eps, "eps_grid": list(config.eps_grid),
+        "n_eval": next((m["n_eval"] for m in models.values()), config.n_eval),  # as evaluated (≤ the test set)
         "chance_accuracy": 1 / len(info.classes),
         "attacks": {a.label: a.to_dict() for a in attacks},
         "attack_hyperparameters": {a.label: [a.hyperparameters(e) for e in config.eps_grid] for a in attacks},
         "models": models,
-        "best_robust_model": max(adversarial, key=lambda n: models[n]["worst_case_accuracy"][i]) if adversarial else None,
+        "best_robust_model": max(adversarial, key=lambda n: _headline(models[n], i)) if adversarial else None,
+        # The sanity checks' extra attacks at the training ε (and the gallery's targeted one, below).
+        "check_attacks": {label: h for c in checks.values() for label, h in _check_attacks(c).items()},
         "sanity_checks": sanity_checks({"eps_grid": list(config.eps_grid), "chance_accuracy": 1 / len(info.classes),
                                         "models": {n: models[n] for n in checks}}, checks) if checks else [],
     }
     if (out / "gallery.safetensors").is_file():
         _, meta = load_tensors(out / "gallery.safetensors")
         metrics["gallery"] = json.loads(meta["gallery"])
+        if "targeted_hyperparameters" in metrics["gallery"]:
+            metrics["check_attacks"][f"{metrics['gallery']['targeted_attack']} (gallery)"] = \
+                metrics["gallery"]["targeted_hyperparameters"]
     return metrics
+
+
+def _headline(model: dict, i: int) -> float:
+    """A model's worst-case accuracy at the training ε: over every attack run there, checks included."""
+    everything = model.get("worst_case_all_attacks")
+    return everything["accuracy"] if everything else model["worst_case_accuracy"][i]
+
+
+def _check_attacks(checks: dict) -> dict[str, dict]:
+    found = {}
+    for key, what in (("pgd_doubled", "{} (sanity check)"), ("noise", "{} (sanity check)"),
+                      ("transfer", "{} transfer (sanity check)")):
+        if "hyperparameters" in checks.get(key, {}):
+            found[what.format(checks[key]["label"])] = checks[key]["hyperparameters"]
+    return found
 
 
 def _read_epochs(folder: Path) -> list[dict]:
