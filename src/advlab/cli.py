@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("study", "the trade-off study: train standard and robust models, attack all, write a report",
                 """examples:
-  advlab study --preset quick --out runs/quick     # about 3 minutes on a 2-core CPU
+  advlab study --preset quick --out runs/quick     # about 3.5 minutes on a 2-core CPU
   advlab study configs/full.toml --out runs/full   # the full recipe (hours)
   advlab study --preset quick --out runs/quick     # again: resumes, every finished stage is cached
 """)
