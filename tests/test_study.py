@@ -182,3 +182,32 @@ def test_full_preset_trains_the_full_recipe():
     study = load_study_config(preset="full").train_config("pgd").to_dict()
     recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "train-full.toml").to_dict()
     assert study == recipe
+
+
+def _check_inputs(fgsm=(0.9, 0.5, 0.05), pgd=(0.9, 0.4, 0.0), before=0.4, doubled=0.395, noise=0.8, transfer=0.7):
+    from advlab.study import sanity_checks
+
+    worst = [min(a, b) for a, b in zip(fgsm, pgd)]
+    metrics = {"eps_grid": [0.0, 0.1, 0.3], "chance_accuracy": 0.1,
+               "models": {"m": {"robust_accuracy": {"FGSM L∞": list(fgsm), "PGD-20 L∞": list(pgd)},
+                                "worst_case_accuracy": worst}}}
+    checks = {"m": {"eps": 0.1, "n": 1000, "pgd": {"label": "PGD-20 L∞", "accuracy": pgd[1]},
+                    "worst_case": {"accuracy": before}, "pgd_doubled": {"label": "PGD-40×2 L∞", "accuracy": doubled},
+                    "noise": {"label": "noise L∞", "accuracy": noise},
+                    "transfer": {"surrogate": "standard", "label": "PGD-20 L∞", "accuracy": transfer}}}
+    return {row["check"]: row for row in sanity_checks(metrics, checks)}
+
+
+def test_sanity_check_verdicts():
+    rows = _check_inputs()
+    assert all(row["passed"] for row in rows.values()) and len(rows) == 6
+    # Exactly one point (10 of 1,000 images) is not "less than a point", whatever the float rounding.
+    assert not _check_inputs(before=0.57, doubled=0.56)["more steps and restarts change little"]["passed"]  # 0.0099…
+    assert _check_inputs(before=0.46, doubled=0.451)["more steps and restarts change little"]["passed"]
+    # FGSM rising with ε fails the check even where the worst case (PGD's curve) keeps falling.
+    row = _check_inputs(fgsm=(0.9, 0.5, 0.6), pgd=(0.9, 0.4, 0.0))["accuracy falls as ε grows"]
+    assert not row["passed"] and row["detail"].startswith("FGSM L∞ rises from 50.0% at ε = 0.1 to 60.0%")
+    assert not _check_inputs(pgd=(0.9, 0.4, 0.2), fgsm=(0.9, 0.5, 0.3))["reaches chance at large ε"]["passed"]
+    assert not _check_inputs(noise=0.3)["random noise hurts less than PGD"]["passed"]
+    assert not _check_inputs(transfer=0.35)["transfer attack weaker than white-box"]["passed"]
+    assert not _check_inputs(fgsm=(0.9, 0.35, 0.0))["iterative beats single-step"]["passed"]
