@@ -416,6 +416,7 @@ def collect_metrics(out: str | Path) -> dict:
     """Assemble ``metrics.json`` from the saved stage files alone (no live objects)."""
     from advlab import __version__
     from advlab.data import get_info
+    from advlab.figures import headline_worst_case
     from advlab.runs import load_tensors
 
     out = Path(out)
@@ -442,7 +443,6 @@ def collect_metrics(out: str | Path) -> dict:
         }
         if name in checks:  # the worst case at the training ε over every attack run there, checks included
             models[name]["worst_case_all_attacks"] = {"eps": checks[name]["eps"], **checks[name]["worst_case_all"]}
-    i = config.eps_grid.index(config.train_eps)
     adversarial = [n for n in models if n != "standard"]
     metrics: dict[str, Any] = {
         "advlab_version": __version__, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -453,7 +453,9 @@ def collect_metrics(out: str | Path) -> dict:
         "attacks": {a.label: a.to_dict() for a in attacks},
         "attack_hyperparameters": {a.label: [a.hyperparameters(e) for e in config.eps_grid] for a in attacks},
         "models": models,
-        "best_robust_model": max(adversarial, key=lambda n: _headline(models[n], i)) if adversarial else None,
+        "best_robust_model": max(adversarial, key=lambda n: headline_worst_case(
+            {"models": models, "eps_grid": list(config.eps_grid), "train_eps": config.train_eps}, n))
+        if adversarial else None,
         # The sanity checks' extra attacks at the training ε (and the gallery's targeted one, below).
         "check_attacks": {label: h for c in checks.values() for label, h in _check_attacks(c).items()},
         "sanity_checks": sanity_checks({"eps_grid": list(config.eps_grid), "chance_accuracy": 1 / len(info.classes),
@@ -466,12 +468,6 @@ def collect_metrics(out: str | Path) -> dict:
             metrics["check_attacks"][f"{metrics['gallery']['targeted_attack']} (gallery)"] = \
                 metrics["gallery"]["targeted_hyperparameters"]
     return metrics
-
-
-def _headline(model: dict, i: int) -> float:
-    """A model's worst-case accuracy at the training ε: over every attack run there, checks included."""
-    everything = model.get("worst_case_all_attacks")
-    return everything["accuracy"] if everything else model["worst_case_accuracy"][i]
 
 
 def _check_attacks(checks: dict) -> dict[str, dict]:
