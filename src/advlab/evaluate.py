@@ -376,23 +376,6 @@ def attack_checkpoint(
     return summary
 
 
-def transfer_accuracy(
-    target: nn.Module,
-    surrogate: nn.Module,
-    data,
-    *,
-    attack: AttackSpec,
-    eps: float,
-    batch_size: int = DEFAULT_BATCH,
-    seed: int = 0,
-) -> float:
-    """Accuracy of ``target`` on adversarial examples crafted against ``surrogate`` (a black-box transfer
-    attack). An example counts as robust only if ``target`` also classifies it correctly clean. If this
-    beats the white-box attack on ``target``, the white-box gradients are probably masked."""
-    flags = transfer_flags(target, surrogate, data, attack=attack, eps=eps, batch_size=batch_size, seed=seed)
-    return flags.float().mean().item() if flags.numel() else 0.0
-
-
 def transfer_flags(
     target: nn.Module,
     surrogate: nn.Module,
@@ -403,8 +386,9 @@ def transfer_flags(
     batch_size: int = DEFAULT_BATCH,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Per example (CPU bool tensor): does ``target`` classify both the clean image and the adversarial
-    example crafted against ``surrogate`` correctly? See :func:`transfer_accuracy`."""
+    """A black-box transfer attack, per example (CPU bool tensor): does ``target`` classify both the clean
+    image and the adversarial example crafted against ``surrogate`` correctly? Its mean is the transfer
+    accuracy; if that beats the white-box attack on ``target``, the white-box gradients are probably masked."""
     device = next((p.device for p in target.parameters()), torch.device("cpu"))
     generator = torch.Generator(device=device).manual_seed(seed)
     flags: list[torch.Tensor] = []

@@ -177,32 +177,25 @@ def _attack_table(metrics: dict) -> str:
     rows = []
     specs = metrics.get("attacks") or {}
     train_eps = metrics["eps_grid"][train_index(metrics)]
-    for label, per_eps in (metrics.get("attack_hyperparameters") or {}).items():
+    # The study's attacks, one row per ε, then the sanity checks' (and gallery's) attacks at their one ε.
+    entries = [(label, per_eps, specs.get(label) or {})
+               for label, per_eps in (metrics.get("attack_hyperparameters") or {}).items()]
+    entries += [(label, [h], {}) for label, h in (metrics.get("check_attacks") or {}).items() if isinstance(h, dict)]
+    yes = {True: "yes", False: "no"}
+    for label, per_eps, spec in entries:
         for k, h in enumerate(per_eps):
             head = ""
             if k == 0:
                 span = f' rowspan="{len(per_eps)}"'
-                yes = {True: "yes", False: "no"}
                 cells = [(h.get("attack"), "l"), (h.get("norm"), "l"), (_number(h.get("steps")), ""),
                          (_number(h.get("restarts")), ""), (yes[bool(h.get("random_start"))], "l"),
                          (h.get("loss"), "l"), (yes[bool(h.get("targeted"))], "l")]
                 head = f'<td class="l"{span}>{_e(label)}</td>' + "".join(
                     f'<td{" class=l" if c else ""}{span}>{_e(v)}</td>' for v, c in cells)
-                head += f"<td{span}>{_step_ratio(specs.get(label) or {}, per_eps)}</td>"
+                head += f"<td{span}>{_step_ratio(spec, per_eps)}</td>"
             mark = ' class="train"' if h.get("eps") == train_eps else ""
             rows.append(f"<tr>{head}<td{mark}>{_number(h.get('eps'), 'g')}</td>"
                         f"<td{mark}>{_number(h.get('alpha'))}</td></tr>")
-    yes = {True: "yes", False: "no"}
-    for label, h in (metrics.get("check_attacks") or {}).items():
-        if not isinstance(h, dict):
-            continue
-        ratio = _number(h["alpha"] / h["eps"]) if h.get("alpha") is not None and h.get("eps") else "—"
-        cells = [(h.get("attack"), "l"), (h.get("norm"), "l"), (_number(h.get("steps")), ""),
-                 (_number(h.get("restarts")), ""), (yes[bool(h.get("random_start"))], "l"), (h.get("loss"), "l"),
-                 (yes[bool(h.get("targeted"))], "l")]
-        rows.append(f'<tr class="extra"><td class="l">{_e(label)}</td>' + "".join(
-            f'<td{" class=l" if c else ""}>{_e(v)}</td>' for v, c in cells)
-            + f"<td>{ratio}</td><td>{_number(h.get('eps'), 'g')}</td><td>{_number(h.get('alpha'))}</td></tr>")
     if not rows:
         return '<p class="note">This run does not record its attacks\' hyperparameters.</p>'
     return ('<table><tr><th class="l">attack</th><th class="l">kind</th><th class="l">norm</th><th>steps</th>'

@@ -349,13 +349,11 @@ def sanity_checks(metrics: dict, checks: dict[str, dict]) -> list[dict]:
         rises = [(what, j) for what, curve in curves.items() for j in range(len(curve) - 1)
                  if curve[j + 1] > curve[j] + 1e-9]
         detail = "no attack's accuracy and not the worst case rises along the ε grid"
+        values = {f"worst case at ε = {e:g}": w for e, w in zip(grid, worst)}
         if rises:
             what, j = rises[0]
             detail = (f"{what} rises from {pct(curves[what][j])} at ε = {grid[j]:g} to {pct(curves[what][j + 1])} "
                       f"at ε = {grid[j + 1]:g}" + (f" (and {len(rises) - 1} more rises)" if len(rises) > 1 else ""))
-        values = {f"worst case at ε = {e:g}": w for e, w in zip(grid, worst)}
-        if rises:
-            what, j = rises[0]
             values.update({f"{what} at ε = {grid[k]:g}": curves[what][k] for k in (j, j + 1)})
         add("accuracy falls as ε grows", not rises, detail, values)
         add("reaches chance at large ε", worst[-1] <= chance,
