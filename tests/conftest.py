@@ -21,14 +21,17 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator)
 
 
-FASHION_MNIST_SYSTEM = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+def have_fashion_mnist() -> bool:
+    """Whether Fashion-MNIST is anywhere advlab looks without downloading: $ADVLAB_DATA, the cache, Debian's copy."""
+    from advlab.data import locate_dataset
+
+    return locate_dataset("fashion-mnist")[0] is not None
 
 
 def _require_fashion_mnist() -> None:
-    import os
-
-    if not os.path.exists(FASHION_MNIST_SYSTEM):
-        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (scripts/setup.sh does)")
+    if not have_fashion_mnist():
+        pytest.skip("Fashion-MNIST not found: apt-get install dataset-fashion-mnist (scripts/setup.sh does), "
+                    "or point $ADVLAB_DATA at its files")
 
 
 @pytest.fixture(scope="session")

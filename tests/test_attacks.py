@@ -10,9 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from advlab.attacks import ATTACKS, AttackSpec, fgsm, parse_attack, pgd, random_noise
+from advlab.attacks import ATTACKS, AttackSpec, fgsm, parse_attack, pgd, random_noise, verify_adversarial
 from advlab.errors import AdvlabError
-from advlab.evaluate import verify_adversarial
 from advlab.models import LinearClassifier, Normalize, create_model, list_models
 
 
@@ -21,14 +20,30 @@ def _norms(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.abs().amax(1), flat.norm(dim=1)
 
 
+def _loss(model, x, y) -> float:
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model(x), y).item()
+
+
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_registry_attacks_stay_in_ball_and_range(name, norm, tiny_cnn, batch):
     x, y = batch
     eps = 0.1 if norm == "linf" else 1.0
-    x_adv = ATTACKS[name](tiny_cnn, x, y, eps=eps, norm=norm)
+    spec = AttackSpec(name, norm=norm)
+    x_adv = spec(tiny_cnn, x, y, eps=eps, generator=torch.Generator().manual_seed(0))
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
     verify_adversarial(x, x_adv, eps, norm)
+    assert parse_attack(f"{name}-{norm}") == spec  # every registered attack can be named
+    hyper = spec.hyperparameters(eps)
+    assert (hyper["attack"], hyper["norm"], hyper["eps"]) == (name, norm, eps)
+    noise = _loss(tiny_cnn, random_noise(tiny_cnn, x, y, eps=eps, norm=norm, generator=torch.Generator().manual_seed(1)),
+                  y)
+    if ATTACKS[name].step_ratio is None:  # the noise baseline itself: as large as ε allows
+        assert (x_adv - x).flatten(1).norm(dim=1).gt(0.5 * eps).all() if norm == "l2" else \
+            (x_adv - x).abs().amax(dim=(1, 2, 3)).gt(0.5 * eps).all()
+    else:  # a gradient attack raises the loss far beyond noise of the same size (fails for a stub)
+        assert _loss(tiny_cnn, x_adv, y) > max(noise, _loss(tiny_cnn, x, y)) + 0.05
 
 
 @settings(max_examples=25, deadline=None)
@@ -124,21 +139,22 @@ def test_attack_restores_modes_and_leaves_grads_alone(batch):
 
 
 def test_channels_last_changes_layout_only(tiny_cnn, batch):
-    """pgd() runs CPU convolutions in channels-last; the caller's weights and the values must not change."""
-    from advlab.attacks import perturb
-
+    """pgd() runs CPU convolutions in channels-last on a copy; the caller's weights are never re-pointed."""
     x, y = batch
-    before = {name: (p.data_ptr(), p.stride(), p.clone()) for name, p in tiny_cnn.named_parameters()}
-    tiny_cnn.eval()
-    reference = perturb(tiny_cnn, x, y, eps=0.1, alpha=0.025, steps=5, random_start=False,
-                        objective=lambda z, t: nn.functional.cross_entropy(z, t, reduction="none"))
-    fast = pgd(tiny_cnn, x, y, eps=0.1, alpha=0.025, steps=5, random_start=False, early_stop=False)
+    before = {name: (p, p.data_ptr(), p.stride(), p.clone()) for name, p in tiny_cnn.named_parameters()}
+    conv = tiny_cnn[1].features[3].weight  # 8 → 16 channels: its NCHW and NHWC strides differ
+    strides_seen = []
+    hook = tiny_cnn.register_forward_pre_hook(lambda module, args: strides_seen.append(conv.stride()))
+    fast = pgd(tiny_cnn, x, y, eps=0.1, alpha=0.025, steps=5, random_start=False)
+    hook.remove()
+    slow = pgd(tiny_cnn, x, y, eps=0.1, alpha=0.025, steps=5, random_start=False, channels_last=False)
+    assert strides_seen and set(strides_seen) == {before["1.features.3.weight"][2]}  # never swapped, even mid-attack
     assert fast.is_contiguous()
     # sign(∇) may flip where a gradient entry is ~0 under a different summation order: allow a few pixels
-    assert (fast - reference).abs().gt(1e-5).float().mean() < 0.01
+    assert 0 < (fast - x).abs().max() and (fast - slow).abs().gt(1e-5).float().mean() < 0.01
     for name, p in tiny_cnn.named_parameters():
-        ptr, stride, value = before[name]
-        assert p.data_ptr() == ptr and p.stride() == stride and torch.equal(p, value)
+        obj, ptr, stride, value = before[name]
+        assert p is obj and p.data_ptr() == ptr and p.stride() == stride and torch.equal(p, value)
 
 
 def test_early_exit_keeps_each_examples_first_success(tiny_cnn):
@@ -171,18 +187,27 @@ def test_attack_works_under_no_grad_and_without_param_grads(tiny_cnn, batch):
     for p in tiny_cnn.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
-        x_adv = pgd(tiny_cnn, x, y, eps=0.1, steps=2)
-    assert not torch.equal(x_adv, x)
+        x_adv = pgd(tiny_cnn, x, y, eps=0.1, steps=2, random_start=False)  # from x: only gradients move it
+    assert _loss(tiny_cnn, x_adv, y) > _loss(tiny_cnn, x, y) + 0.05
 
 
-def test_more_restarts_keep_the_strongest(tiny_cnn, batch):
-    x, y = batch
-    one = pgd(tiny_cnn, x, y, eps=0.05, steps=2, generator=torch.Generator().manual_seed(0))
-    many = pgd(tiny_cnn, x, y, eps=0.05, steps=2, restarts=4, generator=torch.Generator().manual_seed(0))
+def test_restarts_draw_new_starts_and_keep_the_best():
+    """With α = 0 each start is a pure random draw, so more restarts must fool more examples: a stub that
+    ignores restarts (or reuses one start) fools exactly as many as one start does."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with torch.no_grad():  # logit 0: the mean pixel; logit 1: 0.5. Random starts move the mean by ~0.03
+        model[1].weight.copy_(torch.stack([torch.full((16,), 1 / 16), torch.zeros(16)]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.5]))
+    x = torch.rand(400, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
     with torch.no_grad():
-        fooled_one = (tiny_cnn(one).argmax(1) != y).sum()
-        fooled_many = (tiny_cnn(many).argmax(1) != y).sum()
-    assert fooled_many >= fooled_one
+        y = model(x).argmax(1)  # every example starts correct
+    fooled = []
+    for restarts in (1, 8):
+        x_adv = pgd(model, x, y, eps=0.2, alpha=0.0, steps=1, restarts=restarts, early_stop=True,
+                    generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            fooled.append(int((model(x_adv).argmax(1) != y).sum()))
+    assert 0 < fooled[0] < fooled[1]
 
 
 @pytest.mark.parametrize("early_stop", [True, False])
@@ -231,16 +256,47 @@ def test_normalized_inputs_are_refused(tiny_cnn, batch):
         ("PGD50x10", AttackSpec("pgd", steps=50, restarts=10)),
         ("pgd-7-l2", AttackSpec("pgd", steps=7, norm="l2")),
         ("noise", AttackSpec("noise")),
+        ("pgd20-margin", AttackSpec("pgd", loss="margin")),
+        ("fgsm-l2-cw", AttackSpec("fgsm", norm="l2", loss="margin")),
+        ("pgd10-targeted", AttackSpec("pgd", steps=10, targeted=True)),
+        ("pgd10-targeted3-l2", AttackSpec("pgd", steps=10, targeted=True, targets=3, norm="l2")),
     ],
 )
 def test_parse_attack(text, expected):
     assert parse_attack(text) == expected
 
 
-@pytest.mark.parametrize("text", ["cw", "fgsm10", "pgd-x", "pgd20-l1", ""])
+@pytest.mark.parametrize("text", ["cw", "fgsm10", "pgd-x", "pgd20-l1", "", "pgd-l2-linf", "pgd-hinge"])
 def test_parse_attack_rejects_unknown(text):
     with pytest.raises(AdvlabError, match="attack"):
         parse_attack(text)
+
+
+@pytest.mark.parametrize("spec, label, alpha", [
+    (AttackSpec("fgsm"), "FGSM L∞", 0.1), (AttackSpec("noise", norm="l2"), "noise L2", None),
+    (AttackSpec("pgd"), "PGD-20 L∞", 0.0125), (AttackSpec("pgd", steps=50, restarts=10), "PGD-50×10 L∞", 0.005),
+    (AttackSpec("pgd", steps=10, step_ratio=0.1, loss="margin"), "PGD-10 L∞ margin", 0.01),
+    (AttackSpec("pgd", targeted=True, targets=3), "PGD-20 L∞ top-3 targeted", 0.0125),
+])
+def test_labels_and_step_sizes_come_from_the_registry(spec, label, alpha):
+    assert spec.label == label and spec.alpha(0.1) == pytest.approx(alpha) if alpha else spec.alpha(0.1) is None
+    assert spec.hyperparameters(0.1)["loss"] == spec.loss
+
+
+def test_options_an_attack_does_not_take_are_refused():
+    with pytest.raises(AdvlabError, match="fgsm takes no restarts"):
+        AttackSpec("fgsm", restarts=5)
+    with pytest.raises(AdvlabError, match="noise takes no steps"):
+        AttackSpec("noise", steps=10)
+
+
+def test_margin_loss_is_reachable_and_used(tiny_cnn, batch):
+    """The CW margin loss changes the attack: its iterates differ from cross-entropy's."""
+    x, y = batch
+    ce = parse_attack("pgd5")(tiny_cnn, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
+    margin = parse_attack("pgd5-margin")(tiny_cnn, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(ce, margin)
+    verify_adversarial(x, margin, 0.1, "linf")
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -24,11 +24,10 @@ import numpy as np
 import pytest
 import torch
 
-from advlab import data
+from advlab.data import formats
 from advlab.data import (
     DATASETS,
     FileSpec,
-    ImageData,
     cache_dir,
     download_dataset,
     get_info,
@@ -49,7 +48,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv("ADVLAB_DATA", raising=False)
     monkeypatch.delenv("ADVLAB_MIRROR", raising=False)
-    data._parse_split.cache_clear()
+    formats._parse_split.cache_clear()
 
 
 # ------------------------------------------------------------------------------------ file makers

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import advlab.attacks as attacks_module
-from advlab.attacks import AttackSpec, parse_attack, pgd
+import dataclasses
+
+from advlab.attacks import ATTACKS, AttackSpec, fgsm, parse_attack, pgd
 from advlab.errors import AdvlabError
 from advlab.evaluate import IntegrityError, evaluate, verify_adversarial
+from advlab.runtime import Runtime
 
 
 def _run(model, data, names, eps=(0.1,), **kwargs):
@@ -71,11 +73,19 @@ def test_same_seed_same_result(trained_model, fashion_test):
     assert a.robust == b.robust
 
 
-def test_per_example_flags_match_accuracies(trained_model, fashion_test):
-    result = _run(trained_model, fashion_test.subset(100), ["fgsm"], keep_per_example=True)
-    flags = result.per_example["FGSM L∞@0.1"]
-    assert flags.float().mean().item() == pytest.approx(result.robust["FGSM L∞"][0])
-    assert not (flags & ~result.per_example["clean"]).any()  # robust implies clean-correct
+@pytest.mark.parametrize("early_stop, chain", [(True, False), (False, False), (True, True)])
+def test_per_example_flags_are_the_models_own_verdicts(trained_model, fashion_test, early_stop, chain):
+    """Recomputed independently with FGSM (deterministic): robust = correct clean and at FGSM's point."""
+    x, y = fashion_test.subset(300).tensors()
+    result = _run(trained_model, (x, y), ["fgsm"], keep_per_example=True, early_stop=early_stop, chain=chain,
+                  batch_size=128)
+    with torch.no_grad():
+        clean = trained_model(x).argmax(1) == y
+        expected = clean & (trained_model(fgsm(trained_model, x, y, eps=0.1)).argmax(1) == y)
+    assert torch.equal(result.per_example["clean"], clean)
+    # FGSM in another layout may flip the sign of a ~0 gradient entry: at most an image or two may differ
+    assert (result.per_example["FGSM L∞@0.1"] != expected).sum() <= 2
+    assert 0.1 < expected.float().mean() < clean.float().mean()  # the attack broke some, not all
 
 
 def test_table_and_dict(trained_model, fashion_test):
@@ -100,7 +110,8 @@ def test_verify_adversarial_fails_loudly(bad, message):
 
 
 def test_evaluation_refuses_a_cheating_attack(trained_model, fashion_test, monkeypatch):
-    monkeypatch.setitem(attacks_module.ATTACKS, "noise", lambda model, x, y, **kw: (x + 0.3).clamp(0, 1))
+    cheat = dataclasses.replace(ATTACKS["noise"], function=lambda model, x, y, **kw: (x + 0.3).clamp(0, 1))
+    monkeypatch.setitem(ATTACKS, "noise", cheat)
     with pytest.raises(IntegrityError, match="exceeds"):
         _run(trained_model, fashion_test.subset(20), ["noise"])
 
@@ -117,24 +128,42 @@ def test_bf16_attacks_are_judged_in_full_precision(trained_model, fashion_test, 
     attacks = [AttackSpec(name="pgd", steps=10)]
     ref = evaluate(trained_model, fashion_test, attacks=attacks, eps=[0.1], progress=False)
     seen = []
-    real_pgd = attacks_module.pgd
 
     def spy(*args, **kwargs):
         seen.append(torch.is_autocast_enabled("cpu"))
-        return real_pgd(*args, **kwargs)
+        return pgd(*args, **kwargs)
 
-    monkeypatch.setattr(attacks_module, "pgd", spy)
-    low = evaluate(trained_model, fashion_test, attacks=attacks, eps=[0.1], progress=False, precision="bf16")
+    monkeypatch.setitem(ATTACKS, "pgd", dataclasses.replace(ATTACKS["pgd"], function=spy))
+    low = evaluate(trained_model, fashion_test, attacks=attacks, eps=[0.1], progress=False,
+                   runtime=Runtime(precision="bf16"))
     assert seen and all(seen)
     assert low.clean_accuracy == ref.clean_accuracy  # the clean pass is not under autocast
     assert abs(low.worst_case[0] - ref.worst_case[0]) <= 0.05  # a few examples at most
 
 
 @pytest.mark.parametrize("precision, message", [("fp16", "needs a CUDA device"), ("int8", "unknown precision")])
-def test_bad_precision_is_a_clear_error(trained_model, fashion_test, precision, message):
+def test_bad_precision_is_a_clear_error(precision, message):
     with pytest.raises(AdvlabError, match=message):
-        evaluate(trained_model, fashion_test, attacks=[AttackSpec(name="fgsm")], eps=[0.1], progress=False,
-                 precision=precision)
+        Runtime(device="cpu", precision=precision)
+
+
+def test_targeted_evaluation_attacks_the_wrong_classes(trained_model, fashion_test):
+    """A targeted attack in an evaluation aims at the most likely wrong classes, never at the true one
+    (which would descend the true class's loss and leave robust accuracy at the clean one)."""
+    data = fashion_test.subset(200)
+    result = _run(trained_model, data, ["pgd10-targeted1", "pgd10-targeted", "pgd10"], eps=(0.1,))
+    one, every, untargeted = (result.robust[label][0] for label in
+                              ("PGD-10 L∞ top-1 targeted", "PGD-10 L∞ targeted", "PGD-10 L∞"))
+    assert one < result.clean_accuracy - 0.2  # it attacks: far below clean
+    assert every <= one  # more targets, fewer survivors (per example: a survivor survives every target)
+    assert every <= untargeted + 0.05
+    assert result.attacks["PGD-10 L∞ targeted"]["targeted"] and parse_attack("pgd10-targeted").hyperparameters(
+        0.1)["targets"] == "all others"
+
+
+def test_a_bad_eps_is_refused_before_any_attack_runs(trained_model, fashion_test):
+    with pytest.raises(AdvlabError, match="eps"):
+        _run(trained_model, fashion_test.subset(10), ["fgsm"], eps=(7.0,))
 
 
 def test_pad_to_bucket_keeps_every_chosen_example():

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from advlab.errors import AdvlabError
-from advlab.report import build_report, pareto_frontier, percent, points, save_gallery, story
+from advlab.report import build_report, save_gallery, story
+from advlab.results import pareto_frontier, percent, points
 from advlab.runs import read_json, write_json
 from report_fixture import make_fake_run
 

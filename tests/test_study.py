@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
 from advlab.cli import main
 from advlab.errors import AdvlabError
+from advlab.report import build_report
 from advlab.study import StudyConfig, collect_metrics, load_study_config, run_study
+from conftest import _require_fashion_mnist
 
 TINY_TRAIN = {"model": "small_cnn", "optimizer": "adam", "lr": 0.003, "schedule": "constant", "batch_size": 64,
               "epochs": 1, "train_size": 600, "val_size": 100, "check_examples": 50, "check_steps": 3}
@@ -32,9 +32,11 @@ def _accuracies(metrics: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
-    pytest.importorskip("advlab.train")
+    _require_fashion_mnist()
     out = tmp_path_factory.mktemp("study") / "run"
-    return out, run_study(tiny_config(), out, progress=False)
+    metrics = run_study(tiny_config(), out, progress=False)
+    build_report(out)
+    return out, metrics
 
 
 def test_study_writes_everything(tiny_study):
@@ -96,10 +98,10 @@ def test_a_stage_computed_from_other_inputs_is_redone(tiny_study):
 
 
 def test_interrupted_overwrite_leaves_no_model_marked_done(tiny_study, monkeypatch):
-    import advlab.train
+    import advlab.study
 
     out, _ = tiny_study
-    real_train, calls = advlab.train.train, []
+    real_train, calls = advlab.study.train, []
 
     def train_then_stop(*args, **kwargs):
         calls.append(1)
@@ -107,7 +109,7 @@ def test_interrupted_overwrite_leaves_no_model_marked_done(tiny_study, monkeypat
             raise KeyboardInterrupt  # stopped while retraining the second model
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(advlab.train, "train", train_then_stop)
+    monkeypatch.setattr(advlab.study, "train", train_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_study(tiny_config(), out, overwrite=True, progress=False)
     assert (out / "models" / "standard" / "done.json").is_file()
@@ -150,7 +152,6 @@ def test_bad_study_configs(changes, match):
 
 
 def test_presets_load_and_resolve():
-    pytest.importorskip("advlab.train")
     for preset in ("quick", "full"):
         config = load_study_config(preset=preset)
         assert config.preset == preset
@@ -158,7 +159,7 @@ def test_presets_load_and_resolve():
             config.train_config(name)  # every model's training settings are valid
         methods = {config.train_config(n).method for n in config.models}
         assert {"standard", "fgsm", "pgd", "trades"} <= methods
-    with pytest.raises(AdvlabError, match="unknown preset"):
+    with pytest.raises(AdvlabError, match="unknown study preset 'huge'; choose one of: full, quick"):
         load_study_config(preset="huge")
 
 
@@ -171,7 +172,7 @@ def test_config_file_errors(tmp_path):
     odd.write_text("[study]\nfoo = 1\n")
     with pytest.raises(AdvlabError, match="unknown study settings"):
         load_study_config(odd)
-    assert dataclasses.is_dataclass(load_study_config())
+    assert load_study_config() == load_study_config(preset="quick")  # no file: the quick preset
 
 
 def test_full_preset_trains_the_full_recipe():
@@ -180,12 +181,12 @@ def test_full_preset_trains_the_full_recipe():
     from advlab.train import load_config
 
     study = load_study_config(preset="full").train_config("pgd").to_dict()
-    recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "train-full.toml").to_dict()
+    recipe = load_config(preset="full").to_dict()
     assert study == recipe
 
 
 def _check_inputs(fgsm=(0.9, 0.5, 0.05), pgd=(0.9, 0.4, 0.0), before=0.4, doubled=0.395, noise=0.8, transfer=0.7):
-    from advlab.study import sanity_checks
+    from advlab.checks import sanity_checks
 
     worst = [min(a, b) for a, b in zip(fgsm, pgd)]
     metrics = {"eps_grid": [0.0, 0.1, 0.3], "chance_accuracy": 0.1,

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 
 import pytest
 import torch
 
-import advlab.train as train_module
+import advlab.train.loop as train_loop
 from advlab.errors import AdvlabError
+from conftest import have_fashion_mnist
 from advlab.evaluate import clean_accuracy
 from advlab.runs import load_checkpoint, load_tensors, read_json
 from advlab.train import (METHODS, CatastrophicOverfittingWarning, TrainConfig, catastrophic_overfitting,
                           load_config, train)
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-                                and not os.environ.get("ADVLAB_DATA"), reason="Fashion-MNIST not installed")
+pytestmark = pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST not found ($ADVLAB_DATA, cache, "
+                                "or Debian's dataset-fashion-mnist)")
 
 # Tiny but real: 1,200 Fashion-MNIST images, 2 passes, short attacks. Seconds per method on 2 cores.
 TINY = dict(train_size=1200, val_size=200, check_examples=100, check_steps=5, batch_size=50, epochs=2, steps=2,
@@ -155,7 +155,7 @@ def test_catastrophic_overfitting_rule():
 
 def test_guard_stops_and_keeps_last_good_weights(tmp_path, monkeypatch):
     verdicts = iter([False, True, False, False])  # the rule's answer after epochs 1, 2, ...
-    monkeypatch.setattr(train_module, "catastrophic_overfitting", lambda best, robust, threshold: next(verdicts))
+    monkeypatch.setattr(train_loop, "catastrophic_overfitting", lambda best, robust, threshold: next(verdicts))
     config = tiny("fgsm", train_size=200, epochs=4)
     with pytest.warns(CatastrophicOverfittingWarning, match="catastrophic overfitting at epoch 2"):
         summary = train(config, tmp_path / "run", progress=False)
@@ -168,7 +168,7 @@ def test_guard_stops_and_keeps_last_good_weights(tmp_path, monkeypatch):
 
 
 def test_guard_leaves_standard_training_alone(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "catastrophic_overfitting", lambda best, robust, threshold: True)
+    monkeypatch.setattr(train_loop, "catastrophic_overfitting", lambda best, robust, threshold: True)
     summary = train(tiny("standard", train_size=200), tmp_path / "run", progress=False)
     assert summary["epochs_completed"] == 2 and not summary["catastrophic_overfitting"]
 
@@ -222,11 +222,14 @@ def test_from_dict_and_toml(tmp_path):
             load_config(tmp_path / name)
 
 
-def test_recipes_in_configs_load():
-    from pathlib import Path
+def test_shipped_recipes_load():
+    from advlab.presets import preset_names
 
-    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("train-*.toml")):
-        load_config(path)
+    assert {"quick", "full"} <= set(preset_names("train"))  # found inside the package, not in a checkout
+    quick, full = load_config(preset="quick"), load_config(preset="full")
+    assert (quick.method, full.method, full.steps) == ("fgsm", "pgd", 10)
+    with pytest.raises(AdvlabError, match="unknown train preset 'huge'; choose one of: full, quick"):
+        load_config(preset="huge")
 
 
 def test_run_folder_refusals_come_before_training(tmp_path):

@@ -1,8 +1,10 @@
 """The ``advlab`` command line: a thin layer that parses flags, calls one library function and prints.
 
     advlab train --method pgd --eps 0.1 --epochs 10 --out runs/pgd
+    advlab train --preset quick --out runs/train-quick
     advlab attack runs/pgd --attack pgd20 --eps 0.1 --out runs/pgd/attack
     advlab evaluate runs/pgd --attack fgsm --attack pgd50x10 --eps 0.05,0.1,0.2
+    advlab evaluate runs/pgd --attack pgd20-margin --eps 0.1 --device cuda --precision bf16
     advlab study --preset quick --out runs/quick
     advlab report runs/quick
     advlab data list
@@ -22,24 +24,31 @@ from typing import Callable, Sequence
 from advlab.errors import AdvlabError
 
 EVAL_BATCH = 256  # advlab.evaluate.DEFAULT_BATCH, kept here so that --help needs no torch import (tested)
+DEVICE_HELP = "auto (default: CUDA when present, else CPU), cpu, cuda or cuda:N"  # as advlab.runtime says
 
 EPILOG_TRAIN = """examples:
   advlab train --out runs/standard                          # standard training, Fashion-MNIST, small_cnn
   advlab train --method fgsm --eps 0.1 --epochs 10 --out runs/fast
   advlab train --method pgd --eps 8/255 --steps 10 --dataset cifar10 --model preact_resnet18 --out runs/c10
-  advlab train --config configs/train-quick.toml --out runs/train-quick   # the quick robust recipe
+  advlab train --preset quick --out runs/train-quick        # the quick robust recipe (full: the careful one)
+  advlab train --config mine.toml --epochs 20 --out runs/mine  # a TOML [train] table; flags override it
+  advlab train --show-preset quick > mine.toml               # start a config of your own from a preset
   advlab train --resume --out runs/fast                      # continue an interrupted run
 """
 EPILOG_ATTACK = """examples:
   advlab attack runs/standard --attack fgsm --eps 0.1 --out runs/standard/fgsm
   advlab attack runs/standard --attack pgd20 --eps 0.1 --n 16 --out runs/standard/pgd
   advlab attack runs/standard --attack pgd50 --eps 0.1 --target 8 --out runs/standard/to-bag
-attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10); append -l2 for L2
+attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10); append -l2 for L2,
+-margin for the Carlini-Wagner margin loss instead of cross-entropy
 """
 EPILOG_EVALUATE = """examples:
   advlab evaluate runs/standard --attack fgsm --attack pgd20 --eps 0.1
   advlab evaluate runs/pgd --attack fgsm --attack pgd50x10 --eps 0.05,0.1,0.15 --out runs/pgd/eval.json
   advlab evaluate runs/pgd --attack pgd20-l2 --eps 0.5,1,2 --n 1000
+  advlab evaluate runs/pgd --attack pgd20-margin --attack pgd20-targeted3 --eps 0.1
+attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10); append -l2 for L2,
+-margin for the margin loss, -targeted to attack every other class in turn (-targetedK: the K most likely)
 """
 
 
@@ -71,6 +80,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _add_device(parser: argparse.ArgumentParser, *, precision: bool = False) -> None:
+    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP}")
+    if precision:
+        parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                            help="arithmetic of the attacks' passes: fp32 (default, the reference), bf16 autocast "
+                            "(CPU with AVX512-BF16/AMX, or CUDA) or fp16 autocast (CUDA); examples are judged in fp32")
+
+
+def _runtime(args: argparse.Namespace):
+    from advlab.runtime import Runtime
+
+    return Runtime(device=args.device, precision=getattr(args, "precision", "fp32"))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -110,17 +133,31 @@ _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
 ]
 
 
+def _show_preset(kind: str, name: str) -> int:
+    from advlab.presets import preset_text
+
+    print(preset_text(kind, name), end="")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from advlab.train import TrainConfig, load_config, train
 
-    config = load_config(args.config) if args.config else TrainConfig()
+    if args.show_preset:
+        return _show_preset("train", args.show_preset)
+    if args.out is None:
+        raise AdvlabError("--out is required: the run folder to create")
+    if args.config and args.preset:
+        raise AdvlabError("give either --config or --preset, not both")
+    config = load_config(args.config, preset=args.preset) if args.config or args.preset else TrainConfig()
     overrides = {name: getattr(args, name) for name, _, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
     if args.random_start is not None:
         overrides["random_start"] = args.random_start
     if args.data_dir is not None:
         overrides["data_dir"] = str(args.data_dir)
     config = TrainConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
-    summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                    runtime=_runtime(args))
     print(f"run folder: {args.out}")
     for key in ("epochs_completed", "best_epoch", "val_clean_accuracy", "val_robust_accuracy",
                 "best_val_robust_accuracy", "seconds"):
@@ -145,12 +182,14 @@ def _attacks(names: Sequence[str] | None, norm: str, default: Sequence[str]):
 
 def _cmd_attack(args: argparse.Namespace) -> int:
     from advlab.evaluate import attack_checkpoint
+    from advlab.report import save_attack_gallery
 
     (attack,) = _attacks([args.attack], args.norm, ["pgd20"])
     summary = attack_checkpoint(args.checkpoint, attack=attack, eps=args.eps, out=args.out, n=args.n,
                                 target=args.target, dataset=args.dataset, split=args.split,
                                 data_dir=args.data_dir, overwrite=args.overwrite, seed=args.seed,
-                                progress=not args.quiet)
+                                progress=not args.quiet, runtime=_runtime(args))
+    save_attack_gallery(args.out)
     goal = "reached the target" if args.target is not None else "fooled the model"
     print(f"{attack.label} at ε = {args.eps:g}: {100 * summary['success_rate']:.1f}% of {summary['n']} "
           f"examples {goal}; wrote {args.out}/gallery.png and {args.out}/adversarial.safetensors")
@@ -164,7 +203,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, attacks=attacks, eps=args.eps, n=args.n, dataset=args.dataset,
                                  split=args.split, data_dir=args.data_dir, out=args.out, overwrite=args.overwrite,
                                  batch_size=args.batch_size, chain=args.chain, early_stop=not args.no_early_stop,
-                                 seed=args.seed, progress=not args.quiet, precision=args.precision)
+                                 seed=args.seed, progress=not args.quiet, runtime=_runtime(args))
     print(result.table())
     if args.out:
         print(f"wrote {args.out}")
@@ -175,16 +214,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    from advlab.report import build_report
+    from advlab.results import headline_worst_case
     from advlab.study import load_study_config, run_study
 
+    if args.show_preset:
+        return _show_preset("study", args.show_preset)
     config = load_study_config(args.config, preset=args.preset)
     if args.data_dir is not None:
         import dataclasses
 
         config = dataclasses.replace(config, data_dir=str(args.data_dir))
     out = args.out or Path("runs") / f"study-{config.preset}"
-    metrics = run_study(config, out, overwrite=args.overwrite, progress=not args.quiet)
-    from advlab.figures import headline_worst_case
+    metrics = run_study(config, out, overwrite=args.overwrite, progress=not args.quiet, runtime=_runtime(args))
+    report = build_report(out)
 
     print(f"{'model':<22} {'clean':>7} {'worst case at ε = ' + format(metrics['train_eps'], 'g'):>24}")
     for name, model in metrics["models"].items():
@@ -195,7 +238,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     print(f"sanity checks: {len(metrics['sanity_checks']) - len(failed)} passed, {len(failed)} failed")
     for check in failed:
         print(f"  FAILED {check['model']}: {check['check']} ({check['detail']})")
-    print(f"report: {out / 'report.html'}")
+    print(f"report: {report}")
     return 0
 
 
@@ -255,15 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
     p = command("train", "train a classifier (standard or adversarial) into a run folder", EPILOG_TRAIN)
-    p.add_argument("--out", type=Path, required=True, help="run folder to create (refused if it exists, "
-                   "unless --resume or --overwrite)")
+    p.add_argument("--out", type=Path, help="run folder to create (refused if it exists, "
+                   "unless --resume or --overwrite); required")
     p.add_argument("--config", type=Path, help="TOML file with training settings (flags override it)")
+    p.add_argument("--preset", help="a shipped recipe instead of --config: quick (fast FGSM, minutes) or full "
+                   "(PGD-10, about 40 minutes on 2 CPU cores)")
+    p.add_argument("--show-preset", metavar="NAME", help="print that preset's TOML and exit")
     for name, kind, help_text in _TRAIN_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=help_text)
     p.add_argument("--no-random-start", dest="random_start", action="store_false", default=None,
                    help="start the training attack at x instead of a random point of the ε-ball")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
+    _add_device(p)
     _add_common(p)
     p.set_defaults(func=_cmd_train)
 
@@ -274,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
         p.add_argument("--seed", type=int, default=0, help="seed for random starts (default 0)")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        _add_device(p, precision=True)
         _add_common(p)
 
     p = command("attack", "write adversarial examples and a PNG gallery for a trained model", EPILOG_ATTACK)
@@ -297,22 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "attacks left robust (fastest; per-attack numbers become cumulative)")
     p.add_argument("--no-early-stop", action="store_true", help="the naive evaluation, for benchmarks: attack "
                    "every example with every step and restart, even those already fooled (much slower)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="arithmetic of the attacks' passes: fp32 (default, the reference), bf16 autocast (CPU "
-                   "with AVX512-BF16/AMX, or CUDA) or fp16 autocast (CUDA); examples are judged in fp32")
     p.add_argument("--out", type=Path, help="write the results as JSON to this file")
     p.set_defaults(func=_cmd_evaluate)
 
     p = command("study", "the trade-off study: train standard and robust models, attack all, write a report",
                 """examples:
   advlab study --preset quick --out runs/quick     # about 3.5 minutes on a 2-core CPU
-  advlab study configs/full.toml --out runs/full   # the full recipe (hours)
+  advlab study --preset full --out runs/full       # the full recipes (hours)
   advlab study --preset quick --out runs/quick     # again: resumes, every finished stage is cached
+  advlab study --show-preset quick > mine.toml     # start a study of your own: edit, then
+  advlab study mine.toml --out runs/mine
 """)
-    p.add_argument("config", nargs="?", type=Path, help="study TOML file (see configs/)")
-    p.add_argument("--preset", help="a preset from configs/: quick or full (default quick without CONFIG)")
+    p.add_argument("config", nargs="?", type=Path, help="study TOML file ([study], [train], [models.NAME])")
+    p.add_argument("--preset", help="a shipped study: quick or full (default quick without CONFIG)")
+    p.add_argument("--show-preset", metavar="NAME", help="print that preset's TOML and exit")
     p.add_argument("--out", type=Path, help="run folder (default runs/study-PRESET); an existing one resumes")
     p.add_argument("--overwrite", action="store_true", help="recompute every stage, replacing the folder's files")
+    _add_device(p)
     _add_common(p)
     p.set_defaults(func=_cmd_study)
 

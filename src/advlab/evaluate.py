@@ -1,10 +1,12 @@
-"""Clean and robust accuracy of a classifier over a list of attacks and a grid of ε.
+"""Clean and robust accuracy of a classifier over a list of attacks and a grid of ε: measurement only.
 
 Robust accuracy is measured per example: an example counts as robust under an attack only if the
 model classifies it correctly both clean and at the attack's adversarial point, re-checked by a fresh
-forward pass on the returned images (never taken from the attack's own bookkeeping). The worst case
-over attacks is the per-example AND. Every evaluation ends by verifying that each adversarial example
-lies in its ε-ball and in [0, 1] with no NaN, and raises :class:`IntegrityError` otherwise.
+forward pass in fp32 on the returned images (never taken from the attack's own bookkeeping). The worst
+case over attacks is the per-example AND. Every attack's output is verified to lie in its ε-ball and in
+[0, 1] with no NaN, and :class:`IntegrityError` is raised otherwise. A targeted attack is run against
+each of the most likely wrong classes in turn (all of them unless the attack names a number), and an
+example is robust only if it survives every target.
 
 Python::
 
@@ -12,50 +14,33 @@ Python::
     result = evaluate(model, test_data, attacks=[parse_attack("fgsm"), parse_attack("pgd20")], eps=[0.1])
     print(result.table())
 
-Command line: ``advlab evaluate RUN_DIR --attack fgsm --attack pgd20 --eps 0.05,0.1``.
+Command line: ``advlab evaluate RUN_DIR --attack fgsm --attack pgd20 --eps 0.05,0.1``;
+``advlab attack RUN_DIR --eps 0.1 --out OUT`` saves adversarial examples (:func:`attack_checkpoint`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from advlab.attacks import AttackSpec, bucket_size, eval_mode
-from advlab.errors import AdvlabError
+from advlab.attacks.threat import IntegrityError, verify_adversarial
+from advlab.errors import AdvlabError, check_range
+from advlab.runs import load_checkpoint, prepare_run_dir, save_tensors, write_json
+from advlab.runtime import Runtime, release_freed_memory
 
-# Float slack for the ε-ball check: projections are exact up to float32 rounding of x ± ε.
-BALL_TOLERANCE = 1e-6
-
-
-class IntegrityError(RuntimeError):
-    """An attack returned a point outside its threat model: a bug, never a result to report."""
-
+__all__ = ["DEFAULT_BATCH", "EvalResult", "IntegrityError", "attack_checkpoint", "clean_accuracy", "evaluate",
+           "evaluate_checkpoint", "transfer_flags", "verify_adversarial"]
 
 # Images per evaluation batch. On the 2-core CPU of BENCHMARKS.md (benchmarks/bench_eval_batch.py), PGD-20
 # on 1,000 images of a robust small_cnn took 3.6 s at 256 against 4.3 s at 500 and 4.0–4.1 s at 100–128
 # (activations that fit the cache, against per-batch overhead); on a standard model 256 and 500 tie.
 DEFAULT_BATCH = 256
-
-
-def verify_adversarial(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str, *, what: str = "attack") -> None:
-    """Fail loudly unless ``x_adv`` is finite, in [0, 1] and within ``eps`` of ``x`` in ``norm``."""
-    if not torch.isfinite(x_adv).all():
-        raise IntegrityError(f"{what}: adversarial examples contain NaN or infinity")
-    if x_adv.numel() and (x_adv.min() < 0 or x_adv.max() > 1):
-        raise IntegrityError(f"{what}: adversarial pixels leave [0, 1] ({x_adv.min().item()}, {x_adv.max().item()})")
-    delta = (x_adv - x).flatten(1)
-    size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(p=2, dim=1)
-    limit = eps + BALL_TOLERANCE if norm == "linf" else eps * (1 + 1e-5) + BALL_TOLERANCE
-    if size.numel() and size.max() > limit:
-        raise IntegrityError(f"{what}: perturbation of size {size.max().item():.6g} exceeds ε = {eps:g} ({norm})")
 
 
 @dataclass
@@ -102,9 +87,6 @@ def _batches(data, batch_size: int, device) -> Iterable[tuple[torch.Tensor, torc
     return data  # an iterable of (x, y) batches, e.g. a DataLoader
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
 def _pad_to_bucket(mask: torch.Tensor) -> torch.Tensor:
     """Indices of ``mask``'s True entries, plus some False ones up to the early-exit loop's bucket size.
 
@@ -120,38 +102,50 @@ def _pad_to_bucket(mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([chosen, extra]).sort().values
 
 
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
-        return None
+def _goals(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """The labels to hand the attack: the true ones, or for a targeted attack each of the most likely
+    wrong classes by the clean logits, most likely first."""
+    if not attack.targeted:
+        return [y]
+    with torch.inference_mode():
+        logits = model(x).float()
+    wrong = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+    count = logits.shape[1] - 1 if attack.targets is None else min(attack.targets, logits.shape[1] - 1)
+    return [wrong[:, r].clone() for r in range(count)]
 
 
-def release_freed_memory() -> None:
-    """Give the memory the last batch freed back to the operating system.
+def _survivors(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor, todo: torch.Tensor, eps: float,
+               *, runtime: Runtime, generator: torch.Generator, early_stop: bool) -> torch.Tensor:
+    """Per example: classified correctly (in fp32) after ``attack`` at ``eps``; False outside ``todo``."""
+    robust = torch.zeros_like(todo)
+    index = _pad_to_bucket(todo)
+    if index.numel() == 0:
+        return robust
+    xs, ys = x[index], y[index]
+    survived = todo[index].clone()
+    for goal in _goals(model, attack, xs, ys):
+        # With early exit, each further target attacks only what the earlier ones left standing.
+        rows = _pad_to_bucket(survived) if early_stop else torch.arange(len(ys), device=ys.device)
+        if rows.numel() == 0:
+            break
+        with runtime.autocast():
+            x_adv = attack(model, xs[rows], goal[rows], eps=eps, generator=generator, early_stop=early_stop,
+                           channels_last=runtime.channels_last)
+        verify_adversarial(xs[rows], x_adv, eps, attack.norm, what=attack.label)
+        with torch.inference_mode():
+            survived[rows] &= model(x_adv.float()).argmax(1) == ys[rows]
+    robust[index] = survived
+    return robust
 
-    glibc keeps freed heap memory for reuse, and the ever-changing sizes of early-exit sub-batches
-    fragment it, so without this the peak memory of an evaluation grows with the number of images
-    (measured in benchmarks/bench_eval.py). A no-op where glibc's ``malloc_trim`` is absent.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
-
-def attack_autocast(precision: str, device_type: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the autocast context the attacks run under at ``precision``; checks it is usable."""
-    if precision not in PRECISIONS:
-        raise AdvlabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext
-    if precision == "fp16" and device_type != "cuda":
-        raise AdvlabError("fp16 autocast needs a CUDA device; on CPU use --precision bf16 or fp32")
-    if precision == "bf16" and device_type == "cpu" and not torch.backends.mkldnn.is_available():
-        raise AdvlabError("this CPU build of torch has no oneDNN, so no fast bf16; use --precision fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device_type, dtype=dtype)
+def _runtime_for(model: nn.Module, runtime: Runtime | None) -> Runtime:
+    if runtime is None:
+        return Runtime.for_model(model)
+    device = next((p.device for p in model.parameters()), runtime.device)
+    if device != runtime.device:
+        raise AdvlabError(f"the model is on {device} but the evaluation runs on {runtime.device}; "
+                          "move the model there first (model.to(device))")
+    return runtime
 
 
 def evaluate(
@@ -164,47 +158,45 @@ def evaluate(
     early_stop: bool = True,
     chain: bool = False,
     seed: int = 0,
-    device: torch.device | str | None = None,
+    runtime: Runtime | None = None,
     progress: bool = True,
     keep_per_example: bool = False,
-    precision: str = "fp32",
 ) -> EvalResult:
     """Clean accuracy, and robust accuracy for each attack and ε, with the per-example worst case.
 
     ``data`` is an :class:`advlab.data.ImageData`, an ``(x, y)`` pair of tensors or an iterable of
     batches. ``early_stop`` (the default) attacks only the examples still correct and lets each attack
     and restart drop an example as soon as it is fooled (exactly as strong, much faster on weak models);
-    ``early_stop=False`` is the naive baseline that attacks every example with every step and restart. ``chain=True`` runs each attack only on the examples that all earlier
-    attacks left robust (AutoAttack style, fastest); then the per-attack numbers are cumulative.
-    Randomness (random starts) comes from a generator seeded with ``seed``, so results repeat.
-    ``precision`` ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA) runs the attacks' forward and backward
-    passes under autocast; the adversarial examples are still judged in full precision, so a weaker
-    low-precision attack shows as higher robust accuracy, never hidden (see BENCHMARKS.md for the
-    measured difference). The default ``"fp32"`` is the reference.
+    ``early_stop=False`` is the naive baseline that attacks every example with every step and restart.
+    ``chain=True`` runs each attack only on the examples that all earlier attacks left robust (AutoAttack
+    style, fastest); then the per-attack numbers are cumulative. Randomness (random starts) comes from a
+    generator seeded with ``seed`` on the runtime's device, so results repeat.
+    ``runtime`` (default: the model's device, fp32, channels-last on CPU) sets the attacks' precision:
+    ``bf16`` or ``fp16`` autocast covers the attacks' passes only, and every example is still judged in
+    fp32, so a weaker low-precision attack shows as higher robust accuracy, never hidden.
     """
     if not attacks:
         raise AdvlabError("give at least one attack to evaluate")
     if not eps:
         raise AdvlabError("give at least one ε to evaluate")
     for attack in attacks:
-        for e in eps:
-            attack.hyperparameters(e)  # AttackSpec validated itself; ε is checked by the attack
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if not isinstance(attack, AttackSpec):
+            raise AdvlabError(f"attacks must be AttackSpec values (advlab.attacks.parse_attack), got {attack!r}")
+        for e in eps:  # up front: an attack that never runs (nothing left to attack) must not hide a bad ε
+            check_range("eps", e, 0.0, 1.0 if attack.norm == "linf" else None)
     labels = [a.label for a in attacks]
     if len(set(labels)) != len(labels):
         raise AdvlabError(f"the same attack is listed twice: {labels}")
-    generator = torch.Generator(device=device).manual_seed(seed)
-    low_precision = attack_autocast(precision, torch.device(device).type)
+    runtime = _runtime_for(model, runtime)
+    generator = runtime.generator(seed)
     start = time.perf_counter()
     clean_flags: list[torch.Tensor] = []
     robust_flags: dict[tuple[str, int], list[torch.Tensor]] = {(a.label, i): [] for a in attacks for i in range(len(eps))}
     worst_flags: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(eps))}
-    batches = _batches(data, batch_size, device)
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
     bar = _progress(total, progress, "evaluate")
     with eval_mode(model):
-        for x, y in batches:
+        for x, y in _batches(data, batch_size, runtime.device):
             with torch.inference_mode():
                 correct = model(x).argmax(1) == y
             clean_flags.append(correct.cpu())
@@ -213,16 +205,9 @@ def evaluate(
                 for attack in attacks:
                     # Only clean-correct examples can be robust; chained attacks also skip the broken ones.
                     # Without early exit every example is attacked, as a naive evaluation would.
-                    todo = (still_robust if chain else correct if early_stop else torch.ones_like(correct))
-                    todo = _pad_to_bucket(todo)
-                    robust = torch.zeros_like(correct)
-                    if todo.numel():
-                        with low_precision():
-                            x_adv = attack(model, x[todo], y[todo], eps=e, generator=generator,
-                                           early_stop=early_stop)
-                        verify_adversarial(x[todo], x_adv, e, attack.norm, what=attack.label)
-                        with torch.inference_mode():
-                            robust[todo] = (model(x_adv).argmax(1) == y[todo]) & correct[todo]
+                    todo = still_robust if chain else correct if early_stop else torch.ones_like(correct)
+                    robust = _survivors(model, attack, x, y, todo, e, runtime=runtime, generator=generator,
+                                        early_stop=early_stop) & correct
                     robust_flags[(attack.label, i)].append((robust & still_robust if chain else robust).cpu())
                     still_robust &= robust
                 worst_flags[i].append(still_robust.cpu())
@@ -295,22 +280,23 @@ def evaluate_checkpoint(
     early_stop: bool = True,
     seed: int = 0,
     progress: bool = True,
-    precision: str = "fp32",
+    runtime: Runtime | None = None,
 ) -> EvalResult:
-    """Load a checkpoint, evaluate it on ``n`` examples of ``split`` and write the result as JSON to ``out``."""
-    from advlab.runs import load_checkpoint, write_json
-
+    """Load a checkpoint onto the runtime's device (default: CUDA when present), evaluate it on ``n``
+    examples of ``split`` and write the result as JSON to ``out``."""
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not overwrite:
         raise AdvlabError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    model, record = load_checkpoint(checkpoint)
+    runtime = runtime if runtime is not None else Runtime()
+    model, record = load_checkpoint(checkpoint, device=runtime.device)
     data = _load_test_data(record, dataset, split, n, data_dir, progress)
     result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
-                      early_stop=early_stop, seed=seed, progress=progress, precision=precision)
+                      early_stop=early_stop, seed=seed, progress=progress, runtime=runtime)
     if out is not None:
         write_json(out, {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split,
                          "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
-                         "attack_precision": precision, "batch_size": batch_size, "seed": seed,
+                         "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
+                         "batch_size": batch_size, "seed": seed,
                          "early_stop": early_stop, "chain": chain,  # the random starts depend on these
                          **result.to_dict()})
     return result
@@ -330,19 +316,19 @@ def attack_checkpoint(
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
+    runtime: Runtime | None = None,
 ) -> dict:
-    """Attack the first ``n`` examples of ``split`` and write ``adversarial.safetensors``, ``gallery.png``
-    and ``attack.json`` (hyperparameters and success rate) into the folder ``out``.
+    """Attack the first ``n`` examples of ``split`` and write ``adversarial.safetensors`` (images, labels,
+    logits) and ``attack.json`` (hyperparameters, class names, success rate) into the folder ``out``;
+    :func:`advlab.report.save_attack_gallery` draws ``gallery.png`` from those files.
 
     ``target`` makes the attack targeted at that class index (examples already of that class are skipped).
     """
     import dataclasses
 
-    from advlab.report import save_gallery
-    from advlab.runs import load_checkpoint, prepare_run_dir, save_tensors, write_json
-
     out = prepare_run_dir(out, overwrite=overwrite)
-    model, record = load_checkpoint(checkpoint)
+    runtime = runtime if runtime is not None else Runtime()
+    model, record = load_checkpoint(checkpoint, device=runtime.device)
     data = _load_test_data(record, dataset, split, None, data_dir, progress)
     classes = data.info.classes
     if target is not None:
@@ -352,26 +338,27 @@ def attack_checkpoint(
         data = data.subset(keep)
         attack = dataclasses.replace(attack, targeted=True)
     data = data.subset(min(n, len(data)))
-    x, y = data.tensors()
+    x, y = data.tensors(runtime.device)
     goal = torch.full_like(y, target) if target is not None else y
-    generator = torch.Generator().manual_seed(seed)
-    x_adv = attack(model, x, goal, eps=eps, generator=generator)
+    with runtime.autocast():
+        x_adv = attack(model, x, goal, eps=eps, generator=runtime.generator(seed), channels_last=runtime.channels_last)
+    x_adv = x_adv.float()
     verify_adversarial(x, x_adv, eps, attack.norm, what=attack.label)
     with torch.inference_mode():
         logits_clean, logits_adv = model(x), model(x_adv)
     prediction = logits_adv.argmax(1)
     success = prediction == goal if target is not None else prediction != y
-    save_tensors(out / "adversarial.safetensors",
-                 {"x": x, "x_adv": x_adv, "labels": y, "prediction_clean": logits_clean.argmax(1),
-                  "prediction_adv": prediction})
-    title = f"{attack.label}, ε = {eps:g}" + (f", target: {classes[target]}" if target is not None else "")
-    save_gallery(out / "gallery.png", x[:16], x_adv[:16], y[:16], logits_clean[:16], logits_adv[:16],
-                 classes=classes, eps=eps, title=title, targets=goal[:16] if target is not None else None)
+    tensors = {"x": x, "x_adv": x_adv, "labels": y, "logits_clean": logits_clean, "logits_adv": logits_adv,
+               "prediction_clean": logits_clean.argmax(1), "prediction_adv": prediction}
+    if target is not None:
+        tensors["targets"] = goal
+    save_tensors(out / "adversarial.safetensors", tensors)
     summary = {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split, "n": len(y),
-               **attack.hyperparameters(eps), "target": target,
+               **attack.hyperparameters(eps), "label": attack.label, "target": target, "classes": list(classes),
+               "runtime": runtime.to_dict(),
                "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),
                "success_rate": float(success.float().mean()),
-               "files": ["adversarial.safetensors", "gallery.png", "attack.json"]}
+               "files": ["adversarial.safetensors", "attack.json"]}
     write_json(out / "attack.json", summary)
     return summary
 
@@ -385,17 +372,19 @@ def transfer_flags(
     eps: float,
     batch_size: int = DEFAULT_BATCH,
     seed: int = 0,
+    runtime: Runtime | None = None,
 ) -> torch.Tensor:
     """A black-box transfer attack, per example (CPU bool tensor): does ``target`` classify both the clean
     image and the adversarial example crafted against ``surrogate`` correctly? Its mean is the transfer
     accuracy; if that beats the white-box attack on ``target``, the white-box gradients are probably masked."""
-    device = next((p.device for p in target.parameters()), torch.device("cpu"))
-    generator = torch.Generator(device=device).manual_seed(seed)
+    runtime = _runtime_for(target, runtime)
+    generator = runtime.generator(seed)
     flags: list[torch.Tensor] = []
     with eval_mode(target), eval_mode(surrogate):
-        for x, y in _batches(data, batch_size, device):
-            x_adv = attack(surrogate, x, y, eps=eps, generator=generator)
+        for x, y in _batches(data, batch_size, runtime.device):
+            with runtime.autocast():
+                x_adv = attack(surrogate, x, y, eps=eps, generator=generator, channels_last=runtime.channels_last)
             verify_adversarial(x, x_adv, eps, attack.norm, what=f"transfer {attack.label}")
             with torch.inference_mode():
-                flags.append(((target(x).argmax(1) == y) & (target(x_adv).argmax(1) == y)).cpu())
+                flags.append(((target(x).argmax(1) == y) & (target(x_adv.float()).argmax(1) == y)).cpu())
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)

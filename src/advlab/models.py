@@ -12,6 +12,7 @@ From the command line the name goes to ``advlab train --model NAME``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,6 +20,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from advlab.errors import AdvlabError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the registry knows of one architecture."""
+
+    constructor: Callable[..., nn.Module]  # called with in_channels, num_classes and any extra arguments
+    input_size: tuple[int, int] | None  # the (height, width) it is built for; None: any
+    description: str  # one line for `advlab models`
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, description: str, input_size: tuple[int, int] | None = None):
+    """Class (or function) decorator: make an architecture available as ``create_model(name)`` and
+    ``advlab train --model name``. The constructor takes ``in_channels`` and ``num_classes``."""
+    def decorate(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(constructor, input_size, description)
+        return constructor
+
+    return decorate
 
 
 class Normalize(nn.Module):
@@ -43,6 +68,8 @@ class Normalize(nn.Module):
 # tests/test_attacks.py checks the equivalence.
 
 
+@register_model("small_cnn", input_size=(28, 28),
+                description="fast 2-conv CNN for 28×28 images (default for (Fashion-)MNIST)")
 class SmallCNN(nn.Module):
     """A fast two-conv network for 28×28 grey images: ≥ 90% on Fashion-MNIST in a couple of CPU epochs."""
 
@@ -61,6 +88,8 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+@register_model("madry_cnn", input_size=(28, 28),
+                description="conv32-conv64-fc1024 network of Madry et al. 2018 for 28×28 images")
 class MadryCNN(nn.Module):
     """The MNIST network of Madry et al. 2018 (arXiv:1706.06083): conv32-conv64 (5×5) and a 1024-unit layer."""
 
@@ -99,6 +128,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
+@register_model("preact_resnet18", description="PreActResNet-18 for 32×32 colour images (CIFAR-10)")
 class PreActResNet18(nn.Module):
     """PreActResNet-18 for 32×32 images, the standard model of fast adversarial training (Wong et al. 2020)."""
 
@@ -119,6 +149,7 @@ class PreActResNet18(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
+@register_model("linear", description="one linear layer (a baseline and test case)")
 class LinearClassifier(nn.Module):
     """A single linear layer on the flattened image: the analytic test case for attacks."""
 
@@ -130,25 +161,16 @@ class LinearClassifier(nn.Module):
         return self.linear(torch.flatten(x, 1))
 
 
-# name -> (constructor, input size it is built for or None for any, one-line description)
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], tuple[int, int] | None, str]] = {
-    "small_cnn": (SmallCNN, (28, 28), "fast 2-conv CNN for 28×28 images (default for (Fashion-)MNIST)"),
-    "madry_cnn": (MadryCNN, (28, 28), "conv32-conv64-fc1024 network of Madry et al. 2018 for 28×28 images"),
-    "preact_resnet18": (PreActResNet18, None, "PreActResNet-18 for 32×32 colour images (CIFAR-10)"),
-    "linear": (LinearClassifier, None, "one linear layer (a baseline and test case)"),
-}
-
-
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
     return sorted(_REGISTRY)
 
 
 def describe_model(name: str) -> str:
-    return _lookup(name)[2]
+    return _lookup(name).description
 
 
-def _lookup(name: str) -> tuple[Callable[..., nn.Module], tuple[int, int] | None, str]:
+def _lookup(name: str) -> ModelEntry:
     key = name.strip().lower().replace("-", "_")
     if key not in _REGISTRY:
         raise AdvlabError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
@@ -171,7 +193,8 @@ def create_model(
     explicit arguments override it. Without either, normalization is the identity.
     Returns an ``nn.Sequential(normalize, net)`` whose input is pixels in [0, 1].
     """
-    constructor, size, _ = _lookup(name)
+    entry = _lookup(name)
+    constructor, size = entry.constructor, entry.input_size
     height = width = None
     if dataset is not None:
         from advlab.data import get_info  # local import: models must not need data to be importable

@@ -144,7 +144,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, record: dict[str, Any]) 
     path = Path(path)
     missing = {"model", "model_args"} - set(record)
     if missing:
-        raise ValueError(f"checkpoint record lacks {sorted(missing)}")
+        raise AdvlabError(f"checkpoint record lacks {sorted(missing)}: it must name the model and its arguments")
     record = {"format": CHECKPOINT_FORMAT, **record, "versions": versions()}
     text = json.dumps(record, default=_json_default)
     save_tensors(path, model.state_dict(), metadata={"advlab": text})

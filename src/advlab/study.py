@@ -4,10 +4,11 @@ One command runs the whole experiment into a run folder; each stage (training a 
 the sanity checks, the gallery) is cached there, so an interrupted study picks up where it stopped::
 
     advlab study --preset quick --out runs/quick        # ≈ 3.5 minutes on a 2-core CPU
-    advlab study configs/full.toml --out runs/full
+    advlab study mine.toml --out runs/mine               # a config of your own (--show-preset quick to start)
     advlab report runs/quick                             # rebuild report.html from the saved files
 
-Python: ``run_study(load_study_config("configs/quick.toml"), "runs/quick")``.
+Python: ``run_study(load_study_config(preset="quick"), "runs/quick")``, then
+``advlab.report.build_report("runs/quick")`` for the page (the command line does both).
 
 Layout of the run folder: ``config.json`` (resolved), ``models/NAME/`` (a training run folder each, plus
 ``eval.json`` and ``checks.json``), ``gallery.safetensors``, ``metrics.json``, ``figures/``, ``report.html``.
@@ -28,11 +29,17 @@ from typing import Any, Callable
 
 import torch
 
-from advlab.attacks import AttackSpec, parse_attack
+from advlab import __version__
+from advlab.attacks import AttackSpec, parse_attack, verify_adversarial
+from advlab.checks import measure_checks, sanity_checks, strongest_pgd
+from advlab.data import get_info, load_dataset
 from advlab.errors import AdvlabError, check_range
-from advlab.runs import load_checkpoint, prepare_run_dir, read_json, save_tensors, write_json
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/ (editable install)
+from advlab.evaluate import evaluate
+from advlab.presets import preset_text
+from advlab.results import headline_worst_case
+from advlab.runs import load_checkpoint, load_tensors, prepare_run_dir, read_json, save_tensors, write_json
+from advlab.runtime import Runtime
+from advlab.train import TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -97,10 +104,8 @@ class StudyConfig:
     def attack_specs(self) -> list[AttackSpec]:
         return [parse_attack(a) for a in self.attacks]
 
-    def train_config(self, name: str):
+    def train_config(self, name: str) -> TrainConfig:
         """The resolved :class:`advlab.train.TrainConfig` of model ``name``."""
-        from advlab.train import TrainConfig
-
         overrides = {k: v for k, v in self.models[name].items() if k != "label"}
         values = {"dataset": self.dataset, "eps": self.train_eps, "seed": self.seed, "data_dir": self.data_dir,
                   **self.train, **overrides}
@@ -111,28 +116,30 @@ class StudyConfig:
 
 
 def load_study_config(source: str | Path | None = None, *, preset: str | None = None) -> StudyConfig:
-    """Read a study from a TOML file (``[study]``, ``[train]`` and ``[models.NAME]`` tables) or a preset name."""
-    if source is None and preset is None:
-        preset = "quick"
-    if preset is not None:
-        if source is not None:
-            raise AdvlabError("give either a CONFIG.toml or --preset, not both")
-        source = CONFIG_DIR / f"{preset}.toml"
-        if not source.is_file():
-            known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-            raise AdvlabError(f"unknown preset {preset!r}; choose one of: {', '.join(known) or 'none found'}")
-    path = Path(source)
+    """Read a study from a TOML file (``[study]``, ``[train]`` and ``[models.NAME]`` tables) or a shipped
+    preset (``preset="quick"``, the default without a file)."""
+    if source is not None and preset is not None:
+        raise AdvlabError("give either a CONFIG.toml or --preset, not both")
+    if source is None:
+        preset = preset or "quick"
+        text, where = preset_text("study", preset), f"preset {preset!r}"
+    else:
+        path = Path(source)
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except FileNotFoundError:
+            raise AdvlabError(f"study config {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise AdvlabError(f"cannot read {path}: {err}") from None
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdvlabError(f"study config {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise AdvlabError(f"{path} is not a valid TOML file: {err}") from None
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise AdvlabError(f"{where} is not a valid TOML file: {err}") from None
     unknown = sorted(set(raw) - {"study", "train", "models"})
     if unknown:
-        raise AdvlabError(f"{path}: unknown tables {unknown}; use [study], [train] and [models.NAME]")
+        raise AdvlabError(f"{where}: unknown tables {unknown}; use [study], [train] and [models.NAME]")
     values = dict(raw.get("study", {}))
-    values.setdefault("preset", preset or path.stem)
+    values.setdefault("preset", preset or Path(source).stem)
     return StudyConfig.from_dict({**values, "train": raw.get("train", {}), "models": raw.get("models", {})})
 
 
@@ -160,12 +167,14 @@ def _stage(path: Path, compute: Callable[[], dict], *, redo: bool, inputs: dict)
     return result
 
 
-def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) the study ``config`` in the folder ``out`` and write its report. Returns metrics."""
-    from advlab.data import load_dataset
-    from advlab.report import build_report
-    from advlab.train import train
+def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
+              runtime: Runtime | None = None) -> dict:
+    """Run (or resume) the study ``config`` in the folder ``out``; write and return its ``metrics.json``.
 
+    ``runtime`` says where every stage runs (default: CUDA when present, else CPU). The report is drawn
+    from the saved files by :func:`advlab.report.build_report` (``advlab study`` calls it at the end).
+    """
+    runtime = runtime if runtime is not None else Runtime()
     start = time.perf_counter()
     out = Path(out)
     saved = out / "config.json"
@@ -193,19 +202,17 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
         if overwrite or not done.is_file():
             _log(f"training {config.label(name)}", progress)
             summary = train(config.train_config(name), folder, resume=folder.is_dir() and not overwrite,
-                            overwrite=overwrite, progress=progress)
+                            overwrite=overwrite, progress=progress, runtime=runtime)
             write_json(done, summary)
-        models[name], _ = load_checkpoint(folder / "model.safetensors")
+        models[name], _ = load_checkpoint(folder / "model.safetensors", device=runtime.device)
     digests = {name: _digest(out / "models" / name / "model.safetensors") for name in models}
     for name, model in models.items():
         folder = out / "models" / name
 
         def evaluate_model(model=model, name=name) -> dict:
-            from advlab.evaluate import evaluate
-
             _log(f"evaluating {config.label(name)} on {len(test)} test images", progress)
             result = evaluate(model, test, attacks=attacks, eps=list(config.eps_grid), seed=config.seed,
-                              progress=progress, keep_per_example=True)
+                              progress=progress, keep_per_example=True, runtime=runtime)
             # The examples no attack broke at the training ε: the sanity checks attack these further.
             survivors = torch.ones(result.n, dtype=torch.bool)
             for attack in attacks:
@@ -218,7 +225,8 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
     for name in models:
         surrogate = _surrogate(config, name)
         _stage(out / "models" / name / "checks.json",
-               lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress), redo=overwrite,
+               lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress, runtime),
+               redo=overwrite,
                inputs={"model": digests[name], "surrogate": digests[surrogate],
                        "eval": _digest(out / "models" / name / "eval.json")})
     metrics = collect_metrics(out)
@@ -228,16 +236,11 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
                       "n": len(test), "seed": config.seed}
     if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
         _log("drawing the gallery", progress)
-        _gallery(config, metrics, models, test, attacks, out, gallery_inputs)
+        _gallery(config, metrics, models, test, attacks, out, gallery_inputs, runtime)
     metrics = collect_metrics(out)
     write_json(out / "metrics.json", metrics)
-    build_report(out)
-    _log(f"done in {time.perf_counter() - start:.0f} s: {out / 'report.html'}", progress)
+    _log(f"measured in {time.perf_counter() - start:.0f} s: {out / 'metrics.json'}", progress)
     return metrics
-
-
-def _strongest_pgd(attacks: list[AttackSpec]) -> AttackSpec:
-    return max((a for a in attacks if a.name == "pgd"), key=lambda a: a.steps * a.restarts)
 
 
 def _surrogate(config: StudyConfig, name: str) -> str:
@@ -247,8 +250,6 @@ def _surrogate(config: StudyConfig, name: str) -> str:
 
 
 def _gallery_inputs(out: Path) -> dict | None:
-    from advlab.runs import load_tensors
-
     path = out / "gallery.safetensors"
     if not path.is_file():
         return None
@@ -259,122 +260,38 @@ def _gallery_inputs(out: Path) -> dict | None:
 
 
 def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: list[AttackSpec],
-                   out: Path, progress: bool) -> dict:
-    """The extra measurements behind the gradient-masking checks, at the training ε.
+                   out: Path, progress: bool, runtime: Runtime) -> dict:
+    """The extra measurements behind the gradient-masking checks at the training ε, beside the study's own
+    figures for that model (``models/NAME/eval.json``, the ones the report shows).
 
     Each extra attack also counts towards the model's worst case there (``worst_case_all``): doubled PGD
     attacks the examples the study's own attacks left robust, uniform noise and the transfer attack every
     example, and an example is robust only if it survives them all.
     """
-    from advlab.evaluate import evaluate, transfer_flags
-
     _log(f"sanity-check measurements for {config.label(name)}", progress)
     eps = config.train_eps
-    base = _strongest_pgd(attacks)
-    # Twice the steps and restarts at the same step size α: more search, not a finer one.
-    doubled = dataclasses.replace(base, steps=2 * base.steps, restarts=2 * base.restarts,
-                                  step_ratio=base.alpha(eps) / eps if eps > 0 else base.step_ratio)
-    noise = AttackSpec("noise", norm=base.norm)
-    # The study's own figures (models/NAME/eval.json), the ones the report shows.
+    base = strongest_pgd(attacks)
     saved = read_json(out / "models" / name / "eval.json")
     i = saved["eps"].index(eps)
-    base_accuracy = saved["robust_accuracy"][base.label][i]
-    n = saved["n"]
     survivors = torch.tensor(saved["train_eps_survivors"], dtype=torch.long)
-    x_all, y_all = test.tensors()
-    robust = torch.zeros(n, dtype=torch.bool)
-    if len(survivors):
-        result = evaluate(models[name], (x_all[survivors], y_all[survivors]), attacks=[doubled], eps=[eps],
-                          seed=config.seed + 1, progress=progress, keep_per_example=True)
-        robust[survivors] = result.per_example[f"{doubled.label}@{eps:g}"]
-    after_doubled = robust.float().mean().item()
-    result = evaluate(models[name], test, attacks=[noise], eps=[eps], seed=config.seed + 1, progress=progress,
-                      keep_per_example=True)
-    noise_flags = result.per_example[f"{noise.label}@{eps:g}"]
     surrogate = _surrogate(config, name)
-    transfer = transfer_flags(models[name], models[surrogate], test, attack=base, eps=eps, seed=config.seed)
-    robust &= noise_flags & transfer
-    return {"eps": eps, "n": n,
-            "pgd": {"label": base.label, "accuracy": base_accuracy},
+    numbers = measure_checks(models[name], models[surrogate], test, base=base, eps=eps, survivors=survivors,
+                             seed=config.seed, runtime=runtime, progress=progress)
+    robust = numbers.pop("robust_after_all")
+    numbers["transfer"]["surrogate"] = surrogate
+    return {**numbers,
+            "pgd": {"label": base.label, "accuracy": saved["robust_accuracy"][base.label][i]},
             "worst_case": {"accuracy": saved["worst_case_accuracy"][i], "attacks": [a.label for a in attacks]},
-            "pgd_doubled": {"label": doubled.label, "accuracy": after_doubled,
-                            "hyperparameters": doubled.hyperparameters(eps)},
-            "noise": {"label": noise.label, "accuracy": noise_flags.float().mean().item(),
-                      "hyperparameters": noise.hyperparameters(eps)},
-            "transfer": {"surrogate": surrogate, "label": base.label, "accuracy": transfer.float().mean().item(),
-                         "hyperparameters": base.hyperparameters(eps)},
             "worst_case_all": {"accuracy": robust.float().mean().item(),
-                               "attacks": [a.label for a in attacks] + [doubled.label, noise.label,
+                               "attacks": [a.label for a in attacks] + [numbers["pgd_doubled"]["label"],
+                                                                        numbers["noise"]["label"],
                                                                         f"transfer {base.label} from {surrogate}"]}}
 
 
-def sanity_checks(metrics: dict, checks: dict[str, dict]) -> list[dict]:
-    """Carlini et al. 2019 (arXiv:1902.06705) checks against gradient masking, each pass/fail with numbers."""
-    from advlab.figures import points
-
-    rows = []
-    grid = metrics["eps_grid"]
-    chance = metrics["chance_accuracy"]
-
-    def pct(v: float) -> str:
-        return f"{100 * v:.1f}%"
-
-    for name, model in metrics["models"].items():
-        numbers = checks[name]
-        eps = numbers["eps"]
-        i = grid.index(eps)
-        labels = list(model["robust_accuracy"])
-        fgsm = next(label for label in labels if label.startswith("FGSM"))
-        pgd = numbers["pgd"]["label"]
-        fgsm_acc, pgd_acc = model["robust_accuracy"][fgsm][i], numbers["pgd"]["accuracy"]
-
-        def add(check: str, passed: bool, detail: str, values: dict) -> None:
-            rows.append({"model": name, "check": check, "passed": bool(passed), "detail": detail, "numbers": values})
-
-        add("iterative beats single-step", pgd_acc <= fgsm_acc,
-            f"{pgd} {pct(pgd_acc)} ≤ {fgsm} {pct(fgsm_acc)} at ε = {eps:g}", {pgd: pgd_acc, fgsm: fgsm_acc})
-        # Doubled PGD attacks what the study's attacks left robust: how far does the worst case still fall?
-        doubled, before = numbers["pgd_doubled"], numbers["worst_case"]["accuracy"]
-        n = numbers.get("n")
-        # Compared in images, not in float32 fractions: a drop of exactly 1 point is not "less than a point".
-        lost = (round(before * n) - round(doubled["accuracy"] * n)) / n if n else before - doubled["accuracy"]
-        add("more steps and restarts change little", lost < 0.01 - 1e-9,
-            f"adding {doubled['label']} takes the worst case from {pct(before)} to {pct(doubled['accuracy'])}: "
-            f"{points(before, doubled['accuracy'])} points (< 1 needed)",
-            {"worst case": before, f"+ {doubled['label']}": doubled["accuracy"]})
-        # Every attack's curve and the worst case: a single-step attack whose accuracy rises with ε (its
-        # step overshooting into a region where the loss is flat) is itself a sign of masked gradients.
-        worst = model["worst_case_accuracy"]
-        curves = {**model["robust_accuracy"], "worst case": worst}
-        rises = [(what, j) for what, curve in curves.items() for j in range(len(curve) - 1)
-                 if curve[j + 1] > curve[j] + 1e-9]
-        detail = "no attack's accuracy and not the worst case rises along the ε grid"
-        values = {f"worst case at ε = {e:g}": w for e, w in zip(grid, worst)}
-        if rises:
-            what, j = rises[0]
-            detail = (f"{what} rises from {pct(curves[what][j])} at ε = {grid[j]:g} to {pct(curves[what][j + 1])} "
-                      f"at ε = {grid[j + 1]:g}" + (f" (and {len(rises) - 1} more rises)" if len(rises) > 1 else ""))
-            values.update({f"{what} at ε = {grid[k]:g}": curves[what][k] for k in (j, j + 1)})
-        add("accuracy falls as ε grows", not rises, detail, values)
-        add("reaches chance at large ε", worst[-1] <= chance,
-            f"{pct(worst[-1])} at ε = {grid[-1]:g} (chance {pct(chance)})", {"accuracy": worst[-1], "chance": chance})
-        noise = numbers["noise"]
-        add("random noise hurts less than PGD", noise["accuracy"] >= pgd_acc,
-            f"{noise['label']} {pct(noise['accuracy'])} ≥ {pgd} {pct(pgd_acc)} at ε = {eps:g}",
-            {noise["label"]: noise["accuracy"], pgd: pgd_acc})
-        transfer = numbers["transfer"]
-        add("transfer attack weaker than white-box", transfer["accuracy"] >= pgd_acc,
-            f"{pgd} from {transfer['surrogate']} {pct(transfer['accuracy'])} ≥ white-box {pct(pgd_acc)}",
-            {"transfer": transfer["accuracy"], "white-box": pgd_acc})
-    return rows
-
-
 def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: list[AttackSpec], out: Path,
-             inputs: dict) -> None:
+             inputs: dict, runtime: Runtime) -> None:
     """Adversarial examples for the standard and the most robust model on the same images, plus targeted ones."""
-    from advlab.evaluate import verify_adversarial
-
-    x_all, y_all = test.tensors()
+    x_all, y_all = test.tensors(runtime.device)
     standard = models["standard"]
     with torch.inference_mode():
         correct = (standard(x_all).argmax(1) == y_all).nonzero().squeeze(1)
@@ -385,12 +302,13 @@ def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: li
         if len(hits) and len(chosen) < config.gallery_size:
             chosen.append(int(hits[0]))
     x, y = x_all[chosen], y_all[chosen]
-    attack = _strongest_pgd(attacks)
+    attack = strongest_pgd(attacks)
     eps = config.train_eps
     robust = metrics["best_robust_model"]
     tensors = {"x": x, "labels": y}
     for name in ("standard", robust):
-        x_adv = attack(models[name], x, y, eps=eps, generator=torch.Generator().manual_seed(config.seed))
+        x_adv = attack(models[name], x, y, eps=eps, generator=runtime.generator(config.seed),
+                       channels_last=runtime.channels_last)
         verify_adversarial(x, x_adv, eps, attack.norm, what=f"gallery {attack.label}")
         with torch.inference_mode():
             tensors[f"{name}.x_adv"] = x_adv
@@ -398,7 +316,8 @@ def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: li
             tensors[f"{name}.logits_adv"] = models[name](x_adv)
     targets = (y + len(test.info.classes) // 2) % len(test.info.classes)
     targeted = dataclasses.replace(attack, steps=max(attack.steps, 50), targeted=True)
-    x_adv = targeted(standard, x, targets, eps=config.targeted_eps, generator=torch.Generator().manual_seed(config.seed))
+    x_adv = targeted(standard, x, targets, eps=config.targeted_eps, generator=runtime.generator(config.seed),
+                     channels_last=runtime.channels_last)
     verify_adversarial(x, x_adv, config.targeted_eps, targeted.norm, what=f"gallery {targeted.label}")
     with torch.inference_mode():
         tensors.update({"targeted.x_adv": x_adv, "targeted.logits_clean": standard(x),
@@ -412,11 +331,6 @@ def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: li
 
 def collect_metrics(out: str | Path) -> dict:
     """Assemble ``metrics.json`` from the saved stage files alone (no live objects)."""
-    from advlab import __version__
-    from advlab.data import get_info
-    from advlab.figures import headline_worst_case
-    from advlab.runs import load_tensors
-
     out = Path(out)
     saved = read_json(out / "config.json")
     config = StudyConfig.from_dict(saved["study"])

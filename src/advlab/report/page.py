@@ -1,19 +1,18 @@
-"""The HTML report of a study, and adversarial-example galleries.
+"""The HTML report of a study: the story, the figures, the tables and the sanity checks on one page.
 
 Python::
 
-    from advlab.report import build_report, save_gallery
+    from advlab.report import build_report
     build_report("runs/quick")    # figures/*.png and report.html, from metrics.json + gallery.safetensors
-    save_gallery("gallery.png", x, x_adv, y, logits_clean, logits_adv, classes=info.classes, eps=0.1)
 
 Command line: ``advlab report runs/quick`` rebuilds ``report.html`` from the saved files (``advlab study``
-calls it at the end); ``advlab attack RUN_DIR --attack pgd20 --eps 0.1 --out attack-out`` writes ``gallery.png``.
+builds it at the end).
 
 The report reads only ``metrics.json`` and ``gallery.safetensors``, never live objects, and is a single
 self-contained HTML file (images inlined as data URIs, inline CSS, no script, no external address), so it
 opens offline and can be mailed around. Every string from those files is HTML-escaped, and every accuracy
-goes through :func:`percent`, so the story, the tables and the figures show the same digits. The figures
-themselves are drawn by :mod:`advlab.figures`.
+goes through :func:`advlab.results.percent`, so the story, the tables and the figures show the same
+digits. The figures themselves are drawn by :mod:`advlab.report.figures` and :mod:`advlab.report.gallery`.
 """
 
 from __future__ import annotations
@@ -25,30 +24,29 @@ from pathlib import Path
 from typing import Any
 
 from advlab.errors import AdvlabError
-from advlab.figures import (  # gallery_figure, save_gallery and figure_bytes: advlab.evaluate imports them from here
-    attack_labels,
-    comparison_gallery_figure,
+from advlab.report.figures import (
     count,
     figure_bytes,
-    gallery_figure,
-    headline_worst_case,
     model_label,
     norm_name,
+    robust_vs_eps_figure,
+    tradeoff_figure,
+    training_curves_figure,
+)
+from advlab.report.gallery import comparison_gallery_figure, targeted_gallery_figure
+from advlab.results import (
+    best_robust_model,
+    headline_worst_case,
     pareto_frontier,
     percent,
     points,
-    robust_vs_eps_figure,
-    save_gallery,
-    targeted_gallery_figure,
-    tradeoff_figure,
+    strongest_attack,
     tradeoff_points,
     train_index,
-    training_curves_figure,
 )
 from advlab.runs import atomic_write_bytes, atomic_write_text, load_tensors, read_json
 
-__all__ = ["build_report", "story", "percent", "points", "pareto_frontier", "gallery_figure", "save_gallery",
-           "figure_bytes"]
+__all__ = ["build_report", "story"]
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2430;max-width:1120px;
@@ -90,29 +88,10 @@ def _at(series: list | None, i: int) -> float | None:
 # ------------------------------------------------------------------------------------------- the story
 
 
-def _strongest_attack(metrics: dict) -> str | None:
-    """The strongest single attack by budget (PGD first, then iterations × restarts): the story's attack."""
-    specs = metrics.get("attacks") or {}
-
-    def budget(label: str) -> tuple[bool, int]:
-        spec = specs.get(label) or {}
-        return spec.get("name") == "pgd", (spec.get("steps") or 0) * (spec.get("restarts") or 1)
-
-    return max(attack_labels(metrics), key=budget, default=None)
-
-
-def best_robust_model(metrics: dict) -> str | None:
-    """``best_robust_model`` from metrics.json, or else the non-standard model with the best worst case."""
-    if metrics.get("best_robust_model") in metrics["models"]:
-        return metrics["best_robust_model"]
-    chosen = {n: p for n, p in tradeoff_points(metrics).items() if n != "standard"}
-    return max(chosen, key=lambda n: chosen[n][1], default=None)
-
-
 def story(metrics: dict) -> str:
     """The findings in one plain-words paragraph (HTML), every sentence computed from metrics.json."""
     models, i = metrics["models"], train_index(metrics)
-    eps, attack = metrics["eps_grid"][i], _strongest_attack(metrics)
+    eps, attack = metrics["eps_grid"][i], strongest_attack(metrics)
     sentences = []
     standard = models.get("standard") or {}
     base = standard.get("clean_accuracy")

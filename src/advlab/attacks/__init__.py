@@ -1,0 +1,25 @@
+"""Attacks on image classifiers, by concern:
+
+- :mod:`~advlab.attacks.threat`: norms, projection, random starts, the ε-ball check (``verify_adversarial``);
+- :mod:`~advlab.attacks.loop`: the one gradient loop (``perturb``), the losses, eval mode;
+- :mod:`~advlab.attacks.gradient`: FGSM, PGD and the random-noise baseline;
+- :mod:`~advlab.attacks.registry`: attack names for the CLI and configs (``parse_attack``, ``AttackSpec``).
+
+Python::
+
+    from advlab.attacks import fgsm, pgd, parse_attack
+    x_adv = pgd(model, x, y, eps=0.1, steps=50, restarts=5)
+    spec = parse_attack("pgd50x10-l2")
+    x_adv = spec(model, x, y, eps=1.5)
+
+Command line: ``advlab attack RUN_DIR --attack pgd20 --eps 0.1 --out OUT``.
+"""
+
+from advlab.attacks.gradient import fgsm, madry_alpha, pgd, random_noise
+from advlab.attacks.loop import LOSSES, bucket_size, eval_mode, margin_loss, perturb
+from advlab.attacks.registry import ATTACKS, AttackKind, AttackSpec, parse_attack, register_attack
+from advlab.attacks.threat import NORMS, IntegrityError, project, verify_adversarial
+
+__all__ = ["ATTACKS", "AttackKind", "AttackSpec", "IntegrityError", "LOSSES", "NORMS", "bucket_size", "eval_mode",
+           "fgsm", "madry_alpha", "margin_loss", "parse_attack", "perturb", "pgd", "project", "random_noise",
+           "register_attack", "verify_adversarial"]

@@ -1,0 +1,200 @@
+"""The attack registry: each attack declares its name pattern, defaults and label where it is defined.
+
+An attack function registers itself with :func:`register_attack`; :func:`parse_attack` turns a name
+from the command line or a config into an :class:`AttackSpec`, a fully specified attack whose step size
+scales with ε, for evaluations over an ε grid::
+
+    spec = parse_attack("pgd50x10-l2-margin")     # PGD, 50 steps, 10 restarts, L2, margin loss
+    x_adv = spec(model, x, y, eps=1.5)
+    spec.label, spec.hyperparameters(1.5)         # "PGD-50×10 L2 margin", {...every setting...}
+
+Names: ``NAME[COUNTS][-MODIFIER...]``. The counts are the attack's own (``pgd50x10``: 50 steps, 10
+restarts); the modifiers are shared: a norm (``-linf``, ``-l2``), a loss (``-ce``, ``-margin`` or its
+alias ``-cw``) and ``-targeted`` (in an evaluation: every other class in turn) or ``-targetedK`` (the K
+most likely wrong classes). Nothing here dispatches on an attack's name: what differs between attacks
+is data in their :class:`AttackKind`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from advlab.attacks.loop import LOSSES
+from advlab.attacks.threat import NORM_LABELS, NORMS
+from advlab.errors import AdvlabError, check_range
+
+AttackFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttackKind:
+    """What the registry knows of one attack function."""
+
+    name: str  # the key: "pgd"
+    function: AttackFn  # called as function(model, x, y, eps=..., norm=..., loss=..., targeted=..., **options)
+    title: str  # the label's first word: "PGD"
+    summary: str  # one line for --help and docs
+    counts: str = ""  # regex after the name with named groups steps / restarts, e.g. r"(?P<steps>\d+)?"
+    default_steps: int = 0  # iterations when the name gives none (0: not iterative)
+    step_ratio: Callable[[int], float] | None = None  # α/ε for a number of steps; None: the attack has no step
+    options: frozenset[str] = field(default_factory=frozenset)  # of steps, restarts, random_start, alpha
+
+    def takes(self, option: str) -> bool:
+        return option in self.options
+
+
+ATTACKS: dict[str, AttackKind] = {}
+
+
+def register_attack(name: str, *, title: str, summary: str, counts: str = "", default_steps: int = 0,
+                    step_ratio: Callable[[int], float] | None = None,
+                    options: tuple[str, ...] = ()) -> Callable[[AttackFn], AttackFn]:
+    """Decorator: make the attack function findable by ``name`` (see :class:`AttackKind`)."""
+    def decorate(function: AttackFn) -> AttackFn:
+        if name in ATTACKS:
+            raise ValueError(f"attack {name!r} is registered twice")
+        ATTACKS[name] = AttackKind(name=name, function=function, title=title, summary=summary, counts=counts,
+                                   default_steps=default_steps, step_ratio=step_ratio, options=frozenset(options))
+        return function
+
+    return decorate
+
+
+def get_attack_kind(name: str) -> AttackKind:
+    try:
+        return ATTACKS[name]
+    except KeyError:
+        raise AdvlabError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS))}") from None
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A named, fully specified attack whose step size scales with ε (α = step_ratio·ε).
+
+    Options left at None take the attack's defaults (PGD: 20 steps, 1 start, a random start, α = 2.5ε/steps
+    as Madry et al.); an option the attack does not take must stay at its neutral value.
+    """
+
+    name: str = "pgd"  # a key of ATTACKS
+    norm: str = "linf"  # the threat model of the paper's tables
+    steps: int | None = None  # None: the attack's default (PGD-20: the usual budget for small models)
+    restarts: int | None = None  # more restarts only ever strengthen the attack (per-example best is kept)
+    step_ratio: float | None = None  # α = step_ratio·ε; None: the attack's rule (2.5/steps for PGD)
+    random_start: bool | None = None  # None: the attack's default (Madry et al.: start inside the ball)
+    loss: str = "ce"  # a key of advlab.attacks.loop.LOSSES
+    targeted: bool = False  # in an evaluation: attack each of the `targets` most likely wrong classes
+    targets: int | None = None  # with targeted: how many classes to try; None: every other class
+
+    def __post_init__(self) -> None:
+        kind = get_attack_kind(self.name)
+        if self.norm not in NORMS:
+            raise AdvlabError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+        if self.loss not in LOSSES:
+            raise AdvlabError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+        neutral = {"steps": kind.default_steps, "restarts": 1, "random_start": False, "step_ratio": None}
+        for option, value in neutral.items():
+            given = getattr(self, option)
+            if not kind.takes(option) and given is not None and given != value:
+                raise AdvlabError(f"attack {self.name} takes no {option.replace('_', ' ')} (got {given!r})")
+        resolved = {"steps": kind.default_steps if self.steps is None else self.steps,
+                    "restarts": 1 if self.restarts is None else self.restarts,
+                    "random_start": kind.takes("random_start") if self.random_start is None else self.random_start}
+        for key, value in resolved.items():
+            object.__setattr__(self, key, value)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or (kind.takes("steps") and self.steps < 1):
+            raise AdvlabError(f"steps must be an integer of at least 1, got {self.steps!r}")
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
+            raise AdvlabError(f"restarts must be an integer of at least 1, got {self.restarts!r}")
+        if self.step_ratio is not None:
+            check_range("step size ratio", self.step_ratio, 0.0)
+        if self.targets is not None and (not self.targeted or self.targets < 1):
+            raise AdvlabError(f"targets must be at least 1 and needs a targeted attack, got {self.targets!r}")
+
+    @property
+    def kind(self) -> AttackKind:
+        return ATTACKS[self.name]
+
+    @property
+    def label(self) -> str:
+        """Short display name, e.g. ``PGD-50×10 L∞``, ``FGSM L2``, ``PGD-20 L∞ top-3 targeted margin``."""
+        kind = self.kind
+        text = kind.title + (f"-{self.steps}" if kind.counts and kind.takes("steps") else "")
+        text += f"×{self.restarts}" if self.restarts > 1 else ""
+        text += f" {NORM_LABELS[self.norm]}"
+        if self.targeted:
+            text += f" top-{self.targets} targeted" if self.targets else " targeted"
+        return text + (f" {self.loss}" if self.loss != "ce" else "")
+
+    def alpha(self, eps: float) -> float | None:
+        """The step size at ``eps`` in pixel units; None for an attack without steps."""
+        if self.step_ratio is not None:
+            return self.step_ratio * eps
+        rule = self.kind.step_ratio
+        return None if rule is None else rule(self.steps) * eps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def hyperparameters(self, eps: float) -> dict:
+        """Everything needed to rerun this attack at ``eps``: for reports and metrics files."""
+        return {"attack": self.name, "norm": self.norm, "eps": eps, "alpha": self.alpha(eps), "steps": self.steps,
+                "restarts": self.restarts, "random_start": self.random_start, "loss": self.loss,
+                "targeted": self.targeted, **({"targets": self.targets or "all others"} if self.targeted else {})}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                 generator: torch.Generator | None = None, early_stop: bool = False,
+                 channels_last: bool = True) -> torch.Tensor:
+        """Attack ``x`` (labels ``y``, or with ``targeted`` the target labels) at ``eps``."""
+        kind = self.kind
+        settings = {"alpha": self.alpha(eps), "steps": self.steps, "restarts": self.restarts,
+                    "random_start": self.random_start}
+        options = {key: value for key, value in settings.items() if kind.takes(key)}
+        return kind.function(model, x, y, eps=eps, norm=self.norm, targeted=self.targeted, loss=self.loss,
+                             generator=generator, early_stop=early_stop, channels_last=channels_last, **options)
+
+
+_MODIFIERS = r"(?P<modifiers>(?:-[a-z0-9]+)*)"
+_NORM_WORDS = {"linf": "linf", "l2": "l2"}
+_LOSS_WORDS = {"ce": "ce", "margin": "margin", "cw": "margin"}
+_TARGETED = re.compile(r"targeted(\d*)")
+
+
+def attack_names_help() -> str:
+    """One line per registered attack, for --help."""
+    return "\n".join(f"  {kind.name:<8} {kind.summary}" for kind in ATTACKS.values())
+
+
+def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
+    """Parse ``fgsm``, ``noise``, ``pgd``, ``pgd50``, ``pgd-50x10``, ``pgd20-l2-margin`` into an :class:`AttackSpec`.
+
+    ``norm`` is the default threat model where the name does not give one.
+    """
+    clean = str(text).strip().lower().replace("∞", "inf")
+    for kind in ATTACKS.values():
+        match = re.fullmatch(re.escape(kind.name) + kind.counts + _MODIFIERS, clean)
+        if match:
+            break
+    else:
+        raise AdvlabError(
+            f"unknown attack {text!r}; use fgsm, noise, pgd, pgdSTEPS or pgdSTEPSxRESTARTS (e.g. pgd50x10), "
+            "optionally with -l2 or -linf, -margin or -ce, -targeted"
+        )
+    counts = {key: int(value) for key, value in match.groupdict().items() if key != "modifiers" and value}
+    settings: dict = {"norm": None, "loss": None, "targeted": None}
+    for word in filter(None, match["modifiers"].split("-")):
+        targeted = _TARGETED.fullmatch(word)
+        key, value = (("norm", _NORM_WORDS[word]) if word in _NORM_WORDS else ("loss", _LOSS_WORDS[word])
+                      if word in _LOSS_WORDS else ("targeted", int(targeted[1] or 0)) if targeted else (None, None))
+        if key is None:
+            raise AdvlabError(f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin or -targeted")
+        if settings[key] is not None:
+            raise AdvlabError(f"attack {text!r} gives its {key} twice")
+        settings[key] = value
+    targeted = settings["targeted"]
+    return AttackSpec(name=kind.name, norm=settings["norm"] or norm or "linf", loss=settings["loss"] or "ce",
+                      targeted=targeted is not None, targets=targeted or None, **counts)

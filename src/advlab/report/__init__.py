@@ -1,0 +1,17 @@
+"""Presentation: the HTML report of a study, its figures and the galleries of adversarial examples.
+
+Everything here is drawn from saved files (``metrics.json``, ``gallery.safetensors``, an attack's
+``adversarial.safetensors``), never from live objects, so each picture can be redrawn later::
+
+    from advlab.report import build_report, save_attack_gallery
+    build_report("runs/quick")                     # report.html and figures/*.png of a study
+    save_attack_gallery("runs/standard/attack")    # gallery.png of an `advlab attack` output
+
+Command line: ``advlab report RUN_DIR``; ``advlab study`` and ``advlab attack`` draw theirs at the end.
+"""
+
+from advlab.report.figures import figure_bytes
+from advlab.report.gallery import gallery_figure, save_attack_gallery, save_gallery
+from advlab.report.page import build_report, story
+
+__all__ = ["build_report", "figure_bytes", "gallery_figure", "save_attack_gallery", "save_gallery", "story"]

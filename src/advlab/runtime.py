@@ -1,0 +1,167 @@
+"""Where and how the arithmetic runs: the device, the attacks' precision, the CPU memory layout.
+
+Nothing here is module state. A :class:`Runtime` is a frozen value that the caller builds and passes
+down (``evaluate(..., runtime=Runtime("cuda", precision="bf16"))``); the attack functions take the one
+setting they need, ``channels_last``, as an argument. Nothing touches CUDA at import time: the device
+is resolved, and CUDA asked about, only when a ``Runtime`` is created.
+
+Command line: ``--device auto|cpu|cuda|cuda:N`` (train, evaluate, attack, study) and
+``--precision fp32|bf16|fp16`` (evaluate, attack).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import functools
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from advlab.errors import AdvlabError
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The device ``spec`` names, checked to exist: ``auto``/None → ``cuda`` when present, else ``cpu``."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = "auto" if spec is None else str(spec).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise AdvlabError(f"unknown device {spec!r}; choose {DEVICE_HELP}") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise AdvlabError(f"unsupported device {spec!r}; choose {DEVICE_HELP}")
+    if not torch.cuda.is_available():
+        raise AdvlabError(f"--device {text}: no CUDA device is available here (this torch "
+                          f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}); "
+                          "use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise AdvlabError(f"--device {text}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
+    # With its index, so that it compares equal to the device a model's parameters report.
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device the numbers are computed on, the precision of the attacks' passes, and the CPU layout.
+
+    ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``;
+    resolved and checked on creation. ``precision``: ``"fp32"`` (the reference), ``"bf16"`` (CPU with
+    oneDNN, or CUDA) or ``"fp16"`` (CUDA) autocast for the attacks' forward and backward passes; examples
+    are always judged in fp32. ``channels_last``: on CPU, run convolutions in NHWC layout (oneDNN is
+    1.3-1.5x faster there, BENCHMARKS.md); it changes no value, only the order of float sums and which of
+    several equal maxima a max-pool picks.
+    """
+
+    device: torch.device | str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        device = resolve_device(self.device)
+        object.__setattr__(self, "device", device)
+        if self.precision not in PRECISIONS:
+            raise AdvlabError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if self.precision == "fp16" and device.type != "cuda":
+            raise AdvlabError("fp16 autocast needs a CUDA device; on CPU use --precision bf16 or fp32")
+        if self.precision == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
+            raise AdvlabError("this CPU build of torch has no oneDNN, so no fast bf16; use --precision fp32")
+        if not isinstance(self.channels_last, bool):
+            raise AdvlabError(f"channels_last must be true or false, got {self.channels_last!r}")
+
+    @classmethod
+    def for_model(cls, model: nn.Module, **settings) -> Runtime:
+        """A runtime on the device ``model``'s parameters live on (CPU for a model without any)."""
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return cls(device=device, **settings)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of the attacks' passes (a no-op context for fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A random generator seeded with ``seed`` on this device, where the random starts are drawn."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    @property
+    def uses_channels_last(self) -> bool:
+        return self.channels_last and self.device.type == "cpu"
+
+    def to_dict(self) -> dict:
+        return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last}
+
+
+def _has_conv_weights(model: nn.Module) -> bool:
+    return any(p.dim() == 4 for p in model.parameters())
+
+
+def channels_last_twin(model: nn.Module) -> nn.Module | None:
+    """A frozen copy of ``model`` with its convolution weights in channels-last layout, or None if the
+    model has none or cannot be copied. The caller's model, its parameters and their storage are never
+    touched: the attack runs on the twin, which computes the same function (same values, same modes)."""
+    if not _has_conv_weights(model):
+        return None
+    try:
+        twin = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - a model that cannot be copied simply runs in its own layout
+        return None
+    twin.requires_grad_(False)  # attacks take input gradients only
+    return twin.to(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def fast_layout(model: nn.Module, x: torch.Tensor, enabled: bool = True) -> Iterator[tuple[nn.Module, torch.Tensor]]:
+    """Yield ``(model, x)`` to attack with: on CPU, with ``enabled``, a channels-last twin of the model and
+    a channels-last view of ``x``; otherwise the two unchanged.
+
+    oneDNN's CPU convolutions are fastest in NHWC: measured 1.3-1.5x more PGD steps per second for
+    small_cnn on Fashion-MNIST (benchmarks/bench_attacks.py, "limit" against "limit NCHW"). The twin costs
+    one copy of the weights per call (about 1 ms for small_cnn).
+    """
+    if not enabled or x.device.type != "cpu" or x.dim() != 4:
+        yield model, x
+        return
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    if weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights):
+        yield model, x.contiguous(memory_format=torch.channels_last)  # already laid out (a model in training)
+        return
+    twin = channels_last_twin(model)
+    if twin is None:
+        yield model, x
+        return
+    yield twin, x.contiguous(memory_format=torch.channels_last)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the memory the last batch freed back to the operating system.
+
+    glibc keeps freed heap memory for reuse, and the ever-changing sizes of early-exit sub-batches
+    fragment it, so without this the peak memory of an evaluation grows with the number of images
+    (measured in benchmarks/bench_eval.py). A no-op where glibc's ``malloc_trim`` is absent.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -1,0 +1,220 @@
+"""Training methods: each turns a batch into a loss, and registers itself by name for ``--method``.
+
+``standard``; ``fgsm`` (fast AT, Wong et al. 2020); ``pgd`` (Madry et al. 2018); ``trades`` (Zhang et al.
+2019); ``mart`` (Wang et al. 2020); ``free`` (Shafahi et al. 2019). The training loop
+(:mod:`advlab.train.loop`) never asks which one it runs, and every inner maximization goes through the
+attacks' one gradient loop, :func:`advlab.attacks.perturb`. A new method is a subclass of :class:`Method`
+with a ``name``, decorated with :func:`register_method`; its hyperparameters live in ``TrainConfig``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advlab.attacks.gradient import madry_alpha
+from advlab.attacks.loop import cross_entropy, perturb
+
+if TYPE_CHECKING:
+    from advlab.train.config import TrainConfig
+
+
+class BatchOutput(NamedTuple):
+    loss: torch.Tensor  # scalar training loss of the batch
+    clean_logits: torch.Tensor | None  # logits on x, when the method computes them anyway
+    adv_logits: torch.Tensor | None  # logits on the adversarial (or perturbed) batch, when it has one
+
+
+Step = Callable[[torch.Tensor], None]  # backward + optimizer step for one loss
+
+
+def _kl_from_clean(logits: torch.Tensor, clean_probs: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(p(x) ‖ p(x')), with ``logits`` = f(x') and ``clean_probs`` = p(x)."""
+    return F.kl_div(F.log_softmax(logits, dim=1), clean_probs, reduction="none").sum(dim=1)
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(method: type[Method]) -> type[Method]:
+    """Class decorator: make a training method available by its ``name`` (``--method NAME``, configs)."""
+    if not method.name or method.name in METHODS:
+        raise ValueError(f"training method {method.name!r} has no name or is registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+class Method:
+    """One training method: the loss of a batch. Subclasses set the class fields and write ``loss``.
+
+    All inner attacks run in the model's training mode, as in Wong et al.'s and Rice et al.'s code:
+    the attack then sees the very function the loss is taken on (BatchNorm batch statistics included),
+    and no mode switch costs time. For small_cnn, madry_cnn and linear the two modes are the same
+    function; only preact_resnet18 (BatchNorm) differs, where the attack's passes also feed its running
+    statistics, as they do in those reference implementations.
+    """
+
+    name = ""
+    adversarial = True  # trains against an attack: the catastrophic-overfitting guard applies
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    @staticmethod
+    def default_alpha(eps: float, steps: int) -> float:
+        return madry_alpha(eps, steps)
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        return 1
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
+             generator: torch.Generator) -> BatchOutput:
+        raise NotImplementedError
+
+    def train_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
+                    generator: torch.Generator, step: Step) -> BatchOutput:
+        out = self.loss(model, x, y, eps=eps, alpha=alpha, generator=generator)
+        step(out.loss)
+        return out
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors that must survive a resume (free AT's carried perturbation)."""
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+@register_method
+class Standard(Method):
+    """Empirical risk minimization: cross-entropy on clean images."""
+
+    name = "standard"
+    adversarial = False
+
+    def loss(self, model, x, y, *, eps, alpha, generator):
+        logits = model(x)
+        return BatchOutput(F.cross_entropy(logits, y), logits, None)
+
+
+@register_method
+class PGDTraining(Method):
+    """Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks" (arXiv:1706.06083):
+    cross-entropy on PGD examples (random start in the ε-ball, ``steps`` signed-gradient steps)."""
+
+    name = "pgd"
+
+    def attack_steps(self) -> int:
+        return self.config.steps
+
+    def loss(self, model, x, y, *, eps, alpha, generator):
+        x_adv = perturb(model, x, y, eps=eps, alpha=alpha, steps=self.attack_steps(),
+                        random_start=self.config.random_start, objective=cross_entropy, generator=generator)
+        logits = model(x_adv)
+        return BatchOutput(F.cross_entropy(logits, y), None, logits)
+
+
+@register_method
+class FastFGSM(PGDTraining):
+    """Wong, Rice & Kolter 2020, "Fast is better than free: Revisiting adversarial training"
+    (arXiv:2001.03994): one FGSM step of α = 1.25ε from a uniform random start in the ε-ball."""
+
+    name = "fgsm"
+
+    @staticmethod
+    def default_alpha(eps: float, steps: int) -> float:
+        return 1.25 * eps  # Wong et al.'s choice; α ≥ 2ε invites catastrophic overfitting
+
+    def attack_steps(self) -> int:
+        return 1
+
+
+@register_method
+class TRADES(Method):
+    """Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and Accuracy"
+    (arXiv:1901.08573): CE(f(x), y) + β·KL(f(x) ‖ f(x')), x' maximizing the KL term by PGD from
+    x + 0.001·N(0, I). The gradient flows through both f(x) and f(x') of the outer KL, as in the paper."""
+
+    name = "trades"
+
+    def loss(self, model, x, y, *, eps, alpha, generator):
+        logits = model(x)
+        clean_probs = logits.detach().softmax(dim=1)
+        # The KL term has zero gradient at x' = x, hence the paper's tiny Gaussian start. `perturb` starts
+        # at its centre, so we centre it at that start and project onto the true ball around x at the
+        # end: the inner iterates' box is shifted by the 0.001-sized noise, ~1% of ε, nothing more.
+        start = x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = perturb(model, start, clean_probs, eps=eps, alpha=alpha, steps=self.config.steps,
+                        random_start=False, objective=_kl_from_clean, generator=generator)
+        x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+        adv_logits = model(x_adv)
+        robust = F.kl_div(F.log_softmax(adv_logits, dim=1), logits.softmax(dim=1), reduction="batchmean")
+        return BatchOutput(F.cross_entropy(logits, y) + self.config.beta * robust, logits, adv_logits)
+
+
+@register_method
+class MART(Method):
+    """Wang et al. 2020 (ICLR), "Improving Adversarial Robustness Requires Revisiting Misclassified
+    Examples": BCE(f(x'), y) + β·KL(f(x) ‖ f(x'))·(1 − p_y(x)), x' from PGD on cross-entropy.
+    BCE = −log p_y(x') − log(1 − max_{k≠y} p_k(x')) boosts the margin against the strongest wrong class;
+    the weight 1 − p_y(x) puts the KL term on examples the model gets wrong (gradient flows through it)."""
+
+    name = "mart"
+
+    def loss(self, model, x, y, *, eps, alpha, generator):
+        x_adv = perturb(model, x, y, eps=eps, alpha=alpha, steps=self.config.steps,
+                        random_start=self.config.random_start, objective=cross_entropy, generator=generator)
+        logits, adv_logits = model(x), model(x_adv)
+        adv_probs = adv_logits.softmax(dim=1)
+        strongest_wrong = adv_probs.scatter(1, y[:, None], 0.0).amax(dim=1)
+        # The 1.0001 and 1e-12 keep the log finite, as in the authors' code.
+        bce = F.cross_entropy(adv_logits, y) - torch.log(1.0001 - strongest_wrong + 1e-12).mean()
+        clean_probs = logits.softmax(dim=1)
+        kl = (clean_probs * (torch.log(clean_probs + 1e-12) - torch.log(adv_probs + 1e-12))).sum(dim=1)
+        true_prob = clean_probs.gather(1, y[:, None]).squeeze(1)
+        return BatchOutput(bce + self.config.beta * (kl * (1.0000001 - true_prob)).mean(), logits, adv_logits)
+
+
+@register_method
+class FreeAT(Method):
+    """Shafahi et al. 2019, "Adversarial Training for Free!" (arXiv:1904.12843): each minibatch is
+    replayed m times; one backward pass gives the weights' gradient (an optimizer step) and the input's
+    (an FGSM step of α = ε on the perturbation δ, clipped to the ε-ball). δ is carried over replays,
+    minibatches and epochs; the input x + δ is clipped to [0, 1], as in the authors' code. Metrics are
+    those of each batch's last replay."""
+
+    name = "free"
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        self.delta: torch.Tensor | None = None  # (batch_size, C, H, W), created at the first batch
+
+    @staticmethod
+    def default_alpha(eps: float, steps: int) -> float:
+        return eps  # the paper's FGSM step: the whole ε
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        return self.config.replays
+
+    def train_batch(self, model, x, y, *, eps, alpha, generator, step):
+        if self.delta is None:
+            self.delta = torch.zeros((self.config.batch_size, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        n = x.shape[0]  # a short last batch uses the first n rows of δ
+        for _ in range(self.config.replays):
+            delta = self.delta[:n].clone().requires_grad_(True)
+            logits = model((x + delta).clamp(0.0, 1.0))
+            loss = F.cross_entropy(logits, y)
+            step(loss)  # fills delta.grad from the same backward pass
+            self.delta[:n] = (delta.detach() + alpha * delta.grad.sign()).clamp(-eps, eps)
+        return BatchOutput(loss.detach(), None, logits.detach())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {} if self.delta is None else {"delta": self.delta}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.delta = tensors.get("delta")

@@ -1,0 +1,145 @@
+"""What a training run leaves in its folder, and what ``--resume`` reads back.
+
+``state.safetensors`` (the commit point of each epoch) holds the weights, the optimizer's tensors, both
+random generators and the method's own tensors; its metadata holds the rest as JSON (config, progress,
+optimizer settings). ``metrics.jsonl`` and ``metrics.csv`` hold one row per epoch; ``summary.json`` the
+outcome. Nothing is ever unpickled: a damaged or foreign state is a one-line error, never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advlab.errors import AdvlabError
+from advlab.runs import atomic_write_text, load_tensors, read_json, save_tensors
+from advlab.train.config import TrainConfig
+
+STATE_FORMAT = 1  # bump when state.safetensors' layout changes incompatibly
+# Settings that may differ between an interrupted run and its resumption: they do not change the result.
+RESUME_FREE_KEYS = frozenset({"data_dir"})
+
+METRIC_FIELDS = ("epoch", "lr", "eps", "train_loss", "train_clean_acc", "train_adv_acc", "val_clean_acc",
+                 "val_robust_acc", "seconds", "val_seconds")
+
+
+@dataclass
+class RunProgress:
+    """What a resume restores besides tensors; stored as JSON in state.safetensors' metadata."""
+
+    epoch: int = 0  # completed passes
+    step: int = 0  # optimizer steps done
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_robust: float | None = None  # the best epoch's score: val PGD accuracy (val clean for standard)
+    last_good_epoch: int | None = None  # the epoch whose weights model.safetensors holds
+    collapse: dict[str, Any] | None = None  # set when the catastrophic-overfitting guard fired
+
+    @property
+    def finished(self) -> bool:
+        return self.collapse is not None
+
+
+def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    atomic_write_text(out / "metrics.csv", text.getvalue())
+
+
+def write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    optim = optimizer.state_dict()
+    plain_state: dict[str, dict[str, Any]] = {}
+    for index, values in optim["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                plain_state.setdefault(str(index), {})[key] = value
+    tensors.update({f"method.{k}": v for k, v in method.state().items()})
+    tensors["rng.shuffle"] = shuffle_rng.get_state()
+    tensors["rng.attack"] = attack_rng.get_state()
+    meta = {"format": STATE_FORMAT, "config": config.to_dict(), "progress": dataclasses.asdict(run),
+            "param_groups": optim["param_groups"], "optimizer_plain_state": plain_state}
+    save_tensors(out / "state.safetensors", tensors, metadata={"advlab_state": json.dumps(meta)})
+
+
+def read_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    path = out / "state.safetensors"
+    if not path.is_file():
+        return None
+    tensors, metadata = load_tensors(path)
+    try:
+        meta = json.loads(metadata["advlab_state"])
+        if meta["format"] != STATE_FORMAT:
+            raise KeyError("format")
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise AdvlabError(f"{path} is not a training state advlab can resume; start afresh with --overwrite") from None
+    return tensors, meta
+
+
+def check_same_config(out: Path, config: TrainConfig, state) -> None:
+    if state is not None:
+        saved = state[1]["config"]
+    elif (out / "config.json").is_file():
+        saved = read_json(out / "config.json").get("config", {})
+    else:
+        return  # nothing there yet: a resume of a run that never started is a fresh start
+    current = config.to_dict()
+    differing = sorted(k for k in set(saved) | set(current)
+                       if k not in RESUME_FREE_KEYS and saved.get(k, "<missing>") != current.get(k, "<missing>"))
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in differing)
+        raise AdvlabError(f"cannot resume {out}: it holds a run with other settings ({details}); "
+                          "use the same settings, --overwrite, or another --out")
+
+
+def restore(state, model, optimizer, method, shuffle_rng, attack_rng) -> RunProgress:
+    tensors, meta = state
+    try:
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        optim_state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[name] = value
+        for index, values in meta["optimizer_plain_state"].items():
+            optim_state.setdefault(int(index), {}).update(values)
+        optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+        method.load_state({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")})
+        shuffle_rng.set_state(tensors["rng.shuffle"])
+        attack_rng.set_state(tensors["rng.attack"])
+        return RunProgress(**meta["progress"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        raise AdvlabError(f"the saved training state does not fit this run ({str(err).splitlines()[0]}); "
+                          "start afresh with --overwrite") from None
+
+
+def summarize(out: Path, config: TrainConfig, run: RunProgress) -> dict[str, Any]:
+    by_epoch = {row["epoch"]: row for row in run.rows}
+    last = by_epoch.get(run.last_good_epoch, {})
+    best = by_epoch.get(run.best_epoch, {})
+    return {
+        "run_dir": str(out), "method": config.method,
+        "epochs_completed": run.epoch, "epochs_planned": config.passes,
+        "finished": run.finished or run.epoch >= config.passes,
+        "final_epoch": run.last_good_epoch, "best_epoch": run.best_epoch,
+        "val_clean_accuracy": last.get("val_clean_acc"), "val_robust_accuracy": last.get("val_robust_acc"),
+        "best_val_clean_accuracy": best.get("val_clean_acc"), "best_val_robust_accuracy": best.get("val_robust_acc"),
+        "check_attack": f"PGD-{config.check_steps}", "eps": config.eps,
+        "seconds": sum(row["seconds"] + row["val_seconds"] for row in run.rows),
+        "catastrophic_overfitting": run.collapse is not None,
+        "catastrophic_overfitting_message": run.collapse["message"] if run.collapse else None,
+        "paths": {name: str(out / f"{name}.safetensors") for name in ("model", "best", "state")
+                  if (out / f"{name}.safetensors").is_file()},
+    }
