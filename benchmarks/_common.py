@@ -48,6 +48,35 @@ def base_parser(description: str, *, n: int, repeats: int, batch_size: int, out:
     return p
 
 
+def git_commit() -> str:
+    """The commit the benchmark ran at, with "+dirty" if the working tree had uncommitted changes to tracked files."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=HERE, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def command_line() -> str:
+    """How this script was started, as one shell line (what a result file must hold to be reproducible)."""
+    import shlex
+
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(HERE.parent)
+    except ValueError:
+        pass
+    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+
+
+def provenance() -> dict:
+    """Command, commit, date and machine: what every committed result file holds."""
+    return {"command": command_line(), "commit": git_commit(), **machine_info()}
+
+
 def machine_info() -> dict:
     model_name = ""
     try:
@@ -116,7 +145,8 @@ def table(header: list[str], rows: list[list], *, align_left: int = 1) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
+    """Write a result file, its provenance (command, commit, date, machine) first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str))
+    path.write_text(json.dumps({"provenance": provenance(), **payload}, indent=2, default=str))
     print(f"wrote {path}")

@@ -11,7 +11,6 @@ same batches, with no update step: the floor any PGD implementation can reach.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import advlab.attacks as A  # noqa: E402
+from advlab.runtime import fast_layout  # noqa: E402
 
 EPS = {"linf": 0.1, "l2": 1.5}
 
@@ -46,17 +46,32 @@ def configs(quick: bool) -> list[dict]:
 
 
 # ---------------------------------------------------------------- the contenders
-def run_advlab(model, x, y, c, bs, early_stop=False, gen_seed=0):
+def run_advlab(model, x, y, c, bs, early_stop=False, gen_seed=0, channels_last=True):
     g = torch.Generator().manual_seed(gen_seed)
     outs = []
     for i in range(0, len(x), bs):
         xb, yb = x[i:i + bs], y[i:i + bs]
         if c["fgsm"]:
-            outs.append(A.fgsm(model, xb, yb, eps=c["eps"], norm=c["norm"], early_stop=early_stop))
+            outs.append(A.fgsm(model, xb, yb, eps=c["eps"], norm=c["norm"], early_stop=early_stop,
+                               channels_last=channels_last))
         else:
             outs.append(A.pgd(model, xb, yb, eps=c["eps"], alpha=c["alpha"], steps=c["steps"], norm=c["norm"],
-                              random_start=c["rs"], generator=g, early_stop=early_stop))
+                              random_start=c["rs"], generator=g, early_stop=early_stop, channels_last=channels_last))
     return torch.cat(outs)
+
+
+_CHANNELS_LAST_COPIES: dict[int, torch.nn.Module] = {}
+
+
+def channels_last_copy(model):
+    """The model as a user of torchattacks or ART could lay it out: ``model.to(memory_format=channels_last)``
+    on a copy (the peers then run oneDNN's NHWC convolutions too, whatever layout the input has)."""
+    import copy
+
+    key = id(model)
+    if key not in _CHANNELS_LAST_COPIES:
+        _CHANNELS_LAST_COPIES[key] = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+    return _CHANNELS_LAST_COPIES[key]
 
 
 def run_torchattacks(model, x, y, c, bs):
@@ -102,22 +117,23 @@ def run_limit(model, x, y, c, bs, layout="channels_last"):
     In the fastest memory layout this CPU has for the model (channels-last, as advlab uses); the
     "limit NCHW" contender measures the default layout, which torchattacks and ART run in.
     """
-    with A.eval_mode(model), contextlib.ExitStack() as stack:
+    with A.eval_mode(model):
         for i in range(0, len(x), bs):
-            xb, yb = x[i:i + bs].clone(), y[i:i + bs]
-            if layout == "channels_last":
-                xb = stack.enter_context(A.channels_last(model, xb)) if i == 0 else xb.to(
-                    memory_format=torch.channels_last)
-            for _ in range(c["steps"]):
-                xb.requires_grad_(True)
-                (g,) = torch.autograd.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb)
-                xb = xb.detach()
+            with fast_layout(model, x[i:i + bs].clone(), enabled=layout == "channels_last") as (net, xb):
+                yb = y[i:i + bs]
+                for _ in range(c["steps"]):
+                    xb.requires_grad_(True)
+                    (g,) = torch.autograd.grad(F.cross_entropy(net(xb), yb, reduction="sum"), xb)
+                    xb = xb.detach()
     return None
 
 
 LIBS = {"advlab": run_advlab, "torchattacks": run_torchattacks, "ART": run_art, "limit": run_limit,
         "limit NCHW": lambda m, x, y, c, bs: run_limit(m, x, y, c, bs, layout="nchw"),
         "advlab early-stop": lambda m, x, y, c, bs: run_advlab(m, x, y, c, bs, early_stop=True),
+        "advlab NCHW": lambda m, x, y, c, bs: run_advlab(m, x, y, c, bs, channels_last=False),
+        "torchattacks CL": lambda m, x, y, c, bs: run_torchattacks(channels_last_copy(m), x, y, c, bs),
+        "ART CL": lambda m, x, y, c, bs: run_art(channels_last_copy(m), x, y, c, bs),
         "advlab bf16": lambda m, x, y, c, bs: run_bf16(m, x, y, c, bs)}
 
 
@@ -134,7 +150,8 @@ def robust_acc(model, x_adv, y) -> float:
 
 def main() -> None:
     p = C.base_parser(__doc__.splitlines()[0], n=500, repeats=3, batch_size=250, out="benchmarks/results/attacks.json")
-    p.add_argument("--libs", default=",".join(l for l in LIBS if l != "advlab bf16"), help="comma-separated subset of " + ",".join(LIBS))
+    p.add_argument("--libs", default="advlab,torchattacks,ART,limit,limit NCHW,advlab NCHW,torchattacks CL,ART CL",
+                   help="comma-separated subset of " + ",".join(LIBS))
     args = p.parse_args()
     if args.quick:
         args.n, args.repeats = min(args.n, 250), min(args.repeats, 2)

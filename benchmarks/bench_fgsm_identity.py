@@ -36,11 +36,7 @@ def main() -> None:
     cfg = B.configs(quick=True)[0]  # FGSM L∞, ε = 0.1
     assert cfg["fgsm"] and cfg["norm"] == "linf"
     outs = {"advlab (channels-last, default)": B.run_advlab(model, x, y, cfg, args.batch_size)}
-    previous = A.set_channels_last(False)
-    try:
-        outs["advlab (NCHW)"] = B.run_advlab(model, x, y, cfg, args.batch_size)
-    finally:
-        A.set_channels_last(previous)
+    outs["advlab (NCHW)"] = B.run_advlab(model, x, y, cfg, args.batch_size, channels_last=False)
     outs["torchattacks"] = B.run_torchattacks(model, x, y, cfg, args.batch_size)
     outs["ART"] = B.run_art(model, x, y, cfg, args.batch_size)
     # The gradient in the default layout at every pixel, to say what kind each difference is.

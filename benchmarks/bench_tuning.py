@@ -17,6 +17,8 @@ import _common as C  # noqa: E402
 import torch  # noqa: E402
 
 import advlab.attacks as A  # noqa: E402
+from advlab.attacks import threat  # noqa: E402
+from advlab.attacks.loop import attack_objective  # noqa: E402
 
 
 # ---------------------------------------------------------------- candidate change to advlab.attacks.perturb
@@ -35,13 +37,13 @@ def frozen(model):
 
 def pgd_variant(model, x, y, *, eps, alpha, steps, norm="linf", generator=None, freeze=False, lean=False):
     """advlab.attacks.pgd (restarts=1, no early stop) with the two candidate changes switchable."""
-    objective = lambda logits, t: A._objective(logits, t, "ce", False)  # noqa: E731
+    objective = attack_objective("ce", targeted=False)
     with A.eval_mode(model), torch.enable_grad(), (frozen(model) if freeze else contextlib.nullcontext()):
         if not lean:
             return A.perturb(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, objective=objective,
                              generator=generator)
         # lean: L∞ box precomputed once (x−ε and x+ε clipped to [0, 1]) so projection is one clamp
-        x_adv = A._random_start(x, eps, norm, generator)
+        x_adv = threat.random_start(x, eps, norm, generator)
         if norm == "linf":
             lo, hi = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
         for _ in range(steps):
@@ -51,7 +53,7 @@ def pgd_variant(model, x, y, *, eps, alpha, steps, norm="linf", generator=None, 
             if norm == "linf":
                 x_adv = torch.clamp(x_adv.add_(grad.sign_(), alpha=alpha), lo, hi)
             else:
-                x_adv = A._project(x_adv + alpha * A._step_direction(grad, norm), x, eps, norm)
+                x_adv = threat.project(x_adv + alpha * threat.step_direction(grad, norm), x, eps, norm)
         return x_adv
 
 

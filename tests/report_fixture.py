@@ -44,7 +44,7 @@ ALL_ATTACKS = {"pgd": 0.7050, "trades-b1": 0.6380}
 
 def _attack(name: str, steps: int) -> dict:
     return {"name": name, "norm": "linf", "steps": steps, "restarts": 1, "step_ratio": None,
-            "random_start": name == "pgd", "loss": "ce", "targeted": False}
+            "random_start": name == "pgd", "loss": "ce", "targeted": False, "targets": None}
 
 
 def _hyper(name: str, steps: int, eps: float) -> dict:
@@ -55,7 +55,8 @@ def _hyper(name: str, steps: int, eps: float) -> dict:
 
 def _epochs(clean: float, robust: float, n: int = 4) -> list[dict]:
     return [{"epoch": e, "lr": 1e-3, "eps": 0.1, "train_loss": 1.2 / e, "train_clean_acc": clean * (0.8 + 0.05 * e),
-             "val_clean_acc": clean * (0.8 + 0.05 * e), "val_robust_acc": robust * (0.8 + 0.05 * e), "seconds": 3.0}
+             "train_adv_acc": robust * (0.8 + 0.05 * e), "val_clean_acc": clean * (0.8 + 0.05 * e),
+             "val_robust_acc": robust * (0.8 + 0.05 * e), "seconds": 3.0, "val_seconds": 0.5}
             for e in range(1, n + 1)]
 
 
@@ -86,7 +87,10 @@ def make_fake_run(folder: str | Path, *, n_images: int = 4, gallery: bool = True
                        "PGD-40×2 L∞ vs PGD-20 L∞: 0.2 points (< 1 needed)", "numbers": {"PGD-40×2 L∞": 0.4}})
     info = {"file": "gallery.safetensors", "eps": 0.1, "attack": "PGD-20 L∞", "models": ["standard", "pgd"],
             "targeted_model": "standard", "targeted_eps": 0.2, "targeted_attack": "PGD-50 L∞ targeted",
-            "targets": [(k + 5) % 10 for k in range(n_images)]}
+            "targets": [(k + 5) % 10 for k in range(n_images)],
+            "targeted_hyperparameters": {**_hyper("pgd", 50, 0.2), "targeted": True, "targets": "all others"},
+            "inputs": {"standard": "0123456789abcdef", "pgd": "fedcba9876543210", "size": n_images, "eps": 0.1,
+                       "targeted_eps": 0.2, "attacks": ["fgsm", "pgd20"], "n": 1000, "seed": 0}}
     metrics = {
         "advlab_version": "0.1.0", "created": "2025-01-01T00:00:00Z", "preset": "quick", "dataset": "fashion-mnist",
         "classes": CLASSES, "train_eps": 0.1, "eps_grid": EPS_GRID, "n_eval": 1000, "chance_accuracy": 0.1,

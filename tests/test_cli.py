@@ -50,19 +50,32 @@ def test_evaluate_writes_json_and_prints_table(trained_checkpoint, tmp_path, cap
 
 def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys):
     out = tmp_path / "attack"
-    assert main(["attack", str(trained_checkpoint), "--attack", "pgd10", "--eps", "0.1", "--n", "4",
+    assert main(["attack", str(trained_checkpoint), "--attack", "pgd10", "--eps", "0.1", "--n", "16",
                  "--out", str(out), "--quiet"]) == 0
     assert (out / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "attack.json").read_text())
-    assert summary["n"] == 4 and summary["steps"] == 10
+    assert summary["n"] == 16 and summary["steps"] == 10
     from advlab.runs import load_tensors
 
     tensors, _ = load_tensors(out / "adversarial.safetensors")
     assert (tensors["x_adv"] - tensors["x"]).abs().max() <= 0.1 + 1e-6
-    # targeted
-    assert main(["attack", str(trained_checkpoint), "--eps", "0.2", "--n", "4", "--target", "8",
-                 "--out", str(tmp_path / "targeted"), "--quiet"]) == 0
+    assert summary["success_rate"] > 0.5 and summary["clean_accuracy"] > 0.5  # the attack fooled the model
+    assert (tensors["prediction_adv"] != tensors["labels"]).float().mean() == pytest.approx(summary["success_rate"])
+
+
+def test_targeted_attack_reaches_its_target(trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "targeted"
+    assert main(["attack", str(trained_checkpoint), "--attack", "pgd50", "--eps", "0.2", "--n", "12",
+                 "--target", "8", "--out", str(out), "--quiet"]) == 0
     assert "reached the target" in capsys.readouterr().out
+    from advlab.runs import load_tensors
+
+    tensors, _ = load_tensors(out / "adversarial.safetensors")
+    summary = json.loads((out / "attack.json").read_text())
+    assert summary["targeted"] and summary["target"] == 8 and (tensors["labels"] != 8).all()
+    reached = (tensors["prediction_adv"] == 8).float().mean().item()
+    assert reached == pytest.approx(summary["success_rate"]) and reached >= 0.75  # an x-returning stub: 0
+    assert (out / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(
@@ -75,7 +88,15 @@ def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys
         (["evaluate", "{tmp}/missing.safetensors", "--eps", "0.1"], "does not exist"),
         (["evaluate", "{tmp}/corrupt.safetensors", "--eps", "0.1"], "corrupt"),
         (["evaluate", "{ckpt}", "--eps", "abc"], "not a number"),
-        (["evaluate", "{ckpt}", "--eps", "0.1", "--n", "5", "--precision", "fp16"], "needs a CUDA device"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--n", "5", "--precision", "fp16", "--device", "cpu"],
+         "needs a CUDA device"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--device", "tpu"], "device"),
+        (["evaluate", "{ckpt}", "--eps", "7", "--n", "5"], "eps"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "pgd-hinge"], "unknown attack option"),
+        (["train", "--preset", "huge", "--out", "{tmp}/run"], "unknown train preset"),
+        (["train", "--epochs", "1"], "--out is required"),
+        (["train", "--preset", "quick", "--config", "{tmp}/a-file", "--out", "{tmp}/run"], "not both"),
+        (["study", "--show-preset", "huge"], "unknown study preset"),
         (["evaluate", "{ckpt}", "--eps", "0.1", "--threads", "0"], "threads"),
         (["attack", "{ckpt}", "--eps", "0.1", "--out", "{tmp}/a-file/sub"], "cannot write"),
         (["attack", "{ckpt}", "--eps", "0.1", "--target", "12", "--out", "{tmp}/t"], "target"),
@@ -119,3 +140,24 @@ def test_console_script_help_and_error_exit_codes():
     assert "examples:" in help_text
     bad = subprocess.run(run + ["evaluate", "nowhere", "--eps", "0.1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no CUDA")
+@pytest.mark.parametrize("command", [
+    ["evaluate", "{ckpt}", "--eps", "0.1"],
+    ["attack", "{ckpt}", "--eps", "0.1", "--out", "{tmp}/attack"],
+    ["train", "--out", "{tmp}/run"],
+    ["study", "--out", "{tmp}/study"],
+])
+def test_device_cuda_without_cuda_exits_2_with_one_line(command, trained_checkpoint, tmp_path, capsys):
+    argv = [a.format(ckpt=trained_checkpoint, tmp=tmp_path) for a in command] + ["--device", "cuda"]
+    _fails_cleanly(capsys, argv, match="no CUDA device is available here")
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_show_preset_prints_the_shipped_toml(capsys):
+    assert main(["train", "--show-preset", "full"]) == 0
+    text = capsys.readouterr().out
+    assert 'method = "pgd"' in text and "steps = 10" in text
+    assert main(["study", "--show-preset", "quick"]) == 0
+    assert "[models.standard]" in capsys.readouterr().out

@@ -71,7 +71,8 @@ def tradeoff_points(metrics: dict) -> dict[str, tuple[float, float]]:
 
 
 def best_robust_model(metrics: dict) -> str | None:
-    """``best_robust_model`` from metrics.json, or else the non-standard model with the best worst case."""
+    """``best_robust_model`` from metrics.json, or else the adversarially trained (non-standard) model with
+    the highest worst-case accuracy at the training ε over every attack run there (:func:`headline_worst_case`)."""
     if metrics.get("best_robust_model") in metrics["models"]:
         return metrics["best_robust_model"]
     chosen = {n: p for n, p in tradeoff_points(metrics).items() if n != "standard"}

@@ -138,13 +138,13 @@ def fast_layout(model: nn.Module, x: torch.Tensor, enabled: bool = True) -> Iter
         return
     weights = [p for p in model.parameters() if p.dim() == 4]
     if weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights):
-        yield model, x.contiguous(memory_format=torch.channels_last)  # already laid out (a model in training)
+        yield model, x.to(memory_format=torch.channels_last)  # already laid out (a model in training)
         return
     twin = channels_last_twin(model)
     if twin is None:
         yield model, x
         return
-    yield twin, x.contiguous(memory_format=torch.channels_last)
+    yield twin, x.to(memory_format=torch.channels_last)
 
 
 @functools.cache

@@ -36,7 +36,7 @@ from advlab.data import get_info, load_dataset
 from advlab.errors import AdvlabError, check_range
 from advlab.evaluate import evaluate
 from advlab.presets import preset_text
-from advlab.results import headline_worst_case
+from advlab.results import best_robust_model
 from advlab.runs import load_checkpoint, load_tensors, prepare_run_dir, read_json, save_tensors, write_json
 from advlab.runtime import Runtime
 from advlab.train import TrainConfig, train
@@ -355,7 +355,6 @@ def collect_metrics(out: str | Path) -> dict:
         }
         if name in checks:  # the worst case at the training ε over every attack run there, checks included
             models[name]["worst_case_all_attacks"] = {"eps": checks[name]["eps"], **checks[name]["worst_case_all"]}
-    adversarial = [n for n in models if n != "standard"]
     metrics: dict[str, Any] = {
         "advlab_version": __version__, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "preset": config.preset, "dataset": info.name, "classes": list(info.classes),
@@ -365,9 +364,8 @@ def collect_metrics(out: str | Path) -> dict:
         "attacks": {a.label: a.to_dict() for a in attacks},
         "attack_hyperparameters": {a.label: [a.hyperparameters(e) for e in config.eps_grid] for a in attacks},
         "models": models,
-        "best_robust_model": max(adversarial, key=lambda n: headline_worst_case(
-            {"models": models, "eps_grid": list(config.eps_grid), "train_eps": config.train_eps}, n))
-        if adversarial else None,
+        "best_robust_model": best_robust_model({"models": models, "eps_grid": list(config.eps_grid),
+                                                "train_eps": config.train_eps}),
         # The sanity checks' extra attacks at the training ε (and the gallery's targeted one, below).
         "check_attacks": {label: h for c in checks.values() for label, h in _check_attacks(c).items()},
         "sanity_checks": sanity_checks({"eps_grid": list(config.eps_grid), "chance_accuracy": 1 / len(info.classes),

@@ -185,7 +185,7 @@ def _train_epoch(model, method, optimizer, data, config, run, total_steps, shuff
     bar = _bar(len(data), progress, desc)
     for i, (x, y) in enumerate(data.batches(config.batch_size, shuffle=True, generator=shuffle_rng, device=device)):
         if runtime.uses_channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.to(memory_format=torch.channels_last)
         eps = config.eps * min(1.0, (run.step + 1) / warmup_steps) if warmup_steps > 0 else config.eps
         alpha = (config.step_size or 0.0) * (eps / config.eps if config.eps > 0 else 1.0)  # α scales with ε
         out = method.train_batch(model, x, y, eps=eps, alpha=alpha, generator=attack_rng, step=step)
