@@ -104,8 +104,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         "one per core)")
 
 
-# ---------------------------------------------------------------------------------------------- train
-
 _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
     ("dataset", str, "fashion-mnist, mnist or cifar10 (default fashion-mnist)"),
     ("model", str, "see `advlab models` (default small_cnn)"),
@@ -171,8 +169,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------- attack/eval
-
 
 def _attacks(names: Sequence[str] | None, norm: str, default: Sequence[str]):
     from advlab.attacks import parse_attack
@@ -210,12 +206,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------- study/report
-
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from advlab.report import build_report
-    from advlab.results import headline_worst_case
+    from advlab.report import build_report, summary_text
     from advlab.study import load_study_config, run_study
 
     if args.show_preset:
@@ -228,16 +221,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"study-{config.preset}"
     metrics = run_study(config, out, overwrite=args.overwrite, progress=not args.quiet, runtime=_runtime(args))
     report = build_report(out)
-
-    print(f"{'model':<22} {'clean':>7} {'worst case at ε = ' + format(metrics['train_eps'], 'g'):>24}")
-    for name, model in metrics["models"].items():
-        worst = headline_worst_case(metrics, name)
-        print(f"{model['label']:<22} {100 * model['clean_accuracy']:>6.2f}% {100 * worst:>23.2f}%")
-    print("(worst case over every attack run at that ε, the sanity checks' included)")
-    failed = [c for c in metrics["sanity_checks"] if not c["passed"]]
-    print(f"sanity checks: {len(metrics['sanity_checks']) - len(failed)} passed, {len(failed)} failed")
-    for check in failed:
-        print(f"  FAILED {check['model']}: {check['check']} ({check['detail']})")
+    print(summary_text(metrics))
     print(f"report: {report}")
     return 0
 
@@ -249,8 +233,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------- data/models
-
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
     from advlab.data import list_datasets
@@ -260,8 +242,7 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
     for row in rows:
         where = f"{row['location']} ({row['source']})" if row.get("location") else \
             f"not found; `advlab data download {row['name']}`"
-        shape = "×".join(str(s) for s in row["shape"]) if isinstance(row["shape"], (list, tuple)) else row["shape"]
-        print(f"{row['name']:<14} {row['classes']:>7}  {shape:<10} {where}")
+        print(f"{row['name']:<14} {row['classes']:>7}  {'×'.join(map(str, row['shape'])):<10} {where}")
     return 0
 
 
@@ -280,8 +261,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:<16} {describe_model(name)}")
     return 0
 
-
-# ----------------------------------------------------------------------------------------------- main
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,15 +8,13 @@ A checkpoint is two files side by side:
 * ``NAME.json``: the record — model name and arguments, data set, normalization, resolved config,
   epoch, metrics, advlab and torch versions.
 
-Load with :func:`load_checkpoint` (a run folder or a ``.safetensors`` path). Every write goes to a
-temporary file in the same folder and is moved into place with ``os.replace``, so an interrupted
-write never leaves a half-written file under the final name.
+Load with :func:`load_checkpoint` (a run folder or a ``.safetensors`` path). Every file is written
+atomically (:mod:`advlab.files`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,60 +23,12 @@ import torch
 from torch import nn
 
 from advlab.errors import AdvlabError
+from advlab.files import _json_default, atomic_write_bytes, atomic_write_text, read_json, write_json
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "load_checkpoint", "load_tensors", "prepare_run_dir",
+           "read_json", "resolve_checkpoint", "save_checkpoint", "save_tensors", "versions", "write_json"]
 
 CHECKPOINT_FORMAT = 1  # bump when the record's layout changes incompatibly
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (all or nothing)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise AdvlabError(f"cannot write to {path.parent}: {err.strerror}; choose a writable folder") from None
-    try:
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdvlabError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdvlabError(f"{path} is not a readable JSON file ({err}); recreate it or point to another run") from None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from advlab.data.catalogue import CIFAR_ARCHIVE, CIFAR_DIR, DatasetInfo, FileSpec, cache_dir, get_info
 from advlab.data.formats import read_archive
 from advlab.errors import AdvlabError
-from advlab.runs import atomic_write_bytes
+from advlab.files import atomic_write_bytes
 
 _TIMEOUT_S = 30  # per socket operation: long enough for a slow mirror, short enough not to hang a run
 

@@ -46,7 +46,7 @@ from advlab.results import (
 )
 from advlab.runs import atomic_write_bytes, atomic_write_text, load_tensors, read_json
 
-__all__ = ["build_report", "story"]
+__all__ = ["build_report", "story", "summary_text"]
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2430;max-width:1120px;
@@ -139,6 +139,20 @@ def story(metrics: dict) -> str:
                          f"{'fails' if len(failed) == 1 else 'fail'} ({_e(which)}): read those robust numbers "
                          "with care.")
     return " ".join(sentences)
+
+
+def summary_text(metrics: dict) -> str:
+    """The study's outcome in a few plain-text lines, for the terminal: each model's clean and headline
+    worst-case accuracy, and the sanity checks that failed."""
+    lines = [f"{'model':<22} {'clean':>7} {'worst case at ε = ' + format(metrics['train_eps'], 'g'):>24}"]
+    for name, model in metrics["models"].items():
+        worst = headline_worst_case(metrics, name)
+        lines.append(f"{model['label']:<22} {100 * model['clean_accuracy']:>6.2f}% {100 * worst:>23.2f}%")
+    lines.append("(worst case over every attack run at that ε, the sanity checks' included)")
+    failed = [c for c in metrics["sanity_checks"] if not c["passed"]]
+    lines.append(f"sanity checks: {len(metrics['sanity_checks']) - len(failed)} passed, {len(failed)} failed")
+    lines += [f"  FAILED {check['model']}: {check['check']} ({check['detail']})" for check in failed]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- tables

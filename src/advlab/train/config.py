@@ -22,7 +22,7 @@ from advlab.data import get_info
 from advlab.errors import AdvlabError, check_range
 from advlab.models import list_models
 from advlab.presets import preset_text
-from advlab.runs import read_json
+from advlab.files import read_json
 from advlab.train.methods import METHODS
 from advlab.train.optim import OPTIMIZERS, SCHEDULES
 

@@ -1,0 +1,99 @@
+"""The house rules of docs/architecture.md, checked on the code: imports run one way, modules stay small,
+and nothing of advlab's is found through a registry it never imported."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "advlab"
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+# From the bottom up; a module may import only what stands strictly lower, or a sibling in its own package.
+LAYERS = [
+    ("the error type", ["advlab.errors"]),
+    ("foundations", ["advlab", "advlab.files", "advlab.runtime", "advlab.results", "advlab.presets"]),
+    ("data", ["advlab.data"]),
+    ("models", ["advlab.models"]),
+    ("checkpoints", ["advlab.runs"]),
+    ("attacks", ["advlab.attacks"]),
+    ("measurement", ["advlab.evaluate"]),
+    ("measurement on top", ["advlab.checks", "advlab.train"]),
+    ("orchestration", ["advlab.study"]),
+    ("presentation", ["advlab.report"]),
+    ("command line", ["advlab.cli"]),
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = ["advlab", *path.relative_to(SRC).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _rank(module: str) -> tuple[int, str]:
+    """(layer index, the unit it belongs to) of an advlab module, by its longest listed prefix."""
+    best = None
+    for index, (_, units) in enumerate(LAYERS):
+        for unit in units:
+            inside = module == unit or (unit != "advlab" and module.startswith(unit + "."))
+            if inside and (best is None or len(unit) > len(best[1])):
+                best = (index, unit)
+    assert best is not None, f"{module} belongs to no layer: add it to docs/architecture.md and LAYERS"
+    return best
+
+
+def _imports(path: Path) -> set[str]:
+    """Every advlab module imported anywhere in the file, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("advlab")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("advlab"):
+            found.add(node.module)
+    return found
+
+
+MODULES = sorted(SRC.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_run_one_way(path):
+    module = _module_name(path)
+    rank, unit = _rank(module)
+    for imported in _imports(path):
+        if imported == "advlab":
+            continue  # the package root holds only the version and the error type
+        other_rank, other_unit = _rank(imported)
+        assert other_rank < rank or other_unit == unit, (
+            f"{module} ({LAYERS[rank][0]}) imports {imported} ({LAYERS[other_rank][0]}), which stands "
+            "above it or beside it: see docs/architecture.md")
+
+
+def test_measurement_never_imports_presentation():
+    """The issue's own words, checked directly: attacks, evaluate, train, data and models import no report."""
+    for path in MODULES:
+        if _module_name(path).split(".")[1:2] in (["attacks"], ["evaluate"], ["train"], ["data"], ["models"],
+                                                 ["checks"], ["runs"]):
+            assert not any(i.startswith(("advlab.report", "advlab.cli", "advlab.study")) for i in _imports(path)), path
+
+
+def test_no_module_outgrows_a_room():
+    """At most about 400 lines, unless docs/architecture.md names the module and says why."""
+    allowed = set(re.findall(r"`src/advlab/([\w/]+\.py)` \(\d+ lines\)", ARCHITECTURE.read_text(encoding="utf-8")))
+    too_big = {str(p.relative_to(SRC)): n for p in MODULES if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert set(too_big) <= allowed, f"over 400 lines without a reason in docs/architecture.md: {too_big}"
+
+
+def test_architecture_doc_names_every_room():
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    for path in MODULES:
+        if path.name == "__init__.py" and path.parent != SRC:
+            name = f"{path.parent.relative_to(SRC)}/"
+        elif path.name == "__init__.py":
+            continue
+        else:
+            name = str(path.relative_to(SRC))
+        assert f"`{name}`" in text or f"`{Path(name).name}`" in text, f"docs/architecture.md does not place {name}"
