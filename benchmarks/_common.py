@@ -85,9 +85,25 @@ def machine_info() -> dict:
                 model_name = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cpu": model_name, "cores": os.cpu_count(), "torch": torch.__version__,
+    try:
+        memory = next(f"{int(line.split()[1]) / 2**20:.0f} GiB" for line in open("/proc/meminfo")
+                      if line.startswith("MemTotal"))
+    except (OSError, StopIteration, ValueError):
+        memory = "unknown"
+    return {"cpu": model_name, "cores": os.cpu_count(), "memory": memory, "bf16": bf16_support(),
+            "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def bf16_support() -> str:
+    """What this CPU offers bf16 autocast, from /proc/cpuinfo's flags: AVX512-BF16 and AMX, yes or no."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "CPU flags unknown"
+    return (f"avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
+            f"amx_bf16 {'yes' if 'amx_bf16' in flags else 'no'} (/proc/cpuinfo)")
 
 
 def loadavg() -> list[float]:

@@ -122,7 +122,7 @@ def main() -> None:
         if b <= len(x):
             record(f"channels_last, batch {b}", lambda b=b: pgd_all(m=cl_model, xs=x_cl, batch=b))
     record("channels_last + bf16 autocast", lambda: pgd_all(m=cl_model, xs=x_cl, autocast=True))
-    record("bf16 autocast", lambda: pgd_all(autocast=True), note="avx512_bf16 yes, amx no (lscpu)")
+    record("bf16 autocast", lambda: pgd_all(autocast=True), note=C.bf16_support())
     if not args.no_compile:
         cm = torch.compile(C.standard_model(args.model))
         t0 = time.perf_counter()

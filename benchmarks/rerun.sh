@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Every figure of README.md and BENCHMARKS.md, measured again: each stage writes its result files under
+# benchmarks/results/ with the command, the git commit, the date and the machine (see record.py).
+#
+#   bash benchmarks/rerun.sh                 # every stage, in this order (about 5 hours on 2 CPU cores)
+#   bash benchmarks/rerun.sh quick-study attacks     # chosen stages only
+#
+# Run it in a clean checkout of the commit you measure (`git worktree add ../bench HEAD`), after
+# `bash scripts/setup.sh && bash benchmarks/setup.sh`, with nothing else running: most stages time things.
+# Stages that need a trained model train it first (runs/ is reused when it is already there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=.venv/bin/python
+advlab=.venv/bin/advlab
+rec=("$py" benchmarks/record.py)
+out=benchmarks/results
+
+standard-model() {
+    "${rec[@]}" standard-model --attach runs/bench-standard/summary.json --attach runs/bench-standard/eval.json \
+        -- bash benchmarks/standard_model.sh runs/bench-standard
+}
+quick-study() {
+    "${rec[@]}" quick-study --attach runs/quick/metrics.json \
+        -- "$advlab" study --preset quick --out runs/quick --overwrite --quiet
+}
+quick-recipe() {
+    "${rec[@]}" quick-recipe --attach runs/train-quick/summary.json --attach runs/train-quick/metrics.jsonl \
+        --attach runs/train-quick/eval-pgd50x10.json \
+        -- "$advlab" train --preset quick --out runs/train-quick --overwrite --quiet \
+        --then "$advlab" evaluate runs/train-quick --attack pgd50x10 --eps 0.1 \
+        --out runs/train-quick/eval-pgd50x10.json --overwrite --quiet
+}
+attacks() {
+    "$py" benchmarks/bench_attacks.py --n 500 --repeats 3 \
+        --libs "advlab,torchattacks,ART,limit,limit NCHW,advlab NCHW,torchattacks CL,ART CL,advlab early-stop,advlab bf16" \
+        --out "$out/attacks.json" | tee "$out/attacks.log"
+}
+fgsm-identity() {
+    "$py" benchmarks/bench_fgsm_identity.py --out "$out/fgsm_identity.json" | tee "$out/fgsm_identity.log"
+}
+eval-speed() {
+    "$py" benchmarks/bench_eval.py --n 1000 --repeats 3 --out "$out/eval.json" | tee "$out/eval.log"
+}
+train-epochs() {
+    "$py" benchmarks/bench_train.py --n 10000 --repeats 3 --methods standard,fgsm,pgd3,pgd7,pgd10,trades,mart,free \
+        --out "$out/train.json" | tee "$out/train.log"
+}
+tuning() {
+    "$py" benchmarks/bench_tuning.py --out "$out/tuning.json" | tee "$out/tuning.log"
+}
+eval-batch() {
+    [[ -f runs/train-quick/best.safetensors ]] || quick-recipe
+    "$py" benchmarks/bench_eval_batch.py --run runs/train-quick --n 1000 --out "$out/eval-batch-robust.json" \
+        | tee "$out/eval-batch-robust.log"
+    "$py" benchmarks/bench_eval_batch.py --n 2000 --out "$out/eval-batch-standard.json" \
+        | tee "$out/eval-batch-standard.log"
+}
+agreement() {
+    [[ -f runs/train-quick/best.safetensors ]] || quick-recipe
+    "$py" benchmarks/bench_agreement.py --n 10000 --robust runs/train-quick --out "$out/agreement.json" \
+        | tee "$out/agreement.log"
+}
+full-recipe() {
+    "${rec[@]}" full-recipe --attach runs/train-full/summary.json --attach runs/train-full/metrics.jsonl \
+        --attach runs/train-full/eval-pgd50x10.json \
+        -- "$advlab" train --preset full --out runs/train-full --overwrite --quiet \
+        --then "$advlab" evaluate runs/train-full --attack pgd50x10 --eps 0.1 \
+        --out runs/train-full/eval-pgd50x10.json --overwrite --quiet
+}
+methods() {
+    local attach=()
+    for name in standard fgsm pgd trades-b1 trades-b6 mart free; do
+        attach+=(--attach "runs/methods/$name/summary.json" --attach "runs/methods/$name/eval-pgd50x10-n10000.json")
+    done
+    RETRAIN=1 "${rec[@]}" methods-n10000 "${attach[@]}" -- bash benchmarks/methods_table.sh 10000 runs/methods
+}
+full-study() {
+    "${rec[@]}" full-study --attach runs/full/metrics.json \
+        -- "$advlab" study --preset full --out runs/full --overwrite --quiet
+}
+
+stages=("$@")
+[[ ${#stages[@]} -gt 0 ]] || stages=(standard-model quick-study quick-recipe attacks fgsm-identity eval-speed
+                                     train-epochs tuning eval-batch agreement full-recipe methods full-study)
+for stage in "${stages[@]}"; do
+    declare -F "$stage" >/dev/null || { echo "rerun.sh: unknown stage $stage" >&2; exit 2; }
+    echo "=== $stage: $(date -u +%FT%TZ)"
+    "$stage"
+done
+echo "=== done: $(date -u +%FT%TZ)"
