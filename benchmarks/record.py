@@ -51,13 +51,17 @@ def _run(command: list[str], log) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     usage="record.py NAME [--attach FILE ...] -- COMMAND [--then COMMAND ...]")
     parser.add_argument("name", help="result name: writes benchmarks/results/NAME.{log,json}")
     parser.add_argument("--attach", action="append", default=[], help="a JSON(L) file the command writes, "
                         "stored in the record (repeatable)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command (`--then` between several)")
-    args = parser.parse_args()
-    words = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = sys.argv[1:]
+    if "--" not in argv:
+        parser.error("give the command after --, e.g. record.py NAME -- .venv/bin/advlab ...")
+    split = argv.index("--")
+    args = parser.parse_args(argv[:split])
+    words = argv[split + 1:]
     commands, current = [], []
     for word in words:
         if word == "--then":
