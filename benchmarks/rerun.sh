@@ -74,6 +74,9 @@ methods() {
     done
     RETRAIN=1 "${rec[@]}" methods-n10000 "${attach[@]}" -- bash benchmarks/methods_table.sh 10000 runs/methods
 }
+same-numbers() {
+    "${rec[@]}" same-numbers-74fb18c -- bash benchmarks/same_numbers.sh 74fb18c
+}
 full-study() {
     "${rec[@]}" full-study --attach runs/full/metrics.json \
         -- "$advlab" study --preset full --out runs/full --overwrite --quiet
@@ -82,6 +85,7 @@ full-study() {
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(standard-model quick-study quick-recipe attacks fgsm-identity eval-speed
                                      train-epochs tuning eval-batch agreement full-recipe methods full-study)
+# same-numbers (not in the default list): the quick study before (74fb18c) and after the issue-11 refactor
 for stage in "${stages[@]}"; do
     declare -F "$stage" >/dev/null || { echo "rerun.sh: unknown stage $stage" >&2; exit 2; }
     echo "=== $stage: $(date -u +%FT%TZ)"

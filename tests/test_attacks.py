@@ -213,7 +213,9 @@ def test_restarts_draw_new_starts_and_keep_the_best():
 @pytest.mark.parametrize("early_stop", [True, False])
 def test_restarts_never_lose_a_success(tiny_cnn, batch, early_stop):
     """Every example the first start fools stays fooled, whether later restarts skip it or not."""
-    x, y = batch
+    x, _ = batch
+    with torch.no_grad():
+        y = tiny_cnn(x).argmax(1)  # every example starts correct: whatever is fooled, the attack fooled
     kwargs = dict(eps=0.05, steps=2, early_stop=early_stop)
     one = pgd(tiny_cnn, x, y, generator=torch.Generator().manual_seed(0), **kwargs)
     many = pgd(tiny_cnn, x, y, restarts=4, generator=torch.Generator().manual_seed(0), **kwargs)
@@ -279,7 +281,8 @@ def test_parse_attack_rejects_unknown(text):
     (AttackSpec("pgd", targeted=True, targets=3), "PGD-20 L∞ top-3 targeted", 0.0125),
 ])
 def test_labels_and_step_sizes_come_from_the_registry(spec, label, alpha):
-    assert spec.label == label and spec.alpha(0.1) == pytest.approx(alpha) if alpha else spec.alpha(0.1) is None
+    assert spec.label == label
+    assert spec.alpha(0.1) == pytest.approx(alpha) if alpha is not None else spec.alpha(0.1) is None
     assert spec.hyperparameters(0.1)["loss"] == spec.loss
 
 
@@ -288,6 +291,9 @@ def test_options_an_attack_does_not_take_are_refused():
         AttackSpec("fgsm", restarts=5)
     with pytest.raises(AdvlabError, match="noise takes no steps"):
         AttackSpec("noise", steps=10)
+    for name in ("noise-targeted", "noise-margin"):  # noise neither aims nor ascends a loss
+        with pytest.raises(AdvlabError, match="noise takes no"):
+            parse_attack(name)
 
 
 def test_margin_loss_is_reachable_and_used(tiny_cnn, batch):

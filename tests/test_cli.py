@@ -97,6 +97,7 @@ def test_targeted_attack_reaches_its_target(trained_checkpoint, tmp_path, capsys
         (["train", "--epochs", "1"], "--out is required"),
         (["train", "--preset", "quick", "--config", "{tmp}/a-file", "--out", "{tmp}/run"], "not both"),
         (["study", "--show-preset", "huge"], "unknown study preset"),
+        (["attack", "{ckpt}", "--eps", "0.1", "--attack", "pgd-targeted", "--out", "{tmp}/t"], "--target CLASS"),
         (["evaluate", "{ckpt}", "--eps", "0.1", "--threads", "0"], "threads"),
         (["attack", "{ckpt}", "--eps", "0.1", "--out", "{tmp}/a-file/sub"], "cannot write"),
         (["attack", "{ckpt}", "--eps", "0.1", "--target", "12", "--out", "{tmp}/t"], "target"),
@@ -153,6 +154,17 @@ def test_device_cuda_without_cuda_exits_2_with_one_line(command, trained_checkpo
     argv = [a.format(ckpt=trained_checkpoint, tmp=tmp_path) for a in command] + ["--device", "cuda"]
     _fails_cleanly(capsys, argv, match="no CUDA device is available here")
     assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_help_names_every_registered_attack(capsys):
+    """--help is static text (no torch import); it must still list every attack the registry knows."""
+    from advlab.attacks import ATTACKS
+
+    for command in ("evaluate", "attack"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert all(name in text for name in ATTACKS), (command, sorted(ATTACKS))
 
 
 def test_show_preset_prints_the_shipped_toml(capsys):

@@ -20,6 +20,7 @@ def _run(model, data, names, eps=(0.1,), **kwargs):
 def test_pgd_at_most_fgsm_at_most_clean(trained_model, fashion_test):
     result = _run(trained_model, fashion_test, ["fgsm", "pgd20"], eps=(0.05, 0.1))
     assert result.clean_accuracy > 0.75
+    assert result.robust["PGD-20 L∞"][1] < result.clean_accuracy - 0.3  # the attacks do attack
     for i in range(2):
         fgsm_acc, pgd_acc = result.robust["FGSM L∞"][i], result.robust["PGD-20 L∞"][i]
         assert pgd_acc <= fgsm_acc <= result.clean_accuracy
@@ -31,6 +32,7 @@ def test_pgd_at_most_fgsm_at_most_clean(trained_model, fashion_test):
 def test_more_steps_never_help_beyond_noise(trained_model, fashion_test):
     result = _run(trained_model, fashion_test, ["pgd5", "pgd40"], eps=(0.03,))
     assert result.robust["PGD-40 L∞"][0] <= result.robust["PGD-5 L∞"][0] + 0.01
+    assert result.robust["PGD-40 L∞"][0] < result.clean_accuracy - 0.1
 
 
 def test_targeted_pgd_reaches_target(trained_model, fashion_test):
@@ -50,7 +52,7 @@ def test_early_stop_is_never_weaker(trained_model, fashion_test):
     spec = AttackSpec("pgd", steps=10, random_start=False)
     fast = evaluate(trained_model, fashion_test, attacks=[spec], eps=[0.1], progress=False, early_stop=True)
     slow = evaluate(trained_model, fashion_test, attacks=[spec], eps=[0.1], progress=False, early_stop=False)
-    assert fast.robust[spec.label][0] <= slow.robust[spec.label][0]
+    assert fast.robust[spec.label][0] <= slow.robust[spec.label][0] < slow.clean_accuracy - 0.2
     # With random starts the two modes draw different starts (they attack different subsets): equal up to
     # that noise, 1 point of these 500 images.
     fast = _run(trained_model, fashion_test, ["pgd10"], early_stop=True)
@@ -63,14 +65,15 @@ def test_chained_worst_case_equals_per_attack_worst_case(trained_model, fashion_
     specs = [AttackSpec("fgsm"), AttackSpec("pgd", steps=5, random_start=False)]
     a = evaluate(trained_model, fashion_test, attacks=specs, eps=[0.05], progress=False)
     b = evaluate(trained_model, fashion_test, attacks=specs, eps=[0.05], progress=False, chain=True)
-    assert a.worst_case == b.worst_case
+    assert a.worst_case == b.worst_case and a.worst_case[0] < a.clean_accuracy - 0.2
     assert b.robust[specs[1].label][0] == b.worst_case[0]  # chained numbers are cumulative
 
 
 def test_same_seed_same_result(trained_model, fashion_test):
-    a = _run(trained_model, fashion_test.subset(100), ["pgd5x2"], seed=3)
-    b = _run(trained_model, fashion_test.subset(100), ["pgd5x2"], seed=3)
-    assert a.robust == b.robust
+    a = _run(trained_model, fashion_test.subset(100), ["pgd5x2"], seed=3, keep_per_example=True)
+    b = _run(trained_model, fashion_test.subset(100), ["pgd5x2"], seed=3, keep_per_example=True)
+    assert a.robust == b.robust and a.robust["PGD-5×2 L∞"][0] < a.clean_accuracy - 0.1
+    assert torch.equal(a.per_example["PGD-5×2 L∞@0.1"], b.per_example["PGD-5×2 L∞@0.1"])
 
 
 @pytest.mark.parametrize("early_stop, chain", [(True, False), (False, False), (True, True)])

@@ -87,9 +87,9 @@ def test_train_preset_from_the_wheel(venv):
     assert (config["method"], config["lr"], config["epochs"]) == ("fgsm", 0.002, 1)  # the preset, then the flags
 
 
-@pytest.mark.slow
 @needs_data
 def test_quick_study_from_the_wheel(venv):
+    """The issue's own check: `advlab study --preset quick` from a wheel, outside the tree (a few minutes)."""
     advlab, _, work = venv
     _run([advlab, "study", "--preset", "quick", "--out", work / "study", "--quiet"], cwd=work, timeout=1800)
     assert (work / "study" / "report.html").is_file()

@@ -60,13 +60,45 @@ def test_fast_layout_never_touches_the_callers_model(tiny_cnn):
     params = {name: (p, p.data_ptr(), p.stride()) for name, p in tiny_cnn.named_parameters()}
     with fast_layout(tiny_cnn, x) as (net, x_fast):
         assert net is not tiny_cnn and x_fast.is_contiguous(memory_format=torch.channels_last)
-        assert not any(p.requires_grad for p in net.parameters())  # a frozen twin: input gradients only
+        conv = net[1].features[3].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.requires_grad
+        assert net[1].classifier[1].weight is tiny_cnn[1].classifier[1].weight  # the rest is the caller's own
         torch.testing.assert_close(net(x_fast), tiny_cnn(x))
     for name, p in tiny_cnn.named_parameters():
         assert (p, p.data_ptr(), p.stride()) == params[name] and p.requires_grad
     with fast_layout(tiny_cnn, x, enabled=False) as (net, x_same):
         assert net is tiny_cnn and x_same is x
     assert channels_last_twin(torch.nn.Linear(3, 2)) is None  # nothing to lay out
+
+
+class _Noisy(torch.nn.Module):
+    """A randomized model with a generator of its own and a counter: state an attack must not fork."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.generator = torch.Generator().manual_seed(0)
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        noise = torch.rand(x.shape, generator=self.generator) * 0.01
+        return self.conv(x + noise).flatten(1)[:, :3]
+
+
+def test_the_twin_shares_the_callers_randomness_and_records():
+    """Randomized defenses and EOT rely on the model's own generator advancing; a deep copy would replay
+    the same draws at every attack call, and hooks or counters would record into the copy."""
+    from advlab.attacks import pgd
+
+    model = _Noisy()
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(module is model))
+    before = model.generator.get_state().clone()
+    pgd(model, torch.rand(5, 3, 8, 8), torch.zeros(5, dtype=torch.long), eps=0.1, steps=3)
+    assert not torch.equal(model.generator.get_state(), before)  # the caller's generator advanced
+    assert model.calls == [5, 5, 5] and seen == [False, False, False]  # recorded on the caller; ran on the twin
+    assert model.conv.weight.is_contiguous()  # and its weights kept their layout
 
 
 def test_nothing_touches_cuda_at_import():

@@ -14,7 +14,9 @@ Robustness that comes from hiding gradients rather than from the model fails at 
 Python::
 
     numbers = measure_checks(model, surrogate, test, base=parse_attack("pgd20"), eps=0.1, survivors=idx)
-    rows = sanity_checks(metrics, {"pgd": numbers_with_saved_figures})
+    rows = sanity_checks(metrics, {"pgd-model": checks})   # by model name; what `advlab study` saves as
+                                                           # models/NAME/checks.json: these numbers plus the
+                                                           # study's own PGD and worst-case figures
 
 Command line: ``advlab study`` runs them for every model and shows them in its report.
 """

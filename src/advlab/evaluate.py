@@ -32,7 +32,7 @@ from advlab.attacks import AttackSpec, bucket_size, eval_mode
 from advlab.attacks.threat import IntegrityError, verify_adversarial
 from advlab.errors import AdvlabError, check_range
 from advlab.runs import load_checkpoint, prepare_run_dir, save_tensors, write_json
-from advlab.runtime import Runtime, release_freed_memory
+from advlab.runtime import Runtime, release_freed_memory, same_device
 
 __all__ = ["DEFAULT_BATCH", "EvalResult", "IntegrityError", "attack_checkpoint", "clean_accuracy", "evaluate",
            "evaluate_checkpoint", "transfer_flags", "verify_adversarial"]
@@ -142,7 +142,7 @@ def _runtime_for(model: nn.Module, runtime: Runtime | None) -> Runtime:
     if runtime is None:
         return Runtime.for_model(model)
     device = next((p.device for p in model.parameters()), runtime.device)
-    if device != runtime.device:
+    if not same_device(device, runtime.device):
         raise AdvlabError(f"the model is on {device} but the evaluation runs on {runtime.device}; "
                           "move the model there first (model.to(device))")
     return runtime
@@ -331,6 +331,11 @@ def attack_checkpoint(
     model, record = load_checkpoint(checkpoint, device=runtime.device)
     data = _load_test_data(record, dataset, split, None, data_dir, progress)
     classes = data.info.classes
+    if attack.targeted and target is None:
+        raise AdvlabError(f"{attack.label} is targeted: name the class with --target CLASS (advlab evaluate "
+                          "tries the most likely wrong classes itself)")
+    if attack.targets is not None:
+        raise AdvlabError(f"{attack.label}: a number of target classes means nothing here; use --target CLASS")
     if target is not None:
         if not 0 <= target < len(classes):
             raise AdvlabError(f"--target must be a class index from 0 to {len(classes) - 1}, got {target}")
@@ -377,6 +382,8 @@ def transfer_flags(
     """A black-box transfer attack, per example (CPU bool tensor): does ``target`` classify both the clean
     image and the adversarial example crafted against ``surrogate`` correctly? Its mean is the transfer
     accuracy; if that beats the white-box attack on ``target``, the white-box gradients are probably masked."""
+    if attack.targeted:
+        raise AdvlabError(f"a transfer attack is untargeted; {attack.label} is not")
     runtime = _runtime_for(target, runtime)
     generator = runtime.generator(seed)
     flags: list[torch.Tensor] = []

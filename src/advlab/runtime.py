@@ -33,7 +33,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         spec = str(spec)
     text = "auto" if spec is None else str(spec).strip().lower()
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        text = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(text)
     except RuntimeError:
@@ -106,22 +106,51 @@ class Runtime:
         return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last}
 
 
-def _has_conv_weights(model: nn.Module) -> bool:
-    return any(p.dim() == 4 for p in model.parameters())
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether two devices are one: ``cuda`` means the current CUDA device, so it equals ``cuda:0`` there."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type != "cuda" or a.index == b.index:
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
 def channels_last_twin(model: nn.Module) -> nn.Module | None:
-    """A frozen copy of ``model`` with its convolution weights in channels-last layout, or None if the
-    model has none or cannot be copied. The caller's model, its parameters and their storage are never
-    touched: the attack runs on the twin, which computes the same function (same values, same modes)."""
-    if not _has_conv_weights(model):
+    """The caller's model with its convolution weights in channels-last layout, or None if it has none.
+
+    A shallow twin: every module is copied without its attributes (``copy.copy``), each convolution weight
+    is replaced in the twin's own parameter dictionary by a detached channels-last copy, and everything
+    else (other parameters, buffers, random generators, hooks, counters) is the caller's very object. So
+    the twin computes the caller's function, its randomness advances the caller's generators and its
+    hooks fire as usual, while the caller's modules, parameters and their storage are never changed.
+    A model that cannot be copied this way gets None (the attack then runs it in its own layout).
+    """
+    if not any(p.dim() == 4 for p in model.parameters()):
         return None
+    weights: dict[int, torch.Tensor] = {}  # tied weights stay tied
+    twins: dict[int, nn.Module] = {}
+
+    def laid_out(p: torch.Tensor | None) -> torch.Tensor | None:
+        if p is None or p.dim() != 4:
+            return p
+        if id(p) not in weights:
+            weights[id(p)] = p.detach().to(memory_format=torch.channels_last)
+        return weights[id(p)]
+
+    def twin_of(module: nn.Module) -> nn.Module:
+        if id(module) not in twins:
+            twin = copy.copy(module)
+            twins[id(module)] = twin
+            twin._parameters = {name: laid_out(p) for name, p in module._parameters.items()}
+            twin._modules = {name: None if child is None else twin_of(child) for name, child in module._modules.items()}
+        return twins[id(module)]
+
     try:
-        twin = copy.deepcopy(model)
-    except Exception:  # noqa: BLE001 - a model that cannot be copied simply runs in its own layout
+        return twin_of(model)
+    except Exception:  # noqa: BLE001 - an exotic module that cannot be copied simply runs in its own layout
         return None
-    twin.requires_grad_(False)  # attacks take input gradients only
-    return twin.to(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager
@@ -129,9 +158,10 @@ def fast_layout(model: nn.Module, x: torch.Tensor, enabled: bool = True) -> Iter
     """Yield ``(model, x)`` to attack with: on CPU, with ``enabled``, a channels-last twin of the model and
     a channels-last view of ``x``; otherwise the two unchanged.
 
-    oneDNN's CPU convolutions are fastest in NHWC: measured 1.3-1.5x more PGD steps per second for
-    small_cnn on Fashion-MNIST (benchmarks/bench_attacks.py, "limit" against "limit NCHW"). The twin costs
-    one copy of the weights per call (about 1 ms for small_cnn).
+    oneDNN's CPU convolutions are fastest in NHWC (benchmarks/bench_attacks.py, "limit" against "limit
+    NCHW"; BENCHMARKS.md). The twin (:func:`channels_last_twin`) costs one copy of the convolution
+    weights per call and nothing else; a model whose weights are already channels-last (a model in
+    training) is used as it is, and only ``x`` is laid out.
     """
     if not enabled or x.device.type != "cpu" or x.dim() != 4:
         yield model, x

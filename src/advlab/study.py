@@ -1,4 +1,4 @@
-"""The trade-off study: train standard and adversarially trained models, attack them all, write a report.
+"""The trade-off study: train standard and adversarially trained models, attack them all, check the results.
 
 One command runs the whole experiment into a run folder; each stage (training a model, evaluating it,
 the sanity checks, the gallery) is cached there, so an interrupted study picks up where it stopped::
@@ -77,6 +77,9 @@ class StudyConfig:
         specs = [parse_attack(a) for a in self.attacks]
         if not any(s.name == "fgsm" for s in specs) or not any(s.name == "pgd" for s in specs):
             raise AdvlabError("a study's attacks must include fgsm and a pgd attack (its sanity checks compare them)")
+        if any(s.targeted for s in specs):
+            raise AdvlabError("a study's attacks are untargeted (its checks and gallery use them on true labels); "
+                              "evaluate targeted attacks with `advlab evaluate --attack NAME-targeted`")
         if len({s.norm for s in specs}) > 1:
             raise AdvlabError("a study's attacks must share one norm (the worst case over attacks is per ε); got "
                               + ", ".join(self.attacks))
@@ -175,6 +178,9 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
     from the saved files by :func:`advlab.report.build_report` (``advlab study`` calls it at the end).
     """
     runtime = runtime if runtime is not None else Runtime()
+    if runtime.precision != "fp32":
+        raise AdvlabError(f"the study trains and evaluates in fp32; precision {runtime.precision!r} is for "
+                          "`advlab evaluate` and `advlab attack`")
     start = time.perf_counter()
     out = Path(out)
     saved = out / "config.json"
@@ -221,19 +227,19 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
 
         _stage(folder / "eval.json", evaluate_model, redo=overwrite,
                inputs={"model": digests[name], "attacks": config.attacks, "eps": config.eps_grid, "n": len(test),
-                       "seed": config.seed})
+                       "seed": config.seed, "device": runtime.device.type})  # random starts differ by device
     for name in models:
         surrogate = _surrogate(config, name)
         _stage(out / "models" / name / "checks.json",
                lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress, runtime),
                redo=overwrite,
                inputs={"model": digests[name], "surrogate": digests[surrogate],
-                       "eval": _digest(out / "models" / name / "eval.json")})
+                       "eval": _digest(out / "models" / name / "eval.json"), "device": runtime.device.type})
     metrics = collect_metrics(out)
     best = metrics["best_robust_model"]
     gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
                       "eps": config.train_eps, "targeted_eps": config.targeted_eps, "attacks": config.attacks,
-                      "n": len(test), "seed": config.seed}
+                      "n": len(test), "seed": config.seed, "device": runtime.device.type}
     if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
         _log("drawing the gallery", progress)
         _gallery(config, metrics, models, test, attacks, out, gallery_inputs, runtime)
@@ -244,8 +250,7 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
 
 
 def _surrogate(config: StudyConfig, name: str) -> str:
-    """The source model of the transfer attack on ``name``: the standard model for the robust models, and
-    for the standard model the first adversarially trained one."""
+    """The transfer attack's source for ``name``: the standard model, or for that one the first robust one."""
     return "standard" if name != "standard" else next(n for n in config.models if n != "standard")
 
 
@@ -391,6 +396,5 @@ def _check_attacks(checks: dict) -> dict[str, dict]:
 
 def _read_epochs(folder: Path) -> list[dict]:
     path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]

@@ -11,8 +11,8 @@ holds the true labels (or, with ``targeted=True``, the target labels), and ``mod
 that returns logits. The result has ``x``'s shape, lies in [0, 1] and within ε of ``x`` in the chosen
 norm. The model runs in eval mode during the attack and gets its own modes back afterwards; parameter
 gradients are never touched (gradients are taken with ``torch.autograd.grad`` w.r.t. the input only),
-and with ``channels_last`` (the default) a CPU attack runs on a channels-last copy of the model, never
-on the caller's weights.
+and with ``channels_last`` (the default) a CPU attack runs its convolutions in NHWC on a twin of the
+model (:func:`advlab.runtime.channels_last_twin`): the caller's weights are never changed.
 
 From the command line: ``advlab attack RUN_DIR --attack pgd20 --eps 0.1 --out OUT``; the names the CLI and
 configs accept are those of :mod:`advlab.attacks.registry` (``fgsm``, ``noise``, ``pgd50x10-l2``, ...).
@@ -45,8 +45,9 @@ def _check_count(name: str, value: int) -> int:
 
 @register_attack("pgd", title="PGD", summary="projected gradient descent (Madry et al. 2018): pgd = pgd20, "
                  "pgdSTEPS, pgdSTEPSxRESTARTS", counts=r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?",
+                 syntax="pgd[STEPS][xRESTARTS]",
                  default_steps=20, step_ratio=lambda steps: madry_alpha(1.0, steps),
-                 options=("steps", "restarts", "random_start", "alpha", "step_ratio"))
+                 options=("steps", "restarts", "random_start", "alpha", "step_ratio", "loss", "targeted"))
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -121,7 +122,7 @@ def _keep_strongest(model: nn.Module, x: torch.Tensor, y: torch.Tensor, best: to
 
 
 @register_attack("fgsm", title="FGSM", summary="fast gradient sign method (Goodfellow et al. 2015); one step of ε",
-                 default_steps=1, step_ratio=lambda steps: 1.0)
+                 default_steps=1, step_ratio=lambda steps: 1.0, options=("loss", "targeted"))
 def fgsm(
     model: nn.Module,
     x: torch.Tensor,

@@ -40,9 +40,11 @@ class AttackKind:
     title: str  # the label's first word: "PGD"
     summary: str  # one line for --help and docs
     counts: str = ""  # regex after the name with named groups steps / restarts, e.g. r"(?P<steps>\d+)?"
+    syntax: str = ""  # how to spell it, for messages: "pgd[STEPS][xRESTARTS]"; "" means just the name
     default_steps: int = 0  # iterations when the name gives none (0: not iterative)
     step_ratio: Callable[[int], float] | None = None  # α/ε for a number of steps; None: the attack has no step
-    options: frozenset[str] = field(default_factory=frozenset)  # of steps, restarts, random_start, alpha
+    options: frozenset[str] = field(default_factory=frozenset)  # of steps, restarts, random_start, alpha,
+    # step_ratio, loss (it ascends a loss one can choose) and targeted (it can aim at a class)
 
     def takes(self, option: str) -> bool:
         return option in self.options
@@ -51,7 +53,7 @@ class AttackKind:
 ATTACKS: dict[str, AttackKind] = {}
 
 
-def register_attack(name: str, *, title: str, summary: str, counts: str = "", default_steps: int = 0,
+def register_attack(name: str, *, title: str, summary: str, counts: str = "", syntax: str = "", default_steps: int = 0,
                     step_ratio: Callable[[int], float] | None = None,
                     options: tuple[str, ...] = ()) -> Callable[[AttackFn], AttackFn]:
     """Decorator: make the attack function findable by ``name`` (see :class:`AttackKind`)."""
@@ -59,7 +61,8 @@ def register_attack(name: str, *, title: str, summary: str, counts: str = "", de
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} is registered twice")
         ATTACKS[name] = AttackKind(name=name, function=function, title=title, summary=summary, counts=counts,
-                                   default_steps=default_steps, step_ratio=step_ratio, options=frozenset(options))
+                                   syntax=syntax or name, default_steps=default_steps, step_ratio=step_ratio,
+                                   options=frozenset(options))
         return function
 
     return decorate
@@ -70,6 +73,10 @@ def get_attack_kind(name: str) -> AttackKind:
         return ATTACKS[name]
     except KeyError:
         raise AdvlabError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS))}") from None
+
+
+_OPTION_WORDS = {"random_start": "random start", "step_ratio": "step size", "loss": "choice of loss",
+                 "targeted": "target classes"}
 
 
 @dataclass(frozen=True)
@@ -96,11 +103,12 @@ class AttackSpec:
             raise AdvlabError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
         if self.loss not in LOSSES:
             raise AdvlabError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
-        neutral = {"steps": kind.default_steps, "restarts": 1, "random_start": False, "step_ratio": None}
+        neutral = {"steps": kind.default_steps, "restarts": 1, "random_start": False, "step_ratio": None,
+                   "loss": "ce", "targeted": False}
         for option, value in neutral.items():
             given = getattr(self, option)
             if not kind.takes(option) and given is not None and given != value:
-                raise AdvlabError(f"attack {self.name} takes no {option.replace('_', ' ')} (got {given!r})")
+                raise AdvlabError(f"attack {self.name} takes no {_OPTION_WORDS.get(option, option)} (got {given!r})")
         resolved = {"steps": kind.default_steps if self.steps is None else self.steps,
                     "restarts": 1 if self.restarts is None else self.restarts,
                     "random_start": kind.takes("random_start") if self.random_start is None else self.random_start}
@@ -164,9 +172,9 @@ _LOSS_WORDS = {"ce": "ce", "margin": "margin", "cw": "margin"}
 _TARGETED = re.compile(r"targeted(\d*)")
 
 
-def attack_names_help() -> str:
-    """One line per registered attack, for --help."""
-    return "\n".join(f"  {kind.name:<8} {kind.summary}" for kind in ATTACKS.values())
+def attack_syntax() -> str:
+    """How every registered attack is spelled, for messages: ``pgd[STEPS][xRESTARTS], fgsm, noise``."""
+    return ", ".join(kind.syntax for kind in ATTACKS.values())
 
 
 def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
@@ -180,10 +188,8 @@ def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
         if match:
             break
     else:
-        raise AdvlabError(
-            f"unknown attack {text!r}; use fgsm, noise, pgd, pgdSTEPS or pgdSTEPSxRESTARTS (e.g. pgd50x10), "
-            "optionally with -l2 or -linf, -margin or -ce, -targeted"
-        )
+        raise AdvlabError(f"unknown attack {text!r}; known: {attack_syntax()} (e.g. pgd50x10), each optionally "
+                          "with -l2 or -linf, -margin or -ce, -targeted")
     counts = {key: int(value) for key, value in match.groupdict().items() if key != "modifiers" and value}
     settings: dict = {"norm": None, "loss": None, "targeted": None}
     for word in filter(None, match["modifiers"].split("-")):

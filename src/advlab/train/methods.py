@@ -202,6 +202,8 @@ class FreeAT(Method):
         return self.config.replays
 
     def train_batch(self, model, x, y, *, eps, alpha, generator, step):
+        if self.delta is not None and self.delta.device != x.device:
+            self.delta = self.delta.to(x.device)  # restored from a state file: it arrives on the CPU
         if self.delta is None:
             self.delta = torch.zeros((self.config.batch_size, *x.shape[1:]), device=x.device, dtype=x.dtype)
         n = x.shape[0]  # a short last batch uses the first n rows of δ

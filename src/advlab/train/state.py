@@ -70,6 +70,7 @@ def write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_
     tensors["rng.shuffle"] = shuffle_rng.get_state()
     tensors["rng.attack"] = attack_rng.get_state()
     meta = {"format": STATE_FORMAT, "config": config.to_dict(), "progress": dataclasses.asdict(run),
+            "device": attack_rng.device.type,  # a generator's state fits only a generator of its device type
             "param_groups": optim["param_groups"], "optimizer_plain_state": plain_state}
     save_tensors(out / "state.safetensors", tensors, metadata={"advlab_state": json.dumps(meta)})
 
@@ -106,6 +107,10 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
 
 def restore(state, model, optimizer, method, shuffle_rng, attack_rng) -> RunProgress:
     tensors, meta = state
+    saved_on = meta.get("device", "cpu")
+    if saved_on != attack_rng.device.type:
+        raise AdvlabError(f"this run was trained on {saved_on} and its random state only resumes there; "
+                          f"resume it with --device {saved_on}, or start afresh with --overwrite")
     try:
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         optim_state: dict[int, dict[str, Any]] = {}
