@@ -23,13 +23,15 @@ quick-study() {
     "${rec[@]}" quick-study --attach runs/quick/metrics.json \
         -- "$advlab" study --preset quick --out runs/quick --overwrite --quiet
 }
-quick-recipe() {
-    "${rec[@]}" quick-recipe --attach runs/train-quick/summary.json --attach runs/train-quick/metrics.jsonl \
-        --attach runs/train-quick/eval-pgd50x10.json \
-        -- "$advlab" train --preset quick --out runs/train-quick --overwrite --quiet \
-        --then "$advlab" evaluate runs/train-quick --attack pgd50x10 --eps 0.1 \
-        --out runs/train-quick/eval-pgd50x10.json --overwrite --quiet
+recipe() {  # recipe NAME FOLDER: a training preset, then PGD-50×10 at ε = 0.1 on all 10,000 test images
+    "${rec[@]}" "$1-recipe" --attach "runs/$2/summary.json" --attach "runs/$2/metrics.jsonl" \
+        --attach "runs/$2/eval-pgd50x10.json" \
+        -- "$advlab" train --preset "$1" --out "runs/$2" --overwrite --quiet \
+        --then "$advlab" evaluate "runs/$2" --attack pgd50x10 --eps 0.1 --out "runs/$2/eval-pgd50x10.json" \
+        --overwrite --quiet
 }
+quick-recipe() { recipe quick train-quick; }
+full-recipe() { recipe full train-full; }
 attacks() {
     "$py" benchmarks/bench_attacks.py --n 500 --repeats 3 \
         --libs "advlab,torchattacks,ART,limit,limit NCHW,advlab NCHW,torchattacks CL,ART CL,advlab early-stop,advlab bf16" \
@@ -59,13 +61,6 @@ agreement() {
     [[ -f runs/train-quick/best.safetensors ]] || quick-recipe
     "$py" benchmarks/bench_agreement.py --n 10000 --robust runs/train-quick --out "$out/agreement.json" \
         | tee "$out/agreement.log"
-}
-full-recipe() {
-    "${rec[@]}" full-recipe --attach runs/train-full/summary.json --attach runs/train-full/metrics.jsonl \
-        --attach runs/train-full/eval-pgd50x10.json \
-        -- "$advlab" train --preset full --out runs/train-full --overwrite --quiet \
-        --then "$advlab" evaluate runs/train-full --attack pgd50x10 --eps 0.1 \
-        --out runs/train-full/eval-pgd50x10.json --overwrite --quiet
 }
 methods() {
     local attach=()

@@ -9,7 +9,7 @@ rev="${1:?usage: $0 REV}"
 tmp="$(mktemp -d)"
 trap 'git worktree remove --force "$tmp/old" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
 git worktree add --detach "$tmp/old" "$rev" >/dev/null 2>&1
-python=$(realpath .venv/bin/python)
+python="$PWD/.venv/bin/python"  # not resolved: the link is what makes it the venv
 (cd "$tmp/old" && PYTHONPATH="$tmp/old/src" "$python" -m advlab.cli study --preset quick --out "$tmp/at-rev" --quiet \
     >/dev/null)
 .venv/bin/advlab study --preset quick --out "$tmp/here" --quiet >/dev/null

@@ -89,22 +89,9 @@ def gallery_figure(
     return fig
 
 
-def save_gallery(
-    path: str | Path,
-    x: torch.Tensor,
-    x_adv: torch.Tensor,
-    labels: torch.Tensor,
-    logits_clean: torch.Tensor,
-    logits_adv: torch.Tensor,
-    *,
-    classes: Sequence[str],
-    eps: float,
-    title: str = "",
-    targets: torch.Tensor | None = None,
-) -> Path:
-    """Render :func:`gallery_figure` to a PNG file, atomically."""
-    fig = gallery_figure(x, x_adv, labels, logits_clean, logits_adv, classes=classes, eps=eps, title=title,
-                         targets=targets)
+def save_gallery(path: str | Path, *tensors: torch.Tensor, **options) -> Path:
+    """Render :func:`gallery_figure` (same arguments after ``path``) to a PNG file, atomically."""
+    fig = gallery_figure(*tensors, **options)
     return atomic_write_bytes(path, figure_bytes(fig))
 
 
