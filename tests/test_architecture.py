@@ -12,19 +12,25 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "advlab"
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
-# From the bottom up; a module may import only what stands strictly lower, or a sibling in its own package.
+# The rows of docs/architecture.md's table, from the bottom up: a module may import only what stands in a
+# lower row, or a sibling in its own package.
 LAYERS = [
-    ("the error type", ["advlab.errors"]),
-    ("foundations", ["advlab", "advlab.files", "advlab.runtime", "advlab.results", "advlab.presets"]),
-    ("data", ["advlab.data"]),
-    ("models", ["advlab.models"]),
-    ("checkpoints", ["advlab.runs"]),
-    ("attacks", ["advlab.attacks"]),
-    ("measurement", ["advlab.evaluate"]),
-    ("measurement on top", ["advlab.checks", "advlab.train"]),
-    ("orchestration", ["advlab.study"]),
-    ("presentation", ["advlab.report"]),
-    ("command line", ["advlab.cli"]),
+    ("errors.py", ["advlab.errors"]),
+    ("the package root", ["advlab"]),
+    ("presets/", ["advlab.presets"]),
+    ("files.py", ["advlab.files"]),
+    ("results.py", ["advlab.results"]),
+    ("runtime.py", ["advlab.runtime"]),
+    ("data/", ["advlab.data"]),
+    ("models.py", ["advlab.models"]),
+    ("runs.py", ["advlab.runs"]),
+    ("attacks/", ["advlab.attacks"]),
+    ("evaluate.py", ["advlab.evaluate"]),
+    ("train/", ["advlab.train"]),
+    ("checks.py", ["advlab.checks"]),
+    ("study.py", ["advlab.study"]),
+    ("report/", ["advlab.report"]),
+    ("cli.py", ["advlab.cli"]),
 ]
 
 
@@ -85,6 +91,12 @@ def test_no_module_outgrows_a_room():
     allowed = set(re.findall(r"`src/advlab/([\w/]+\.py)` \(\d+ lines\)", ARCHITECTURE.read_text(encoding="utf-8")))
     too_big = {str(p.relative_to(SRC)): n for p in MODULES if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
     assert set(too_big) <= allowed, f"over 400 lines without a reason in docs/architecture.md: {too_big}"
+
+
+def test_the_doc_lists_the_rooms_in_the_tests_order():
+    """docs/architecture.md's table, read top to bottom, is LAYERS read bottom to top."""
+    rows = re.findall(r"^\|[^|]*\| `([\w/.]+)` \|", ARCHITECTURE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert rows == [name for name, _ in reversed(LAYERS) if name != "the package root"]
 
 
 def test_architecture_doc_names_every_room():

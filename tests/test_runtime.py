@@ -101,6 +101,34 @@ def test_the_twin_shares_the_callers_randomness_and_records():
     assert model.conv.weight.is_contiguous()  # and its weights kept their layout
 
 
+class _Forwarding(torch.nn.Module):
+    """Like torch.compile's wrapper: attributes it does not own are set on (and read from) the wrapped model."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __setattr__(self, name, value):
+        if name in ("_parameters", "_modules") and "_modules" in self.__dict__ and "inner" in self._modules:
+            return setattr(self._modules["inner"], name, value)
+        return super().__setattr__(name, value)
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_a_model_with_its_own_setattr_is_left_alone(tiny_cnn):
+    from advlab.attacks import pgd
+
+    model = _Forwarding(tiny_cnn)
+    before = {name: p for name, p in tiny_cnn.named_parameters()}
+    assert channels_last_twin(model) is None  # it would otherwise reach into the wrapped model
+    pgd(model, torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), eps=0.1, steps=2)
+    assert dict(tiny_cnn.named_parameters()) == before and set(tiny_cnn._modules) == {"0", "1"}
+    lazy = torch.nn.Sequential(torch.nn.LazyConv2d(4, 3), torch.nn.Flatten())
+    assert channels_last_twin(lazy) is None  # not yet shaped: nothing to lay out, and no crash
+
+
 def test_nothing_touches_cuda_at_import():
     """Importing every module of advlab must not ask torch about CUDA (that would initialise a driver,
     or fail on a machine whose driver is broken). Every CUDA query raises in this child process."""

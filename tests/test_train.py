@@ -261,3 +261,15 @@ def test_standard_training_keeps_the_cleanest_epoch_as_best(trained):
     folder, summary = trained["standard"]
     history = rows(folder)
     assert summary["best_epoch"] == max(history, key=lambda r: r["val_clean_acc"])["epoch"]
+
+
+def test_cli_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
+    """`advlab train --resume --out RUN` needs no other flag: the run folder knows its settings."""
+    from advlab.cli import main
+
+    config = tiny("fgsm", train_size=200, epochs=2)
+    train(config, tmp_path / "run", progress=False, stop_after_epochs=1)
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert read_json(tmp_path / "run" / "summary.json")["epochs_completed"] == 2
+    assert main(["train", "--resume", "--eps", "0.3", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "cannot resume" in capsys.readouterr().err

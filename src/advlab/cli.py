@@ -147,7 +147,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise AdvlabError("--out is required: the run folder to create")
     if args.config and args.preset:
         raise AdvlabError("give either --config or --preset, not both")
-    config = load_config(args.config, preset=args.preset) if args.config or args.preset else TrainConfig()
+    if args.config or args.preset:
+        config = load_config(args.config, preset=args.preset)
+    elif args.resume and (args.out / "config.json").is_file():
+        config = load_config(args.out)  # the run's own settings; flags that change them are refused on resume
+    else:
+        config = TrainConfig()
     overrides = {name: getattr(args, name) for name, _, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
     if args.random_start is not None:
         overrides["random_start"] = args.random_start
@@ -281,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "unless --resume or --overwrite); required")
     p.add_argument("--config", type=Path, help="TOML file with training settings (flags override it)")
     p.add_argument("--preset", help="a shipped recipe instead of --config: quick (fast FGSM, minutes) or full "
-                   "(PGD-10, about 40 minutes on 2 CPU cores)")
+                   "(PGD-10, under an hour on 2 CPU cores)")
     p.add_argument("--show-preset", metavar="NAME", help="print that preset's TOML and exit")
     for name, kind, help_text in _TRAIN_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=help_text)
@@ -329,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("study", "the trade-off study: train standard and robust models, attack all, write a report",
                 """examples:
-  advlab study --preset quick --out runs/quick     # about 3.5 minutes on a 2-core CPU
+  advlab study --preset quick --out runs/quick     # about 2.5 minutes on a 2-core CPU
   advlab study --preset full --out runs/full       # the full recipes (hours)
   advlab study --preset quick --out runs/quick     # again: resumes, every finished stage is cached
   advlab study --show-preset quick > mine.toml     # start a study of your own: edit, then
@@ -349,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a study run folder (holds metrics.json)")
     p.set_defaults(func=_cmd_report)
 
-    p = command("data", "list or download data sets")
+    p = command("data", "list or download data sets", "examples:\n  advlab data list\n"
+                "  advlab data download mnist                 # into ~/.cache/advlab, checked against SHA-256\n"
+                "  advlab data download cifar10 --data-dir data\n")
     data_commands = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser, required=True)
     q = data_commands.add_parser("list", help="each data set and where its files were found")
     _add_common(q)
@@ -359,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
     q.set_defaults(func=_cmd_data_download)
 
-    p = command("models", "list the model architectures")
+    p = command("models", "list the model architectures", "examples:\n  advlab models\n"
+                "  advlab train --model madry_cnn --out runs/madry\n")
     p.set_defaults(func=_cmd_models)
     return parser
 

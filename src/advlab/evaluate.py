@@ -38,7 +38,7 @@ __all__ = ["DEFAULT_BATCH", "EvalResult", "IntegrityError", "attack_checkpoint",
            "evaluate_checkpoint", "transfer_flags", "verify_adversarial"]
 
 # Images per evaluation batch. On the 2-core CPU of BENCHMARKS.md (benchmarks/bench_eval_batch.py), PGD-20
-# on 1,000 images of a robust small_cnn took 3.6 s at 256 against 4.3 s at 500 and 4.0–4.1 s at 100–128
+# on 1,000 images of a robust small_cnn took 3.4 s at 256 against 4.2 s at 500 and 3.4–3.6 s at 100–128
 # (activations that fit the cache, against per-batch overhead); on a standard model 256 and 500 tie.
 DEFAULT_BATCH = 256
 
@@ -326,16 +326,16 @@ def attack_checkpoint(
     """
     import dataclasses
 
-    out = prepare_run_dir(out, overwrite=overwrite)
-    runtime = runtime if runtime is not None else Runtime()
-    model, record = load_checkpoint(checkpoint, device=runtime.device)
-    data = _load_test_data(record, dataset, split, None, data_dir, progress)
-    classes = data.info.classes
     if attack.targeted and target is None:
         raise AdvlabError(f"{attack.label} is targeted: name the class with --target CLASS (advlab evaluate "
                           "tries the most likely wrong classes itself)")
     if attack.targets is not None:
         raise AdvlabError(f"{attack.label}: a number of target classes means nothing here; use --target CLASS")
+    out = prepare_run_dir(out, overwrite=overwrite)
+    runtime = runtime if runtime is not None else Runtime()
+    model, record = load_checkpoint(checkpoint, device=runtime.device)
+    data = _load_test_data(record, dataset, split, None, data_dir, progress)
+    classes = data.info.classes
     if target is not None:
         if not 0 <= target < len(classes):
             raise AdvlabError(f"--target must be a class index from 0 to {len(classes) - 1}, got {target}")

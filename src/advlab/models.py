@@ -63,9 +63,9 @@ class Normalize(nn.Module):
 
 # Both CNNs below pool before their ReLU. Max-pooling and ReLU commute (ReLU is monotone), so each is the
 # same function, with the same gradients up to ties, as the usual conv-ReLU-pool, and loads the same
-# checkpoints (no layer with weights moved); but the ReLU and its backward touch 4× fewer values: a
-# fast-FGSM training epoch of small_cnn on CPU went from 5.1 to 4.4 s (profiled for issue 4; BENCHMARKS.md).
-# tests/test_attacks.py checks the equivalence.
+# checkpoints (no layer with weights moved); but the ReLU and its backward touch 4× fewer values, which
+# the profile of an attack's forward-and-backward pass showed among the largest costs after the
+# convolutions (issue 4). tests/test_attacks.py checks the equivalence.
 
 
 @register_model("small_cnn", input_size=(28, 28),

@@ -59,10 +59,10 @@ class Runtime:
 
     ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``;
     resolved and checked on creation. ``precision``: ``"fp32"`` (the reference), ``"bf16"`` (CPU with
-    oneDNN, or CUDA) or ``"fp16"`` (CUDA) autocast for the attacks' forward and backward passes; examples
-    are always judged in fp32. ``channels_last``: on CPU, run convolutions in NHWC layout (oneDNN is
-    1.3-1.5x faster there, BENCHMARKS.md); it changes no value, only the order of float sums and which of
-    several equal maxima a max-pool picks.
+    oneDNN, fast with AVX512-BF16 or AMX; or CUDA) or ``"fp16"`` (CUDA) autocast for the attacks' forward
+    and backward passes; examples are always judged in fp32. ``channels_last``: on CPU, run convolutions
+    in NHWC layout (oneDNN is faster there: benchmarks/bench_tuning.py, BENCHMARKS.md); it changes no
+    value, only the order of float sums and which of several equal maxima a max-pool picks.
     """
 
     device: torch.device | str = "auto"
@@ -117,17 +117,34 @@ def same_device(a: torch.device | str, b: torch.device | str) -> bool:
     return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
+def _conv_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The initialized 4-D (convolution) weights of ``model``; lazy ones not yet shaped are left out."""
+    return [p for p in model.parameters()
+            if not isinstance(p, nn.parameter.UninitializedParameter) and p.dim() == 4]
+
+
+def _plain(module: nn.Module) -> bool:
+    """A module whose attributes work as nn.Module's do: no class of it overrides how they are set or found
+    (torch.compile's and TorchScript's wrappers forward them to the module they wrap)."""
+    kind = type(module)
+    return kind.__setattr__ is nn.Module.__setattr__ and kind.__getattr__ is nn.Module.__getattr__
+
+
 def channels_last_twin(model: nn.Module) -> nn.Module | None:
     """The caller's model with its convolution weights in channels-last layout, or None if it has none.
 
-    A shallow twin: every module is copied without its attributes (``copy.copy``), each convolution weight
-    is replaced in the twin's own parameter dictionary by a detached channels-last copy, and everything
-    else (other parameters, buffers, random generators, hooks, counters) is the caller's very object. So
-    the twin computes the caller's function, its randomness advances the caller's generators and its
-    hooks fire as usual, while the caller's modules, parameters and their storage are never changed.
-    A model that cannot be copied this way gets None (the attack then runs it in its own layout).
+    A shallow twin: every module is copied without its attributes (``copy.copy``) and given its own
+    parameter and submodule dictionaries, in which each convolution weight is a detached channels-last copy.
+    Everything else is the caller's very object: other parameters, buffers, random generators, hooks and
+    any mutable state. So the twin computes the caller's function and its randomness advances the caller's
+    generators, while the caller's modules, parameters and their storage are never changed. What a forward
+    pass *rebinds* on ``self`` (an int counter, ``self.cache = ...``) lands on the twin, and hooks receive the
+    twin as their module. A model with a module that cannot be copied this way (torch.compile and
+    TorchScript wrappers, parametrizations, custom ``__setattr__``) gets None and runs in its own layout;
+    so does a model with no convolution. A forward that needs contiguous weights (``weight.view(...)``)
+    fails on the twin: attack it with ``channels_last=False``.
     """
-    if not any(p.dim() == 4 for p in model.parameters()):
+    if not _conv_weights(model) or not all(_plain(m) for m in model.modules()):
         return None
     weights: dict[int, torch.Tensor] = {}  # tied weights stay tied
     twins: dict[int, nn.Module] = {}
@@ -143,8 +160,10 @@ def channels_last_twin(model: nn.Module) -> nn.Module | None:
         if id(module) not in twins:
             twin = copy.copy(module)
             twins[id(module)] = twin
-            twin._parameters = {name: laid_out(p) for name, p in module._parameters.items()}
-            twin._modules = {name: None if child is None else twin_of(child) for name, child in module._modules.items()}
+            # Straight into the twin's __dict__: never through a __setattr__ that could reach the caller.
+            twin.__dict__["_parameters"] = {name: laid_out(p) for name, p in module._parameters.items()}
+            twin.__dict__["_modules"] = {name: None if child is None else twin_of(child)
+                                         for name, child in module._modules.items()}
         return twins[id(module)]
 
     try:
@@ -166,7 +185,7 @@ def fast_layout(model: nn.Module, x: torch.Tensor, enabled: bool = True) -> Iter
     if not enabled or x.device.type != "cpu" or x.dim() != 4:
         yield model, x
         return
-    weights = [p for p in model.parameters() if p.dim() == 4]
+    weights = _conv_weights(model)
     if weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights):
         yield model, x.to(memory_format=torch.channels_last)  # already laid out (a model in training)
         return
