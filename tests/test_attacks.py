@@ -294,6 +294,9 @@ def test_options_an_attack_does_not_take_are_refused():
     for name in ("noise-targeted", "noise-margin"):  # noise neither aims nor ascends a loss
         with pytest.raises(AdvlabError, match="noise takes no"):
             parse_attack(name)
+    for bad in (dict(steps=True), dict(restarts=2.0), dict(random_start="no")):  # a TOML typo, not a count
+        with pytest.raises(AdvlabError, match=next(iter(bad))):
+            AttackSpec("pgd", **bad)
 
 
 def test_margin_loss_is_reachable_and_used(tiny_cnn, batch):

@@ -116,6 +116,8 @@ class AttackSpec:
             object.__setattr__(self, key, value)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or (kind.takes("steps") and self.steps < 1):
             raise AdvlabError(f"steps must be an integer of at least 1, got {self.steps!r}")
+        if not isinstance(self.random_start, bool):
+            raise AdvlabError(f"random_start must be true or false, got {self.random_start!r}")
         if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
             raise AdvlabError(f"restarts must be an integer of at least 1, got {self.restarts!r}")
         if self.step_ratio is not None:
