@@ -16,6 +16,8 @@ advlab=.venv/bin/advlab
 declare -a runs=(
     "standard --method standard"
     "fgsm --method fgsm"
+    "nfgsm --method nfgsm"
+    "gradalign --method gradalign"
     "pgd --method pgd --steps 3"
     "trades-b1 --method trades --steps 3 --beta 1"
     "trades-b6 --method trades --steps 3 --beta 6"
@@ -41,13 +43,18 @@ done
 import json, sys
 from pathlib import Path
 out, n = Path(sys.argv[1]), sys.argv[2]
-print("| method | clean | PGD-50×10, ε = 0.1 | training minutes | best epoch | eval images |")
-print("|---|---|---|---|---|---|")
+import statistics
+print("| method | clean | PGD-50×10, ε = 0.1 | training minutes | epoch (× standard) | best epoch | eval images |")
+print("|---|---|---|---|---|---|---|")
+def epoch_seconds(name):  # median seconds of a pass over the training data (free: of one pass of m replays)
+    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["seconds"] for r in rows), sum(r["seconds"] for r in rows)
+standard = epoch_seconds("standard")[0] if (out / "standard" / "metrics.jsonl").is_file() else None
 for name in sys.argv[3:]:
     summary = json.loads((out / name / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-    minutes = sum(r["seconds"] for r in rows) / 60  # training passes only, not the per-epoch validation
+    median, total = epoch_seconds(name)  # training passes only, not the per-epoch validation
+    ratio = f"{median:.1f} s ({median / standard:.1f}×)" if standard else f"{median:.1f} s"
     ev = json.loads((out / name / f"eval-pgd50x10-n{n}.json").read_text())
     print(f"| {name} | {100 * ev['clean_accuracy']:.2f}% | {100 * ev['worst_case_accuracy'][0]:.2f}% | "
-          f"{minutes:.1f} | {summary['best_epoch']} | {ev['n']} |")
+          f"{total / 60:.1f} | {ratio} | {summary['best_epoch']} | {ev['n']} |")
 PY

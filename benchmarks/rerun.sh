@@ -2,7 +2,7 @@
 # Every figure of README.md and BENCHMARKS.md, measured again: each stage writes its result files under
 # benchmarks/results/ with the command, the git commit, the date and the machine (see record.py).
 #
-#   bash benchmarks/rerun.sh                 # every stage, in this order (about 5 hours on 2 CPU cores)
+#   bash benchmarks/rerun.sh                 # every stage, in this order (about 7 hours on 2 CPU cores)
 #   bash benchmarks/rerun.sh quick-study attacks     # chosen stages only
 #
 # Run it in a clean checkout of the commit you measure (`git worktree add ../bench HEAD`), after
@@ -64,10 +64,19 @@ agreement() {
 }
 methods() {
     local attach=()
-    for name in standard fgsm pgd trades-b1 trades-b6 mart free; do
+    for name in standard fgsm nfgsm gradalign pgd trades-b1 trades-b6 mart free; do
         attach+=(--attach "runs/methods/$name/summary.json" --attach "runs/methods/$name/eval-pgd50x10-n10000.json")
     done
     RETRAIN=1 "${rec[@]}" methods-n10000 "${attach[@]}" -- bash benchmarks/methods_table.sh 10000 runs/methods
+}
+fast-at() {  # issue 12: the default fast method at ε = 0.2 and 0.3 over 3 seeds, against PGD-10 AT
+    local attach=()
+    for eps in 0.2 0.3; do
+        for run in nfgsm-eps$eps-s0 nfgsm-eps$eps-s1 nfgsm-eps$eps-s2 pgd10-eps$eps-s0; do
+            attach+=(--attach "runs/fast-at/$run/summary.json")
+        done
+    done
+    "${rec[@]}" fast-at "${attach[@]}" -- bash benchmarks/fast_at_study.sh "0.2 0.3" "0 1 2" "0"
 }
 same-numbers() {
     "${rec[@]}" same-numbers-74fb18c -- bash benchmarks/same_numbers.sh 74fb18c
@@ -79,7 +88,7 @@ full-study() {
 
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(standard-model quick-study quick-recipe attacks fgsm-identity eval-speed
-                                     train-epochs tuning eval-batch agreement full-recipe methods full-study)
+                                     train-epochs tuning eval-batch agreement full-recipe methods fast-at full-study)
 # same-numbers (not in the default list): the quick study before (74fb18c) and after the issue-11 refactor
 for stage in "${stages[@]}"; do
     declare -F "$stage" >/dev/null || { echo "rerun.sh: unknown stage $stage" >&2; exit 2; }

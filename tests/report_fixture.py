@@ -56,7 +56,7 @@ def _hyper(name: str, steps: int, eps: float) -> dict:
 def _epochs(clean: float, robust: float, n: int = 4) -> list[dict]:
     return [{"epoch": e, "lr": 1e-3, "eps": 0.1, "train_loss": 1.2 / e, "train_clean_acc": clean * (0.8 + 0.05 * e),
              "train_adv_acc": robust * (0.8 + 0.05 * e), "val_clean_acc": clean * (0.8 + 0.05 * e),
-             "val_robust_acc": robust * (0.8 + 0.05 * e), "seconds": 3.0, "val_seconds": 0.5}
+             "val_robust_acc": robust * (0.8 + 0.05 * e), "val_fgsm_acc": robust * (0.85 + 0.05 * e), "seconds": 3.0, "val_seconds": 0.5}
             for e in range(1, n + 1)]
 
 

@@ -67,7 +67,7 @@ def test_every_method_learns(trained, method):
     for r in history:
         assert 0 <= r["val_robust_acc"] <= r["val_clean_acc"] + 0.05  # robust ≤ clean, up to sampling
         assert (r["train_adv_acc"] is None) == (method == "standard")
-        assert (r["train_clean_acc"] is None) == (method in ("fgsm", "pgd", "free"))  # no extra forward pass
+        assert (r["train_clean_acc"] is None) == (method in ("fgsm", "nfgsm", "gradalign", "pgd", "free"))  # no extra forward pass
 
 
 def test_adversarial_training_beats_standard(trained):
@@ -157,7 +157,7 @@ def test_guard_stops_and_keeps_last_good_weights(tmp_path, monkeypatch):
     verdicts = iter([False, True, False, False])  # the rule's answer after epochs 1, 2, ...
     monkeypatch.setattr(train_loop, "catastrophic_overfitting", lambda best, robust, threshold: next(verdicts))
     config = tiny("fgsm", train_size=200, epochs=4)
-    with pytest.warns(CatastrophicOverfittingWarning, match="catastrophic overfitting at epoch 2"):
+    with pytest.warns(CatastrophicOverfittingWarning, match="catastrophic overfitting at the end of epoch 2"):
         summary = train(config, tmp_path / "run", progress=False)
     assert summary["catastrophic_overfitting"] and summary["finished"]
     assert summary["epochs_completed"] == 2 and summary["final_epoch"] == 1 and len(rows(tmp_path / "run")) == 2
@@ -228,7 +228,10 @@ def test_shipped_recipes_load():
     assert {"quick", "full"} <= set(preset_names("train"))  # found inside the package, not in a checkout
     quick, full = load_config(preset="quick"), load_config(preset="full")
     assert (quick.method, full.method, full.steps) == ("fgsm", "pgd", 10)
-    with pytest.raises(AdvlabError, match="unknown train preset 'huge'; choose one of: full, quick"):
+    madry, mnist_quick = load_config(preset="madry-mnist"), load_config(preset="mnist-quick")
+    assert (madry.model, madry.steps, madry.alpha, madry.eps, madry.batch_size) == ("madry_cnn", 40, 0.01, 0.3, 50)
+    assert (mnist_quick.method, mnist_quick.model, mnist_quick.dataset) == ("nfgsm", "wong_mnist", "mnist")
+    with pytest.raises(AdvlabError, match="unknown train preset 'huge'; choose one of: full, madry-mnist, mnist-quick, quick"):
         load_config(preset="huge")
 
 

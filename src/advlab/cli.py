@@ -29,11 +29,17 @@ DEVICE_HELP = "auto (default: CUDA when present, else CPU), cpu, cuda or cuda:N"
 EPILOG_TRAIN = """examples:
   advlab train --out runs/standard                          # standard training, Fashion-MNIST, small_cnn
   advlab train --method fgsm --eps 0.1 --epochs 10 --out runs/fast
-  advlab train --method pgd --eps 8/255 --steps 10 --dataset cifar10 --model preact_resnet18 --out runs/c10
+  advlab train --dataset mnist --method nfgsm --eps 0.3 --out runs/mnist  # the recipe fills in the rest
+  advlab train --method pgd --eps 8/255 --dataset cifar10 --out runs/c10  # Rice et al.'s PGD-10 recipe
+  advlab train --method fgsm --eps 0.2 --co-remedy fallback --out runs/f2  # go on with PGD if it collapses
+  advlab train --list-recipes                                # every recipe, with its source
   advlab train --preset quick --out runs/train-quick        # the quick robust recipe (full: the careful one)
   advlab train --config mine.toml --epochs 20 --out runs/mine  # a TOML [train] table; flags override it
   advlab train --show-preset quick > mine.toml               # start a config of your own from a preset
   advlab train --resume --out runs/fast                      # continue an interrupted run
+settings left out come from the recipe of the data set and method (--list-recipes); config.json names it.
+Adversarial training runs under a catastrophic-overfitting guard: FGSM and PGD accuracy on the same
+validation images every --co-check-every steps and every epoch; a gap above --co-gap is a collapse.
 """
 EPILOG_ATTACK = """examples:
   advlab attack runs/standard --attack fgsm --eps 0.1 --out runs/standard/fgsm
@@ -106,28 +112,38 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
     ("dataset", str, "fashion-mnist, mnist or cifar10 (default fashion-mnist)"),
-    ("model", str, "see `advlab models` (default small_cnn)"),
-    ("method", str, "standard, fgsm (fast AT), pgd (Madry), trades, mart or free (default standard)"),
+    ("model", str, "see `advlab models` (default: the recipe's)"),
+    ("method", str, "standard, fgsm (fast AT), nfgsm (N-FGSM), gradalign, pgd (Madry), trades, mart or free "
+     "(default standard)"),
     ("eps", parse_number, "training ε in pixel units, L∞; accepts 8/255 (default 0.1)"),
-    ("alpha", parse_number, "attack step size (default: per method, e.g. 1.25ε for fgsm, 2.5ε/steps for pgd)"),
-    ("steps", _positive_int, "inner attack steps for pgd, trades and mart"),
+    ("alpha", parse_number, "attack step size (default: the recipe's, else the method's: 1.25ε for fgsm, ε for "
+     "nfgsm, 2.5ε/steps for pgd)"),
+    ("steps", _positive_int, "inner attack steps for pgd, trades and mart (default: the recipe's)"),
     ("beta", parse_number, "TRADES / MART trade-off weight β"),
     ("replays", _positive_int, "minibatch replays m of free adversarial training"),
-    ("epochs", _positive_int, "training epochs"),
-    ("batch_size", _positive_int, "minibatch size"),
-    ("optimizer", str, "sgd or adam"),
-    ("lr", parse_number, "peak learning rate"),
+    ("nfgsm_noise", parse_number, "N-FGSM's noise multiplier k: noise from the kε cube (default 2)"),
+    ("grad_align_lambda", parse_number, "GradAlign's regularizer weight λ ≥ 0 (default: the recipe's)"),
+    ("epochs", _positive_int, "training epochs (default: the recipe's)"),
+    ("batch_size", _positive_int, "minibatch size (default: the recipe's)"),
+    ("optimizer", str, "sgd or adam (default: the recipe's)"),
+    ("lr", parse_number, "peak learning rate (default: the recipe's)"),
     ("momentum", parse_number, "SGD momentum"),
     ("weight_decay", parse_number, "L2 weight decay"),
-    ("schedule", str, "learning-rate schedule: onecycle, piecewise or constant"),
+    ("schedule", str, "learning-rate schedule: onecycle, triangle, piecewise or constant"),
     ("eps_warmup_epochs", parse_number, "ramp ε up linearly from 0 over this many epochs"),
     ("seed", int, "random seed (data order, random starts, initialization)"),
     ("train_size", _positive_int, "train on the first N training images only (quick experiments)"),
     ("val_size", int, "training images held out to track robust accuracy each epoch"),
     ("check_steps", _positive_int, "PGD steps of the per-epoch robustness check"),
     ("check_examples", _positive_int, "validation images attacked by that check each epoch"),
-    ("co_threshold", parse_number, "stop when validation PGD accuracy falls this far below its best "
-     "(catastrophic overfitting; 1 turns the guard off)"),
+    ("co_gap", parse_number, "catastrophic overfitting: FGSM accuracy above PGD accuracy by more than this "
+     "(default 0.3)"),
+    ("co_threshold", parse_number, "catastrophic overfitting also: validation PGD accuracy this far below its "
+     "best (default 0.1; 1 turns it off)"),
+    ("co_check_every", int, "optimizer steps between the guard's checks within an epoch (default 100; 0: per "
+     "epoch only)"),
+    ("co_remedy", str, "when the guard fires: stop (default), smaller-step (halve α, go on) or fallback"),
+    ("fallback_method", str, "the method --co-remedy fallback goes on with (default pgd)"),
 ]
 
 
@@ -139,8 +155,13 @@ def _show_preset(kind: str, name: str) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from advlab.train import TrainConfig, load_config, train
+    from advlab.train import TrainConfig, config_values, train
 
+    if args.list_recipes:
+        from advlab.train.recipes import recipe_table
+
+        print(recipe_table())
+        return 0
     if args.show_preset:
         return _show_preset("train", args.show_preset)
     if args.out is None:
@@ -148,20 +169,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.config and args.preset:
         raise AdvlabError("give either --config or --preset, not both")
     if args.config or args.preset:
-        config = load_config(args.config, preset=args.preset)
+        values = config_values(args.config, preset=args.preset)
     elif args.resume and (args.out / "config.json").is_file():
-        config = load_config(args.out)  # the run's own settings; flags that change them are refused on resume
+        values = config_values(args.out)  # the run's own settings; flags that change them are refused on resume
     else:
-        config = TrainConfig()
+        values = {}  # what the recipe of the data set and method does not decide keeps TrainConfig's default
     overrides = {name: getattr(args, name) for name, _, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
     if args.random_start is not None:
         overrides["random_start"] = args.random_start
     if args.data_dir is not None:
         overrides["data_dir"] = str(args.data_dir)
-    config = TrainConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
+    config = TrainConfig.from_dict({**values, **overrides})
     summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                     runtime=_runtime(args))
     print(f"run folder: {args.out}")
+    print(f"  recipe: {config.recipe}")
     for key in ("epochs_completed", "best_epoch", "val_clean_accuracy", "val_robust_accuracy",
                 "best_val_robust_accuracy", "seconds"):
         value = summary.get(key)
@@ -170,7 +192,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             print(f"  {key.replace('_', ' ')}: {value}")
     if summary.get("catastrophic_overfitting"):
-        print("  warning: catastrophic overfitting detected; training stopped and the last good weights kept")
+        print(f"  warning: {summary['catastrophic_overfitting_message']}")
     return 0
 
 
@@ -199,6 +221,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from advlab.evaluate import evaluate_checkpoint
+    from advlab.runs import training_outcome
 
     attacks = _attacks(args.attack, args.norm, ["fgsm", "pgd20"])
     result = evaluate_checkpoint(args.checkpoint, attacks=attacks, eps=args.eps, n=args.n, dataset=args.dataset,
@@ -206,6 +229,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, chain=args.chain, early_stop=not args.no_early_stop,
                                  seed=args.seed, progress=not args.quiet, runtime=_runtime(args))
     print(result.table())
+    outcome = training_outcome(args.checkpoint)
+    if outcome and outcome["collapsed"]:
+        print(f"warning: this model's training collapsed (catastrophic overfitting): {outcome['message']}")
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -285,9 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run folder to create (refused if it exists, "
                    "unless --resume or --overwrite); required")
     p.add_argument("--config", type=Path, help="TOML file with training settings (flags override it)")
-    p.add_argument("--preset", help="a shipped recipe instead of --config: quick (fast FGSM, minutes) or full "
-                   "(PGD-10, under an hour on 2 CPU cores)")
+    p.add_argument("--preset", help="a shipped config instead of --config: quick (fast FGSM, minutes) or full "
+                   "(PGD-10, under an hour on 2 CPU cores) on Fashion-MNIST; mnist-quick (N-FGSM, ε = 0.3) or "
+                   "madry-mnist (Madry et al.'s PGD-40, for a GPU)")
     p.add_argument("--show-preset", metavar="NAME", help="print that preset's TOML and exit")
+    p.add_argument("--list-recipes", action="store_true", help="print the default settings of each data set and "
+                   "method, with their sources, and exit")
     for name, kind, help_text in _TRAIN_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=help_text)
     p.add_argument("--no-random-start", dest="random_start", action="store_false", default=None,

@@ -31,7 +31,7 @@ from torch import nn
 from advlab.attacks import AttackSpec, bucket_size, eval_mode
 from advlab.attacks.threat import IntegrityError, verify_adversarial
 from advlab.errors import AdvlabError, check_range
-from advlab.runs import load_checkpoint, prepare_run_dir, save_tensors, write_json
+from advlab.runs import training_outcome, load_checkpoint, prepare_run_dir, save_tensors, write_json
 from advlab.runtime import Runtime, release_freed_memory, same_device
 
 __all__ = ["DEFAULT_BATCH", "EvalResult", "IntegrityError", "attack_checkpoint", "clean_accuracy", "evaluate",
@@ -298,6 +298,7 @@ def evaluate_checkpoint(
                          "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
                          "batch_size": batch_size, "seed": seed,
                          "early_stop": early_stop, "chain": chain,  # the random starts depend on these
+                         "training": training_outcome(checkpoint),  # a collapsed run says so here too
                          **result.to_dict()})
     return result
 

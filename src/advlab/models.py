@@ -107,6 +107,26 @@ class MadryCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+@register_model("wong_mnist", input_size=(28, 28),
+                description="conv16-conv32 (stride 2) and a 100-unit layer: Wong et al.'s fast-AT MNIST network")
+class WongMNIST(nn.Module):
+    """The MNIST network of Wong, Rice & Kolter 2020 (arXiv:2001.03994, ``MNIST/mnist_net.py``): two 4×4
+    convolutions of stride 2 (16 and 32 channels), a 100-unit layer; no pooling, no BatchNorm."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(inplace=True), nn.Linear(100, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 class PreActBlock(nn.Module):
     """Pre-activation residual block (He et al. 2016, arXiv:1603.05027)."""
 

@@ -113,6 +113,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def training_outcome(path: str | Path) -> dict[str, Any] | None:
+    """What the training run behind a checkpoint reported about catastrophic overfitting (from the run
+    folder's summary.json), or None when the checkpoint has no run folder. ``collapsed`` is True when the
+    guard fired, whatever remedy followed; ``message`` is its last line."""
+    path = Path(path)
+    summary_path = (path if path.is_dir() else path.parent) / "summary.json"
+    if not summary_path.is_file():
+        return None
+    summary = read_json(summary_path)
+    if not isinstance(summary, dict) or "catastrophic_overfitting" not in summary:
+        return None
+    return {"collapsed": bool(summary["catastrophic_overfitting"]),
+            "message": summary.get("catastrophic_overfitting_message"),
+            "stopped_by_guard": bool(summary.get("stopped_by_guard", summary["catastrophic_overfitting"])),
+            "recipe": summary.get("recipe")}
+
+
 def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved at ``path`` (a ``.safetensors`` file or a run folder) in eval mode.
 

@@ -2,8 +2,10 @@
 
 - :mod:`~advlab.train.config`: ``TrainConfig`` (every setting, with why) and ``load_config``;
 - :mod:`~advlab.train.methods`: the training methods, registered by name (``METHODS``);
+- :mod:`~advlab.train.recipes`: the default settings of each data set and method, with their sources;
 - :mod:`~advlab.train.optim`: optimizers and learning-rate schedules;
-- :mod:`~advlab.train.loop`: ``train``, the one loop, and the catastrophic-overfitting guard;
+- :mod:`~advlab.train.guard`: catastrophic overfitting, detected by its signature, and its remedies;
+- :mod:`~advlab.train.loop`: ``train``, the one loop;
 - :mod:`~advlab.train.state`: the run folder's files and what ``--resume`` reads back.
 
 Python::
@@ -14,9 +16,11 @@ Python::
 Command line: ``advlab train --method pgd --eps 0.1 --epochs 10 --out runs/pgd``.
 """
 
-from advlab.train.config import TrainConfig, load_config
-from advlab.train.loop import CatastrophicOverfittingWarning, catastrophic_overfitting, train
+from advlab.train.config import TrainConfig, config_values, load_config
+from advlab.train.guard import CatastrophicOverfittingWarning, catastrophic_overfitting, collapse_signature
+from advlab.train.loop import train
+from advlab.train.recipes import RECIPES, find_recipe
 from advlab.train.methods import METHODS, Method, register_method
 
-__all__ = ["METHODS", "CatastrophicOverfittingWarning", "Method", "TrainConfig", "catastrophic_overfitting",
-           "load_config", "register_method", "train"]
+__all__ = ["METHODS", "RECIPES", "CatastrophicOverfittingWarning", "Method", "TrainConfig", "catastrophic_overfitting",
+           "collapse_signature", "config_values", "find_recipe", "load_config", "register_method", "train"]

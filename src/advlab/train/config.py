@@ -5,6 +5,11 @@ Loaded from TOML (a ``[train]`` table), from a shipped preset, or from a run fol
     config = load_config("recipe.toml")         # or load_config(preset="quick"), load_config("runs/pgd")
     config = TrainConfig.from_dict({**config.to_dict(), "epochs": 20})
 
+Settings left out (``None``) come from the recipe of the data set and method
+(:mod:`advlab.train.recipes`): ``TrainConfig(dataset="mnist", method="fgsm", eps=0.3)`` trains Wong et al.'s
+MNIST network their way. To change the data set or method of a resolved config, start again from the
+values you chose (:func:`config_values`), not from ``to_dict()``, whose recipe settings are filled in.
+
 Command line: ``advlab train --config recipe.toml`` or ``--preset quick``; flags override the file.
 """
 
@@ -25,6 +30,9 @@ from advlab.presets import preset_text
 from advlab.files import read_json
 from advlab.train.methods import METHODS
 from advlab.train.optim import OPTIMIZERS, SCHEDULES
+from advlab.train.recipes import RECIPE_KEYS, find_recipe
+
+REMEDIES = ("stop", "smaller-step", "fallback")  # what the catastrophic-overfitting guard does when it fires
 
 
 @dataclass(frozen=True)
@@ -32,58 +40,89 @@ class TrainConfig:
     """Everything one training run does; saved, resolved, as ``config.json`` in the run folder."""
 
     dataset: str = "fashion-mnist"  # offline on every machine here; 28×28 images train in minutes on a CPU
-    model: str = "small_cnn"  # the fast CNN built for 28×28 inputs (see `advlab models`)
     method: str = "standard"  # the baseline every robust method is compared with
     eps: float = 0.1  # L∞ budget in pixel units: the usual Fashion-MNIST ε (MNIST's 0.3 is far too big here)
-    alpha: float | None = None  # attack step; None: the method's own (fgsm 1.25ε, pgd/trades/mart 2.5ε/steps, free ε)
-    steps: int = 7  # inner PGD steps of pgd/trades/mart: Madry et al.'s PGD-7, cost ≈ (steps+1)× standard
+    # None below: the recipe of this data set and method decides (advlab.train.recipes, with sources).
+    model: str | None = None  # fashion-mnist: small_cnn; mnist: wong_mnist or madry_cnn; cifar10: preact_resnet18
+    alpha: float | None = None  # attack step; None: the recipe's, else the method's (fgsm 1.25ε, nfgsm ε, pgd 2.5ε/steps)
+    steps: int | None = None  # inner PGD steps of pgd/trades/mart: 7 (Madry's CIFAR PGD-7), 40 on MNIST, 10 on CIFAR
     random_start: bool = True  # uniform start in the ε-ball (Madry; Wong et al.: what keeps fast FGSM from collapsing)
     beta: float = 6.0  # TRADES' 1/λ = 6, the paper's robust setting; MART uses 5-6 too
     replays: int = 4  # free AT's m: the paper's 4-10; free runs ⌈epochs / m⌉ passes, the same gradient work
-    epochs: int = 10  # enough for small_cnn to converge on Fashion-MNIST with a one-cycle schedule
-    batch_size: int = 128  # the batch of Madry et al., Wong et al. and Rice et al.
-    optimizer: str = "adam"  # small CNNs train fast and robustly with Adam (Wong et al.'s MNIST setting)
-    lr: float = 0.002  # peak learning rate: measured best for small_cnn + Adam + one-cycle on Fashion-MNIST
-    momentum: float = 0.9  # SGD momentum of every paper above (Adam ignores it)
-    weight_decay: float = 0.0  # short runs of small CNNs do not overfit enough to need it; 5e-4 for CIFAR + SGD
-    schedule: str = "onecycle"  # Wong et al.'s cyclic rate: fastest to a good model in a fixed budget
-    eps_warmup_epochs: float = 0.0  # ramp ε from 0 over this many epochs; 0: full ε from the start, as the papers
-    co_threshold: float = 0.1  # stop when val PGD accuracy falls this far below its best epoch's (see catastrophic_overfitting); 1: never
+    nfgsm_noise: float = 2.0  # N-FGSM's k: noise from the kε cube (de Jorge et al.: k = 2 up to ε = 8/255 on CIFAR)
+    grad_align_lambda: float | None = None  # GradAlign's λ; None: the recipe's (CIFAR-10: 0.02·10^(ε·255/8))
+    epochs: int | None = None  # fashion-mnist 10 (small_cnn converges with one-cycle), mnist 10 (Wong), cifar10 15-200
+    batch_size: int | None = None  # 128 (Madry, Wong, Rice on CIFAR); Wong's MNIST 100, Madry's MNIST 50
+    optimizer: str | None = None  # adam for the small CNNs (Wong et al.'s MNIST setting), sgd for CIFAR-10 ResNets
+    lr: float | None = None  # peak learning rate: 0.002 measured best for small_cnn; each paper's own elsewhere
+    momentum: float | None = None  # SGD momentum of every paper above, 0.9 (Adam ignores it)
+    weight_decay: float | None = None  # 0 for short runs of small CNNs; 5e-4 for CIFAR-10 + SGD
+    schedule: str | None = None  # onecycle (Wong et al.'s cyclic rate, peak at 2/5); triangle, piecewise, constant
+    eps_warmup_epochs: float | None = None  # ramp ε from 0 over this many epochs; 0: full ε from the start, as the papers
+    co_gap: float = 0.3  # collapse: FGSM accuracy exceeds PGD accuracy on the same val images by this much (see guard)
+    co_threshold: float = 0.1  # also collapse: val PGD accuracy this far below its best epoch's; 1: never
+    co_check_every: int = 100  # optimizer steps between checks within an epoch (collapse can take a few hundred); 0: per epoch only
+    co_check_examples: int = 256  # val images of the within-epoch check (the per-epoch one uses check_examples)
+    co_remedy: str = "stop"  # on collapse: stop; smaller-step (halve α and go on); fallback (go on with fallback_method)
+    fallback_method: str = "pgd"  # the method co_remedy = "fallback" switches to: multi-step PGD does not collapse
     seed: int = 0  # initialization, data order and random starts all derive from it: same seed, same weights
     train_size: int | None = None  # train on the first N training images only (quick experiments); None: all
     val_size: int = 1000  # training images held out for the per-epoch checks (Rice et al. hold out 1,000)
     check_examples: int = 1000  # val images attacked each epoch (capped at val_size): ±1.5 points of noise
     check_steps: int = 10  # PGD-10 for the per-epoch check: stronger than a training attack, still cheap
     data_dir: str | None = None  # where the data set files are, if not in the default places
+    recipe: str | None = None  # filled in: the name of the recipe the None settings above came from
 
     def __post_init__(self) -> None:
         _check_types(self)
+        object.__setattr__(self, "dataset", get_info(self.dataset).name)
+        object.__setattr__(self, "method", self.method.strip().lower())
+        if self.method not in METHODS:
+            raise AdvlabError(f"unknown method {self.method!r}; choose one of: {', '.join(sorted(METHODS))}")
+        check_range("eps", self.eps, 0.0, 1.0)
+        recipe = find_recipe(self.dataset, self.method)
+        defaults = recipe.values(self.eps)
+        from_recipe = [key for key in RECIPE_KEYS if getattr(self, key) is None]
+        for key in from_recipe:
+            object.__setattr__(self, key, defaults[key])
+        if "eps_warmup_epochs" in from_recipe:  # a recipe's ramp takes at most half of a short run
+            object.__setattr__(self, "eps_warmup_epochs", min(float(self.eps_warmup_epochs), self.epochs / 2))
+        object.__setattr__(self, "recipe", recipe.name)
+        _check_types(self)  # a recipe's int where a float belongs becomes a float, as from TOML
         canonical = {
-            "dataset": get_info(self.dataset).name,
             "model": self.model.strip().lower().replace("-", "_"),
-            "method": self.method.strip().lower(),
             "optimizer": self.optimizer.strip().lower(),
             "schedule": self.schedule.strip().lower(),
+            "co_remedy": self.co_remedy.strip().lower(),
+            "fallback_method": self.fallback_method.strip().lower(),
         }
         for key, value in canonical.items():
             object.__setattr__(self, key, value)
-        for key, known in (("method", METHODS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                           ("model", list_models())):
+        for key, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("model", list_models()),
+                           ("co_remedy", REMEDIES), ("fallback_method", METHODS)):
             if getattr(self, key) not in known:
-                raise AdvlabError(f"unknown {key} {getattr(self, key)!r}; choose one of: {', '.join(sorted(known))}")
-        check_range("eps", self.eps, 0.0, 1.0)
+                raise AdvlabError(f"unknown {key.replace('_', ' ')} {getattr(self, key)!r}; "
+                                  f"choose one of: {', '.join(sorted(known))}")
         if self.alpha is not None:
             check_range("alpha", self.alpha, 0.0, 1.0)
         check_range("beta", self.beta, 0.0)
         check_range("momentum", self.momentum, 0.0, 0.999999)
         check_range("weight_decay", self.weight_decay, 0.0)
         check_range("co_threshold", self.co_threshold, 0.0, 1.0)
+        check_range("co_gap", self.co_gap, 0.0, 1.0)
         check_range("eps_warmup_epochs", self.eps_warmup_epochs, 0.0, float(self.epochs))
+        if not self.grad_align_lambda >= 0:
+            raise AdvlabError(f"grad_align_lambda (GradAlign's λ) must be at least 0, got {self.grad_align_lambda!r}")
+        if not self.nfgsm_noise > 0:
+            raise AdvlabError(f"nfgsm_noise (N-FGSM's noise multiplier k) must be above 0, got {self.nfgsm_noise!r}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise AdvlabError(f"lr must be a positive number, got {self.lr!r}")
-        for key in ("steps", "replays", "epochs", "batch_size", "val_size", "check_examples", "check_steps"):
+        for key in ("steps", "replays", "epochs", "batch_size", "val_size", "check_examples", "check_steps",
+                    "co_check_examples"):
             if getattr(self, key) < 1:
                 raise AdvlabError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.co_check_every < 0:
+            raise AdvlabError(f"co_check_every must be at least 0 (0: check once per epoch), got {self.co_check_every}")
         if self.train_size is not None and self.train_size < 1:
             raise AdvlabError(f"train_size must be at least 1 (or left out for all), got {self.train_size}")
         if self.seed < 0:
@@ -146,29 +185,35 @@ def _check_types(config: TrainConfig) -> None:
 def load_config(source: str | Path | None = None, *, preset: str | None = None) -> TrainConfig:
     """Read a :class:`TrainConfig` from a TOML file (a ``[train]`` table, or top-level keys), a shipped
     preset (``preset="quick"``), or a run folder / its ``config.json`` (to resume or repeat a run)."""
+    return TrainConfig.from_dict(config_values(source, preset=preset))
+
+
+def config_values(source: str | Path | None = None, *, preset: str | None = None) -> dict[str, Any]:
+    """The settings a TOML file or preset gives, as written (recipe settings it leaves out stay out), or a
+    run folder's resolved settings: what flags are laid over before a :class:`TrainConfig` is built."""
     if (source is None) == (preset is None):
         raise AdvlabError("give either a training config file or a preset name, not both or neither")
     if preset is not None:
-        return _from_toml(preset_text("train", preset), f"preset {preset!r}")
+        return _toml_values(preset_text("train", preset), f"preset {preset!r}")
     path = Path(source)
     if path.is_dir() or path.suffix == ".json":
         saved = read_json(path / "config.json" if path.is_dir() else path)
         if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
             raise AdvlabError(f"{path} is not an advlab training config.json (no 'config' table)")
-        return TrainConfig.from_dict(saved["config"])
+        return dict(saved["config"])
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise AdvlabError(f"training config {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
         raise AdvlabError(f"cannot read {path}: {err}") from None
-    return _from_toml(text, str(path))
+    return _toml_values(text, str(path))
 
 
-def _from_toml(text: str, where: str) -> TrainConfig:
+def _toml_values(text: str, where: str) -> dict[str, Any]:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise AdvlabError(f"{where} is not a valid TOML file: {err}") from None
     values = raw["train"] if isinstance(raw.get("train"), dict) else raw
-    return TrainConfig.from_dict(values)
+    return dict(values)

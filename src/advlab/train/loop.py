@@ -13,6 +13,7 @@ The run folder: ``config.json`` (resolved config, versions), ``model.safetensors
 ``best.safetensors`` (highest validation PGD accuracy: Rice et al.'s answer to robust overfitting; highest
 clean accuracy for standard training), each with a ``.json`` record; ``metrics.jsonl`` and ``metrics.csv``
 (one row per epoch); ``state.safetensors`` (see :mod:`advlab.train.state`); ``summary.json``.
+Adversarial methods run under the catastrophic-overfitting guard (:mod:`advlab.train.guard`).
 """
 
 from __future__ import annotations
@@ -27,34 +28,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from advlab.attacks import AttackSpec
 from advlab.data import get_info, load_dataset
 from advlab.errors import AdvlabError
-from advlab.evaluate import clean_accuracy, evaluate
+from advlab.evaluate import clean_accuracy
 from advlab.models import create_model
 from advlab.runs import prepare_run_dir, save_checkpoint, versions, write_json
 from advlab.runtime import Runtime
 from advlab.train.config import TrainConfig
+from advlab.train.guard import (MAX_REMEDIES, CatastrophicOverfittingWarning, Snapshot, catastrophic_overfitting,
+                                collapse_event, collapse_signature, probe)
 from advlab.train.methods import METHODS
 from advlab.train.optim import OPTIMIZERS, SCHEDULES
 from advlab.train.state import (RunProgress, check_same_config, read_state, restore, summarize, write_metrics,
                                 write_state)
-
-
-class CatastrophicOverfittingWarning(UserWarning):
-    """Validation PGD accuracy collapsed during training; the run stopped and kept the last good weights."""
-
-
-def catastrophic_overfitting(best_robust: float | None, robust: float, threshold: float) -> bool:
-    """Wong et al.'s early-stopping rule, against the best epoch so far instead of the previous one.
-
-    Fast FGSM training that overfits catastrophically gains FGSM accuracy while its PGD accuracy falls.
-    On CIFAR-10 the fall is sudden; on Fashion-MNIST it is gradual (FGSM training from x at ε = 0.2:
-    validation PGD-10 accuracy 41% → 31% → 22% over six epochs while training accuracy rose from 54% to
-    73%), so a fall of more than ``threshold`` (0.1 = 10 points) below the best epoch marks it. That is
-    far beyond the ±1.5 points of noise on 1,000 validation images, and beyond robust overfitting
-    (Rice et al.), which costs a few points over many epochs."""
-    return best_robust is not None and best_robust - robust > threshold
 
 
 def train(
@@ -85,7 +71,8 @@ def train(
     if resume:
         check_same_config(out, config, saved_state)
     else:
-        for name in ("state.safetensors", "best.safetensors", "best.json", "summary.json"):
+        for name in ("state.safetensors", "best.safetensors", "best.json", "summary.json", "metrics.jsonl",
+                     "metrics.csv", "model.safetensors", "model.json"):
             (out / name).unlink(missing_ok=True)  # an overwritten run's files must not pass for this run's
     device = runtime.device
     info = get_info(config.dataset)
@@ -105,6 +92,8 @@ def train(
     run = RunProgress()
     if saved_state is not None:
         run = restore(saved_state, model, optimizer, method, shuffle_rng, attack_rng)
+        if run.active_method not in (None, config.method):
+            method = METHODS[run.active_method](config)  # the guard's fallback, chosen before the interruption
     if not (out / "config.json").is_file() or not resume:
         write_json(out / "config.json", {"config": config.to_dict(), "passes": config.passes,
                                          "model_args": model_args, "versions": versions()})
@@ -114,7 +103,47 @@ def train(
     if saved_state is not None:
         log(f"resuming {out} after epoch {run.epoch}/{config.passes}" if not run.finished or run.epoch < config.passes
             else f"{out} is already complete")
+    else:
+        log(f"recipe {config.recipe}: {config.model}, {config.optimizer} lr {config.lr:g} {config.schedule}, "
+            f"{config.epochs} epochs of batch {config.batch_size}" +
+            (f", α = {config.step_size:.4g}" if method.adversarial else "") + " (config.json has every setting)")
+    snapshot = Snapshot(model, optimizer)
+    snapshot.epoch = run.last_good_epoch or 0
 
+    def collapsed(epoch: int, reading: dict[str, float], examples: int, within: bool, rule: str) -> bool:
+        """Restore the last good weights, apply the remedy, record and say it. True: stop training."""
+        nonlocal method
+        remedy = config.co_remedy
+        if len(run.collapses) >= MAX_REMEDIES or (remedy == "fallback" and run.active_method == config.fallback_method):
+            remedy = "stop"  # remedies spent, or the fallback itself collapsed
+        snapshot.restore()
+        event = collapse_event(epoch=epoch, step=run.step, within=within, reading=reading, examples=examples,
+                               config=config, rule=rule, best=run.best_robust, best_epoch=run.best_epoch,
+                               restored_epoch=snapshot.epoch, remedy=remedy)
+        run.collapses.append(event)
+        warnings.warn(event["message"], CatastrophicOverfittingWarning, stacklevel=3)
+        log(event["message"])
+        if remedy == "smaller-step":
+            run.alpha_scale /= 2
+        elif remedy == "fallback":
+            run.active_method = config.fallback_method
+            method = METHODS[config.fallback_method](config)
+        else:
+            run.stopped = True
+        return run.stopped
+
+    def guard(epoch: int, eps: float) -> bool:
+        """The within-epoch check: True when training must stop now. Not while ε is still ramping up: the
+        model is not yet trained against the full budget the guard probes."""
+        if eps < config.eps:
+            return False
+        reading = probe(model, probe_data, eps=config.eps, steps=config.check_steps, seed=config.seed,
+                         runtime=runtime)
+        if collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap):
+            return collapsed(epoch, reading, len(probe_data), True, "signature")
+        return False
+
+    probe_data = check_data.subset(min(config.co_check_examples, len(check_data)))
     steps_per_pass = math.ceil(len(train_data) / config.batch_size) * method.optimizer_steps_per_batch
     total_steps = steps_per_pass * config.passes
     epochs_this_call = 0
@@ -123,30 +152,37 @@ def train(
             break
         epoch = run.epoch + 1
         start = time.perf_counter()
-        stats = _train_epoch(model, method, optimizer, train_data, config, run, total_steps, shuffle_rng,
-                             attack_rng, runtime, progress, f"epoch {epoch}/{config.passes}")
+        stats = _train_epoch(model, lambda: method, optimizer, train_data, config, run, total_steps, shuffle_rng,
+                             attack_rng, runtime, progress, f"epoch {epoch}/{config.passes}",
+                             guard=(lambda eps: guard(epoch, eps)) if method.adversarial and config.co_check_every else None)
+        # (current_method: the guard's fallback remedy may switch methods within the epoch)
         seconds = time.perf_counter() - start
         start = time.perf_counter()
-        val_clean, val_robust = _validate(model, val_data, check_data, config, runtime)
-        row = {"epoch": epoch, **stats, "val_clean_acc": val_clean, "val_robust_acc": val_robust,
-               "seconds": seconds, "val_seconds": time.perf_counter() - start}
+        reading = None if run.stopped else _validate(model, val_data, check_data, config, runtime)
+        if reading is None:  # stopped within the epoch: nothing of it is kept
+            write_metrics(out, run.rows)
+            write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng)
+            break
+        row = {"epoch": epoch, **stats, "val_clean_acc": reading["clean"], "val_robust_acc": reading["pgd"],
+               "val_fgsm_acc": reading["fgsm"], "seconds": seconds, "val_seconds": time.perf_counter() - start}
         run.rows.append(row)
         run.epoch = epoch
         log(_epoch_line(row, config))
-        collapsed = method.adversarial and catastrophic_overfitting(run.best_robust, val_robust, config.co_threshold)
-        if collapsed:
-            message = (f"catastrophic overfitting at epoch {epoch}: validation PGD-{config.check_steps} accuracy "
-                       f"fell to {100 * val_robust:.1f}% from a best of {100 * run.best_robust:.1f}% "
-                       f"(epoch {run.best_epoch}); stopped, model.safetensors keeps epoch {run.last_good_epoch}")
-            run.collapse = {"epoch": epoch, "message": message}
-            warnings.warn(message, CatastrophicOverfittingWarning, stacklevel=2)
-            log(message)
+        rule = None
+        if method.adversarial:
+            if stats["eps"] >= config.eps and collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap):
+                rule = "signature"  # (not while ε still ramps up: see guard)
+            elif catastrophic_overfitting(run.best_robust, reading["pgd"], config.co_threshold):
+                rule = "fall"
+        if rule is not None:
+            collapsed(epoch, reading, len(check_data), False, rule)
         else:
             save_checkpoint(out / "model.safetensors", model, {**record, "epoch": epoch, "metrics": row})
             run.last_good_epoch = epoch
+            snapshot.take(epoch=epoch)
             # The best epoch: highest validation PGD accuracy for adversarial training (Rice et al.), highest
             # clean accuracy for standard training (its PGD accuracy is ~0 and would pick an untrained epoch).
-            score = val_robust if method.adversarial else val_clean
+            score = reading["pgd"] if method.adversarial else reading["clean"]
             if run.best_robust is None or score > run.best_robust:
                 run.best_robust, run.best_epoch = score, epoch
                 save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
@@ -158,8 +194,8 @@ def train(
     return summary
 
 
-def _train_epoch(model, method, optimizer, data, config, run, total_steps, shuffle_rng, attack_rng, runtime,
-                 progress, desc) -> dict[str, Any]:
+def _train_epoch(model, current_method, optimizer, data, config, run, total_steps, shuffle_rng, attack_rng, runtime,
+                 progress, desc, guard=None) -> dict[str, Any]:
     schedule = SCHEDULES[config.schedule]
     warmup_steps = config.eps_warmup_epochs / config.epochs * total_steps
     lr = config.lr
@@ -187,8 +223,10 @@ def _train_epoch(model, method, optimizer, data, config, run, total_steps, shuff
         if runtime.uses_channels_last:
             x = x.to(memory_format=torch.channels_last)
         eps = config.eps * min(1.0, (run.step + 1) / warmup_steps) if warmup_steps > 0 else config.eps
-        alpha = (config.step_size or 0.0) * (eps / config.eps if config.eps > 0 else 1.0)  # α scales with ε
-        out = method.train_batch(model, x, y, eps=eps, alpha=alpha, generator=attack_rng, step=step)
+        # α scales with ε (the ramp) and with the guard's smaller-step remedy.
+        alpha = (config.step_size or 0.0) * (eps / config.eps if config.eps > 0 else 1.0) * run.alpha_scale
+        before = run.step
+        out = current_method().train_batch(model, x, y, eps=eps, alpha=alpha, generator=attack_rng, step=step)
         n = y.shape[0]
         seen += n
         loss_sum += out.loss.detach() * n
@@ -202,6 +240,10 @@ def _train_epoch(model, method, optimizer, data, config, run, total_steps, shuff
         if progress and i % 20 == 0:
             shown = adv_correct if adv_seen else clean_correct
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * shown.item() / seen:.1f}%")
+        if guard is not None and run.step // config.co_check_every > before // config.co_check_every:
+            if guard(eps):
+                break
+            model.train()
     bar.close()
     seen = max(seen, 1)
     return {"lr": lr, "eps": eps, "train_loss": loss_sum.item() / seen,
@@ -209,14 +251,12 @@ def _train_epoch(model, method, optimizer, data, config, run, total_steps, shuff
             "train_adv_acc": adv_correct.item() / seen if adv_seen else None}
 
 
-def _validate(model, val_data, check_data, config, runtime) -> tuple[float, float]:
-    """Clean accuracy on the validation split and PGD accuracy on its first ``check_examples``."""
-    attack = AttackSpec("pgd", steps=config.check_steps)
+def _validate(model, val_data, check_data, config, runtime) -> dict[str, float]:
+    """Clean accuracy on the validation split; FGSM and PGD accuracy on its first ``check_examples``."""
     clean = clean_accuracy(model, val_data, device=runtime.device)
     # The same seed every epoch: the same random starts, so epochs are compared on equal terms.
-    result = evaluate(model, check_data, attacks=[attack], eps=[config.eps], seed=config.seed, runtime=runtime,
-                      progress=False)
-    return clean, result.robust[attack.label][0]
+    reading = probe(model, check_data, eps=config.eps, steps=config.check_steps, seed=config.seed, runtime=runtime)
+    return {**reading, "clean": clean}
 
 
 def _build_model(config: TrainConfig, info, runtime: Runtime) -> tuple[nn.Module, dict[str, Any]]:

@@ -1,9 +1,10 @@
 """Training methods: each turns a batch into a loss, and registers itself by name for ``--method``.
 
-``standard``; ``fgsm`` (fast AT, Wong et al. 2020); ``pgd`` (Madry et al. 2018); ``trades`` (Zhang et al.
-2019); ``mart`` (Wang et al. 2020); ``free`` (Shafahi et al. 2019). The training loop
+``standard``; ``fgsm`` (fast AT, Wong et al. 2020); ``nfgsm`` (de Jorge et al. 2022); ``gradalign``
+(Andriushchenko & Flammarion 2020); ``pgd`` (Madry et al. 2018); ``trades`` (Zhang et al. 2019); ``mart``
+(Wang et al. 2020); ``free`` (Shafahi et al. 2019). The training loop
 (:mod:`advlab.train.loop`) never asks which one it runs, and every inner maximization goes through the
-attacks' one gradient loop, :func:`advlab.attacks.perturb`. A new method is a subclass of :class:`Method`
+attacks' one gradient loop, :func:`advlab.attacks.perturb`, except N-FGSM's one unprojected step. A new method is a subclass of :class:`Method`
 with a ``name``, decorated with :func:`register_method`; its hyperparameters live in ``TrainConfig``.
 """
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from advlab.attacks.gradient import madry_alpha
 from advlab.attacks.loop import cross_entropy, perturb
+from advlab.attacks.threat import project
 
 if TYPE_CHECKING:
     from advlab.train.config import TrainConfig
@@ -131,6 +133,76 @@ class FastFGSM(PGDTraining):
 
     def attack_steps(self) -> int:
         return 1
+
+
+@register_method
+class NFGSM(Method):
+    """de Jorge et al. 2022, "Make Some Noise: Reliable and Efficient Single-Step Adversarial Training"
+    (arXiv:2202.01181): noise η from the kε cube (k = ``nfgsm_noise``, 2 by default), one signed-gradient
+    step of α = ε from x + η, and **no projection** back to the ε-ball: the training perturbation reaches
+    (k + 1)ε. Images stay in [0, 1]. The cost of fast FGSM; the larger, noisier perturbation is what keeps
+    it from overfitting catastrophically. Not through ``perturb``, whose every step is projected."""
+
+    name = "nfgsm"
+
+    @staticmethod
+    def default_alpha(eps: float, steps: int) -> float:
+        return eps  # the paper's α = ε (its code: --alpha equal to --epsilon on CIFAR-10)
+
+    def perturbation(self, model, x, y, *, eps, alpha, generator) -> torch.Tensor:
+        k = self.config.nfgsm_noise
+        noise = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * (k * eps)
+        start = (x + noise).clamp(0.0, 1.0).requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(start), y), start)
+        return (start.detach() + alpha * grad.sign()).clamp(0.0, 1.0)
+
+    def loss(self, model, x, y, *, eps, alpha, generator):
+        logits = model(self.perturbation(model, x, y, eps=eps, alpha=alpha, generator=generator))
+        return BatchOutput(F.cross_entropy(logits, y), None, logits)
+
+
+def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, *, eps: float,
+                       generator: torch.Generator) -> torch.Tensor:
+    """GradAlign's regularizer without λ: 1 − mean cos(∇ℓ(x), ∇ℓ(x + η)), η uniform in the ε-ball.
+
+    ``grad`` is the input gradient at the FGSM point (no graph, as in the authors' code); the second one is
+    taken with ``create_graph=True`` so that the weights' gradient flows through it: double
+    backpropagation. Examples where either gradient is zero are left out of the mean."""
+    noise = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+    noisy = (x + noise).requires_grad_(True)  # the authors' code does not clamp this point to [0, 1]
+    (noisy_grad,) = torch.autograd.grad(F.cross_entropy(model(noisy), y), noisy, create_graph=True)
+    g1, g2 = grad.flatten(1), noisy_grad.flatten(1)
+    n1, n2 = g1.norm(dim=1), g2.norm(dim=1)
+    keep = (n1 > 0) & (n2 > 0)
+    if not bool(keep.any()):
+        return noisy_grad.sum() * 0.0
+    cos = (g1[keep] / n1[keep, None] * (g2[keep] / n2[keep, None])).sum(dim=1)
+    return 1.0 - cos.mean()
+
+
+@register_method
+class GradAlign(Method):
+    """Andriushchenko & Flammarion 2020, "Understanding and Improving Fast Adversarial Training"
+    (arXiv:2007.02617): FGSM from x (α = 1.25ε, clipped to the ε-ball, so a step of ε: the authors'
+    runs) plus λ·(1 − cos) between the input gradients at x and at a random point of the ε-ball.
+    λ = ``grad_align_lambda``. The regularizer costs a double backpropagation: about 3× a FGSM epoch."""
+
+    name = "gradalign"
+
+    @staticmethod
+    def default_alpha(eps: float, steps: int) -> float:
+        return 1.25 * eps  # the authors' fgsm_alpha default, clipped to the ε-ball
+
+    def loss(self, model, x, y, *, eps, alpha, generator):
+        start = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(start), y), start)
+        x_adv = project(x + alpha * grad.sign(), x, eps, "linf")
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        if self.config.grad_align_lambda > 0 and eps > 0:
+            loss = loss + self.config.grad_align_lambda * gradient_alignment(model, x, y, grad, eps=eps,
+                                                                              generator=generator)
+        return BatchOutput(loss, None, logits)
 
 
 @register_method

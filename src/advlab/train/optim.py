@@ -25,6 +25,8 @@ OPTIMIZERS: dict[str, Callable[[Iterable[torch.Tensor], TrainConfig], torch.opti
 SCHEDULES: dict[str, Callable[[float], float]] = {
     # Wong et al.'s cyclic schedule: linear from 0 to the peak at 40% of training, then linear to 0.
     "onecycle": lambda t: t / 0.4 if t <= 0.4 else max(0.0, (1.0 - t) / 0.6),
+    # The same triangle peaking half-way: Wong et al.'s and de Jorge et al.'s CIFAR-10 code (CyclicLR).
+    "triangle": lambda t: t / 0.5 if t <= 0.5 else max(0.0, (1.0 - t) / 0.5),
     # Madry et al. / Rice et al.: ×0.1 at half of training and again at three quarters.
     "piecewise": lambda t: 1.0 if t <= 0.5 else 0.1 if t <= 0.75 else 0.01,
     "constant": lambda t: 1.0,

@@ -22,12 +22,12 @@ from advlab.errors import AdvlabError
 from advlab.runs import atomic_write_text, load_tensors, read_json, save_tensors
 from advlab.train.config import TrainConfig
 
-STATE_FORMAT = 1  # bump when state.safetensors' layout changes incompatibly
+STATE_FORMAT = 2  # bump when state.safetensors' layout changes incompatibly
 # Settings that may differ between an interrupted run and its resumption: they do not change the result.
-RESUME_FREE_KEYS = frozenset({"data_dir"})
+RESUME_FREE_KEYS = frozenset({"data_dir", "recipe"})  # recipe: a name, derived from the rest
 
 METRIC_FIELDS = ("epoch", "lr", "eps", "train_loss", "train_clean_acc", "train_adv_acc", "val_clean_acc",
-                 "val_robust_acc", "seconds", "val_seconds")
+                 "val_robust_acc", "val_fgsm_acc", "seconds", "val_seconds")
 
 
 @dataclass
@@ -40,11 +40,14 @@ class RunProgress:
     best_epoch: int | None = None
     best_robust: float | None = None  # the best epoch's score: val PGD accuracy (val clean for standard)
     last_good_epoch: int | None = None  # the epoch whose weights model.safetensors holds
-    collapse: dict[str, Any] | None = None  # set when the catastrophic-overfitting guard fired
+    collapses: list[dict[str, Any]] = field(default_factory=list)  # each time the guard fired (advlab.train.guard)
+    stopped: bool = False  # the guard stopped the run
+    alpha_scale: float = 1.0  # the smaller-step remedy's factor on α
+    active_method: str | None = None  # the fallback remedy's method, once it switched
 
     @property
     def finished(self) -> bool:
-        return self.collapse is not None
+        return self.stopped
 
 
 def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -97,8 +100,10 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
     else:
         return  # nothing there yet: a resume of a run that never started is a fresh start
     current = config.to_dict()
+    # A setting added since the run was saved reads as its default (the value the run was trained with).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     differing = sorted(k for k in set(saved) | set(current)
-                       if k not in RESUME_FREE_KEYS and saved.get(k, "<missing>") != current.get(k, "<missing>"))
+                       if k not in RESUME_FREE_KEYS and saved.get(k, defaults.get(k)) != current.get(k, "<missing>"))
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in differing)
         raise AdvlabError(f"cannot resume {out}: it holds a run with other settings ({details}); "
@@ -143,8 +148,11 @@ def summarize(out: Path, config: TrainConfig, run: RunProgress) -> dict[str, Any
         "best_val_clean_accuracy": best.get("val_clean_acc"), "best_val_robust_accuracy": best.get("val_robust_acc"),
         "check_attack": f"PGD-{config.check_steps}", "eps": config.eps,
         "seconds": sum(row["seconds"] + row["val_seconds"] for row in run.rows),
-        "catastrophic_overfitting": run.collapse is not None,
-        "catastrophic_overfitting_message": run.collapse["message"] if run.collapse else None,
+        "recipe": config.recipe,
+        "catastrophic_overfitting": bool(run.collapses),
+        "catastrophic_overfitting_message": run.collapses[-1]["message"] if run.collapses else None,
+        "collapses": run.collapses, "stopped_by_guard": run.stopped, "remedy": config.co_remedy,
+        "final_method": run.active_method or config.method, "alpha_scale": run.alpha_scale,
         "paths": {name: str(out / f"{name}.safetensors") for name in ("model", "best", "state")
                   if (out / f"{name}.safetensors").is_file()},
     }
