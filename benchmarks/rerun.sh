@@ -76,7 +76,7 @@ fast-at() {  # issue 12: the default fast method at ε = 0.2 and 0.3 over 3 seed
             attach+=(--attach "runs/fast-at/$run/summary.json")
         done
     done
-    "${rec[@]}" fast-at "${attach[@]}" -- bash benchmarks/fast_at_study.sh "0.2 0.3" "0 1 2" "0"
+    "${rec[@]}" fast-at "${attach[@]}" -- bash benchmarks/fast_at_study.sh "0.3 0.2" "0 1 2" "0"
 }
 same-numbers() {
     "${rec[@]}" same-numbers-74fb18c -- bash benchmarks/same_numbers.sh 74fb18c
