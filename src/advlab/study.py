@@ -33,7 +33,7 @@ from advlab import __version__
 from advlab.attacks import AttackSpec, parse_attack, verify_adversarial
 from advlab.checks import measure_checks, sanity_checks, strongest_pgd
 from advlab.data import get_info, load_dataset
-from advlab.errors import AdvlabError, check_range
+from advlab.errors import AdvlabError, check_known, check_range
 from advlab.evaluate import evaluate
 from advlab.presets import preset_text
 from advlab.results import best_robust_model
@@ -88,10 +88,7 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StudyConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise AdvlabError(f"unknown study settings: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        check_known("study settings", values, [f.name for f in dataclasses.fields(cls)])
         values = dict(values)
         for key in ("eps_grid", "attacks"):
             if key in values:

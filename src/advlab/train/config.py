@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from advlab.data import get_info
-from advlab.errors import AdvlabError, check_range
+from advlab.errors import AdvlabError, check_known, check_range
 from advlab.models import list_models
 from advlab.presets import preset_text
 from advlab.files import read_json
@@ -130,10 +130,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise AdvlabError(f"unknown training settings: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        check_known("training settings", values, [f.name for f in dataclasses.fields(cls)])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
