@@ -47,6 +47,10 @@ train-epochs() {
     "$py" benchmarks/bench_train.py --n 10000 --repeats 3 --methods standard,fgsm,pgd3,pgd7,pgd10,trades,mart,free \
         --out "$out/train.json" | tee "$out/train.log"
 }
+train-fast() {  # issue 12: N-FGSM and GradAlign epochs against FGSM's and a standard one
+    "$py" benchmarks/bench_train.py --n 10000 --repeats 3 --methods standard,fgsm,nfgsm,gradalign \
+        --out "$out/train-fast.json" | tee "$out/train-fast.log"
+}
 tuning() {
     "$py" benchmarks/bench_tuning.py --out "$out/tuning.json" | tee "$out/tuning.log"
 }
@@ -88,7 +92,7 @@ full-study() {
 
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(standard-model quick-study quick-recipe attacks fgsm-identity eval-speed
-                                     train-epochs tuning eval-batch agreement full-recipe methods fast-at full-study)
+                                     train-epochs tuning eval-batch agreement full-recipe methods train-fast fast-at full-study)
 # same-numbers (not in the default list): the quick study before (74fb18c) and after the issue-11 refactor
 for stage in "${stages[@]}"; do
     declare -F "$stage" >/dev/null || { echo "rerun.sh: unknown stage $stage" >&2; exit 2; }

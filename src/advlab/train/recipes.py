@@ -10,7 +10,10 @@ user gives always wins. The run's ``config.json`` names the recipe and holds eve
     advlab train --list-recipes              # the table, with sources
 
 Values are numbers or functions of ε (a step size or a regularizer weight that scales with the budget).
-Settings no recipe names come from :data:`BASE`, advlab's own Fashion-MNIST recipe.
+Settings no recipe names come from :data:`BASE`, advlab's own Fashion-MNIST recipe. The CIFAR-10 papers
+also train on random crops and flips; advlab does not augment data yet, so its CIFAR-10 runs follow their
+settings, not their data pipeline. The CIFAR-10 and MNIST recipes have not been run on advlab's machines
+(no offline copy of either data set there).
 """
 
 from __future__ import annotations
