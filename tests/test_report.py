@@ -250,6 +250,10 @@ def test_story_follows_the_numbers(tmp_path):
     for check in metrics["sanity_checks"]:
         check["passed"] = True
     assert "All 10 sanity checks against gradient masking pass." in story(metrics)
+    assert "collapsed" not in story(metrics)
+    collapsed = copy.deepcopy(metrics)
+    collapsed["models"]["fgsm"]["collapse"] = "catastrophic overfitting at epoch 3, step 120: FGSM 90% but PGD-10 2%"
+    assert "training of fast FGSM AT collapsed: catastrophic overfitting at epoch 3" in story(collapsed)
     changed = copy.deepcopy(metrics)
     changed["models"]["pgd"]["clean_accuracy"] = 0.9200
     changed["models"]["standard"]["worst_case_accuracy"][-1] = 0.25

@@ -354,6 +354,8 @@ def collect_metrics(out: str | Path) -> dict:
             "epochs": _read_epochs(folder), "clean_accuracy": evaluation["clean_accuracy"],
             "robust_accuracy": evaluation["robust_accuracy"], "worst_case_accuracy": evaluation["worst_case_accuracy"],
             "eval_seconds": evaluation["seconds"], "n_eval": evaluation["n"],
+            # The catastrophic-overfitting guard's last word on this model's training (None: it never fired).
+            "collapse": done.get("catastrophic_overfitting_message"),
         }
         if name in checks:  # the worst case at the training ε over every attack run there, checks included
             models[name]["worst_case_all_attacks"] = {"eps": checks[name]["eps"], **checks[name]["worst_case_all"]}

@@ -138,6 +138,9 @@ def story(metrics: dict) -> str:
         sentences.append(f"{len(failed)} of {len(checks)} sanity checks against gradient masking "
                          f"{'fails' if len(failed) == 1 else 'fail'} ({_e(which)}): read those robust numbers "
                          "with care.")
+    for name, model in models.items():
+        if model.get("collapse"):
+            sentences.append(f"The training of {_e(model_label(metrics, name))} collapsed: {_e(model['collapse'])}.")
     return " ".join(sentences)
 
 
