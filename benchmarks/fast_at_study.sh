@@ -21,7 +21,7 @@ run() {  # run NAME EPS ARGS...: train (unless done) and evaluate with PGD-50×1
     shift 2
     names+=("$name")
     if [[ "${RETRAIN:-0}" == 1 || ! -f "$out/$name/summary.json" ]]; then
-        $advlab train "$@" --eps "$eps" --out "$out/$name" --overwrite --quiet >/dev/null || true  # a stop is a result
+        $advlab train "$@" --eps "$eps" --out "$out/$name" --overwrite --quiet >/dev/null  # a guard's stop exits 0
         rm -f "$out/$name/eval-pgd50x10.json"
     fi
     if [[ ! -f "$out/$name/eval-pgd50x10.json" && -f "$out/$name/model.safetensors" ]]; then

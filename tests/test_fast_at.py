@@ -8,9 +8,11 @@ import torch.nn.functional as F
 
 import advlab.train.loop as train_loop
 from advlab.cli import main
-from advlab.data import get_info
+from advlab.data import load_dataset
+from advlab.runs import load_checkpoint
 from advlab.runtime import Runtime
-from advlab.runs import load_tensors, read_json
+from advlab.train.guard import probe
+from advlab.runs import read_json
 from advlab.train import CatastrophicOverfittingWarning, TrainConfig, collapse_signature, find_recipe, train
 from advlab.train.methods import NFGSM, GradAlign, PGDTraining, gradient_alignment
 from conftest import have_fashion_mnist
@@ -28,7 +30,7 @@ TINY = dict(train_size=1200, val_size=200, check_examples=100, check_steps=5, ba
 def test_provoked_collapse_is_caught_within_the_epoch(tmp_path):
     """FGSM from x with α = 2ε at ε = 0.3 collapses within the first epoch (measured: at step 60, FGSM
     accuracy 41% against PGD-10 10% on 256 validation images). The guard fires inside the epoch, the weights
-    go back to the last good ones (here the initial weights: no epoch ended well) and the record says so."""
+    go back to the last check that passed, which become model.safetensors, and the record says so."""
     config = TrainConfig(method="fgsm", eps=0.3, alpha=0.6, random_start=False, epochs=2, train_size=10000,
                          val_size=500, check_examples=500, co_check_every=20, co_check_examples=256,
                          schedule="constant", lr=2e-3)
@@ -39,13 +41,16 @@ def test_provoked_collapse_is_caught_within_the_epoch(tmp_path):
     assert event["within_epoch"] and event["rule"] == "signature" and event["remedy"] == "stop"
     assert event["fgsm_acc"] - event["pgd_acc"] > config.co_gap and event["restored_epoch"] == 0
     assert read_json(tmp_path / "run" / "summary.json")["collapses"] == summary["collapses"]
-    # The last good weights are kept: the state holds the initial weights, not the collapsed ones.
-    fresh, _ = train_loop._build_model(config.resolved(), get_info("fashion-mnist"), Runtime(device="cpu"))
-    saved, _ = load_tensors(tmp_path / "run" / "state.safetensors")
-    initial = {f"model.{k}": v for k, v in fresh.state_dict().items()}
-    assert initial.keys() == {k for k in saved if k.startswith("model.")}
-    assert all(torch.equal(saved[k], v.contiguous()) for k, v in initial.items())
-    assert not (tmp_path / "run" / "model.safetensors").exists()
+    # The kept weights are those of the last check that passed: earlier in the epoch than the collapse.
+    record = read_json(tmp_path / "run" / "model.json")
+    assert record["partial_epoch"] and 0 < record["step"] < event["step"]
+    assert summary["model_weights_from"] == f"epoch 1, step {record['step']}" == event["restored_to"]
+    # ... and they pass the guard's test again, where the collapsed weights failed it.
+    model, _ = load_checkpoint(tmp_path / "run" / "model.safetensors")
+    probe_data = load_dataset("fashion-mnist", "val", val_size=500, download=False).subset(256)
+    reading = probe(model, probe_data, eps=0.3, steps=10, seed=0, runtime=Runtime(device="cpu"))
+    assert reading["fgsm"] - reading["pgd"] <= config.co_gap
+    assert reading["pgd"] == pytest.approx(record["metrics"]["pgd"])
 
 
 def test_signature_rule():
@@ -74,6 +79,9 @@ def test_remedies_go_on_from_the_last_good_weights(tmp_path, monkeypatch, remedy
     assert event["remedy"] == remedy and event["restored_epoch"] == 1
     assert summary["alpha_scale"] == (0.5 if remedy == "smaller-step" else 1.0)
     assert summary["final_method"] == ("pgd" if remedy == "fallback" else "fgsm")
+    # The fallback trains at its own step size (PGD's 2.5ε/steps), not FGSM's 1.25ε; smaller-step halves α.
+    expected = 2.5 * 0.15 / 2 if remedy == "fallback" else 0.5 * 1.25 * 0.15
+    assert event["alpha"] == pytest.approx(expected) and f"α = {expected:.4g}" in event["message"]
     # Epoch 2's weights were thrown away: epoch 3 started from epoch 1's, so the saved model is epoch 3's.
     assert read_json(tmp_path / "run" / "model.json")["epoch"] == 3
     batches = 1200 // 50
@@ -107,7 +115,7 @@ def test_evaluate_says_a_collapsed_run_collapsed(tmp_path, monkeypatch, capsys):
         train(TrainConfig(method="fgsm", **TINY), tmp_path / "run", progress=False)
     assert main(["evaluate", str(tmp_path / "run"), "--attack", "fgsm", "--eps", "0.1", "--n", "50", "--quiet",
                  "--out", str(tmp_path / "eval.json")]) == 0
-    assert "warning: this model's training collapsed" in capsys.readouterr().out
+    assert "warning: the guard caught catastrophic overfitting" in capsys.readouterr().out
     training = read_json(tmp_path / "eval.json")["training"]
     assert training["collapsed"] and "end of epoch 2" in training["message"]
 
@@ -172,7 +180,8 @@ def test_recipes_fill_what_the_user_leaves_out():
     madry = TrainConfig(dataset="mnist", method="pgd", eps=0.3)
     assert (madry.model, madry.steps, madry.batch_size, madry.lr) == ("madry_cnn", 40, 50, 1e-4)
     assert madry.alpha == pytest.approx(0.01)
-    assert TrainConfig(dataset="mnist", method="pgd", eps=0.3, steps=10, lr=1e-3).steps == 10  # the user wins
+    mine = TrainConfig(dataset="mnist", method="pgd", eps=0.3, steps=10)  # the user wins ...
+    assert mine.steps == 10 and mine.step_size == pytest.approx(2.5 * 0.3 / 10)  # ... and Madry's ε/30 is for 40
     assert TrainConfig(dataset="cifar10", method="gradalign", eps=8 / 255).grad_align_lambda == pytest.approx(0.2)
     assert TrainConfig(dataset="cifar10", method="gradalign", eps=16 / 255).grad_align_lambda == pytest.approx(2.0)
     rice = TrainConfig(dataset="cifar10", method="pgd", eps=8 / 255)
@@ -195,6 +204,8 @@ def test_a_resolved_config_round_trips():
     (["--method", "gradalign", "--grad-align-lambda", "-0.5"], "grad_align_lambda"),
     (["--method", "nfgsm", "--nfgsm-noise", "0"], "nfgsm_noise"),
     (["--fallback-method", "magic"], "unknown fallback method"),
+    (["--fallback-method", "standard"], "fallback_method must be an adversarial method"),
+    (["--method", "free", "--co-remedy", "fallback"], "free adversarial training cannot"),
 ])
 def test_bad_fast_training_settings_exit_2_with_one_line(tmp_path, capsys, flags, message):
     assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 2

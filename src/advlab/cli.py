@@ -127,10 +127,11 @@ _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
     ("batch_size", _positive_int, "minibatch size (default: the recipe's)"),
     ("optimizer", str, "sgd or adam (default: the recipe's)"),
     ("lr", parse_number, "peak learning rate (default: the recipe's)"),
-    ("momentum", parse_number, "SGD momentum"),
-    ("weight_decay", parse_number, "L2 weight decay"),
+    ("momentum", parse_number, "SGD momentum (default: the recipe's)"),
+    ("weight_decay", parse_number, "L2 weight decay (default: the recipe's)"),
     ("schedule", str, "learning-rate schedule: onecycle, triangle, piecewise or constant"),
-    ("eps_warmup_epochs", parse_number, "ramp ε up linearly from 0 over this many epochs"),
+    ("eps_warmup_epochs", parse_number, "ramp ε up linearly from 0 over this many epochs (default: the "
+     "recipe's)"),
     ("seed", int, "random seed (data order, random starts, initialization)"),
     ("train_size", _positive_int, "train on the first N training images only (quick experiments)"),
     ("val_size", int, "training images held out to track robust accuracy each epoch"),
@@ -142,6 +143,7 @@ _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
      "best (default 0.1; 1 turns it off)"),
     ("co_check_every", int, "optimizer steps between the guard's checks within an epoch (default 100; 0: per "
      "epoch only)"),
+    ("co_check_examples", _positive_int, "validation images of each within-epoch check (default 256)"),
     ("co_remedy", str, "when the guard fires: stop (default), smaller-step (halve α, go on) or fallback"),
     ("fallback_method", str, "the method --co-remedy fallback goes on with (default pgd)"),
 ]
@@ -231,7 +233,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(result.table())
     outcome = training_outcome(args.checkpoint)
     if outcome and outcome["collapsed"]:
-        print(f"warning: this model's training collapsed (catastrophic overfitting): {outcome['message']}")
+        print(f"warning: the guard caught catastrophic overfitting in this model's training: {outcome['message']}")
     if args.out:
         print(f"wrote {args.out}")
     return 0

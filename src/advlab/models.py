@@ -29,18 +29,21 @@ class ModelEntry:
     constructor: Callable[..., nn.Module]  # called with in_channels, num_classes and any extra arguments
     input_size: tuple[int, int] | None  # the (height, width) it is built for; None: any
     description: str  # one line for `advlab models`
+    raw_pixels: bool = False  # its paper fed it [0, 1] pixels, not mean/std-normalized ones
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, description: str, input_size: tuple[int, int] | None = None):
+def register_model(name: str, *, description: str, input_size: tuple[int, int] | None = None,
+                   raw_pixels: bool = False):
     """Class (or function) decorator: make an architecture available as ``create_model(name)`` and
-    ``advlab train --model name``. The constructor takes ``in_channels`` and ``num_classes``."""
+    ``advlab train --model name``. The constructor takes ``in_channels`` and ``num_classes``.
+    ``raw_pixels``: the network's paper fed it pixels in [0, 1]; a data set then gives it no normalization."""
     def decorate(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(constructor, input_size, description)
+        _REGISTRY[name] = ModelEntry(constructor, input_size, description, raw_pixels)
         return constructor
 
     return decorate
@@ -88,8 +91,8 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("madry_cnn", input_size=(28, 28),
-                description="conv32-conv64-fc1024 network of Madry et al. 2018 for 28×28 images")
+@register_model("madry_cnn", input_size=(28, 28), raw_pixels=True,
+                description="conv32-conv64-fc1024 network of Madry et al. 2018 for 28×28 images (raw pixels)")
 class MadryCNN(nn.Module):
     """The MNIST network of Madry et al. 2018 (arXiv:1706.06083): conv32-conv64 (5×5) and a 1024-unit layer."""
 
@@ -107,8 +110,8 @@ class MadryCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("wong_mnist", input_size=(28, 28),
-                description="conv16-conv32 (stride 2) and a 100-unit layer: Wong et al.'s fast-AT MNIST network")
+@register_model("wong_mnist", input_size=(28, 28), raw_pixels=True,
+                description="conv16-conv32 (stride 2) and fc100: Wong et al.'s fast-AT MNIST network (raw pixels)")
 class WongMNIST(nn.Module):
     """The MNIST network of Wong, Rice & Kolter 2020 (arXiv:2001.03994, ``MNIST/mnist_net.py``): two 4×4
     convolutions of stride 2 (16 and 32 channels), a 100-unit layer; no pooling, no BatchNorm."""
@@ -186,6 +189,11 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def takes_raw_pixels(name: str) -> bool:
+    """Whether the network ``name`` is fed [0, 1] pixels without mean/std normalization (its paper's way)."""
+    return _lookup(name).raw_pixels
+
+
 def describe_model(name: str) -> str:
     return _lookup(name).description
 
@@ -209,8 +217,9 @@ def create_model(
 ) -> nn.Sequential:
     """Build ``Normalize(mean, std)`` followed by the named network.
 
-    ``dataset`` fills in channels, classes, image size and normalization from :mod:`advlab.data`;
-    explicit arguments override it. Without either, normalization is the identity.
+    ``dataset`` fills in channels, classes, image size and normalization from :mod:`advlab.data`
+    (no normalization for a ``raw_pixels`` network, as its paper trained it); explicit arguments override
+    it. Without either, normalization is the identity.
     Returns an ``nn.Sequential(normalize, net)`` whose input is pixels in [0, 1].
     """
     entry = _lookup(name)
@@ -222,8 +231,9 @@ def create_model(
         info = get_info(dataset)
         in_channels = info.channels if in_channels is None else in_channels
         num_classes = len(info.classes) if num_classes is None else num_classes
-        mean = info.mean if mean is None else mean
-        std = info.std if std is None else std
+        if not entry.raw_pixels:
+            mean = info.mean if mean is None else mean
+            std = info.std if std is None else std
         height, width = info.height, info.width
         if size is not None and (height, width) != size:
             raise AdvlabError(

@@ -62,7 +62,7 @@ class TrainConfig:
     co_gap: float = 0.3  # collapse: FGSM accuracy exceeds PGD accuracy on the same val images by this much (see guard)
     co_threshold: float = 0.1  # also collapse: val PGD accuracy this far below its best epoch's; 1: never
     co_check_every: int = 100  # optimizer steps between checks within an epoch (collapse can take a few hundred); 0: per epoch only
-    co_check_examples: int = 256  # val images of the within-epoch check (the per-epoch one uses check_examples)
+    co_check_examples: int = 256  # val images of the within-epoch check (±6 points of noise, far below co_gap)
     co_remedy: str = "stop"  # on collapse: stop; smaller-step (halve α and go on); fallback (go on with fallback_method)
     fallback_method: str = "pgd"  # the method co_remedy = "fallback" switches to: multi-step PGD does not collapse
     seed: int = 0  # initialization, data order and random starts all derive from it: same seed, same weights
@@ -71,7 +71,7 @@ class TrainConfig:
     check_examples: int = 1000  # val images attacked each epoch (capped at val_size): ±1.5 points of noise
     check_steps: int = 10  # PGD-10 for the per-epoch check: stronger than a training attack, still cheap
     data_dir: str | None = None  # where the data set files are, if not in the default places
-    recipe: str | None = None  # filled in: the name of the recipe the None settings above came from
+    recipe: str | None = None  # filled in (a given value is replaced): the recipe the None settings came from
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -85,6 +85,8 @@ class TrainConfig:
         from_recipe = [key for key in RECIPE_KEYS if getattr(self, key) is None]
         for key in from_recipe:
             object.__setattr__(self, key, defaults[key])
+        if "alpha" in from_recipe and "steps" not in from_recipe:
+            object.__setattr__(self, "alpha", None)  # a recipe's α fits its own step count: the method's rule then
         if "eps_warmup_epochs" in from_recipe:  # a recipe's ramp takes at most half of a short run
             object.__setattr__(self, "eps_warmup_epochs", min(float(self.eps_warmup_epochs), self.epochs / 2))
         object.__setattr__(self, "recipe", recipe.name)
@@ -103,6 +105,11 @@ class TrainConfig:
             if getattr(self, key) not in known:
                 raise AdvlabError(f"unknown {key.replace('_', ' ')} {getattr(self, key)!r}; "
                                   f"choose one of: {', '.join(sorted(known))}")
+        if "free" in (self.fallback_method, self.method) and self.co_remedy == "fallback":
+            raise AdvlabError("free adversarial training cannot be a fallback or fall back: its schedule counts "
+                              "m optimizer steps per batch; use co_remedy stop or smaller-step with it")
+        if not METHODS[self.fallback_method].adversarial:
+            raise AdvlabError(f"fallback_method must be an adversarial method, not {self.fallback_method!r}")
         if self.alpha is not None:
             check_range("alpha", self.alpha, 0.0, 1.0)
         check_range("beta", self.beta, 0.0)

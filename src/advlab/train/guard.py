@@ -9,9 +9,10 @@ of points apart. It runs every ``co_check_every`` optimizer steps on ``co_check_
 the end of every epoch on ``check_examples``, where the older rule also fires: validation PGD accuracy more
 than ``co_threshold`` below the best epoch's (a gradual collapse, as on Fashion-MNIST at ε = 0.2).
 
-When it fires the weights and optimizer go back to the last good point (the end of the last good epoch),
-and ``co_remedy`` decides: ``stop``; ``smaller-step`` (halve α and go on); ``fallback`` (go on with
-``fallback_method``, multi-step PGD by default). After :data:`MAX_REMEDIES` remedies the run stops.
+When it fires the weights and optimizer go back to the last point a check passed (a within-epoch check or
+an epoch's end), and ``co_remedy`` decides: ``stop`` (those weights become ``model.safetensors``);
+``smaller-step`` (halve α and go on); ``fallback`` (go on with ``fallback_method``, multi-step PGD by
+default, at that method's own step size). After :data:`MAX_REMEDIES` remedies the run stops.
 """
 
 from __future__ import annotations
@@ -58,16 +59,23 @@ def probe(model: nn.Module, data, *, eps: float, steps: int, seed: int, runtime)
 
 
 class Snapshot:
-    """The last good weights and optimizer state, in memory, to go back to when training collapses."""
+    """The last good weights and optimizer state, in memory, to go back to when training collapses: taken
+    at the end of every good epoch and at every within-epoch check that passes."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int) -> None:
         self.model, self.optimizer = model, optimizer
-        self.take(epoch=0)
+        self.take(epoch=epoch)
 
-    def take(self, *, epoch: int) -> None:
-        self.epoch = epoch
+    def take(self, *, epoch: int, step: int | None = None, reading: dict[str, float] | None = None) -> None:
+        """``epoch``: epochs completed; ``step``: the optimizer step of a within-epoch check (None: an
+        epoch's end); ``reading``: that check's figures."""
+        self.epoch, self.step, self.reading = epoch, step, reading
         self.weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.optim = copy.deepcopy(self.optimizer.state_dict())
+
+    @property
+    def where(self) -> str:
+        return f"the end of epoch {self.epoch}" if self.step is None else f"epoch {self.epoch + 1}, step {self.step}"
 
     def restore(self) -> None:
         self.model.load_state_dict(self.weights)
@@ -75,8 +83,8 @@ class Snapshot:
 
 
 def collapse_event(*, epoch: int, step: int, within: bool, reading: dict[str, float], examples: int,
-                   config, rule: str, best: float | None, best_epoch: int | None, restored_epoch: int,
-                   remedy: str) -> dict[str, Any]:
+                   config, rule: str, best: float | None, best_epoch: int | None, restored: Snapshot,
+                   remedy: str, alpha: float | None = None) -> dict[str, Any]:
     """The record of one collapse, with the numbers that showed it and what was done; ``message`` is the
     line printed on the console and kept in the run's summary."""
     where = f"epoch {epoch}, step {step}" if within else f"the end of epoch {epoch}"
@@ -88,11 +96,13 @@ def collapse_event(*, epoch: int, step: int, within: bool, reading: dict[str, fl
     else:
         why = (f"validation {pgd_name} accuracy fell to {100 * reading['pgd']:.1f}% from a best of "
                f"{100 * best:.1f}% (epoch {best_epoch}), more than {100 * config.co_threshold:.0f} points")
+    step_size = f" (α = {alpha:.4g})" if alpha is not None else ""
     action = {"stop": "training stopped",
-              "smaller-step": "training goes on with half the step size",
-              "fallback": f"training goes on with method {config.fallback_method}"}[remedy]
-    message = (f"catastrophic overfitting at {where}: {why}; weights restored to the end of epoch "
-               f"{restored_epoch}; {action}")
+              "smaller-step": f"training goes on with half the step size{step_size}",
+              "fallback": f"training goes on with method {config.fallback_method}{step_size}"}[remedy]
+    message = (f"catastrophic overfitting at {where}: {why}; weights restored to {restored.where} (the last "
+               f"check passed); {action}")
     return {"epoch": epoch, "step": step, "within_epoch": within, "rule": rule, "examples": examples,
             "clean_acc": reading.get("clean"), "fgsm_acc": reading["fgsm"], "pgd_acc": reading["pgd"],
-            "restored_epoch": restored_epoch, "remedy": remedy, "message": message}
+            "restored_epoch": restored.epoch, "restored_step": restored.step, "restored_to": restored.where,
+            "remedy": remedy, "alpha": alpha, "message": message}

@@ -31,7 +31,7 @@ from torch import nn
 from advlab.data import get_info, load_dataset
 from advlab.errors import AdvlabError
 from advlab.evaluate import clean_accuracy
-from advlab.models import create_model
+from advlab.models import create_model, takes_raw_pixels
 from advlab.runs import prepare_run_dir, save_checkpoint, versions, write_json
 from advlab.runtime import Runtime
 from advlab.train.config import TrainConfig
@@ -98,17 +98,16 @@ def train(
         write_json(out / "config.json", {"config": config.to_dict(), "passes": config.passes,
                                          "model_args": model_args, "versions": versions()})
     record = {"model": config.model, "model_args": model_args, "dataset": info.name,
-              "normalization": {"mean": list(info.mean), "std": list(info.std)}, "config": config.to_dict()}
+              "normalization": {"mean": model_args["mean"], "std": model_args["std"]}, "config": config.to_dict()}
     log = _logger(progress)
     if saved_state is not None:
-        log(f"resuming {out} after epoch {run.epoch}/{config.passes}" if not run.finished or run.epoch < config.passes
-            else f"{out} is already complete")
+        log(f"{out} is already complete" if run.finished or run.epoch >= config.passes
+            else f"resuming {out} after epoch {run.epoch}/{config.passes}")
     else:
         log(f"recipe {config.recipe}: {config.model}, {config.optimizer} lr {config.lr:g} {config.schedule}, "
             f"{config.epochs} epochs of batch {config.batch_size}" +
             (f", α = {config.step_size:.4g}" if method.adversarial else "") + " (config.json has every setting)")
-    snapshot = Snapshot(model, optimizer)
-    snapshot.epoch = run.last_good_epoch or 0
+    snapshot = Snapshot(model, optimizer, epoch=run.last_good_epoch or 0)
 
     def collapsed(epoch: int, reading: dict[str, float], examples: int, within: bool, rule: str) -> bool:
         """Restore the last good weights, apply the remedy, record and say it. True: stop training."""
@@ -117,12 +116,6 @@ def train(
         if len(run.collapses) >= MAX_REMEDIES or (remedy == "fallback" and run.active_method == config.fallback_method):
             remedy = "stop"  # remedies spent, or the fallback itself collapsed
         snapshot.restore()
-        event = collapse_event(epoch=epoch, step=run.step, within=within, reading=reading, examples=examples,
-                               config=config, rule=rule, best=run.best_robust, best_epoch=run.best_epoch,
-                               restored_epoch=snapshot.epoch, remedy=remedy)
-        run.collapses.append(event)
-        warnings.warn(event["message"], CatastrophicOverfittingWarning, stacklevel=3)
-        log(event["message"])
         if remedy == "smaller-step":
             run.alpha_scale /= 2
         elif remedy == "fallback":
@@ -130,6 +123,20 @@ def train(
             method = METHODS[config.fallback_method](config)
         else:
             run.stopped = True
+        event = collapse_event(epoch=epoch, step=run.step, within=within, reading=reading, examples=examples,
+                               config=config, rule=rule, best=run.best_robust, best_epoch=run.best_epoch,
+                               restored=snapshot, remedy=remedy,
+                               alpha=None if remedy == "stop" else base_alpha(config, run) * run.alpha_scale)
+        run.collapses.append(event)
+        warnings.warn(event["message"], CatastrophicOverfittingWarning, stacklevel=3)
+        log(event["message"])
+        if run.stopped and (snapshot.step is not None or not (out / "model.safetensors").is_file()):
+            # The last good weights are newer than model.safetensors (a within-epoch check passed since),
+            # or no epoch ended well: keep them as the run's model, saying where they come from.
+            meta = {**record, "epoch": snapshot.epoch, "step": snapshot.step, "partial_epoch": snapshot.step is not None,
+                    "metrics": snapshot.reading or {}}
+            save_checkpoint(out / "model.safetensors", model, meta)
+            run.kept_weights = snapshot.where
         return run.stopped
 
     def guard(epoch: int, eps: float) -> bool:
@@ -141,6 +148,7 @@ def train(
                          runtime=runtime)
         if collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap):
             return collapsed(epoch, reading, len(probe_data), True, "signature")
+        snapshot.take(epoch=epoch - 1, step=run.step, reading=reading)
         return False
 
     probe_data = check_data.subset(min(config.co_check_examples, len(check_data)))
@@ -179,6 +187,7 @@ def train(
         else:
             save_checkpoint(out / "model.safetensors", model, {**record, "epoch": epoch, "metrics": row})
             run.last_good_epoch = epoch
+            run.kept_weights = f"the end of epoch {epoch}"
             snapshot.take(epoch=epoch)
             # The best epoch: highest validation PGD accuracy for adversarial training (Rice et al.), highest
             # clean accuracy for standard training (its PGD accuracy is ~0 and would pick an untrained epoch).
@@ -224,7 +233,7 @@ def _train_epoch(model, current_method, optimizer, data, config, run, total_step
             x = x.to(memory_format=torch.channels_last)
         eps = config.eps * min(1.0, (run.step + 1) / warmup_steps) if warmup_steps > 0 else config.eps
         # α scales with ε (the ramp) and with the guard's smaller-step remedy.
-        alpha = (config.step_size or 0.0) * (eps / config.eps if config.eps > 0 else 1.0) * run.alpha_scale
+        alpha = base_alpha(config, run) * (eps / config.eps if config.eps > 0 else 1.0) * run.alpha_scale
         before = run.step
         out = current_method().train_batch(model, x, y, eps=eps, alpha=alpha, generator=attack_rng, step=step)
         n = y.shape[0]
@@ -251,6 +260,14 @@ def _train_epoch(model, current_method, optimizer, data, config, run, total_step
             "train_adv_acc": adv_correct.item() / seen if adv_seen else None}
 
 
+def base_alpha(config: TrainConfig, run: RunProgress) -> float:
+    """α at the full ε: the run's own, or after a fallback the fallback method's own rule (fgsm's 1.25ε
+    would make PGD's every step jump to a corner of the ball)."""
+    if run.active_method in (None, config.method):
+        return config.step_size or 0.0
+    return METHODS[run.active_method].default_alpha(config.eps, config.steps)
+
+
 def _validate(model, val_data, check_data, config, runtime) -> dict[str, float]:
     """Clean accuracy on the validation split; FGSM and PGD accuracy on its first ``check_examples``."""
     clean = clean_accuracy(model, val_data, device=runtime.device)
@@ -269,8 +286,10 @@ def _build_model(config: TrainConfig, info, runtime: Runtime) -> tuple[nn.Module
     """
     # The data set's name lets create_model fill in what some networks need (linear: the image size);
     # the explicit values keep the checkpoint's normalization and shape even if the registry changes.
+    mean, std = ([0.0] * info.channels, [1.0] * info.channels) if takes_raw_pixels(config.model) else (
+        list(info.mean), list(info.std))  # a raw-pixel network (wong_mnist, madry_cnn) as its paper fed it
     args: dict[str, Any] = {"dataset": info.name, "in_channels": info.channels, "num_classes": len(info.classes),
-                            "mean": list(info.mean), "std": list(info.std)}
+                            "mean": mean, "std": std}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = create_model(config.model, **args)

@@ -44,6 +44,7 @@ class RunProgress:
     stopped: bool = False  # the guard stopped the run
     alpha_scale: float = 1.0  # the smaller-step remedy's factor on α
     active_method: str | None = None  # the fallback remedy's method, once it switched
+    kept_weights: str | None = None  # where model.safetensors' weights come from ("the end of epoch 3", ...)
 
     @property
     def finished(self) -> bool:
@@ -100,7 +101,8 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
     else:
         return  # nothing there yet: a resume of a run that never started is a fresh start
     current = config.to_dict()
-    # A setting added since the run was saved reads as its default (the value the run was trained with).
+    # A setting added since the run was saved reads as its default. (Runs saved before the guard's settings
+    # existed are refused anyway: their state has an older STATE_FORMAT.)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     differing = sorted(k for k in set(saved) | set(current)
                        if k not in RESUME_FREE_KEYS and saved.get(k, defaults.get(k)) != current.get(k, "<missing>"))
@@ -153,6 +155,7 @@ def summarize(out: Path, config: TrainConfig, run: RunProgress) -> dict[str, Any
         "catastrophic_overfitting_message": run.collapses[-1]["message"] if run.collapses else None,
         "collapses": run.collapses, "stopped_by_guard": run.stopped, "remedy": config.co_remedy,
         "final_method": run.active_method or config.method, "alpha_scale": run.alpha_scale,
+        "model_weights_from": run.kept_weights,
         "paths": {name: str(out / f"{name}.safetensors") for name in ("model", "best", "state")
                   if (out / f"{name}.safetensors").is_file()},
     }
