@@ -1,7 +1,7 @@
 """Catastrophic-overfitting grid: train each given config with the guard on and print its trajectory.
 
 Each config is a JSON object of TrainConfig settings (everything else from the recipe of its data set and
-method). Per epoch: validation clean / FGSM / PGD-10 accuracy on the guard's check images; then where the
+method), and optionally "_stop_after": end after that many epochs, as an interruption would. Per epoch: validation clean / FGSM / PGD-10 accuracy on the guard's check images; then where the
 guard fired, if it did. For finding a fast recipe that holds at a large ε before the full study
 (benchmarks/fast_at_study.sh) measures it over seeds on the whole test set.
 
@@ -28,13 +28,15 @@ import torch  # noqa: E402
 def run(settings: dict, root: Path) -> dict:
     from advlab.train import TrainConfig, train
 
+    settings = dict(settings)
+    stop_after = settings.pop("_stop_after", None)
     config = TrainConfig(**settings)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summary = train(config, root / "run", progress=False, overwrite=True)
+        summary = train(config, root / "run", progress=False, overwrite=True, stop_after_epochs=stop_after)
     rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
-    return {"settings": settings, "recipe": config.recipe, "resolved": config.to_dict(),
+    return {"settings": {**settings, "_stop_after": stop_after}, "recipe": config.recipe, "resolved": config.to_dict(),
             "epochs": [{k: r[k] for k in ("epoch", "eps", "val_clean_acc", "val_fgsm_acc", "val_robust_acc", "seconds")}
                        for r in rows],
             "collapses": summary["collapses"], "seconds": time.perf_counter() - start}
