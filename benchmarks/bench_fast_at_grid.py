@@ -49,7 +49,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/fast-at-grid.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(C.machine_info(), flush=True)
+    started = C.git_commit()  # the code that ran: the provenance's commit is the one at the end
+    print(C.machine_info(), "commit", started, flush=True)
     results = []
     for text in args.configs:
         with tempfile.TemporaryDirectory(prefix="advlab_grid_") as tmp:
@@ -59,7 +60,7 @@ def main() -> None:
                               f"{100 * r['val_robust_acc']:.0f}" for r in result["epochs"])
         fired = result["collapses"][0]["message"] if result["collapses"] else "no collapse"
         print(f"{text}\n  epoch:clean/FGSM/PGD-10 % {trajectory}\n  {fired}\n  {result['seconds']:.0f} s", flush=True)
-    C.write_json(args.out, dict(machine=C.machine_info(), args=vars(args), results=results))
+    C.write_json(args.out, dict(machine=C.machine_info(), started_at_commit=started, args=vars(args), results=results))
 
 
 if __name__ == "__main__":
