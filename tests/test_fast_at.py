@@ -31,7 +31,8 @@ def test_provoked_collapse_is_caught_within_the_epoch(tmp_path):
     """FGSM from x with α = 2ε at ε = 0.3 collapses within the first epoch (measured: at step 60, FGSM
     accuracy 41% against PGD-10 10% on 256 validation images). The guard fires inside the epoch, the weights
     go back to the last check that passed, which become model.safetensors, and the record says so."""
-    config = TrainConfig(method="fgsm", eps=0.3, alpha=0.6, random_start=False, epochs=2, train_size=10000,
+    config = TrainConfig(method="fgsm", eps=0.3, alpha=0.6, random_start=False, eps_warmup_epochs=0, epochs=2,
+                         train_size=10000,
                          val_size=500, check_examples=500, co_check_every=20, co_check_examples=256,
                          schedule="constant", lr=2e-3)
     with pytest.warns(CatastrophicOverfittingWarning, match=r"catastrophic overfitting at epoch 1, step \d+: on 256"):

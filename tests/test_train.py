@@ -177,11 +177,12 @@ def test_guard_leaves_standard_training_alone(tmp_path, monkeypatch):
 def test_guard_fires_on_provoked_catastrophic_overfitting(tmp_path):
     """FGSM training from x, without a random start, at a large ε overfits catastrophically (Wong et al.
     2020): measured, its validation PGD accuracy falls from 41% to 28% by epoch 7 while FGSM accuracy rises."""
-    config = TrainConfig(method="fgsm", eps=0.2, alpha=0.2, random_start=False, epochs=8, train_size=10000,
+    config = TrainConfig(method="fgsm", eps=0.2, alpha=0.2, random_start=False, eps_warmup_epochs=0, epochs=8,
+                         train_size=10000,
                          val_size=500, check_examples=300, check_steps=10, schedule="constant", lr=2e-3)
     with pytest.warns(CatastrophicOverfittingWarning):
         summary = train(config, tmp_path / "run", progress=False)
-    assert summary["catastrophic_overfitting"] and summary["final_epoch"] < summary["epochs_completed"]
+    assert summary["catastrophic_overfitting"] and summary["stopped_by_guard"]
 
 
 # -------------------------------------------------------------------------------------- bad input
