@@ -139,14 +139,18 @@ def train(
             run.kept_weights = snapshot.where
         return run.stopped
 
+    def signature(reading: dict[str, float], eps: float) -> bool:
+        """The collapse signature, not while ε is still ramping up: the model is not yet trained against
+        the full budget the guard probes."""
+        return eps >= config.eps and collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap)
+
     def guard(epoch: int, eps: float) -> bool:
-        """The within-epoch check: True when training must stop now. Not while ε is still ramping up: the
-        model is not yet trained against the full budget the guard probes."""
+        """The within-epoch check: True when training must stop now."""
         if eps < config.eps:
-            return False
+            return False  # the signature would not count (see signature): spare the probe
         reading = probe(model, probe_data, eps=config.eps, steps=config.check_steps, seed=config.seed,
                          runtime=runtime)
-        if collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap):
+        if signature(reading, eps):
             return collapsed(epoch, reading, len(probe_data), True, "signature")
         snapshot.take(epoch=epoch - 1, step=run.step, reading=reading)
         return False
@@ -178,8 +182,8 @@ def train(
         log(_epoch_line(row, config))
         rule = None
         if method.adversarial:
-            if stats["eps"] >= config.eps and collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap):
-                rule = "signature"  # (not while ε still ramps up: see guard)
+            if signature(reading, stats["eps"]):
+                rule = "signature"
             elif catastrophic_overfitting(run.best_robust, reading["pgd"], config.co_threshold):
                 rule = "fall"
         if rule is not None:
