@@ -80,10 +80,11 @@ def make_fake_run(folder: str | Path, *, n_images: int = 4, gallery: bool = True
     checks = []
     for name in MODELS:
         passed = name != "fgsm"
-        checks.append({"model": name, "check": "iterative beats single-step", "passed": True,
+        checks.append({"model": name, "check": "iterative beats single-step", "passed": True, "status": "pass",
                        "detail": "PGD-20 L∞ 50.0% ≤ FGSM L∞ 60.0% at ε = 0.1",
                        "numbers": {"PGD-20 L∞": 0.5, "FGSM L∞": 0.6}})
         checks.append({"model": name, "check": "more steps and restarts change little", "passed": passed,
+                       "status": "pass" if passed else "fail",
                        "detail": "PGD-40×2 L∞ vs PGD-20 L∞: 2.3 points (< 1 needed)" if not passed else
                        "PGD-40×2 L∞ vs PGD-20 L∞: 0.2 points (< 1 needed)", "numbers": {"PGD-40×2 L∞": 0.4}})
     info = {"file": "gallery.safetensors", "eps": 0.1, "attack": "PGD-20 L∞", "models": ["standard", "pgd"],

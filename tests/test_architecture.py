@@ -25,10 +25,12 @@ LAYERS = [
     ("models.py", ["advlab.models"]),
     ("runs.py", ["advlab.runs"]),
     ("attacks/", ["advlab.attacks"]),
+    ("model_checks.py", ["advlab.model_checks"]),
     ("evaluate.py", ["advlab.evaluate"]),
+    ("jobs.py", ["advlab.jobs"]),
     ("train/", ["advlab.train"]),
     ("checks.py", ["advlab.checks"]),
-    ("study.py", ["advlab.study"]),
+    ("study/", ["advlab.study"]),
     ("report/", ["advlab.report"]),
     ("cli.py", ["advlab.cli"]),
 ]

@@ -48,6 +48,18 @@ def test_evaluate_writes_json_and_prints_table(trained_checkpoint, tmp_path, cap
     assert (data["batch_size"], data["seed"], data["early_stop"], data["chain"]) == (EVAL_BATCH, 0, True, False)
 
 
+def test_evaluate_runs_a_suite_as_a_chain(trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "quick.json"
+    assert main(["evaluate", str(trained_checkpoint), "--suite", "quick", "--eps", "0.05", "--n", "40", "--out",
+                 str(out), "--quiet"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["suite"] == "quick" and saved["chain"] and saved["model_flags"] == []
+    assert list(saved["robust_accuracy"]) == ["APGD-CE-50 L∞", "APGD-T-50 L∞"]
+    ce, t = (saved["robust_accuracy"][k][0] for k in ("APGD-CE-50 L∞", "APGD-T-50 L∞"))
+    assert t <= ce < saved["clean_accuracy"] and saved["worst_case_accuracy"][0] == t  # cumulative
+    assert "APGD-T-50 L∞" in capsys.readouterr().out
+
+
 def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys):
     out = tmp_path / "attack"
     assert main(["attack", str(trained_checkpoint), "--attack", "pgd10", "--eps", "0.1", "--n", "16",
@@ -93,6 +105,8 @@ def test_targeted_attack_reaches_its_target(trained_checkpoint, tmp_path, capsys
         (["evaluate", "{ckpt}", "--eps", "0.1", "--device", "tpu"], "device"),
         (["evaluate", "{ckpt}", "--eps", "7", "--n", "5"], "eps"),
         (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "pgd-hinge"], "unknown attack option"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--suite", "strongest"], "unknown suite"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "square0"], "at least 1"),
         (["train", "--preset", "huge", "--out", "{tmp}/run"], "unknown train preset"),
         (["train", "--epochs", "1"], "--out is required"),
         (["train", "--preset", "quick", "--config", "{tmp}/a-file", "--out", "{tmp}/run"], "not both"),

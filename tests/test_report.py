@@ -248,8 +248,11 @@ def test_malformed_metrics_raise_a_one_line_advlab_error(tmp_path, corrupt, wher
 def test_story_follows_the_numbers(tmp_path):
     metrics = make_fake_run(tmp_path, gallery=False)
     for check in metrics["sanity_checks"]:
-        check["passed"] = True
-    assert "All 10 sanity checks against gradient masking pass." in story(metrics)
+        check["passed"], check["status"] = True, "pass"
+    assert "All 10 applicable sanity checks against gradient masking pass." in story(metrics)
+    idle = copy.deepcopy(metrics)
+    idle["sanity_checks"][0].update(passed=None, status="not applicable")  # never counted as a pass
+    assert "All 9 applicable sanity checks against gradient masking pass (1 not applicable" in story(idle)
     assert "collapsed" not in story(metrics)
     collapsed = copy.deepcopy(metrics)
     collapsed["models"]["fgsm"]["collapse"] = "catastrophic overfitting at epoch 3, step 120: FGSM 90% but PGD-10 2%"

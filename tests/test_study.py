@@ -21,7 +21,7 @@ TINY_MODELS = {"standard": {"method": "standard", "label": "standard"},
 
 def tiny_config(**changes) -> StudyConfig:
     values = dict(preset="tiny", eps_grid=(0.0, 0.1, 0.5), attacks=("fgsm", "pgd5"), n_eval=60, gallery_size=3,
-                  train=TINY_TRAIN, models=TINY_MODELS)
+                  train=TINY_TRAIN, models=TINY_MODELS, check_dlr="apgd-dlr20", check_square="square300")
     return StudyConfig(**{**values, **changes})
 
 
@@ -47,9 +47,10 @@ def test_study_writes_everything(tiny_study):
     assert metrics["eps_grid"] == [0.0, 0.1, 0.5]
     saved = json.loads((out / "metrics.json").read_text())
     assert _accuracies(saved) == _accuracies(metrics)
-    # six checks per model, each with a verdict and the numbers behind it
-    assert len(metrics["sanity_checks"]) == 6 * len(TINY_MODELS)
-    assert all(isinstance(c["passed"], bool) and c["numbers"] for c in metrics["sanity_checks"])
+    # eight checks per model, each with a status and the numbers behind it
+    assert len(metrics["sanity_checks"]) == 8 * len(TINY_MODELS)
+    assert all(c["status"] in ("pass", "fail", "not applicable") and c["numbers"] for c in metrics["sanity_checks"])
+    assert all(c["passed"] is {"pass": True, "fail": False}.get(c["status"]) for c in metrics["sanity_checks"])
     for model in metrics["models"].values():
         assert model["robust_accuracy"]["PGD-5 L∞"][0] == pytest.approx(model["clean_accuracy"])  # ε = 0
         assert model["worst_case_accuracy"][-1] <= model["clean_accuracy"]
@@ -57,8 +58,8 @@ def test_study_writes_everything(tiny_study):
         assert model["worst_case_all_attacks"]["accuracy"] <= model["worst_case_accuracy"][1]
     # Every extra attack is stated with its hyperparameters; doubled PGD keeps the step size of PGD-5.
     extra = metrics["check_attacks"]
-    assert {"PGD-10×2 L∞ (sanity check)", "noise L∞ (sanity check)", "PGD-5 L∞ transfer (sanity check)",
-            "PGD-50 L∞ targeted (gallery)"} == set(extra)
+    assert {"PGD-10×2 L∞ (sanity check)", "APGD-DLR-20 L∞ (sanity check)", "Square-300 L∞ (sanity check)",
+            "noise L∞ (sanity check)", "PGD-5 L∞ transfer (sanity check)", "PGD-50 L∞ targeted (gallery)"} == set(extra)
     assert extra["PGD-10×2 L∞ (sanity check)"]["alpha"] == pytest.approx(metrics["attack_hyperparameters"]
                                                                         ["PGD-5 L∞"][1]["alpha"])
     assert metrics["n_eval"] == 60
@@ -95,10 +96,10 @@ def test_a_stage_computed_from_other_inputs_is_redone(tiny_study):
 
 
 def test_interrupted_overwrite_leaves_no_model_marked_done(tiny_study, monkeypatch):
-    import advlab.study
+    import advlab.study.run
 
     out, _ = tiny_study
-    real_train, calls = advlab.study.train, []
+    real_train, calls = advlab.study.run.train, []
 
     def train_then_stop(*args, **kwargs):
         calls.append(1)
@@ -106,7 +107,7 @@ def test_interrupted_overwrite_leaves_no_model_marked_done(tiny_study, monkeypat
             raise KeyboardInterrupt  # stopped while retraining the second model
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(advlab.study, "train", train_then_stop)
+    monkeypatch.setattr(advlab.study.run, "train", train_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_study(tiny_config(), out, overwrite=True, progress=False)
     assert (out / "models" / "standard" / "done.json").is_file()
@@ -215,7 +216,7 @@ def test_sanity_check_verdicts():
     row = _check_inputs(fgsm=(0.9, 0.5, 0.6), pgd=(0.9, 0.4, 0.0))["accuracy falls as ε grows"]
     assert not row["passed"] and row["detail"].startswith("FGSM L∞ rises from 50.0% at ε = 0.1 to 60.0%")
     assert row["numbers"]["FGSM L∞ at ε = 0.3"] == 0.6
-    assert not _check_inputs(pgd=(0.9, 0.4, 0.2), fgsm=(0.9, 0.5, 0.3))["reaches chance at large ε"]["passed"]
+    assert not _check_inputs(pgd=(0.9, 0.4, 0.2), fgsm=(0.9, 0.5, 0.3))["reaches zero at large ε"]["passed"]
     assert not _check_inputs(noise=0.3)["random noise hurts less than PGD"]["passed"]
     assert not _check_inputs(transfer=0.35)["transfer attack weaker than white-box"]["passed"]
     assert not _check_inputs(fgsm=(0.9, 0.35, 0.0))["iterative beats single-step"]["passed"]

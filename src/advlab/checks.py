@@ -1,13 +1,20 @@
 """Sanity checks against gradient masking (Carlini et al. 2019, "On Evaluating Adversarial Robustness",
 arXiv:1902.06705): the extra attacks behind them, and a pass/fail verdict with its numbers for each.
 
-Robustness that comes from hiding gradients rather than from the model fails at least one of these:
+Robustness that comes from hiding gradients rather than from the model fails at least one of these. Each
+check passes, fails, or is **not applicable** where the model leaves nothing to test (FGSM already at 0%,
+say): a check that could not have failed never says "pass".
 
-- iterative beats single-step: PGD is at least as strong as FGSM;
+- iterative beats single-step: PGD is strictly stronger than FGSM (a tie fails);
 - more steps and restarts change little: doubling PGD's steps and restarts (same step size) lowers the
   worst case by less than a point;
-- accuracy falls as ε grows: no attack's curve, and not the worst case, rises along the ε grid;
-- reaches chance at large ε: the worst case at the largest ε is at or below chance;
+- another loss (DLR) finds little more: APGD-DLR on what the study's attacks left lowers it by less than a
+  point;
+- the gradient-free attack finds little more: Square on the same images, likewise;
+- accuracy falls as ε grows: no attack's curve, and not the worst case, rises along the ε grid, and the
+  worst case loses at least half its value from the grid's first ε to its last;
+- reaches zero at large ε: at the largest ε at most 1% of the images survive (Carlini et al.: an
+  unbounded attack breaks everything);
 - random noise hurts less than PGD;
 - a transfer attack (PGD on another model) is weaker than the white-box one.
 
@@ -47,32 +54,39 @@ def doubled(base: AttackSpec, eps: float) -> AttackSpec:
 
 
 def measure_checks(model: nn.Module, surrogate: nn.Module, data, *, base: AttackSpec, eps: float,
-                   survivors: torch.Tensor, seed: int = 0, runtime: Runtime | None = None,
-                   progress: bool = False) -> dict:
+                   survivors: torch.Tensor, dlr: AttackSpec | None = None, square: AttackSpec | None = None,
+                   seed: int = 0, runtime: Runtime | None = None, progress: bool = False) -> dict:
     """The extra attacks of the checks at ``eps``, on the images of ``data`` (an ImageData).
 
-    ``survivors`` are the indices of the images the caller's own attacks left robust: doubled PGD attacks
-    only those (an image another attack broke stays broken); uniform noise and the transfer attack from
-    ``surrogate`` attack every image. Returns each attack's accuracy and hyperparameters, and
-    ``robust_after_all``: per image, robust against the caller's attacks and all three (a CPU bool tensor).
+    ``survivors`` are the indices of the images the caller's own attacks left robust: doubled PGD, and the
+    other loss ``dlr`` (APGD-DLR) and the gradient-free ``square`` when given, attack only those (an image
+    another attack broke stays broken); uniform noise and the transfer attack from ``surrogate`` attack
+    every image. Returns each attack's accuracy and hyperparameters, and ``robust_after_all``: per image,
+    robust against the caller's attacks and all of these (a CPU bool tensor).
     """
-    stronger, noise = doubled(base, eps), AttackSpec("noise", norm=base.norm)
     x_all, y_all = data.tensors()
     n = len(y_all)
     robust = torch.zeros(n, dtype=torch.bool)
-    if len(survivors):
-        result = evaluate(model, (x_all[survivors], y_all[survivors]), attacks=[stronger], eps=[eps], seed=seed + 1,
-                          progress=progress, keep_per_example=True, runtime=runtime)
-        robust[survivors] = result.per_example[f"{stronger.label}@{eps:g}"]
-    after_doubled = robust.float().mean().item()
+    robust[survivors] = True
+    numbers: dict = {"eps": eps, "n": n}
+    for key, attack in (("pgd_doubled", doubled(base, eps)), ("dlr", dlr), ("square", square)):
+        if attack is None:
+            continue
+        kept = torch.zeros(n, dtype=torch.bool)
+        if len(survivors):
+            result = evaluate(model, (x_all[survivors], y_all[survivors]), attacks=[attack], eps=[eps], seed=seed + 1,
+                              progress=progress, keep_per_example=True, runtime=runtime, checks=False)
+            kept[survivors] = result.per_example[f"{attack.label}@{eps:g}"]
+        robust &= kept
+        numbers[key] = {"label": attack.label, "accuracy": kept.float().mean().item(),
+                        "hyperparameters": attack.hyperparameters(eps)}
+    noise = AttackSpec("noise", norm=base.norm)
     result = evaluate(model, data, attacks=[noise], eps=[eps], seed=seed + 1, progress=progress,
-                      keep_per_example=True, runtime=runtime)
+                      keep_per_example=True, runtime=runtime, checks=False)
     noise_flags = result.per_example[f"{noise.label}@{eps:g}"]
     transfer = transfer_flags(model, surrogate, data, attack=base, eps=eps, seed=seed, runtime=runtime)
     robust &= noise_flags & transfer
-    return {"eps": eps, "n": n,
-            "pgd_doubled": {"label": stronger.label, "accuracy": after_doubled,
-                            "hyperparameters": stronger.hyperparameters(eps)},
+    return {**numbers,
             "noise": {"label": noise.label, "accuracy": noise_flags.float().mean().item(),
                       "hyperparameters": noise.hyperparameters(eps)},
             "transfer": {"label": base.label, "accuracy": transfer.float().mean().item(),
@@ -80,11 +94,19 @@ def measure_checks(model: nn.Module, surrogate: nn.Module, data, *, base: Attack
             "robust_after_all": robust}
 
 
+# The bars of the checks, each with its reason.
+CHANGE_LITTLE = 0.01  # a stronger attack may take less than 1 point more (in images, not float32 fractions)
+REAL_FALL = 0.5  # along the ε grid the worst case must lose at least half its value at the grid's first ε
+NEAR_ZERO = 0.01  # Carlini et al. 2019: at a large enough ε (almost) every example is broken: at most 1%
+STATUSES = ("pass", "fail", "not applicable")
+
+
 def sanity_checks(metrics: dict, checks: dict[str, dict]) -> list[dict]:
-    """Carlini et al. 2019 (arXiv:1902.06705) checks against gradient masking, each pass/fail with numbers."""
+    """Carlini et al. 2019 (arXiv:1902.06705) checks against gradient masking, each with its numbers and a
+    status: ``pass``, ``fail``, or ``not applicable`` where the model leaves nothing to test (a check that
+    cannot fail never says "pass"). ``passed`` is True, False or None (not applicable)."""
     rows = []
     grid = metrics["eps_grid"]
-    chance = metrics["chance_accuracy"]
 
     def pct(v: float) -> str:
         return f"{100 * v:.1f}%"
@@ -97,37 +119,62 @@ def sanity_checks(metrics: dict, checks: dict[str, dict]) -> list[dict]:
         fgsm = next(label for label in labels if label.startswith("FGSM"))
         pgd = numbers["pgd"]["label"]
         fgsm_acc, pgd_acc = model["robust_accuracy"][fgsm][i], numbers["pgd"]["accuracy"]
+        before, n = numbers["worst_case"]["accuracy"], numbers.get("n")
 
-        def add(check: str, passed: bool, detail: str, values: dict) -> None:
-            rows.append({"model": name, "check": check, "passed": bool(passed), "detail": detail, "numbers": values})
+        def add(check: str, passed: bool | None, detail: str, values: dict) -> None:
+            status = "not applicable" if passed is None else "pass" if passed else "fail"
+            rows.append({"model": name, "check": check, "status": status,
+                         "passed": None if passed is None else bool(passed), "detail": detail, "numbers": values})
 
-        add("iterative beats single-step", pgd_acc <= fgsm_acc,
-            f"{pgd} {pct(pgd_acc)} ≤ {fgsm} {pct(fgsm_acc)} at ε = {eps:g}", {pgd: pgd_acc, fgsm: fgsm_acc})
-        # Doubled PGD attacks what the study's attacks left robust: how far does the worst case still fall?
-        doubled, before = numbers["pgd_doubled"], numbers["worst_case"]["accuracy"]
-        n = numbers.get("n")
-        # Compared in images, not in float32 fractions: a drop of exactly 1 point is not "less than a point".
-        lost = (round(before * n) - round(doubled["accuracy"] * n)) / n if n else before - doubled["accuracy"]
-        add("more steps and restarts change little", lost < 0.01 - 1e-9,
-            f"adding {doubled['label']} takes the worst case from {pct(before)} to {pct(doubled['accuracy'])}: "
-            f"{points(before, doubled['accuracy'])} points (< 1 needed)",
-            {"worst case": before, f"+ {doubled['label']}": doubled["accuracy"]})
-        # Every attack's curve and the worst case: a single-step attack whose accuracy rises with ε (its
-        # step overshooting into a region where the loss is flat) is itself a sign of masked gradients.
+        def images(v: float) -> int:
+            return round(v * n) if n else v
+
+        def lost_to(after: float) -> float:
+            # Compared in images, not in float32 fractions: a drop of exactly 1 point is not "less than a point".
+            return (images(before) - images(after)) / n if n else before - after
+
+        # Strict: a tie means PGD found nothing FGSM did not, which a working gradient never allows; with
+        # FGSM already at 0% there is nothing to beat.
+        add("iterative beats single-step", None if fgsm_acc == 0 else pgd_acc < fgsm_acc,
+            f"{pgd} {pct(pgd_acc)} < {fgsm} {pct(fgsm_acc)} at ε = {eps:g}" if fgsm_acc > 0 else
+            f"{fgsm} already breaks every image at ε = {eps:g}: nothing for PGD to beat", {pgd: pgd_acc, fgsm: fgsm_acc})
+        # Stronger attacks on what the study's attacks left robust: how far does the worst case still fall?
+        for key, check in (("pgd_doubled", "more steps and restarts change little"),
+                           ("dlr", "another loss (DLR) finds little more"),
+                           ("square", "the gradient-free attack finds little more")):
+            if key not in numbers:
+                continue
+            after = numbers[key]["accuracy"]
+            label = numbers[key]["label"]
+            if before == 0:
+                add(check, None, f"the worst case is already 0% at ε = {eps:g}: nothing left to find", {"worst case": 0.0})
+                continue
+            add(check, lost_to(after) < CHANGE_LITTLE - 1e-9,
+                f"adding {label} takes the worst case from {pct(before)} to {pct(after)}: {points(before, after)} "
+                f"points (< {100 * CHANGE_LITTLE:g} needed)", {"worst case": before, f"+ {label}": after})
+        # Every attack's curve and the worst case: none may rise (a single-step attack whose accuracy rises with
+        # ε overshoots into a flat region: masking), and the worst case must really fall.
         worst = model["worst_case_accuracy"]
         curves = {**model["robust_accuracy"], "worst case": worst}
         rises = [(what, j) for what, curve in curves.items() for j in range(len(curve) - 1)
                  if curve[j + 1] > curve[j] + 1e-9]
-        detail = "no attack's accuracy and not the worst case rises along the ε grid"
         values = {f"worst case at ε = {e:g}": w for e, w in zip(grid, worst)}
-        if rises:
+        if worst[0] == 0:
+            add("accuracy falls as ε grows", None, f"the worst case is 0% already at ε = {grid[0]:g}", values)
+        elif rises:
             what, j = rises[0]
-            detail = (f"{what} rises from {pct(curves[what][j])} at ε = {grid[j]:g} to {pct(curves[what][j + 1])} "
-                      f"at ε = {grid[j + 1]:g}" + (f" (and {len(rises) - 1} more rises)" if len(rises) > 1 else ""))
             values.update({f"{what} at ε = {grid[k]:g}": curves[what][k] for k in (j, j + 1)})
-        add("accuracy falls as ε grows", not rises, detail, values)
-        add("reaches chance at large ε", worst[-1] <= chance,
-            f"{pct(worst[-1])} at ε = {grid[-1]:g} (chance {pct(chance)})", {"accuracy": worst[-1], "chance": chance})
+            add("accuracy falls as ε grows", False,
+                f"{what} rises from {pct(curves[what][j])} at ε = {grid[j]:g} to {pct(curves[what][j + 1])} at "
+                f"ε = {grid[j + 1]:g}" + (f" (and {len(rises) - 1} more rises)" if len(rises) > 1 else ""), values)
+        else:
+            fell = worst[-1] <= (1 - REAL_FALL) * worst[0] + 1e-9
+            add("accuracy falls as ε grows", fell,
+                f"the worst case goes from {pct(worst[0])} at ε = {grid[0]:g} to {pct(worst[-1])} at ε = {grid[-1]:g}, "
+                f"never rising" + ("" if fell else f"; a real fall loses at least {100 * REAL_FALL:g}% of it"), values)
+        add("reaches zero at large ε", worst[-1] <= NEAR_ZERO + 1e-9,
+            f"{pct(worst[-1])} at ε = {grid[-1]:g} (at most {pct(NEAR_ZERO)} needed: almost every image broken)",
+            {"accuracy": worst[-1]})
         noise = numbers["noise"]
         add("random noise hurts less than PGD", noise["accuracy"] >= pgd_acc,
             f"{noise['label']} {pct(noise['accuracy'])} ≥ {pgd} {pct(pgd_acc)} at ε = {eps:g}",

@@ -45,16 +45,23 @@ EPILOG_ATTACK = """examples:
   advlab attack runs/standard --attack fgsm --eps 0.1 --out runs/standard/fgsm
   advlab attack runs/standard --attack pgd20 --eps 0.1 --n 16 --out runs/standard/pgd
   advlab attack runs/standard --attack pgd50 --eps 0.1 --target 8 --out runs/standard/to-bag
-attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10); append -l2 for L2,
--margin for the Carlini-Wagner margin loss instead of cross-entropy
+attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10), apgd-ce, apgd-dlr,
+apgd-t (Auto-PGD, 100 iterations unless named: apgd-ce100x5), square (gradient-free, 5000 queries unless
+named: square1000); append -l2 for L2, -margin for the Carlini-Wagner margin loss instead of cross-entropy
 """
 EPILOG_EVALUATE = """examples:
   advlab evaluate runs/standard --attack fgsm --attack pgd20 --eps 0.1
   advlab evaluate runs/pgd --attack fgsm --attack pgd50x10 --eps 0.05,0.1,0.15 --out runs/pgd/eval.json
   advlab evaluate runs/pgd --attack pgd20-l2 --eps 0.5,1,2 --n 1000
   advlab evaluate runs/pgd --attack pgd20-margin --attack pgd20-targeted3 --eps 0.1
-attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10); append -l2 for L2,
--margin for the margin loss, -targeted to attack every other class in turn (-targetedK: the K most likely)
+  advlab evaluate runs/pgd --suite standard --eps 0.1 --n 1000 --out runs/pgd/aa.json
+attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10), apgd-ce, apgd-dlr,
+apgd-t (Auto-PGD, 100 iterations unless named: apgd-ce100x5), square (gradient-free, 5000 queries unless
+named: square1000); append -l2 for L2, -margin for the margin loss, -dlr for the DLR loss, -targeted to
+attack every other class in turn (-targetedK: the K most likely)
+suites (--suite): standard = apgd-ce100, apgd-t100, square5000 chained; quick = apgd-ce50, apgd-t50
+model checks: a warning for a model in train mode, probability outputs, zero/NaN gradients, a random forward
+pass, fewer than 4 classes, or a gradient-free attack beating the gradient ones (advlab.model_checks)
 """
 
 
@@ -206,7 +213,7 @@ def _attacks(names: Sequence[str] | None, norm: str, default: Sequence[str]):
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    from advlab.evaluate import attack_checkpoint
+    from advlab.jobs import attack_checkpoint
     from advlab.report import save_attack_gallery
 
     (attack,) = _attacks([args.attack], args.norm, ["pgd20"])
@@ -222,15 +229,18 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from advlab.evaluate import evaluate_checkpoint
+    from advlab.jobs import evaluate_checkpoint
     from advlab.runs import training_outcome
 
-    attacks = _attacks(args.attack, args.norm, ["fgsm", "pgd20"])
-    result = evaluate_checkpoint(args.checkpoint, attacks=attacks, eps=args.eps, n=args.n, dataset=args.dataset,
-                                 split=args.split, data_dir=args.data_dir, out=args.out, overwrite=args.overwrite,
-                                 batch_size=args.batch_size, chain=args.chain, early_stop=not args.no_early_stop,
-                                 seed=args.seed, progress=not args.quiet, runtime=_runtime(args))
+    attacks = _attacks(args.attack, args.norm, [] if args.suite else ["fgsm", "pgd20"])
+    result = evaluate_checkpoint(args.checkpoint, attacks=attacks, suite=args.suite, eps=args.eps, n=args.n,
+                                 dataset=args.dataset, split=args.split, data_dir=args.data_dir, out=args.out,
+                                 overwrite=args.overwrite, batch_size=args.batch_size, chain=args.chain,
+                                 early_stop=not args.no_early_stop, seed=args.seed, progress=not args.quiet,
+                                 runtime=_runtime(args), norm=args.norm)
     print(result.table())
+    for flag in result.flags:
+        print(f"warning ({flag['flag']}): {flag['message']}")
     outcome = training_outcome(args.checkpoint)
     if outcome and outcome["collapsed"]:
         print(f"warning: the guard caught catastrophic overfitting in this model's training: {outcome['message']}")
@@ -352,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                 EPILOG_EVALUATE)
     attack_options(p)
     p.add_argument("--attack", action="append", help="attack to run; repeat for several (default: fgsm and pgd20)")
+    p.add_argument("--suite", help="a chain of attacks for one trustworthy number: standard (APGD-CE, APGD-T, "
+                   "Square: AutoAttack's without FAB-T) or quick (APGD-CE and APGD-T, 50 iterations); --attack "
+                   "adds attacks after it")
     p.add_argument("--eps", type=parse_numbers, required=True, help="comma-separated ε values, e.g. 0.05,0.1")
     p.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default: all)")
     p.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH,

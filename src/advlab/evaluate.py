@@ -14,15 +14,14 @@ Python::
     result = evaluate(model, test_data, attacks=[parse_attack("fgsm"), parse_attack("pgd20")], eps=[0.1])
     print(result.table())
 
-Command line: ``advlab evaluate RUN_DIR --attack fgsm --attack pgd20 --eps 0.05,0.1``;
-``advlab attack RUN_DIR --eps 0.1 --out OUT`` saves adversarial examples (:func:`attack_checkpoint`).
+Command line: ``advlab evaluate RUN_DIR --attack fgsm --attack pgd20 --eps 0.05,0.1`` (through
+:mod:`advlab.jobs`, which loads a checkpoint, runs this and writes the results).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
@@ -31,11 +30,11 @@ from torch import nn
 from advlab.attacks import AttackSpec, bucket_size, eval_mode
 from advlab.attacks.threat import IntegrityError, verify_adversarial
 from advlab.errors import AdvlabError, check_range
-from advlab.runs import training_outcome, load_checkpoint, prepare_run_dir, save_tensors, write_json
+from advlab.model_checks import black_box_flag, model_flags
 from advlab.runtime import Runtime, release_freed_memory, same_device
 
-__all__ = ["DEFAULT_BATCH", "EvalResult", "IntegrityError", "attack_checkpoint", "clean_accuracy", "evaluate",
-           "evaluate_checkpoint", "transfer_flags", "verify_adversarial"]
+__all__ = ["DEFAULT_BATCH", "EvalResult", "IntegrityError", "clean_accuracy", "evaluate", "transfer_flags",
+           "verify_adversarial"]
 
 # Images per evaluation batch. On the 2-core CPU of BENCHMARKS.md (benchmarks/bench_eval_batch.py), PGD-20
 # on 1,000 images of a robust small_cnn took 3.4 s at 256 against 4.2 s at 500 and 3.4–3.6 s at 100–128
@@ -55,11 +54,13 @@ class EvalResult:
     worst_case: list[float]
     seconds: float
     per_example: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # "clean", label@eps -> bool
+    flags: list[dict] = field(default_factory=list)  # advlab.model_checks: what may make these numbers overstate
 
     def to_dict(self) -> dict:
         """JSON-ready summary (per-example flags left out)."""
         return {"n": self.n, "clean_accuracy": self.clean_accuracy, "eps": self.eps, "attacks": self.attacks,
-                "robust_accuracy": self.robust, "worst_case_accuracy": self.worst_case, "seconds": self.seconds}
+                "robust_accuracy": self.robust, "worst_case_accuracy": self.worst_case, "seconds": self.seconds,
+                "model_flags": self.flags}
 
     def table(self) -> str:
         """A plain-text table: one row per ε, one column per attack, then the worst case."""
@@ -133,8 +134,32 @@ def _survivors(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.T
                            channels_last=runtime.channels_last)
         verify_adversarial(xs[rows], x_adv, eps, attack.norm, what=attack.label)
         with torch.inference_mode():
-            survived[rows] &= model(x_adv.float()).argmax(1) == ys[rows]
+            held = model(x_adv.float()).argmax(1) == ys[rows]
+        held = held.clone()  # a normal tensor (not an inference one): updated below
+        if early_stop and runtime.precision != "fp32" and bool(held.any()):
+            held[held.clone()] = _recheck_in_fp32(model, attack, xs[rows][held], goal[rows][held], ys[rows][held],
+                                                  x_adv[held], eps, runtime=runtime, generator=generator)
+        survived[rows] &= held
     robust[index] = survived
+    return robust
+
+
+def _recheck_in_fp32(model: nn.Module, attack: AttackSpec, x: torch.Tensor, goal: torch.Tensor, y: torch.Tensor,
+                     x_adv: torch.Tensor, eps: float, *, runtime: Runtime, generator: torch.Generator) -> torch.Tensor:
+    """Reduced precision must not overstate: an example the attack let go early because its low-precision
+    logits looked fooled, but that fp32 judges robust, was never attacked to the end. Those few are attacked
+    again in fp32, and the fp32 verdict on that attack decides. Returns, per row, robust in fp32."""
+    with torch.inference_mode(), runtime.autocast():
+        fooled_low = model(x_adv).argmax(1) != y if not attack.targeted else model(x_adv).argmax(1) == goal
+    fooled_low = fooled_low.clone()
+    robust = torch.ones(len(y), dtype=torch.bool, device=y.device)
+    if not bool(fooled_low.any()):
+        return robust
+    again = attack(model, x[fooled_low], goal[fooled_low], eps=eps, generator=generator, early_stop=True,
+                   channels_last=runtime.channels_last)
+    verify_adversarial(x[fooled_low], again, eps, attack.norm, what=attack.label)
+    with torch.no_grad():
+        robust[fooled_low] = model(again.float()).argmax(1) == y[fooled_low]
     return robust
 
 
@@ -161,6 +186,7 @@ def evaluate(
     runtime: Runtime | None = None,
     progress: bool = True,
     keep_per_example: bool = False,
+    checks: bool = True,
 ) -> EvalResult:
     """Clean accuracy, and robust accuracy for each attack and ε, with the per-example worst case.
 
@@ -174,6 +200,9 @@ def evaluate(
     ``runtime`` (default: the model's device, fp32, channels-last on CPU) sets the attacks' precision:
     ``bf16`` or ``fp16`` autocast covers the attacks' passes only, and every example is still judged in
     fp32, so a weaker low-precision attack shows as higher robust accuracy, never hidden.
+    ``checks`` (the default) runs :mod:`advlab.model_checks` on the first batch and, when a gradient-free
+    attack is in the list, flags the images it broke that every gradient attack left robust; the flags are
+    in ``result.flags``.
     """
     if not attacks:
         raise AdvlabError("give at least one attack to evaluate")
@@ -195,13 +224,23 @@ def evaluate(
     worst_flags: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(eps))}
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
     bar = _progress(total, progress, "evaluate")
+    raised: list[dict] = []  # the model flags
+    black_box = [a for a in attacks if a.kind.black_box]
+    # Per ε: images every gradient attack ran on and left robust, and those a gradient-free attack then broke.
+    white_robust = {i: 0 for i in range(len(eps))}
+    black_broke: dict[tuple[str, int], int] = {(a.label, i): 0 for a in black_box for i in range(len(eps))}
+    training = model.training
     with eval_mode(model):
         for x, y in _batches(data, batch_size, runtime.device):
+            if checks and not clean_flags:
+                raised = model_flags(model, x, y, training=training)
             with torch.inference_mode():
                 correct = model(x).argmax(1) == y
             clean_flags.append(correct.cpu())
             for i, e in enumerate(eps):
                 still_robust = correct.clone()
+                white = correct.clone()
+                ran: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
                 for attack in attacks:
                     # Only clean-correct examples can be robust; chained attacks also skip the broken ones.
                     # Without early exit every example is attacked, as a naive evaluation would.
@@ -210,10 +249,20 @@ def evaluate(
                                         early_stop=early_stop) & correct
                     robust_flags[(attack.label, i)].append((robust & still_robust if chain else robust).cpu())
                     still_robust &= robust
+                    if attack.kind.black_box:
+                        ran[attack.label] = (todo & correct, robust)
+                    else:
+                        white &= todo & robust
                 worst_flags[i].append(still_robust.cpu())
+                white_robust[i] += int(white.sum())
+                for label, (attacked, robust) in ran.items():
+                    black_broke[(label, i)] += int((white & attacked & ~robust).sum())
             bar.update(len(y))
             release_freed_memory()
     bar.close()
+    if checks and len(black_box) < len(attacks):
+        raised += [black_box_flag(broken, white_robust[i], eps[i], label)
+                  for (label, i), broken in black_broke.items() if broken]
     clean = torch.cat(clean_flags) if clean_flags else torch.zeros(0, dtype=torch.bool)
     n = int(clean.numel())
     if n == 0:
@@ -228,7 +277,7 @@ def evaluate(
     return EvalResult(
         n=n, clean_accuracy=clean.float().mean().item(), eps=[float(e) for e in eps],
         attacks={a.label: a.to_dict() for a in attacks}, robust=robust_acc, worst_case=worst,
-        seconds=time.perf_counter() - start, per_example=per_example if keep_per_example else {},
+        seconds=time.perf_counter() - start, per_example=per_example if keep_per_example else {}, flags=raised,
     )
 
 
@@ -248,125 +297,6 @@ def _progress(total: int | None, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc=desc, unit="img", leave=False, dynamic_ncols=True)
-
-
-def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None, data_dir, progress: bool):
-    from advlab.data import load_dataset
-
-    name = dataset or record.get("dataset")
-    if not name:
-        raise AdvlabError("the checkpoint names no data set; pass --dataset")
-    data = load_dataset(name, split, data_dir=data_dir, progress=progress)
-    if n is not None:
-        if n < 1:
-            raise AdvlabError(f"--n must be at least 1, got {n}")
-        data = data.subset(min(n, len(data)))
-    return data
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    *,
-    attacks: Sequence[AttackSpec],
-    eps: Sequence[float],
-    n: int | None = None,
-    dataset: str | None = None,
-    split: str = "test",
-    data_dir=None,
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    batch_size: int = DEFAULT_BATCH,
-    chain: bool = False,
-    early_stop: bool = True,
-    seed: int = 0,
-    progress: bool = True,
-    runtime: Runtime | None = None,
-) -> EvalResult:
-    """Load a checkpoint onto the runtime's device (default: CUDA when present), evaluate it on ``n``
-    examples of ``split`` and write the result as JSON to ``out``."""
-    out = Path(out) if out is not None else None
-    if out is not None and out.exists() and not overwrite:
-        raise AdvlabError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    runtime = runtime if runtime is not None else Runtime()
-    model, record = load_checkpoint(checkpoint, device=runtime.device)
-    data = _load_test_data(record, dataset, split, n, data_dir, progress)
-    result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
-                      early_stop=early_stop, seed=seed, progress=progress, runtime=runtime)
-    if out is not None:
-        write_json(out, {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split,
-                         "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
-                         "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
-                         "batch_size": batch_size, "seed": seed,
-                         "early_stop": early_stop, "chain": chain,  # the random starts depend on these
-                         "training": training_outcome(checkpoint),  # a collapsed run says so here too
-                         **result.to_dict()})
-    return result
-
-
-def attack_checkpoint(
-    checkpoint: str | Path,
-    *,
-    attack: AttackSpec,
-    eps: float,
-    out: str | Path,
-    n: int = 8,
-    target: int | None = None,
-    dataset: str | None = None,
-    split: str = "test",
-    data_dir=None,
-    overwrite: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-    runtime: Runtime | None = None,
-) -> dict:
-    """Attack the first ``n`` examples of ``split`` and write ``adversarial.safetensors`` (images, labels,
-    logits) and ``attack.json`` (hyperparameters, class names, success rate) into the folder ``out``;
-    :func:`advlab.report.save_attack_gallery` draws ``gallery.png`` from those files.
-
-    ``target`` makes the attack targeted at that class index (examples already of that class are skipped).
-    """
-    import dataclasses
-
-    if attack.targeted and target is None:
-        raise AdvlabError(f"{attack.label} is targeted: name the class with --target CLASS (advlab evaluate "
-                          "tries the most likely wrong classes itself)")
-    if attack.targets is not None:
-        raise AdvlabError(f"{attack.label}: a number of target classes means nothing here; use --target CLASS")
-    out = prepare_run_dir(out, overwrite=overwrite)
-    runtime = runtime if runtime is not None else Runtime()
-    model, record = load_checkpoint(checkpoint, device=runtime.device)
-    data = _load_test_data(record, dataset, split, None, data_dir, progress)
-    classes = data.info.classes
-    if target is not None:
-        if not 0 <= target < len(classes):
-            raise AdvlabError(f"--target must be a class index from 0 to {len(classes) - 1}, got {target}")
-        keep = (data.labels != target).nonzero().squeeze(1)
-        data = data.subset(keep)
-        attack = dataclasses.replace(attack, targeted=True)
-    data = data.subset(min(n, len(data)))
-    x, y = data.tensors(runtime.device)
-    goal = torch.full_like(y, target) if target is not None else y
-    with runtime.autocast():
-        x_adv = attack(model, x, goal, eps=eps, generator=runtime.generator(seed), channels_last=runtime.channels_last)
-    x_adv = x_adv.float()
-    verify_adversarial(x, x_adv, eps, attack.norm, what=attack.label)
-    with torch.inference_mode():
-        logits_clean, logits_adv = model(x), model(x_adv)
-    prediction = logits_adv.argmax(1)
-    success = prediction == goal if target is not None else prediction != y
-    tensors = {"x": x, "x_adv": x_adv, "labels": y, "logits_clean": logits_clean, "logits_adv": logits_adv,
-               "prediction_clean": logits_clean.argmax(1), "prediction_adv": prediction}
-    if target is not None:
-        tensors["targets"] = goal
-    save_tensors(out / "adversarial.safetensors", tensors)
-    summary = {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split, "n": len(y),
-               **attack.hyperparameters(eps), "label": attack.label, "target": target, "classes": list(classes),
-               "runtime": runtime.to_dict(),
-               "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),
-               "success_rate": float(success.float().mean()),
-               "files": ["adversarial.safetensors", "attack.json"]}
-    write_json(out / "attack.json", summary)
-    return summary
 
 
 def transfer_flags(

@@ -3,6 +3,9 @@
 - :mod:`~advlab.attacks.threat`: norms, projection, random starts, the ε-ball check (``verify_adversarial``);
 - :mod:`~advlab.attacks.loop`: the one gradient loop (``perturb``), the losses, eval mode;
 - :mod:`~advlab.attacks.gradient`: FGSM, PGD and the random-noise baseline;
+- :mod:`~advlab.attacks.apgd`: APGD-CE, APGD-DLR and APGD-T (Croce & Hein 2020), AutoAttack's white-box part;
+- :mod:`~advlab.attacks.square`: the Square Attack (Andriushchenko et al. 2020), gradient-free;
+- :mod:`~advlab.attacks.suites`: named lists of attacks run in a chain (``--suite standard``: AutoAttack's);
 - :mod:`~advlab.attacks.registry`: attack names for the CLI and configs (``parse_attack``, ``AttackSpec``).
 
 Python::
@@ -15,11 +18,13 @@ Python::
 Command line: ``advlab attack RUN_DIR --attack pgd20 --eps 0.1 --out OUT``.
 """
 
+from advlab.attacks.apgd import apgd_ce, apgd_dlr, apgd_t, count_passes
 from advlab.attacks.gradient import fgsm, madry_alpha, pgd, random_noise
 from advlab.attacks.loop import LOSSES, bucket_size, eval_mode, margin_loss, perturb
+from advlab.attacks.square import square
 from advlab.attacks.registry import ATTACKS, AttackKind, AttackSpec, parse_attack, register_attack
 from advlab.attacks.threat import NORMS, IntegrityError, project, verify_adversarial
 
-__all__ = ["ATTACKS", "AttackKind", "AttackSpec", "IntegrityError", "LOSSES", "NORMS", "bucket_size", "eval_mode",
+__all__ = ["apgd_ce", "apgd_dlr", "apgd_t", "count_passes", "ATTACKS", "AttackKind", "AttackSpec", "IntegrityError", "LOSSES", "NORMS", "bucket_size", "eval_mode",
            "fgsm", "madry_alpha", "margin_loss", "parse_attack", "perturb", "pgd", "project", "random_noise",
-           "register_attack", "verify_adversarial"]
+           "register_attack", "square", "verify_adversarial"]

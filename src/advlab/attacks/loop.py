@@ -21,6 +21,7 @@ from torch import nn
 
 from advlab.attacks.threat import project, step_direction
 from advlab.attacks.threat import random_start as random_point_in_ball
+from advlab.errors import AdvlabError
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -49,8 +50,21 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1) - true_logit
 
 
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example difference of logits ratio ``−(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 1e−12)``, π sorting
+    the logits in decreasing order (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+    ensemble of diverse parameter-free attacks", arXiv:2003.01690). The margin loss divided by the spread of
+    the top logits: positive exactly when misclassified, and unchanged when the logits are shifted or scaled.
+    """
+    if logits.shape[1] < 3:
+        raise AdvlabError(f"the DLR loss needs at least 3 classes (it divides by z_π1 − z_π3), "
+                          f"but the model gives {logits.shape[1]}; use cross-entropy instead")
+    top = logits.topk(3, dim=1).values
+    return margin_loss(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
 # The losses an attack can ascend, by the name used in attack names ("pgd20-margin") and configs.
-LOSSES: dict[str, Objective] = {"ce": cross_entropy, "margin": margin_loss}
+LOSSES: dict[str, Objective] = {"ce": cross_entropy, "margin": margin_loss, "dlr": dlr_loss}
 
 
 def attack_objective(loss: str, targeted: bool) -> Objective:

@@ -45,6 +45,7 @@ class AttackKind:
     step_ratio: Callable[[int], float] | None = None  # α/ε for a number of steps; None: the attack has no step
     options: frozenset[str] = field(default_factory=frozenset)  # of steps, restarts, random_start, alpha,
     # step_ratio, loss (it ascends a loss one can choose) and targeted (it can aim at a class)
+    black_box: bool = False  # it never uses gradients (Square): beating the gradient attacks flags masking
 
     def takes(self, option: str) -> bool:
         return option in self.options
@@ -54,15 +55,15 @@ ATTACKS: dict[str, AttackKind] = {}
 
 
 def register_attack(name: str, *, title: str, summary: str, counts: str = "", syntax: str = "", default_steps: int = 0,
-                    step_ratio: Callable[[int], float] | None = None,
-                    options: tuple[str, ...] = ()) -> Callable[[AttackFn], AttackFn]:
+                    step_ratio: Callable[[int], float] | None = None, options: tuple[str, ...] = (),
+                    black_box: bool = False) -> Callable[[AttackFn], AttackFn]:
     """Decorator: make the attack function findable by ``name`` (see :class:`AttackKind`)."""
     def decorate(function: AttackFn) -> AttackFn:
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} is registered twice")
         ATTACKS[name] = AttackKind(name=name, function=function, title=title, summary=summary, counts=counts,
                                    syntax=syntax or name, default_steps=default_steps, step_ratio=step_ratio,
-                                   options=frozenset(options))
+                                   options=frozenset(options), black_box=black_box)
         return function
 
     return decorate
@@ -170,7 +171,7 @@ class AttackSpec:
 
 _MODIFIERS = r"(?P<modifiers>(?:-[a-z0-9]+)*)"
 _NORM_WORDS = {"linf": "linf", "l2": "l2"}
-_LOSS_WORDS = {"ce": "ce", "margin": "margin", "cw": "margin"}
+_LOSS_WORDS = {"ce": "ce", "margin": "margin", "cw": "margin", "dlr": "dlr"}
 _TARGETED = re.compile(r"targeted(\d*)")
 
 
@@ -199,7 +200,8 @@ def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
         key, value = (("norm", _NORM_WORDS[word]) if word in _NORM_WORDS else ("loss", _LOSS_WORDS[word])
                       if word in _LOSS_WORDS else ("targeted", int(targeted[1] or 0)) if targeted else (None, None))
         if key is None:
-            raise AdvlabError(f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin or -targeted")
+            raise AdvlabError(f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin, -dlr or "
+                              "-targeted")
         if settings[key] is not None:
             raise AdvlabError(f"attack {text!r} gives its {key} twice")
         settings[key] = value

@@ -122,7 +122,7 @@ def targeted_gallery_figure(tensors: dict, info: dict, metrics: dict):
 
 def save_attack_gallery(folder: str | Path) -> Path:
     """Draw ``gallery.png`` (at most 16 rows) in ``folder`` from the ``adversarial.safetensors`` and
-    ``attack.json`` that :func:`advlab.evaluate.attack_checkpoint` wrote there; return its path."""
+    ``attack.json`` that :func:`advlab.jobs.attack_checkpoint` wrote there; return its path."""
     folder = Path(folder)
     summary = read_json(folder / "attack.json")
     tensors, _ = load_tensors(folder / "adversarial.safetensors")

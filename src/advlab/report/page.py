@@ -24,26 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from advlab.errors import AdvlabError
-from advlab.report.figures import (
-    count,
-    figure_bytes,
-    model_label,
-    norm_name,
-    robust_vs_eps_figure,
-    tradeoff_figure,
-    training_curves_figure,
-)
+from advlab.report.figures import (count, figure_bytes, model_label, norm_name, robust_vs_eps_figure, tradeoff_figure,
+                                   training_curves_figure)
 from advlab.report.gallery import comparison_gallery_figure, targeted_gallery_figure
-from advlab.results import (
-    best_robust_model,
-    headline_worst_case,
-    pareto_frontier,
-    percent,
-    points,
-    strongest_attack,
-    tradeoff_points,
-    train_index,
-)
+from advlab.results import (best_robust_model, headline_worst_case, pareto_frontier, percent, points, strongest_attack,
+                            tradeoff_points, train_index)
 from advlab.runs import atomic_write_bytes, atomic_write_text, load_tensors, read_json
 
 __all__ = ["build_report", "story", "summary_text"]
@@ -59,7 +44,7 @@ table{border-collapse:collapse;font-size:.88em;margin:.8em 0;font-variant-numeri
 th,td{border:1px solid #dde2ea;padding:.25em .55em;text-align:right;vertical-align:top}
 th{background:#f2f4f8}td.l,th.l{text-align:left}td.train{background:#fff7e0}
 .badge{display:inline-block;min-width:3.2em;text-align:center;border-radius:3px;font-weight:600;
-font-size:.85em;padding:.05em .4em;color:#fff}.pass{background:#2e7d32}.fail{background:#c62828}
+font-size:.85em;padding:.05em .4em;color:#fff}.pass{background:#2e7d32}.fail{background:#c62828}.na{background:#78828f}
 .note{color:#8a5a00}.small{font-size:.85em;color:#5a6472}
 """
 
@@ -130,9 +115,11 @@ def story(metrics: dict) -> str:
                          + ("at or below chance" if top <= chance else "still above chance")
                          + f" ({percent(chance)}).")
     checks = metrics.get("sanity_checks") or []
-    failed = [c for c in checks if not c.get("passed")]
+    failed = [c for c in checks if check_status(c) == "fail"]
+    idle = sum(check_status(c) == "not applicable" for c in checks)
     if checks and not failed:
-        sentences.append(f"All {len(checks)} sanity checks against gradient masking pass.")
+        sentences.append(f"All {len(checks) - idle} applicable sanity checks against gradient masking pass"
+                         + (f" ({idle} not applicable: the model left nothing for them to test)." if idle else "."))
     elif failed:
         which = "; ".join(f"{model_label(metrics, c.get('model'))}: {c.get('check')}" for c in failed)
         sentences.append(f"{len(failed)} of {len(checks)} sanity checks against gradient masking "
@@ -152,8 +139,10 @@ def summary_text(metrics: dict) -> str:
         worst = headline_worst_case(metrics, name)
         lines.append(f"{model['label']:<22} {100 * model['clean_accuracy']:>6.2f}% {100 * worst:>23.2f}%")
     lines.append("(worst case over every attack run at that ε, the sanity checks' included)")
-    failed = [c for c in metrics["sanity_checks"] if not c["passed"]]
-    lines.append(f"sanity checks: {len(metrics['sanity_checks']) - len(failed)} passed, {len(failed)} failed")
+    statuses = [check_status(c) for c in metrics["sanity_checks"]]
+    failed = [c for c in metrics["sanity_checks"] if check_status(c) == "fail"]
+    lines.append(f"sanity checks: {statuses.count('pass')} passed, {len(failed)} failed, "
+                 f"{statuses.count('not applicable')} not applicable")
     lines += [f"  FAILED {check['model']}: {check['check']} ({check['detail']})" for check in failed]
     return "\n".join(lines)
 
@@ -235,20 +224,32 @@ def _summary_table(metrics: dict) -> str:
             '<th>training time</th></tr>' + "".join(rows) + "</table>")
 
 
+_BADGES = {"pass": '<span class="badge pass">PASS</span>', "fail": '<span class="badge fail">FAIL</span>',
+           "not applicable": '<span class="badge na">N/A</span>'}
+
+
+def check_status(check: dict) -> str:
+    """``pass``, ``fail`` or ``not applicable``; runs saved before statuses existed have only ``passed``."""
+    return check.get("status") or ("pass" if check.get("passed") else "fail")
+
+
 def _checks_table(metrics: dict) -> str:
     checks = metrics.get("sanity_checks") or []
     if not checks:
         return '<p class="note">This run holds no sanity-check results.</p>'
     rows = []
     for c in checks:
-        badge = '<span class="badge pass">PASS</span>' if c.get("passed") else '<span class="badge fail">FAIL</span>'
+        badge = _BADGES[check_status(c)]
         numbers = ", ".join(f"{_e(k)}: {percent(v) if isinstance(v, (int, float)) else _e(v)}"
                             for k, v in (c.get("numbers") or {}).items())
         rows.append(f'<tr><td class="l">{_e(model_label(metrics, c.get("model", "?")))}</td>'
                     f'<td class="l">{_e(c.get("check"))}</td><td class="l">{badge}</td>'
                     f'<td class="l">{_e(c.get("detail", ""))}<br><span class="small">{numbers}</span></td></tr>')
-    passed = sum(bool(c.get("passed")) for c in checks)
-    return (f"<p>{passed} of {len(checks)} checks pass.</p><table><tr><th class='l'>model</th><th class='l'>check</th>"
+    statuses = [check_status(c) for c in checks]
+    idle = statuses.count("not applicable")
+    return (f"<p>{statuses.count('pass')} of {len(checks) - idle} applicable checks pass"
+            + (f"; {idle} not applicable (nothing left to test)" if idle else "") + ".</p>"
+            "<table><tr><th class='l'>model</th><th class='l'>check</th>"
             "<th class='l'>result</th><th class='l'>detail and numbers</th></tr>" + "".join(rows) + "</table>")
 
 

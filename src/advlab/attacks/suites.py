@@ -1,0 +1,68 @@
+"""Attack suites: named lists of attacks run as a chain, each only on what the earlier ones left robust.
+
+A suite is what a user runs to get one trustworthy number (``advlab evaluate RUN --suite standard``): the
+per-example worst case over diverse attacks, as AutoAttack (Croce & Hein 2020, arXiv:2003.01690) does.
+In a chain each attack runs only on the images every earlier attack left robust, so the later, dearer
+attacks cost little, and each attack's figure is cumulative (the robust accuracy after it and all earlier
+ones). Python::
+
+    from advlab.attacks.suites import suite_attacks
+    attacks = suite_attacks("standard", norm="linf", classes=10)
+    result = evaluate(model, data, attacks=attacks, eps=[0.1], chain=True)
+
+=============  =================================================================================================
+suite          attacks
+=============  =================================================================================================
+``standard``   APGD-CE (100 iterations), APGD-T (9 targets × 100), Square (5,000 queries): AutoAttack's standard
+               version without FAB-T, whose share of the images it alone breaks is the smallest (Croce & Hein
+               2020, Table 2 of the appendix)
+``quick``      APGD-CE (50 iterations), APGD-T (9 targets × 50 iterations): cheaper, for an ε grid
+=============  =================================================================================================
+
+On fewer classes the targeted attack needs (4 for APGD-T) the suite uses APGD-DLR (3 classes) or only
+APGD-CE (2), and says so in the model flags (``few-classes``). Randomized models need EOT over draws
+(AutoAttack's ``rand`` version); advlab has no EOT yet, so there is no ``rand`` suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from advlab.attacks.registry import AttackSpec, parse_attack
+from advlab.errors import AdvlabError
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    attacks: tuple[str, ...]  # attack names as parse_attack reads them, in the order they run
+    summary: str
+
+
+SUITES: dict[str, Suite] = {suite.name: suite for suite in (
+    Suite("standard", ("apgd-ce100", "apgd-t100", "square5000"),
+          "AutoAttack's standard attacks without FAB-T: APGD-CE, APGD-T (9 targets), Square (5,000 queries)"),
+    Suite("quick", ("apgd-ce50", "apgd-t50"),
+          "a cheaper APGD-CE (50 iterations) and APGD-T (9 targets × 50 iterations), for an ε grid"),
+)}
+
+
+def suite_attacks(name: str, *, norm: str = "linf", classes: int | None = None) -> list[AttackSpec]:
+    """The attacks of suite ``name`` in ``norm``, in the order they run; with ``classes`` (the model's
+    number of classes) an attack the classes do not allow is replaced: APGD-T by APGD-DLR on 3 classes,
+    and both by nothing on 2 (APGD-CE remains)."""
+    try:
+        suite = SUITES[name]
+    except KeyError:
+        raise AdvlabError(f"unknown suite {name!r}; choose one of: {', '.join(SUITES)}") from None
+    attacks = []
+    for attack in suite.attacks:
+        if classes is not None and attack.startswith("apgd-t") and classes < 4:
+            if classes < 3:
+                continue
+            attack = attack.replace("apgd-t", "apgd-dlr")
+        attacks.append(parse_attack(attack, norm=norm))
+    return attacks
+
+
+__all__ = ["SUITES", "Suite", "suite_attacks"]

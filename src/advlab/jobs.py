@@ -1,0 +1,156 @@
+"""Jobs on a saved checkpoint: evaluate it over attacks and ε, or attack a few images and save them.
+
+Each loads the checkpoint onto the runtime's device, takes the test split of its data set and writes its
+results atomically: ``evaluate_checkpoint`` a JSON file (what ``advlab evaluate`` prints and saves, with the
+model flags and the training outcome), ``attack_checkpoint`` a folder of adversarial examples that
+:func:`advlab.report.save_attack_gallery` draws. Python::
+
+    from advlab.jobs import evaluate_checkpoint
+    result = evaluate_checkpoint("runs/pgd", suite="standard", eps=[0.1], n=1000, out="runs/pgd/aa.json")
+
+Command line: ``advlab evaluate RUN_DIR --suite standard --eps 0.1``; ``advlab attack RUN_DIR --eps 0.1 --out OUT``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from advlab.attacks import AttackSpec, verify_adversarial
+from advlab.attacks.suites import suite_attacks
+from advlab.errors import AdvlabError
+from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
+from advlab.runs import load_checkpoint, prepare_run_dir, save_tensors, training_outcome, write_json
+from advlab.runtime import Runtime
+
+__all__ = ["attack_checkpoint", "evaluate_checkpoint"]
+
+
+def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None, data_dir, progress: bool):
+    from advlab.data import load_dataset
+
+    name = dataset or record.get("dataset")
+    if not name:
+        raise AdvlabError("the checkpoint names no data set; pass --dataset")
+    data = load_dataset(name, split, data_dir=data_dir, progress=progress)
+    if n is not None:
+        if n < 1:
+            raise AdvlabError(f"--n must be at least 1, got {n}")
+        data = data.subset(min(n, len(data)))
+    return data
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    attacks: Sequence[AttackSpec] = (),
+    eps: Sequence[float],
+    suite: str | None = None,
+    norm: str = "linf",
+    n: int | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    data_dir=None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    chain: bool = False,
+    early_stop: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    runtime: Runtime | None = None,
+) -> EvalResult:
+    """Load a checkpoint onto the runtime's device (default: CUDA when present), evaluate it on ``n``
+    examples of ``split`` and write the result as JSON to ``out``. ``suite`` (``standard``, ``quick``:
+    :mod:`advlab.attacks.suites`) runs that suite's attacks in ``norm`` first, as a chain, then ``attacks``."""
+    out = Path(out) if out is not None else None
+    if out is not None and out.exists() and not overwrite:
+        raise AdvlabError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if suite is not None:
+        suite_attacks(suite, norm=norm)  # an unknown suite fails before the model and data load
+    runtime = runtime if runtime is not None else Runtime()
+    model, record = load_checkpoint(checkpoint, device=runtime.device)
+    data = _load_test_data(record, dataset, split, n, data_dir, progress)
+    if suite is not None:
+        attacks = suite_attacks(suite, norm=norm, classes=len(data.info.classes)) + list(attacks)
+        chain = True
+    result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
+                      early_stop=early_stop, seed=seed, progress=progress, runtime=runtime)
+    if out is not None:
+        write_json(out, {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split,
+                         "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
+                         "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
+                         "batch_size": batch_size, "seed": seed,
+                         "early_stop": early_stop, "chain": chain,  # the random starts depend on these
+                         "suite": suite,
+                         "training": training_outcome(checkpoint),  # a collapsed run says so here too
+                         **result.to_dict()})
+    return result
+
+
+def attack_checkpoint(
+    checkpoint: str | Path,
+    *,
+    attack: AttackSpec,
+    eps: float,
+    out: str | Path,
+    n: int = 8,
+    target: int | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    data_dir=None,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    runtime: Runtime | None = None,
+) -> dict:
+    """Attack the first ``n`` examples of ``split`` and write ``adversarial.safetensors`` (images, labels,
+    logits) and ``attack.json`` (hyperparameters, class names, success rate) into the folder ``out``;
+    :func:`advlab.report.save_attack_gallery` draws ``gallery.png`` from those files.
+
+    ``target`` makes the attack targeted at that class index (examples already of that class are skipped).
+    """
+    import dataclasses
+
+    if attack.targeted and target is None:
+        raise AdvlabError(f"{attack.label} is targeted: name the class with --target CLASS (advlab evaluate "
+                          "tries the most likely wrong classes itself)")
+    if attack.targets is not None:
+        raise AdvlabError(f"{attack.label}: a number of target classes means nothing here; use --target CLASS")
+    out = prepare_run_dir(out, overwrite=overwrite)
+    runtime = runtime if runtime is not None else Runtime()
+    model, record = load_checkpoint(checkpoint, device=runtime.device)
+    data = _load_test_data(record, dataset, split, None, data_dir, progress)
+    classes = data.info.classes
+    if target is not None:
+        if not 0 <= target < len(classes):
+            raise AdvlabError(f"--target must be a class index from 0 to {len(classes) - 1}, got {target}")
+        keep = (data.labels != target).nonzero().squeeze(1)
+        data = data.subset(keep)
+        attack = dataclasses.replace(attack, targeted=True)
+    data = data.subset(min(n, len(data)))
+    x, y = data.tensors(runtime.device)
+    goal = torch.full_like(y, target) if target is not None else y
+    with runtime.autocast():
+        x_adv = attack(model, x, goal, eps=eps, generator=runtime.generator(seed), channels_last=runtime.channels_last)
+    x_adv = x_adv.float()
+    verify_adversarial(x, x_adv, eps, attack.norm, what=attack.label)
+    with torch.inference_mode():
+        logits_clean, logits_adv = model(x), model(x_adv)
+    prediction = logits_adv.argmax(1)
+    success = prediction == goal if target is not None else prediction != y
+    tensors = {"x": x, "x_adv": x_adv, "labels": y, "logits_clean": logits_clean, "logits_adv": logits_adv,
+               "prediction_clean": logits_clean.argmax(1), "prediction_adv": prediction}
+    if target is not None:
+        tensors["targets"] = goal
+    save_tensors(out / "adversarial.safetensors", tensors)
+    summary = {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split, "n": len(y),
+               **attack.hyperparameters(eps), "label": attack.label, "target": target, "classes": list(classes),
+               "runtime": runtime.to_dict(),
+               "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),
+               "success_rate": float(success.float().mean()),
+               "files": ["adversarial.safetensors", "attack.json"]}
+    write_json(out / "attack.json", summary)
+    return summary

@@ -1,0 +1,126 @@
+"""A study's settings: :class:`StudyConfig`, read from a TOML file or a shipped preset, every value checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from advlab.attacks import AttackSpec, parse_attack
+from advlab.errors import AdvlabError, check_known, check_range
+from advlab.presets import preset_text
+from advlab.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study does; saved, resolved, as ``config.json`` in the run folder."""
+
+    preset: str = "custom"  # a name for the report's heading
+    dataset: str = "fashion-mnist"  # the offline data set every machine here has
+    seed: int = 0  # one seed for training and attacks: the same seed gives the same metrics on CPU
+    train_eps: float = 0.1  # the usual L∞ budget for Fashion-MNIST (Croce et al. 2019)
+    # Up to 3× the training ε: far enough that every model falls to chance (a sanity check needs it).
+    eps_grid: tuple[float, ...] = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
+    attacks: tuple[str, ...] = ("fgsm", "pgd20")  # single-step against iterative, per model and ε
+    # The sanity checks' other loss and gradient-free attack, on what the study's attacks left robust at the
+    # training ε (AutoAttack's budgets: 100 iterations, 5,000 queries).
+    check_dlr: str = "apgd-dlr100"
+    check_square: str = "square5000"
+    n_eval: int = 1000  # test images per evaluation: ±1.5 points of binomial noise at 1,000
+    gallery_size: int = 6  # rows in the gallery picture
+    targeted_eps: float = 0.2  # targeted attacks need more room than untargeted ones on small images
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings shared by every model
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> TrainConfig overrides (+ label)
+    data_dir: str | None = None  # where the data set lives, if not in the default places
+
+    def __post_init__(self) -> None:
+        check_range("train_eps", self.train_eps, 0.0, 1.0)
+        check_range("targeted_eps", self.targeted_eps, 0.0, 1.0)
+        for eps in self.eps_grid:
+            check_range("eps_grid entry", eps, 0.0, 1.0)
+        if list(self.eps_grid) != sorted(set(self.eps_grid)) or len(self.eps_grid) < 2:
+            raise AdvlabError(f"eps_grid must hold at least two increasing values, got {list(self.eps_grid)}")
+        if self.train_eps not in self.eps_grid:
+            raise AdvlabError(f"eps_grid must contain train_eps = {self.train_eps}")
+        if self.n_eval < 1 or self.gallery_size < 1:
+            raise AdvlabError("n_eval and gallery_size must be at least 1")
+        if self.eps_grid[-1] <= self.train_eps:
+            raise AdvlabError(f"eps_grid must go beyond train_eps = {self.train_eps} (a sanity check needs accuracy "
+                              "to reach chance at large ε)")
+        specs = [parse_attack(a) for a in self.attacks]
+        if not any(s.name == "fgsm" for s in specs) or not any(s.name == "pgd" for s in specs):
+            raise AdvlabError("a study's attacks must include fgsm and a pgd attack (its sanity checks compare them)")
+        if any(s.targeted for s in specs):
+            raise AdvlabError("a study's attacks are untargeted (its checks and gallery use them on true labels); "
+                              "evaluate targeted attacks with `advlab evaluate --attack NAME-targeted`")
+        if len({s.norm for s in specs}) > 1:
+            raise AdvlabError("a study's attacks must share one norm (the worst case over attacks is per ε); got "
+                              + ", ".join(self.attacks))
+        if parse_attack(self.check_dlr).loss != "dlr" and not self.check_dlr.startswith("apgd-dlr"):
+            raise AdvlabError(f"check_dlr must be an attack on the DLR loss (apgd-dlr100, pgd50-dlr), got {self.check_dlr!r}")
+        if not parse_attack(self.check_square).kind.black_box:
+            raise AdvlabError(f"check_square must be a gradient-free attack (square5000), got {self.check_square!r}")
+        if "standard" not in self.models or len(self.models) < 2:
+            raise AdvlabError("a study needs a model named 'standard' and at least one adversarially trained model")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> StudyConfig:
+        check_known("study settings", values, [f.name for f in dataclasses.fields(cls)])
+        values = dict(values)
+        for key in ("eps_grid", "attacks"):
+            if key in values:
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise AdvlabError(f"bad study settings: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def attack_specs(self) -> list[AttackSpec]:
+        return [parse_attack(a) for a in self.attacks]
+
+    def train_config(self, name: str) -> TrainConfig:
+        """The resolved :class:`advlab.train.TrainConfig` of model ``name``."""
+        overrides = {k: v for k, v in self.models[name].items() if k != "label"}
+        values = {"dataset": self.dataset, "eps": self.train_eps, "seed": self.seed, "data_dir": self.data_dir,
+                  **self.train, **overrides}
+        return TrainConfig.from_dict(values)
+
+    def label(self, name: str) -> str:
+        return str(self.models[name].get("label", name))
+
+
+def load_study_config(source: str | Path | None = None, *, preset: str | None = None) -> StudyConfig:
+    """Read a study from a TOML file (``[study]``, ``[train]`` and ``[models.NAME]`` tables) or a shipped
+    preset (``preset="quick"``, the default without a file)."""
+    if source is not None and preset is not None:
+        raise AdvlabError("give either a CONFIG.toml or --preset, not both")
+    if source is None:
+        preset = preset or "quick"
+        text, where = preset_text("study", preset), f"preset {preset!r}"
+    else:
+        path = Path(source)
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except FileNotFoundError:
+            raise AdvlabError(f"study config {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise AdvlabError(f"cannot read {path}: {err}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise AdvlabError(f"{where} is not a valid TOML file: {err}") from None
+    unknown = sorted(set(raw) - {"study", "train", "models"})
+    if unknown:
+        raise AdvlabError(f"{where}: unknown tables {unknown}; use [study], [train] and [models.NAME]")
+    values = dict(raw.get("study", {}))
+    values.setdefault("preset", preset or Path(source).stem)
+    return StudyConfig.from_dict({**values, "train": raw.get("train", {}), "models": raw.get("models", {})})
+
+
+__all__ = ["StudyConfig", "load_study_config"]

@@ -1,0 +1,88 @@
+"""``metrics.json`` of a study, assembled from its saved stage files alone (no live objects): what the
+report draws from."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from advlab import __version__
+from advlab.checks import sanity_checks
+from advlab.data import get_info
+from advlab.results import best_robust_model
+from advlab.runs import load_tensors, read_json
+from advlab.study.config import StudyConfig
+
+
+def collect_metrics(out: str | Path) -> dict:
+    """Assemble ``metrics.json`` from the saved stage files alone (no live objects)."""
+    out = Path(out)
+    saved = read_json(out / "config.json")
+    config = StudyConfig.from_dict(saved["study"])
+    info = get_info(config.dataset)
+    attacks = config.attack_specs()
+    models: dict[str, dict] = {}
+    checks: dict[str, dict] = {}
+    for name in config.models:
+        folder = out / "models" / name
+        if not (folder / "eval.json").is_file():
+            continue
+        evaluation = read_json(folder / "eval.json")
+        done = read_json(folder / "done.json") if (folder / "done.json").is_file() else {}
+        if (folder / "checks.json").is_file():
+            checks[name] = read_json(folder / "checks.json")
+        models[name] = {
+            "method": saved["train_configs"][name]["method"], "label": config.label(name),
+            "train_config": saved["train_configs"][name], "train_seconds": done.get("seconds"),
+            "epochs": _read_epochs(folder), "clean_accuracy": evaluation["clean_accuracy"],
+            "robust_accuracy": evaluation["robust_accuracy"], "worst_case_accuracy": evaluation["worst_case_accuracy"],
+            "eval_seconds": evaluation["seconds"], "n_eval": evaluation["n"],
+            # The catastrophic-overfitting guard's last word on this model's training (None: it never fired).
+            "collapse": done.get("catastrophic_overfitting_message"),
+        }
+        if name in checks:  # the worst case at the training ε over every attack run there, checks included
+            models[name]["worst_case_all_attacks"] = {"eps": checks[name]["eps"], **checks[name]["worst_case_all"]}
+    metrics: dict[str, Any] = {
+        "advlab_version": __version__, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "preset": config.preset, "dataset": info.name, "classes": list(info.classes),
+        "train_eps": config.train_eps, "eps_grid": list(config.eps_grid),
+        "n_eval": next((m["n_eval"] for m in models.values()), config.n_eval),  # as evaluated (≤ the test set)
+        "chance_accuracy": 1 / len(info.classes),
+        "attacks": {a.label: a.to_dict() for a in attacks},
+        "attack_hyperparameters": {a.label: [a.hyperparameters(e) for e in config.eps_grid] for a in attacks},
+        "models": models,
+        "best_robust_model": best_robust_model({"models": models, "eps_grid": list(config.eps_grid),
+                                                "train_eps": config.train_eps}),
+        # The sanity checks' extra attacks at the training ε (and the gallery's targeted one, below).
+        "check_attacks": {label: h for c in checks.values() for label, h in _check_attacks(c).items()},
+        "sanity_checks": sanity_checks({"eps_grid": list(config.eps_grid), "chance_accuracy": 1 / len(info.classes),
+                                        "models": {n: models[n] for n in checks}}, checks) if checks else [],
+    }
+    if (out / "gallery.safetensors").is_file():
+        _, meta = load_tensors(out / "gallery.safetensors")
+        metrics["gallery"] = json.loads(meta["gallery"])
+        if "targeted_hyperparameters" in metrics["gallery"]:
+            metrics["check_attacks"][f"{metrics['gallery']['targeted_attack']} (gallery)"] = \
+                metrics["gallery"]["targeted_hyperparameters"]
+    return metrics
+
+
+def _check_attacks(checks: dict) -> dict[str, dict]:
+    found = {}
+    for key, what in (("pgd_doubled", "{} (sanity check)"), ("dlr", "{} (sanity check)"),
+                      ("square", "{} (sanity check)"), ("noise", "{} (sanity check)"),
+                      ("transfer", "{} transfer (sanity check)")):
+        if "hyperparameters" in checks.get(key, {}):
+            found[what.format(checks[key]["label"])] = checks[key]["hyperparameters"]
+    return found
+
+
+def _read_epochs(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+__all__ = ["collect_metrics"]

@@ -1,0 +1,219 @@
+"""Running a study: train each model, evaluate it, measure its sanity checks, draw the gallery; each stage
+cached in the run folder with the inputs it was computed from, so an interrupted study resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from advlab.attacks import AttackSpec, parse_attack, verify_adversarial
+from advlab.checks import measure_checks, strongest_pgd
+from advlab.data import load_dataset
+from advlab.errors import AdvlabError
+from advlab.evaluate import evaluate
+from advlab.runs import load_checkpoint, load_tensors, prepare_run_dir, read_json, save_tensors, write_json
+from advlab.runtime import Runtime
+from advlab.study.config import StudyConfig
+from advlab.study.metrics import collect_metrics
+from advlab.train import train
+
+
+def _log(message: str, progress: bool) -> None:
+    if progress:
+        print(f"[study] {message}", file=sys.stderr, flush=True)
+
+
+def _digest(path: Path) -> str:
+    """A short content hash of a file: what a cached stage records of the files it was computed from."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _stage(path: Path, compute: Callable[[], dict], *, redo: bool, inputs: dict) -> dict:
+    """Return the cached result at ``path`` if it was computed from these ``inputs`` (settings and the
+    digests of the files it read), else compute it and save it there (atomically) with its inputs. So a
+    retrained model, a changed surrogate or an interrupted ``--overwrite`` never leaves a stale stage."""
+    inputs = json.loads(json.dumps(inputs))  # as saved: tuples become lists
+    if path.is_file() and not redo:
+        cached = read_json(path)
+        if cached.get("inputs") == inputs:
+            return cached
+    result = {**compute(), "inputs": inputs}
+    write_json(path, result)
+    return result
+
+
+def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
+              runtime: Runtime | None = None) -> dict:
+    """Run (or resume) the study ``config`` in the folder ``out``; write and return its ``metrics.json``.
+
+    ``runtime`` says where every stage runs (default: CUDA when present, else CPU). The report is drawn
+    from the saved files by :func:`advlab.report.build_report` (``advlab study`` calls it at the end).
+    """
+    runtime = runtime if runtime is not None else Runtime()
+    if runtime.precision != "fp32":
+        raise AdvlabError(f"the study trains and evaluates in fp32; precision {runtime.precision!r} is for "
+                          "`advlab evaluate` and `advlab attack`")
+    start = time.perf_counter()
+    out = Path(out)
+    saved = out / "config.json"
+    resolved = {name: config.train_config(name).to_dict() for name in config.models}  # validates every model
+    if saved.is_file() and not overwrite:
+        previous = read_json(saved).get("study", {})
+        current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            raise AdvlabError(f"{out} holds a study with other settings ({', '.join(changed)}); "
+                              "choose another --out or pass --overwrite")
+    prepare_run_dir(out, resume=saved.is_file(), overwrite=overwrite)
+    if overwrite:  # an --overwrite that is interrupted must not leave the old models marked as trained
+        for marker in (out / "models").glob("*/done.json"):
+            marker.unlink()
+    write_json(saved, {"study": config.to_dict(), "train_configs": resolved})
+
+    test = load_dataset(config.dataset, "test", data_dir=config.data_dir, progress=progress)
+    test = test.subset(min(config.n_eval, len(test)))
+    attacks = config.attack_specs()
+    models: dict[str, torch.nn.Module] = {}
+    for name in config.models:
+        folder = out / "models" / name
+        done = folder / "done.json"
+        if overwrite or not done.is_file():
+            _log(f"training {config.label(name)}", progress)
+            summary = train(config.train_config(name), folder, resume=folder.is_dir() and not overwrite,
+                            overwrite=overwrite, progress=progress, runtime=runtime)
+            write_json(done, summary)
+        models[name], _ = load_checkpoint(folder / "model.safetensors", device=runtime.device)
+    digests = {name: _digest(out / "models" / name / "model.safetensors") for name in models}
+    for name, model in models.items():
+        folder = out / "models" / name
+
+        def evaluate_model(model=model, name=name) -> dict:
+            _log(f"evaluating {config.label(name)} on {len(test)} test images", progress)
+            result = evaluate(model, test, attacks=attacks, eps=list(config.eps_grid), seed=config.seed,
+                              progress=progress, keep_per_example=True, runtime=runtime)
+            # The examples no attack broke at the training ε: the sanity checks attack these further.
+            survivors = torch.ones(result.n, dtype=torch.bool)
+            for attack in attacks:
+                survivors &= result.per_example[f"{attack.label}@{config.train_eps:g}"]
+            return {**result.to_dict(), "train_eps_survivors": survivors.nonzero().squeeze(1).tolist()}
+
+        _stage(folder / "eval.json", evaluate_model, redo=overwrite,
+               inputs={"model": digests[name], "attacks": config.attacks, "eps": config.eps_grid, "n": len(test),
+                       "seed": config.seed, "device": runtime.device.type})  # random starts differ by device
+    for name in models:
+        surrogate = _surrogate(config, name)
+        _stage(out / "models" / name / "checks.json",
+               lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress, runtime),
+               redo=overwrite,
+               inputs={"model": digests[name], "surrogate": digests[surrogate],
+                       "eval": _digest(out / "models" / name / "eval.json"), "device": runtime.device.type,
+                       "dlr": config.check_dlr, "square": config.check_square})
+    metrics = collect_metrics(out)
+    best = metrics["best_robust_model"]
+    gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
+                      "eps": config.train_eps, "targeted_eps": config.targeted_eps, "attacks": config.attacks,
+                      "n": len(test), "seed": config.seed, "device": runtime.device.type}
+    if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
+        _log("drawing the gallery", progress)
+        _gallery(config, metrics, models, test, attacks, out, gallery_inputs, runtime)
+    metrics = collect_metrics(out)
+    write_json(out / "metrics.json", metrics)
+    _log(f"measured in {time.perf_counter() - start:.0f} s: {out / 'metrics.json'}", progress)
+    return metrics
+
+
+def _surrogate(config: StudyConfig, name: str) -> str:
+    """The transfer attack's source for ``name``: the standard model, or for that one the first robust one."""
+    return "standard" if name != "standard" else next(n for n in config.models if n != "standard")
+
+
+def _gallery_inputs(out: Path) -> dict | None:
+    path = out / "gallery.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(load_tensors(path)[1]["gallery"]).get("inputs")
+    except (AdvlabError, KeyError, ValueError):
+        return None
+
+
+def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: list[AttackSpec],
+                   out: Path, progress: bool, runtime: Runtime) -> dict:
+    """The extra measurements behind the gradient-masking checks at the training ε, beside the study's own
+    figures for that model (``models/NAME/eval.json``, the ones the report shows).
+
+    Each extra attack also counts towards the model's worst case there (``worst_case_all``): doubled PGD
+    attacks the examples the study's own attacks left robust, uniform noise and the transfer attack every
+    example, and an example is robust only if it survives them all.
+    """
+    _log(f"sanity-check measurements for {config.label(name)}", progress)
+    eps = config.train_eps
+    base = strongest_pgd(attacks)
+    saved = read_json(out / "models" / name / "eval.json")
+    i = saved["eps"].index(eps)
+    survivors = torch.tensor(saved["train_eps_survivors"], dtype=torch.long)
+    surrogate = _surrogate(config, name)
+    numbers = measure_checks(models[name], models[surrogate], test, base=base, eps=eps, survivors=survivors,
+                             dlr=parse_attack(config.check_dlr, norm=base.norm),
+                             square=parse_attack(config.check_square, norm=base.norm),
+                             seed=config.seed, runtime=runtime, progress=progress)
+    robust = numbers.pop("robust_after_all")
+    numbers["transfer"]["surrogate"] = surrogate
+    return {**numbers,
+            "pgd": {"label": base.label, "accuracy": saved["robust_accuracy"][base.label][i]},
+            "worst_case": {"accuracy": saved["worst_case_accuracy"][i], "attacks": [a.label for a in attacks]},
+            "worst_case_all": {"accuracy": robust.float().mean().item(),
+                               "attacks": [a.label for a in attacks]
+                               + [numbers[k]["label"] for k in ("pgd_doubled", "dlr", "square", "noise")]
+                               + [f"transfer {base.label} from {surrogate}"]}}
+
+
+def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: list[AttackSpec], out: Path,
+             inputs: dict, runtime: Runtime) -> None:
+    """Adversarial examples for the standard and the most robust model on the same images, plus targeted ones."""
+    x_all, y_all = test.tensors(runtime.device)
+    standard = models["standard"]
+    with torch.inference_mode():
+        correct = (standard(x_all).argmax(1) == y_all).nonzero().squeeze(1)
+    # One image per class where possible, all classified correctly by the standard model.
+    chosen: list[int] = []
+    for cls in range(len(test.info.classes)):
+        hits = correct[y_all[correct] == cls]
+        if len(hits) and len(chosen) < config.gallery_size:
+            chosen.append(int(hits[0]))
+    x, y = x_all[chosen], y_all[chosen]
+    attack = strongest_pgd(attacks)
+    eps = config.train_eps
+    robust = metrics["best_robust_model"]
+    tensors = {"x": x, "labels": y}
+    for name in ("standard", robust):
+        x_adv = attack(models[name], x, y, eps=eps, generator=runtime.generator(config.seed),
+                       channels_last=runtime.channels_last)
+        verify_adversarial(x, x_adv, eps, attack.norm, what=f"gallery {attack.label}")
+        with torch.inference_mode():
+            tensors[f"{name}.x_adv"] = x_adv
+            tensors[f"{name}.logits_clean"] = models[name](x)
+            tensors[f"{name}.logits_adv"] = models[name](x_adv)
+    targets = (y + len(test.info.classes) // 2) % len(test.info.classes)
+    targeted = dataclasses.replace(attack, steps=max(attack.steps, 50), targeted=True)
+    x_adv = targeted(standard, x, targets, eps=config.targeted_eps, generator=runtime.generator(config.seed),
+                     channels_last=runtime.channels_last)
+    verify_adversarial(x, x_adv, config.targeted_eps, targeted.norm, what=f"gallery {targeted.label}")
+    with torch.inference_mode():
+        tensors.update({"targeted.x_adv": x_adv, "targeted.logits_clean": standard(x),
+                        "targeted.logits_adv": standard(x_adv), "targeted.targets": targets})
+    info = {"file": "gallery.safetensors", "eps": eps, "attack": attack.label, "models": ["standard", robust],
+            "targeted_model": "standard", "targeted_eps": config.targeted_eps, "targeted_attack": targeted.label,
+            "targets": targets.tolist(), "targeted_hyperparameters": targeted.hyperparameters(config.targeted_eps),
+            "inputs": inputs}
+    save_tensors(out / "gallery.safetensors", tensors, metadata={"gallery": json.dumps(info)})
+
+
+__all__ = ["run_study"]
