@@ -187,3 +187,40 @@ def test_show_preset_prints_the_shipped_toml(capsys):
     assert 'method = "pgd"' in text and "steps = 10" in text
     assert main(["study", "--show-preset", "quick"]) == 0
     assert "[models.standard]" in capsys.readouterr().out
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoint, tmp_path, capsys, monkeypatch):
+    """Stopped in its second batch, `advlab evaluate --out` leaves a state file; run again, it skips the
+    first batch and ends with exactly the numbers of an uninterrupted run (random generator included)."""
+    import advlab.evaluate
+
+    def argv(eps: str, out: str) -> list[str]:
+        return ["evaluate", str(trained_checkpoint), "--attack", "pgd5", "--eps", eps, "--n", "60", "--batch-size",
+                "32", "--quiet", "--out", str(tmp_path / out)]
+
+    assert main(argv("0.1", "whole.json")) == 0
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert not (tmp_path / "whole.json.state.pt").exists()  # removed once the result is written
+    real, calls = advlab.evaluate._survivors, []
+
+    def stop_in_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(advlab.evaluate, "_survivors", stop_in_second_batch)
+    assert main(argv("0.1", "parts.json")) != 0  # interrupted
+    assert (tmp_path / "parts.json.state.pt").is_file() and not (tmp_path / "parts.json").exists()
+    monkeypatch.setattr(advlab.evaluate, "_survivors", real)
+    assert main(argv("0.1", "parts.json")) == 0
+    parts = json.loads((tmp_path / "parts.json").read_text())
+    assert parts["robust_accuracy"] == whole["robust_accuracy"] and parts["n"] == whole["n"] == 60
+    assert len(calls) == 2  # the resumed run did not redo the first batch through the stopping spy
+    # A state left by another evaluation (here: another ε) is refused with one line, never mixed in.
+    calls.clear()
+    monkeypatch.setattr(advlab.evaluate, "_survivors", stop_in_second_batch)
+    assert main(argv("0.1", "other.json")) != 0
+    monkeypatch.setattr(advlab.evaluate, "_survivors", real)
+    capsys.readouterr()  # the interruptions' messages
+    _fails_cleanly(capsys, argv("0.05", "other.json"), match="holds the state of another evaluation")

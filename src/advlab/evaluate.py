@@ -187,6 +187,7 @@ def evaluate(
     progress: bool = True,
     keep_per_example: bool = False,
     checks: bool = True,
+    state=None,
 ) -> EvalResult:
     """Clean accuracy, and robust accuracy for each attack and ε, with the per-example worst case.
 
@@ -202,7 +203,10 @@ def evaluate(
     fp32, so a weaker low-precision attack shows as higher robust accuracy, never hidden.
     ``checks`` (the default) runs :mod:`advlab.model_checks` on the first batch and, when a gradient-free
     attack is in the list, flags the images it broke that every gradient attack left robust; the flags are
-    in ``result.flags``.
+    in ``result.flags``. ``state`` (an object with ``load() -> dict | None`` and ``save(dict)``, such as
+    :class:`advlab.jobs.EvalState`) makes a long evaluation resumable: the progress is saved after every
+    batch, random generator included, and a resumed run skips the finished batches and ends with the very
+    numbers an uninterrupted one would.
     """
     if not attacks:
         raise AdvlabError("give at least one attack to evaluate")
@@ -230,8 +234,20 @@ def evaluate(
     white_robust = {i: 0 for i in range(len(eps))}
     black_broke: dict[tuple[str, int], int] = {(a.label, i): 0 for a in black_box for i in range(len(eps))}
     training = model.training
+    saved = state.load() if state is not None else None
+    if saved is not None:
+        clean_flags, worst_flags, raised = saved["clean"], saved["worst"], saved["flags"]
+        robust_flags = {(label, i): saved["robust"][f"{i}:{label}"] for label, i in robust_flags}
+        white_robust, black_broke = saved["white_robust"], {key: saved["black_broke"][f"{key[1]}:{key[0]}"]
+                                                            for key in black_broke}
+        generator.set_state(saved["generator"])
+        start -= saved["seconds"]
+    done = saved["batches"] if saved is not None else 0
     with eval_mode(model):
-        for x, y in _batches(data, batch_size, runtime.device):
+        for index, (x, y) in enumerate(_batches(data, batch_size, runtime.device)):
+            if index < done:  # finished before an interruption: its flags were restored above
+                bar.update(len(y))
+                continue
             if checks and not clean_flags:
                 raised = model_flags(model, x, y, training=training)
             with torch.inference_mode():
@@ -259,6 +275,12 @@ def evaluate(
                     black_broke[(label, i)] += int((white & attacked & ~robust).sum())
             bar.update(len(y))
             release_freed_memory()
+            if state is not None:
+                state.save({"batches": index + 1, "clean": clean_flags, "worst": worst_flags, "flags": raised,
+                            "robust": {f"{i}:{label}": flags for (label, i), flags in robust_flags.items()},
+                            "white_robust": white_robust,
+                            "black_broke": {f"{i}:{label}": count for (label, i), count in black_broke.items()},
+                            "generator": generator.get_state(), "seconds": time.perf_counter() - start})
     bar.close()
     if checks and len(black_box) < len(attacks):
         raised += [black_box_flag(broken, white_robust[i], eps[i], label)

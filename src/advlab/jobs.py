@@ -13,6 +13,9 @@ Command line: ``advlab evaluate RUN_DIR --suite standard --eps 0.1``; ``advlab a
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -22,10 +25,56 @@ from advlab.attacks import AttackSpec, verify_adversarial
 from advlab.attacks.suites import suite_attacks
 from advlab.errors import AdvlabError
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
-from advlab.runs import load_checkpoint, prepare_run_dir, save_tensors, training_outcome, write_json
+from advlab.files import atomic_write_bytes
+from advlab.runs import load_checkpoint, prepare_run_dir, resolve_checkpoint, save_tensors, training_outcome, write_json
 from advlab.runtime import Runtime
 
-__all__ = ["attack_checkpoint", "evaluate_checkpoint"]
+__all__ = ["EvalState", "attack_checkpoint", "evaluate_checkpoint"]
+
+
+class EvalState:
+    """An interrupted evaluation's progress, beside its output: ``OUT.state.pt`` for ``--out OUT``.
+
+    Saved atomically after every batch (the flags so far and the random generator), read back when the
+    same evaluation starts again and removed once the result is written. It names what it was computed
+    from (the checkpoint's content, the data, every attack setting, ε, seed, batch size, device, precision):
+    a state from anything else is refused with one line, never mixed in."""
+
+    def __init__(self, out: Path, fingerprint: dict) -> None:
+        self.path = out.with_name(out.name + ".state.pt")
+        self.fingerprint = json.loads(json.dumps(fingerprint))
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            saved = torch.load(self.path, weights_only=True)
+            fingerprint = json.loads(saved.pop("fingerprint"))
+        except Exception as err:  # a torn or foreign file: say so, never guess
+            raise AdvlabError(f"{self.path} is not a readable evaluation state ({type(err).__name__}); delete it "
+                              "to start the evaluation afresh") from None
+        if fingerprint != self.fingerprint:
+            changed = sorted(k for k in set(fingerprint) | set(self.fingerprint)
+                             if fingerprint.get(k) != self.fingerprint.get(k))
+            raise AdvlabError(f"{self.path} holds the state of another evaluation (its {', '.join(changed)} "
+                              "differ); delete it or choose another --out")
+        return saved
+
+    def save(self, progress: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save({**progress, "fingerprint": json.dumps(self.fingerprint)}, buffer)
+        atomic_write_bytes(self.path, buffer.getvalue())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None, data_dir, progress: bool):
@@ -64,7 +113,8 @@ def evaluate_checkpoint(
 ) -> EvalResult:
     """Load a checkpoint onto the runtime's device (default: CUDA when present), evaluate it on ``n``
     examples of ``split`` and write the result as JSON to ``out``. ``suite`` (``standard``, ``quick``:
-    :mod:`advlab.attacks.suites`) runs that suite's attacks in ``norm`` first, as a chain, then ``attacks``."""
+    :mod:`advlab.attacks.suites`) runs that suite's attacks in ``norm`` first, as a chain, then ``attacks``.
+    With ``out``, an interrupted evaluation resumes where it stopped when run again (:class:`EvalState`)."""
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not overwrite:
         raise AdvlabError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
@@ -76,8 +126,15 @@ def evaluate_checkpoint(
     if suite is not None:
         attacks = suite_attacks(suite, norm=norm, classes=len(data.info.classes)) + list(attacks)
         chain = True
+    state = None
+    if out is not None:  # resumable: the progress is saved beside the output after every batch
+        state = EvalState(out, {"checkpoint_sha256": _digest(resolve_checkpoint(checkpoint)), "dataset": data.info.name,
+                                "split": split, "n": len(data), "attacks": [a.hyperparameters(e) for a in attacks
+                                                                            for e in eps],
+                                "eps": list(eps), "seed": seed, "batch_size": batch_size, "chain": chain,
+                                "early_stop": early_stop, "runtime": runtime.to_dict()})
     result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
-                      early_stop=early_stop, seed=seed, progress=progress, runtime=runtime)
+                      early_stop=early_stop, seed=seed, progress=progress, runtime=runtime, state=state)
     if out is not None:
         write_json(out, {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split,
                          "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
@@ -87,6 +144,7 @@ def evaluate_checkpoint(
                          "suite": suite,
                          "training": training_outcome(checkpoint),  # a collapsed run says so here too
                          **result.to_dict()})
+        state.remove()
     return result
 
 
