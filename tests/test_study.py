@@ -21,7 +21,8 @@ TINY_MODELS = {"standard": {"method": "standard", "label": "standard"},
 
 def tiny_config(**changes) -> StudyConfig:
     values = dict(preset="tiny", eps_grid=(0.0, 0.1, 0.5), attacks=("fgsm", "pgd5"), n_eval=60, gallery_size=3,
-                  train=TINY_TRAIN, models=TINY_MODELS, check_dlr="apgd-dlr20", check_square="square300")
+                  train=TINY_TRAIN, models=TINY_MODELS, check_dlr="apgd-dlr20", check_square="square300",
+                  suite="quick")
     return StudyConfig(**{**values, **changes})
 
 
@@ -59,7 +60,9 @@ def test_study_writes_everything(tiny_study):
     # Every extra attack is stated with its hyperparameters; doubled PGD keeps the step size of PGD-5.
     extra = metrics["check_attacks"]
     assert {"PGD-10×2 L∞ (sanity check)", "APGD-DLR-20 L∞ (sanity check)", "Square-300 L∞ (sanity check)",
-            "noise L∞ (sanity check)", "PGD-5 L∞ transfer (sanity check)", "PGD-50 L∞ targeted (gallery)"} == set(extra)
+            "noise L∞ (sanity check)", "PGD-5 L∞ transfer (sanity check)", "PGD-50 L∞ targeted (gallery)",
+            "APGD-CE-50 L∞ (suite, on what the study's attacks left)",
+            "APGD-T-50 L∞ (suite, on what the study's attacks left)"} == set(extra)
     assert extra["PGD-10×2 L∞ (sanity check)"]["alpha"] == pytest.approx(metrics["attack_hyperparameters"]
                                                                         ["PGD-5 L∞"][1]["alpha"])
     assert metrics["n_eval"] == 60

@@ -54,21 +54,33 @@ def doubled(base: AttackSpec, eps: float) -> AttackSpec:
 
 
 def measure_checks(model: nn.Module, surrogate: nn.Module, data, *, base: AttackSpec, eps: float,
-                   survivors: torch.Tensor, dlr: AttackSpec | None = None, square: AttackSpec | None = None,
-                   seed: int = 0, runtime: Runtime | None = None, progress: bool = False) -> dict:
+                   survivors: torch.Tensor, suite: Sequence[AttackSpec] = (), dlr: AttackSpec | None = None,
+                   square: AttackSpec | None = None, seed: int = 0, runtime: Runtime | None = None,
+                   progress: bool = False) -> dict:
     """The extra attacks of the checks at ``eps``, on the images of ``data`` (an ImageData).
 
-    ``survivors`` are the indices of the images the caller's own attacks left robust: doubled PGD, and the
-    other loss ``dlr`` (APGD-DLR) and the gradient-free ``square`` when given, attack only those (an image
-    another attack broke stays broken); uniform noise and the transfer attack from ``surrogate`` attack
-    every image. Returns each attack's accuracy and hyperparameters, and ``robust_after_all``: per image,
-    robust against the caller's attacks and all of these (a CPU bool tensor).
+    ``survivors`` are the indices of the images the caller's own attacks left robust. The ``suite``'s
+    attacks (APGD-CE, APGD-T: the strong evaluation) run first on those, chained, and what they leave is the
+    baseline of the checks (``numbers["suite"]``). Doubled PGD, and the other loss ``dlr`` (APGD-DLR) and
+    the gradient-free ``square`` when given, then attack only what is left (an image another attack broke
+    stays broken); uniform noise and the transfer attack from ``surrogate`` attack every image. Returns each
+    attack's accuracy and hyperparameters, and ``robust_after_all``: per image, robust against the caller's
+    attacks and all of these (a CPU bool tensor).
     """
     x_all, y_all = data.tensors()
     n = len(y_all)
     robust = torch.zeros(n, dtype=torch.bool)
     robust[survivors] = True
     numbers: dict = {"eps": eps, "n": n}
+    if suite:
+        if len(survivors):
+            result = evaluate(model, (x_all[survivors], y_all[survivors]), attacks=list(suite), eps=[eps], chain=True,
+                              seed=seed + 1, progress=progress, keep_per_example=True, runtime=runtime, checks=False)
+            for attack in suite:
+                robust[survivors] &= result.per_example[f"{attack.label}@{eps:g}"]
+        numbers["suite"] = {"labels": [a.label for a in suite], "accuracy": robust.float().mean().item(),
+                            "hyperparameters": {a.label: a.hyperparameters(eps) for a in suite}}
+        survivors = robust.nonzero().squeeze(1)
     for key, attack in (("pgd_doubled", doubled(base, eps)), ("dlr", dlr), ("square", square)):
         if attack is None:
             continue

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from advlab.attacks import AttackSpec, parse_attack
+from advlab.attacks.suites import suite_attacks
 from advlab.errors import AdvlabError, check_known, check_range
 from advlab.presets import preset_text
 from advlab.train import TrainConfig
@@ -29,6 +30,9 @@ class StudyConfig:
     # training ε (AutoAttack's budgets: 100 iterations, 5,000 queries).
     check_dlr: str = "apgd-dlr100"
     check_square: str = "square5000"
+    # The strong evaluation behind each model's headline at the training ε (advlab.attacks.suites): its
+    # gradient attacks run on what the study's attacks left, before the checks (Square is check_square).
+    suite: str = "standard"
     n_eval: int = 1000  # test images per evaluation: ±1.5 points of binomial noise at 1,000
     gallery_size: int = 6  # rows in the gallery picture
     targeted_eps: float = 0.2  # targeted attacks need more room than untargeted ones on small images
@@ -63,6 +67,7 @@ class StudyConfig:
             raise AdvlabError(f"check_dlr must be an attack on the DLR loss (apgd-dlr100, pgd50-dlr), got {self.check_dlr!r}")
         if not parse_attack(self.check_square).kind.black_box:
             raise AdvlabError(f"check_square must be a gradient-free attack (square5000), got {self.check_square!r}")
+        suite_attacks(self.suite)  # an unknown suite is a one-line error here
         if "standard" not in self.models or len(self.models) < 2:
             raise AdvlabError("a study needs a model named 'standard' and at least one adversarially trained model")
 

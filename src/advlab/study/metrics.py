@@ -71,6 +71,8 @@ def collect_metrics(out: str | Path) -> dict:
 
 def _check_attacks(checks: dict) -> dict[str, dict]:
     found = {}
+    for label, hyperparameters in (checks.get("suite") or {}).get("hyperparameters", {}).items():
+        found[f"{label} (suite, on what the study's attacks left)"] = hyperparameters
     for key, what in (("pgd_doubled", "{} (sanity check)"), ("dlr", "{} (sanity check)"),
                       ("square", "{} (sanity check)"), ("noise", "{} (sanity check)"),
                       ("transfer", "{} transfer (sanity check)")):

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from advlab.attacks import AttackSpec, parse_attack, verify_adversarial
+from advlab.attacks.suites import suite_attacks
 from advlab.checks import measure_checks, strongest_pgd
 from advlab.data import load_dataset
 from advlab.errors import AdvlabError
@@ -114,7 +115,7 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
                redo=overwrite,
                inputs={"model": digests[name], "surrogate": digests[surrogate],
                        "eval": _digest(out / "models" / name / "eval.json"), "device": runtime.device.type,
-                       "dlr": config.check_dlr, "square": config.check_square})
+                       "dlr": config.check_dlr, "square": config.check_square, "suite": config.suite})
     metrics = collect_metrics(out)
     best = metrics["best_robust_model"]
     gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
@@ -149,8 +150,10 @@ def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: 
     """The extra measurements behind the gradient-masking checks at the training ε, beside the study's own
     figures for that model (``models/NAME/eval.json``, the ones the report shows).
 
-    Each extra attack also counts towards the model's worst case there (``worst_case_all``): doubled PGD
-    attacks the examples the study's own attacks left robust, uniform noise and the transfer attack every
+    Each extra attack also counts towards the model's worst case there (``worst_case_all``, the headline):
+    the gradient attacks of the study's suite (``standard``: APGD-CE and APGD-T) attack, chained, the
+    examples the study's own attacks left robust, and what they leave is the baseline of the checks; then
+    doubled PGD, APGD-DLR and Square attack what is left, uniform noise and the transfer attack every
     example, and an example is robust only if it survives them all.
     """
     _log(f"sanity-check measurements for {config.label(name)}", progress)
@@ -160,17 +163,22 @@ def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: 
     i = saved["eps"].index(eps)
     survivors = torch.tensor(saved["train_eps_survivors"], dtype=torch.long)
     surrogate = _surrogate(config, name)
+    suite = [a for a in suite_attacks(config.suite, norm=base.norm, classes=len(test.info.classes))
+             if not a.kind.black_box]  # the gradient-free attack is the check's own (check_square)
     numbers = measure_checks(models[name], models[surrogate], test, base=base, eps=eps, survivors=survivors,
-                             dlr=parse_attack(config.check_dlr, norm=base.norm),
+                             suite=suite, dlr=parse_attack(config.check_dlr, norm=base.norm),
                              square=parse_attack(config.check_square, norm=base.norm),
                              seed=config.seed, runtime=runtime, progress=progress)
     robust = numbers.pop("robust_after_all")
     numbers["transfer"]["surrogate"] = surrogate
     return {**numbers,
             "pgd": {"label": base.label, "accuracy": saved["robust_accuracy"][base.label][i]},
-            "worst_case": {"accuracy": saved["worst_case_accuracy"][i], "attacks": [a.label for a in attacks]},
+            # The checks' baseline: the study's attacks, then the suite's on what they left.
+            "worst_case": {"accuracy": numbers["suite"]["accuracy"] if suite else saved["worst_case_accuracy"][i],
+                           "attacks": [a.label for a in attacks] + [a.label for a in suite],
+                           "study_attacks_only": saved["worst_case_accuracy"][i]},
             "worst_case_all": {"accuracy": robust.float().mean().item(),
-                               "attacks": [a.label for a in attacks]
+                               "attacks": [a.label for a in attacks] + [a.label for a in suite]
                                + [numbers[k]["label"] for k in ("pgd_doubled", "dlr", "square", "noise")]
                                + [f"transfer {base.label} from {surrogate}"]}}
 
