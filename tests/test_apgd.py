@@ -351,3 +351,49 @@ def test_count_passes_sees_the_channels_last_twin(tiny_cnn, batch):
     with count_passes(tiny_cnn) as seen:
         apgd_ce(tiny_cnn, x[:4], y[:4], eps=0.05, steps=3)
     assert seen.gradients == 3 * 4
+
+
+class _RandomSign(nn.Module):
+    """A randomized model: each pass adds a large term whose sign is drawn afresh, so one pass's gradient
+    is mostly noise while the average over many passes is the underlying model's (E[sign] = 0)."""
+
+    def __init__(self, inner: nn.Module, dim: int, scale: float = 30.0):
+        super().__init__()
+        self.inner, self.scale = inner, scale
+        self.direction = nn.Parameter(torch.randn(dim, generator=_seed(3)), requires_grad=False)
+
+    def forward(self, x):
+        sign = torch.randint(0, 2, (x.shape[0], 1)).float() * 2 - 1
+        noise = self.scale * sign * (x.flatten(1) @ self.direction)[:, None]
+        return self.inner(x) + noise * torch.linspace(-1, 1, self.inner(x).shape[1])
+
+
+def test_eot_averages_passes_and_is_named(trained_mlp):
+    model, x, y = trained_mlp
+    n = len(y)
+    with count_passes(model) as one:
+        apgd_ce(model, x, y, eps=0.08, steps=10, early_stop=False)
+    with count_passes(model) as four:
+        apgd_ce(model, x, y, eps=0.08, steps=10, early_stop=False, eot=4)
+    assert four.gradients == 4 * one.gradients == 4 * 10 * n
+    spec = parse_attack("apgd-dlr100-eot20")
+    assert (spec.eot, spec.label) == (20, "APGD-DLR-100 L∞ EOT-20") and spec.hyperparameters(0.1)["eot"] == 20
+    with pytest.raises(AdvlabError, match="EOT"):
+        parse_attack("pgd20-eot5")
+
+
+def test_eot_gradient_is_the_mean_over_passes(trained_mlp):
+    """With ``eot`` = K, each step's loss and gradient are the mean of K passes of a randomized model: the
+    same as K single passes replayed from the same random state and averaged by hand."""
+    from advlab.attacks.apgd import _loss_and_grad
+
+    model, x, y = trained_mlp
+    noisy = _RandomSign(model, x[0].numel(), scale=3.0).eval()
+    objective = lambda logits, labels, goals: cross_entropy(logits, labels)  # noqa: E731
+    torch.manual_seed(5)
+    _, loss, grad = _loss_and_grad(noisy, x, y, y, objective, True, eot=8)
+    torch.manual_seed(5)
+    singles = [_loss_and_grad(noisy, x, y, y, objective, True)[1:] for _ in range(8)]
+    assert torch.allclose(loss, sum(s[0] for s in singles) / 8, atol=1e-5)
+    assert torch.allclose(grad, sum(s[1] for s in singles) / 8, atol=1e-6)
+    assert not torch.allclose(grad, singles[0][1], atol=1e-3)  # one pass alone differs: the model is random

@@ -59,7 +59,8 @@ attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10)
 apgd-t (Auto-PGD, 100 iterations unless named: apgd-ce100x5), square (gradient-free, 5000 queries unless
 named: square1000); append -l2 for L2, -margin for the margin loss, -dlr for the DLR loss, -targeted to
 attack every other class in turn (-targetedK: the K most likely)
-suites (--suite): standard = apgd-ce100, apgd-t100, square5000 chained; quick = apgd-ce50, apgd-t50
+suites (--suite): standard = apgd-ce100, apgd-t100, square5000 chained; quick = apgd-ce50, apgd-t50;
+rand = apgd-ce100-eot20, apgd-dlr100-eot20 (randomized models: each gradient averaged over 20 passes)
 model checks: a warning for a model in train mode, probability outputs, zero/NaN gradients, a random forward
 pass, fewer than 4 classes, or a gradient-free attack beating the gradient ones (advlab.model_checks)
 """
@@ -363,8 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     attack_options(p)
     p.add_argument("--attack", action="append", help="attack to run; repeat for several (default: fgsm and pgd20)")
     p.add_argument("--suite", help="a chain of attacks for one trustworthy number: standard (APGD-CE, APGD-T, "
-                   "Square: AutoAttack's without FAB-T) or quick (APGD-CE and APGD-T, 50 iterations); --attack "
-                   "adds attacks after it")
+                   "Square: AutoAttack's without FAB-T), quick (APGD-CE and APGD-T, 50 iterations) or rand (EOT, "
+                   "for randomized models); --attack adds attacks after it")
     p.add_argument("--eps", type=parse_numbers, required=True, help="comma-separated ε values, e.g. 0.05,0.1")
     p.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default: all)")
     p.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH,

@@ -129,21 +129,28 @@ def count_passes(model: nn.Module) -> Iterator[PassCount]:
 
 
 def _loss_and_grad(model: nn.Module, x_adv: torch.Tensor, labels: torch.Tensor, goals: torch.Tensor,
-                   objective: Objective, need_grad: bool):
-    """Logits, per-example objective and (with ``need_grad``) its input gradient at ``x_adv``."""
+                   objective: Objective, need_grad: bool, eot: int = 1):
+    """Logits, per-example objective and (with ``need_grad``) its input gradient at ``x_adv``. With
+    ``eot`` > 1 (Expectation over Transformation, Athalye et al. 2018, for randomized models) the objective
+    and its gradient are averaged over that many forward-backward passes, as AutoAttack's ``rand`` version
+    does; the logits are the last pass's."""
     if not need_grad:
         with torch.no_grad():
             logits = model(x_adv)
             return logits, objective(logits.float(), labels, goals), None
     x_adv = x_adv.detach().requires_grad_(True)
-    logits = model(x_adv)
-    loss = objective(logits.float(), labels, goals)
-    (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-    return logits.detach(), loss.detach(), grad
+    loss_sum, grad_sum = None, None
+    for _ in range(eot):
+        logits = model(x_adv)
+        loss = objective(logits.float(), labels, goals)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        grad_sum = grad if grad_sum is None else grad_sum + grad
+    return logits.detach(), loss_sum / eot, grad_sum / eot
 
 
 def apgd_run(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, goals: torch.Tensor, start: torch.Tensor, *,
-             eps: float, norm: str, steps: int, objective: Objective, early_stop: bool):
+             eps: float, norm: str, steps: int, objective: Objective, early_stop: bool, eot: int = 1):
     """One APGD run of ``steps`` iterations from ``start`` (Croce & Hein 2020, Algorithm 1), low level: no
     checks, no eval mode. ``objective(logits, labels, goals)`` is ascended; success is a wrong prediction.
 
@@ -157,7 +164,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, goals: tor
     out_loss = torch.full((n,), float("-inf"), device=x.device)
     out_step = torch.full((n,), 2.0 * eps, device=x.device)
     marks = [k for k in checkpoints(steps) if k < steps]  # a checkpoint after the last step changes nothing
-    logits, loss, grad = _loss_and_grad(model, start, labels, goals, objective, steps > 0)
+    logits, loss, grad = _loss_and_grad(model, start, labels, goals, objective, steps > 0, eot)
     # Per-row state of the rows still in the batch; with early exit, fooled rows leave it.
     s = {"row": torch.arange(n, device=x.device), "x": x, "labels": labels, "goals": goals,
          "cur": start, "prev": start, "grad": grad, "loss": loss,
@@ -172,7 +179,7 @@ def apgd_run(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, goals: tor
             cur, prev, eta = s["cur"], s["prev"], s["step"].view(bcast)
             z = project(cur + eta * step_direction(s["grad"], norm), s["x"], eps, norm)
             new = z if k == 1 else project(cur + MOMENTUM * (z - cur) + (1 - MOMENTUM) * (cur - prev), s["x"], eps, norm)
-            logits, loss, grad = _loss_and_grad(model, new, s["labels"], s["goals"], objective, k < steps)
+            logits, loss, grad = _loss_and_grad(model, new, s["labels"], s["goals"], objective, k < steps, eot)
             s["increases"] += loss > s["loss"]
             s["prev"], s["cur"], s["grad"], s["loss"] = cur, new, grad, loss
             better = loss > s["best_loss"]
@@ -221,9 +228,10 @@ def _check_count(name: str, value: int) -> int:
 
 def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, title: str, loss: str, targets: int, eps: float,
           norm: str, steps: int, restarts: int, random_start: bool, targeted: bool, spec_loss: str,
-          generator: torch.Generator | None, early_stop: bool, channels_last: bool) -> torch.Tensor:
+          generator: torch.Generator | None, early_stop: bool, channels_last: bool, eot: int = 1) -> torch.Tensor:
     """The driver behind the three registered attacks: checks, eval mode, runs per target and restart."""
     check_attack_inputs(model, x, y, eps, norm)
+    eot = _check_count("eot", eot)
     if targeted or spec_loss != "ce":
         raise AdvlabError(f"{title} chooses its own loss and target classes and attacks the true labels; "
                           f"call it with targeted=False and loss='ce' (got targeted={targeted!r}, loss={spec_loss!r})")
@@ -253,7 +261,7 @@ def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, title: str, los
                     break
                 cand, cand_fooled, cand_loss, _ = apgd_run(net, x_fast[todo], y[todo], goal[todo], start[todo],
                                                            eps=eps, norm=norm, steps=steps, objective=objective,
-                                                           early_stop=early_stop)
+                                                           early_stop=early_stop, eot=eot)
                 was = fooled[todo]
                 better = (cand_fooled & ~was) | ((cand_fooled == was) & (cand_loss > best_loss[todo]))
                 best[todo[better]] = cand[better]
@@ -263,7 +271,7 @@ def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, title: str, los
 
 
 _COUNTS = r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?"
-_OPTIONS = ("steps", "restarts", "random_start")
+_OPTIONS = ("steps", "restarts", "random_start", "eot")
 
 
 @register_attack("apgd-ce", title="APGD-CE", summary="Auto-PGD on cross-entropy (Croce & Hein 2020): apgd-ce = "
@@ -271,7 +279,8 @@ _OPTIONS = ("steps", "restarts", "random_start")
                  syntax="apgd-ce[STEPS][xRESTARTS]", default_steps=100, step_ratio=None, options=_OPTIONS)
 def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "linf", steps: int = 100,
             restarts: int = 1, random_start: bool = True, targeted: bool = False, loss: str = "ce",
-            generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True) -> torch.Tensor:
+            generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True,
+            eot: int = 1) -> torch.Tensor:
     """APGD-CE: Auto-PGD on the cross-entropy loss (Croce & Hein 2020, "Reliable evaluation of adversarial
     robustness with an ensemble of diverse parameter-free attacks", arXiv:2003.01690), AutoAttack's first attack.
 
@@ -284,13 +293,14 @@ def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
     misclassified at ``x`` come back as they are, each further restart runs only on the examples not yet
     fooled, and an example leaves a run at its first misclassified iterate (exactly as strong, cheaper);
     without it every example runs every iteration of every restart, as a naive evaluation would.
-    ``channels_last`` runs CPU convolutions in NHWC on a twin of the model (same values, faster).
+    ``channels_last`` runs CPU convolutions in NHWC on a twin of the model (same values, faster). ``eot``
+    averages each step's loss and gradient over that many passes, for randomized models (``-eot20``).
 
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
     return _apgd(model, x, y, title="APGD-CE", loss="ce", targets=0, eps=eps, norm=norm, steps=steps,
                  restarts=restarts, random_start=random_start, targeted=targeted, spec_loss=loss, generator=generator,
-                 early_stop=early_stop, channels_last=channels_last)
+                 early_stop=early_stop, channels_last=channels_last, eot=eot)
 
 
 @register_attack("apgd-dlr", title="APGD-DLR", summary="Auto-PGD on the DLR loss (Croce & Hein 2020; 3+ classes): "
@@ -298,13 +308,14 @@ def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
                  syntax="apgd-dlr[STEPS][xRESTARTS]", default_steps=100, step_ratio=None, options=_OPTIONS)
 def apgd_dlr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "linf", steps: int = 100,
              restarts: int = 1, random_start: bool = True, targeted: bool = False, loss: str = "ce",
-             generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True) -> torch.Tensor:
+             generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True,
+             eot: int = 1) -> torch.Tensor:
     """APGD-DLR: Auto-PGD on the difference of logits ratio (Croce & Hein 2020, arXiv:2003.01690;
     :func:`advlab.attacks.loop.dlr_loss`), which shifting or rescaling the logits does not change. Needs 3
     classes. Arguments, threat model and shapes as :func:`apgd_ce`."""
     return _apgd(model, x, y, title="APGD-DLR", loss="dlr", targets=0, eps=eps, norm=norm, steps=steps,
                  restarts=restarts, random_start=random_start, targeted=targeted, spec_loss=loss, generator=generator,
-                 early_stop=early_stop, channels_last=channels_last)
+                 early_stop=early_stop, channels_last=channels_last, eot=eot)
 
 
 @register_attack("apgd-t", title="APGD-T", summary="Auto-PGD on the targeted DLR loss against the 9 most likely wrong "
@@ -313,7 +324,8 @@ def apgd_dlr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
                  options=_OPTIONS)
 def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "linf", steps: int = 100,
            restarts: int = 1, random_start: bool = True, targeted: bool = False, loss: str = "ce", targets: int = TARGETS,
-           generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True) -> torch.Tensor:
+           generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True,
+           eot: int = 1) -> torch.Tensor:
     """APGD-T: Auto-PGD on the targeted DLR loss (:func:`targeted_dlr_loss`; Croce & Hein 2020,
     arXiv:2003.01690), AutoAttack's second attack: in turn against each of the ``targets`` (default 9, at
     most C − 1) most likely wrong classes by the clean logits, each with ``restarts`` runs of ``steps``
@@ -321,4 +333,4 @@ def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, no
     Needs 4 classes. Other arguments, threat model and shapes as :func:`apgd_ce`."""
     return _apgd(model, x, y, title="APGD-T", loss="dlr-targeted", targets=_check_count("targets", targets), eps=eps,
                  norm=norm, steps=steps, restarts=restarts, random_start=random_start, targeted=targeted,
-                 spec_loss=loss, generator=generator, early_stop=early_stop, channels_last=channels_last)
+                 spec_loss=loss, generator=generator, early_stop=early_stop, channels_last=channels_last, eot=eot)

@@ -77,7 +77,7 @@ def get_attack_kind(name: str) -> AttackKind:
 
 
 _OPTION_WORDS = {"random_start": "random start", "step_ratio": "step size", "loss": "choice of loss",
-                 "targeted": "target classes"}
+                 "targeted": "target classes", "eot": "EOT (it averages no gradients)"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class AttackSpec:
     loss: str = "ce"  # a key of advlab.attacks.loop.LOSSES
     targeted: bool = False  # in an evaluation: attack each of the `targets` most likely wrong classes
     targets: int | None = None  # with targeted: how many classes to try; None: every other class
+    eot: int = 1  # passes averaged per gradient (Expectation over Transformation, for randomized models)
 
     def __post_init__(self) -> None:
         kind = get_attack_kind(self.name)
@@ -105,7 +106,7 @@ class AttackSpec:
         if self.loss not in LOSSES:
             raise AdvlabError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
         neutral = {"steps": kind.default_steps, "restarts": 1, "random_start": False, "step_ratio": None,
-                   "loss": "ce", "targeted": False}
+                   "loss": "ce", "targeted": False, "eot": 1}
         for option, value in neutral.items():
             given = getattr(self, option)
             if not kind.takes(option) and given is not None and given != value:
@@ -123,6 +124,8 @@ class AttackSpec:
             raise AdvlabError(f"restarts must be an integer of at least 1, got {self.restarts!r}")
         if self.step_ratio is not None:
             check_range("step size ratio", self.step_ratio, 0.0)
+        if isinstance(self.eot, bool) or not isinstance(self.eot, int) or self.eot < 1:
+            raise AdvlabError(f"eot must be an integer of at least 1, got {self.eot!r}")
         if self.targets is not None and (not self.targeted or self.targets < 1):
             raise AdvlabError(f"targets must be at least 1 and needs a targeted attack, got {self.targets!r}")
 
@@ -139,7 +142,7 @@ class AttackSpec:
         text += f" {NORM_LABELS[self.norm]}"
         if self.targeted:
             text += f" top-{self.targets} targeted" if self.targets else " targeted"
-        return text + (f" {self.loss}" if self.loss != "ce" else "")
+        return text + (f" {self.loss}" if self.loss != "ce" else "") + (f" EOT-{self.eot}" if self.eot > 1 else "")
 
     def alpha(self, eps: float) -> float | None:
         """The step size at ``eps`` in pixel units; None for an attack without steps."""
@@ -155,7 +158,8 @@ class AttackSpec:
         """Everything needed to rerun this attack at ``eps``: for reports and metrics files."""
         return {"attack": self.name, "norm": self.norm, "eps": eps, "alpha": self.alpha(eps), "steps": self.steps,
                 "restarts": self.restarts, "random_start": self.random_start, "loss": self.loss,
-                "targeted": self.targeted, **({"targets": self.targets or "all others"} if self.targeted else {})}
+                "targeted": self.targeted, **({"targets": self.targets or "all others"} if self.targeted else {}),
+                **({"eot": self.eot} if self.eot > 1 else {})}
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                  generator: torch.Generator | None = None, early_stop: bool = False,
@@ -163,7 +167,7 @@ class AttackSpec:
         """Attack ``x`` (labels ``y``, or with ``targeted`` the target labels) at ``eps``."""
         kind = self.kind
         settings = {"alpha": self.alpha(eps), "steps": self.steps, "restarts": self.restarts,
-                    "random_start": self.random_start}
+                    "random_start": self.random_start, "eot": self.eot}
         options = {key: value for key, value in settings.items() if kind.takes(key)}
         return kind.function(model, x, y, eps=eps, norm=self.norm, targeted=self.targeted, loss=self.loss,
                              generator=generator, early_stop=early_stop, channels_last=channels_last, **options)
@@ -173,6 +177,7 @@ _MODIFIERS = r"(?P<modifiers>(?:-[a-z0-9]+)*)"
 _NORM_WORDS = {"linf": "linf", "l2": "l2"}
 _LOSS_WORDS = {"ce": "ce", "margin": "margin", "cw": "margin", "dlr": "dlr"}
 _TARGETED = re.compile(r"targeted(\d*)")
+_EOT = re.compile(r"eot(\d+)")
 
 
 def attack_syntax() -> str:
@@ -194,17 +199,18 @@ def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
         raise AdvlabError(f"unknown attack {text!r}; known: {attack_syntax()} (e.g. pgd50x10), each optionally "
                           "with -l2 or -linf, -margin or -ce, -targeted")
     counts = {key: int(value) for key, value in match.groupdict().items() if key != "modifiers" and value}
-    settings: dict = {"norm": None, "loss": None, "targeted": None}
+    settings: dict = {"norm": None, "loss": None, "targeted": None, "eot": None}
     for word in filter(None, match["modifiers"].split("-")):
-        targeted = _TARGETED.fullmatch(word)
+        targeted, eot = _TARGETED.fullmatch(word), _EOT.fullmatch(word)
         key, value = (("norm", _NORM_WORDS[word]) if word in _NORM_WORDS else ("loss", _LOSS_WORDS[word])
-                      if word in _LOSS_WORDS else ("targeted", int(targeted[1] or 0)) if targeted else (None, None))
+                      if word in _LOSS_WORDS else ("targeted", int(targeted[1] or 0)) if targeted
+                      else ("eot", int(eot[1])) if eot else (None, None))
         if key is None:
-            raise AdvlabError(f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin, -dlr or "
-                              "-targeted")
+            raise AdvlabError(f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin, -dlr, "
+                              "-targeted or -eotK")
         if settings[key] is not None:
             raise AdvlabError(f"attack {text!r} gives its {key} twice")
         settings[key] = value
     targeted = settings["targeted"]
     return AttackSpec(name=kind.name, norm=settings["norm"] or norm or "linf", loss=settings["loss"] or "ce",
-                      targeted=targeted is not None, targets=targeted or None, **counts)
+                      targeted=targeted is not None, targets=targeted or None, eot=settings["eot"] or 1, **counts)

@@ -17,11 +17,12 @@ suite          attacks
                version without FAB-T, whose share of the images it alone breaks is the smallest (Croce & Hein
                2020, Table 2 of the appendix)
 ``quick``      APGD-CE (50 iterations), APGD-T (9 targets × 50 iterations): cheaper, for an ε grid
+``rand``       APGD-CE and APGD-DLR (100 iterations), each step's gradient averaged over 20 passes: EOT
+               (Athalye et al. 2018), AutoAttack's version for randomized models (``randomized`` flag)
 =============  =================================================================================================
 
-On fewer classes the targeted attack needs (4 for APGD-T) the suite uses APGD-DLR (3 classes) or only
-APGD-CE (2), and says so in the model flags (``few-classes``). Randomized models need EOT over draws
-(AutoAttack's ``rand`` version); advlab has no EOT yet, so there is no ``rand`` suite.
+On fewer classes than the targeted attack needs (4 for APGD-T) the suite uses APGD-DLR (3 classes) or
+only APGD-CE (2), and says so in the model flags (``few-classes``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ SUITES: dict[str, Suite] = {suite.name: suite for suite in (
           "AutoAttack's standard attacks without FAB-T: APGD-CE, APGD-T (9 targets), Square (5,000 queries)"),
     Suite("quick", ("apgd-ce50", "apgd-t50"),
           "a cheaper APGD-CE (50 iterations) and APGD-T (9 targets × 50 iterations), for an ε grid"),
+    Suite("rand", ("apgd-ce100-eot20", "apgd-dlr100-eot20"),
+          "AutoAttack's version for randomized models: APGD-CE and APGD-DLR, each gradient averaged over 20 "
+          "passes (EOT)"),
 )}
 
 
@@ -61,6 +65,8 @@ def suite_attacks(name: str, *, norm: str = "linf", classes: int | None = None) 
             if classes < 3:
                 continue
             attack = attack.replace("apgd-t", "apgd-dlr")
+        if classes is not None and attack.startswith("apgd-dlr") and classes < 3:
+            continue
         attacks.append(parse_attack(attack, norm=norm))
     return attacks
 
