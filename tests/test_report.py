@@ -429,3 +429,12 @@ def test_chromium_check_catches_broken_pages(tmp_path):
     widths, errors, _ = load_in_chromium(page, tmp_path)
     assert widths == [0, 0]
     assert any("boom" in e for e in errors) and any("bang" in e or "Uncaught" in e for e in errors)
+
+
+def test_story_repeats_the_model_checks_warnings(tmp_path):
+    metrics = make_fake_run(tmp_path, gallery=False)
+    assert "model checks warn" not in story(metrics)
+    metrics["models"]["fgsm"]["model_flags"] = [{"flag": "zero-gradients", "numbers": {"images": 7, "of": 400},
+                                                "message": "the input gradient is zero on 7 of 400 images"}]
+    assert ("The model checks warn about fast FGSM AT: the input gradient is zero on 7 of 400 images."
+            in story(metrics))

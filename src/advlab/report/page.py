@@ -126,6 +126,8 @@ def story(metrics: dict) -> str:
                          f"{'fails' if len(failed) == 1 else 'fail'} ({_e(which)}): read those robust numbers "
                          "with care.")
     for name, model in models.items():
+        for flag in model.get("model_flags") or []:
+            sentences.append(f"The model checks warn about {_e(model_label(metrics, name))}: {_e(flag.get('message'))}.")
         if model.get("collapse"):
             sentences.append(f"The training of {_e(model_label(metrics, name))} collapsed: {_e(model['collapse'])}.")
     return " ".join(sentences)

@@ -41,6 +41,8 @@ def collect_metrics(out: str | Path) -> dict:
             "eval_seconds": evaluation["seconds"], "n_eval": evaluation["n"],
             # The catastrophic-overfitting guard's last word on this model's training (None: it never fired).
             "collapse": done.get("catastrophic_overfitting_message"),
+            # advlab.model_checks: what may make this model's numbers overstate (empty: nothing found)
+            "model_flags": evaluation.get("model_flags", []),
         }
         if name in checks:  # the worst case at the training ε over every attack run there, checks included
             models[name]["worst_case_all_attacks"] = {"eps": checks[name]["eps"], **checks[name]["worst_case_all"]}
