@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("study", "the trade-off study: train standard and robust models, attack all, write a report",
                 """examples:
-  advlab study --preset quick --out runs/quick     # about 3 minutes on a 2-core CPU
+  advlab study --preset quick --out runs/quick     # minutes on a 2-core CPU (BENCHMARKS.md)
   advlab study --preset full --out runs/full       # the full recipes (hours)
   advlab study --preset quick --out runs/quick     # again: resumes, every finished stage is cached
   advlab study --show-preset quick > mine.toml     # start a study of your own: edit, then

@@ -3,7 +3,7 @@
 One command runs the whole experiment into a run folder; each stage (training a model, evaluating it,
 the sanity checks, the gallery) is cached there, so an interrupted study picks up where it stopped::
 
-    advlab study --preset quick --out runs/quick        # ≈ 3 minutes on a 2-core CPU
+    advlab study --preset quick --out runs/quick        # minutes on a 2-core CPU (BENCHMARKS.md)
     advlab study mine.toml --out runs/mine               # a config of your own (--show-preset quick to start)
     advlab report runs/quick                             # rebuild report.html from the saved files
 
