@@ -84,11 +84,11 @@ def test_train_mode_and_few_classes_are_flagged_and_the_mode_comes_back(fashion_
 def test_black_box_beating_white_box_is_flagged(trained_model, fashion_test):
     model = Quantized(trained_model).eval()
     data = fashion_test.subset(100)
-    result = evaluate(model, data, attacks=[parse_attack("pgd20"), parse_attack("square1000")], eps=[0.1],
+    result = evaluate(model, data, attacks=[parse_attack("pgd20"), parse_attack("square500")], eps=[0.1],
                       progress=False)
     flag = next(f for f in result.flags if f["flag"] == "black-box-beats-white-box")
     assert flag["numbers"]["images"] > 10
-    healthy = evaluate(trained_model, data, attacks=[parse_attack("pgd20"), parse_attack("square1000")], eps=[0.1],
+    healthy = evaluate(trained_model, data, attacks=[parse_attack("pgd20"), parse_attack("square500")], eps=[0.1],
                        progress=False)
     assert "black-box-beats-white-box" not in _names(healthy.flags)
 
@@ -103,7 +103,7 @@ def _study_checks(model: nn.Module, surrogate: nn.Module, data, eps: float = 0.1
     i = GRID.index(eps)
     survivors = (result.per_example[f"PGD-20 L∞@{eps:g}"] & result.per_example[f"FGSM L∞@{eps:g}"]).nonzero().squeeze(1)
     numbers = measure_checks(model, surrogate, data, base=attacks[1], eps=eps, survivors=survivors,
-                             dlr=parse_attack("apgd-dlr50"), square=parse_attack("square1000"))
+                             dlr=parse_attack("apgd-dlr50"), square=parse_attack("square500"))
     numbers.pop("robust_after_all")
     numbers["transfer"]["surrogate"] = "surrogate"
     numbers["eps"] = eps
@@ -116,7 +116,7 @@ def _study_checks(model: nn.Module, surrogate: nn.Module, data, eps: float = 0.1
 
 @pytest.fixture(scope="module")
 def check_data(fashion_test):
-    return fashion_test.subset(150)
+    return fashion_test.subset(100)
 
 
 def test_a_quantizing_layer_fails_the_checks_it_should(trained_model, check_data):
