@@ -27,6 +27,7 @@ from torch import nn
 from advlab.attacks.loop import bucket_size, cross_entropy, dlr_loss, eval_mode
 from advlab.attacks.registry import register_attack
 from advlab.attacks.threat import (
+    check_count,
     Norm,
     check_attack_inputs,
     per_example_norm,
@@ -220,22 +221,16 @@ def apgd_run(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, goals: tor
     return out_x, out_fooled, out_loss, out_step
 
 
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise AdvlabError(f"{name} must be an integer of at least 1, got {value!r}")
-    return int(value)
-
-
 def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, title: str, loss: str, targets: int, eps: float,
           norm: str, steps: int, restarts: int, random_start: bool, targeted: bool, spec_loss: str,
           generator: torch.Generator | None, early_stop: bool, channels_last: bool, eot: int = 1) -> torch.Tensor:
     """The driver behind the three registered attacks: checks, eval mode, runs per target and restart."""
     check_attack_inputs(model, x, y, eps, norm)
-    eot = _check_count("eot", eot)
+    eot = check_count("eot", eot)
     if targeted or spec_loss != "ce":
         raise AdvlabError(f"{title} chooses its own loss and target classes and attacks the true labels; "
                           f"call it with targeted=False and loss='ce' (got targeted={targeted!r}, loss={spec_loss!r})")
-    steps, restarts = _check_count("steps", steps), _check_count("restarts", restarts)
+    steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
     objective = _OBJECTIVES[loss]
     x = x.detach()
     y = y.detach().to(device=x.device, dtype=torch.long)
@@ -331,6 +326,6 @@ def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, no
     most C − 1) most likely wrong classes by the clean logits, each with ``restarts`` runs of ``steps``
     iterations on the examples still standing. Success is any wrong prediction, not only the target's.
     Needs 4 classes. Other arguments, threat model and shapes as :func:`apgd_ce`."""
-    return _apgd(model, x, y, title="APGD-T", loss="dlr-targeted", targets=_check_count("targets", targets), eps=eps,
+    return _apgd(model, x, y, title="APGD-T", loss="dlr-targeted", targets=check_count("targets", targets), eps=eps,
                  norm=norm, steps=steps, restarts=restarts, random_start=random_start, targeted=targeted,
                  spec_loss=loss, generator=generator, early_stop=early_stop, channels_last=channels_last, eot=eot)

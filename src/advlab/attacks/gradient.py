@@ -25,7 +25,7 @@ from torch import nn
 
 from advlab.attacks.loop import LOSSES, attack_objective, attack_success, eval_mode, perturb
 from advlab.attacks.registry import register_attack
-from advlab.attacks.threat import Norm, check_attack_inputs, step_direction
+from advlab.attacks.threat import Norm, check_attack_inputs, check_count, step_direction
 from advlab.errors import AdvlabError, check_range
 from advlab.runtime import fast_layout
 
@@ -35,12 +35,6 @@ MADRY_STEP_FACTOR = 2.5  # Madry et al.: α = 2.5·ε/steps reaches the ball's e
 def madry_alpha(eps: float, steps: int) -> float:
     """PGD's default step size, 2.5·ε/steps (Madry et al. 2018): the one place this rule lives."""
     return MADRY_STEP_FACTOR * eps / steps
-
-
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise AdvlabError(f"{name} must be an integer of at least 1, got {value!r}")
-    return int(value)
 
 
 @register_attack("pgd", title="PGD", summary="projected gradient descent (Madry et al. 2018): pgd = pgd20, "
@@ -81,7 +75,7 @@ def pgd(
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
     check_attack_inputs(model, x, y, eps, norm)
-    steps, restarts = _check_count("steps", steps), _check_count("restarts", restarts)
+    steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
     if loss not in LOSSES:
         raise AdvlabError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
     alpha = madry_alpha(eps, steps) if alpha is None else alpha

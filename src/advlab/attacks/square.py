@@ -28,7 +28,7 @@ from torch import nn
 
 from advlab.attacks.loop import LOSSES, eval_mode, margin_loss
 from advlab.attacks.registry import register_attack
-from advlab.attacks.threat import Norm, check_attack_inputs, per_example_norm
+from advlab.attacks.threat import Norm, check_attack_inputs, check_count, per_example_norm
 from advlab.errors import AdvlabError
 from advlab.runtime import fast_layout
 
@@ -238,12 +238,6 @@ def _single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
     return best, margin
 
 
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise AdvlabError(f"{name} must be an integer of at least 1, got {value!r}")
-    return int(value)
-
-
 @register_attack("square", title="Square", summary="Square Attack (Andriushchenko et al. 2020), black-box random "
                  "search on the margin: square = square5000, squareQUERIES, squareQUERIESxRESTARTS",
                  counts=r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?", syntax="square[QUERIES][xRESTARTS]",
@@ -289,7 +283,7 @@ def square(
     check_attack_inputs(model, x, y, eps, norm)
     if x.dim() != 4:
         raise AdvlabError(f"square attacks images of shape (N, C, H, W), got shape {tuple(x.shape)}")
-    steps, restarts = _check_count("steps (queries)", steps), _check_count("restarts", restarts)
+    steps, restarts = check_count("steps (queries)", steps), check_count("restarts", restarts)
     if targeted:
         raise AdvlabError("square is untargeted: it lowers the true class's margin and takes no target labels")
     if loss not in LOSSES:

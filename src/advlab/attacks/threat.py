@@ -37,6 +37,14 @@ def check_norm(norm: str) -> str:
     return norm
 
 
+def check_count(name: str, value: int) -> int:
+    """``value`` as an int if it is a whole number of at least 1 (steps, restarts, queries, targets, EOT
+    passes), else one clear AdvlabError."""
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise AdvlabError(f"{name} must be an integer of at least 1, got {value!r}")
+    return int(value)
+
+
 def max_eps(norm: str, x: torch.Tensor) -> float:
     """The largest meaningful ε: the whole pixel range for L∞, the cube's diagonal for L2."""
     return 1.0 if norm == "linf" else math.sqrt(x[0].numel())
