@@ -27,9 +27,9 @@ from torch import nn
 from advlab.attacks.loop import bucket_size, cross_entropy, dlr_loss, eval_mode
 from advlab.attacks.registry import register_attack
 from advlab.attacks.threat import (
-    check_count,
     Norm,
     check_attack_inputs,
+    check_count,
     per_example_norm,
     project,
     step_direction,
