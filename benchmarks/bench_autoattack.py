@@ -82,9 +82,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=500, help="the reference's batch size")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip-reference", action="store_true", help="advlab's side only (no AutoAttack installed)")
+    p.add_argument("--parts", default="advlab,reference,passes",
+                   help="comma-separated subset of advlab (the standard suite), reference (AutoAttack), "
+                        "passes (APGD-CE-100 against PGD-50x10)")
     p.add_argument("--out", default="benchmarks/results/autoattack.json")
     args = p.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {"advlab", "reference", "passes"}:
+        p.error(f"--parts: unknown part(s) {sorted(parts - {'advlab', 'reference', 'passes'})}")
     torch.set_num_threads(args.threads)
     started = C.git_commit()
     print(C.machine_info(), "commit", started, flush=True)
@@ -95,19 +100,21 @@ def main() -> None:
         model, _ = load_checkpoint(Path(args.run) / "models" / name / "model.safetensors", device="cpu")
         model.eval()
         row = {"model": name, "n": len(y), "eps": args.eps, "clean_accuracy": _accuracy(model, x, y)}
-        row["advlab_standard"] = _advlab_suite(model, x, y, args.eps, args.seed)
-        if not args.skip_reference:
+        if "advlab" in parts:
+            row["advlab_standard"] = _advlab_suite(model, x, y, args.eps, args.seed)
+        if "reference" in parts:
             row["autoattack_standard"] = _reference(model, x, y, args.eps, args.seed, args.batch)
+        if "advlab" in parts and "reference" in parts:
             ours, theirs = row["advlab_standard"], row["autoattack_standard"]
             row["difference_points"] = 100 * (ours["robust_accuracy"] - theirs["robust_accuracy"])
             row["time_ratio"] = ours["seconds"] / theirs["seconds"]
-        row["apgd_vs_pgd"] = _passes(model, x, y, args.eps, args.seed)
+        if "passes" in parts:
+            row["apgd_vs_pgd"] = _passes(model, x, y, args.eps, args.seed)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out = {"provenance": C.provenance(), "started_at_commit": started, "args": vars(args), "results": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        # rewritten after each model, so an interrupted run keeps what it measured
+        C.write_json(args.out, {"started_at_commit": started, "args": vars(args), "results": rows,
+                                "complete": len(rows) == len(args.models.split(","))})
 
 
 if __name__ == "__main__":
