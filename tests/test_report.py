@@ -190,6 +190,7 @@ def test_strings_from_files_are_escaped(tmp_path):
     metrics = make_fake_run(tmp_path, n_images=2)
     metrics["models"]["pgd"]["label"] = "<script>alert('x')</script> TRADES $\\beta$"  # $ would start mathtext
     metrics["sanity_checks"][0]["detail"] = "<b>bold</b> & more"
+    metrics["classes"][0] = "<script>alert(1)</script>"  # a class name from a user's data set (drawn in PNGs only)
     write_json(tmp_path / "metrics.json", metrics)
     text = build_report(tmp_path).read_text(encoding="utf-8")
     assert "<script" not in text and "<b>bold" not in text

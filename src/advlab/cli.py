@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
@@ -96,6 +97,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; the derived seeds add small offsets
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed must be from 0 to 2^63 - 1, got {value}")
+    return value
+
+
 def _add_device(parser: argparse.ArgumentParser, *, precision: bool = False) -> None:
     parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP}")
     if precision:
@@ -140,7 +154,7 @@ _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
     ("schedule", str, "learning-rate schedule: onecycle, triangle, piecewise or constant"),
     ("eps_warmup_epochs", parse_number, "ramp ε up linearly from 0 over this many epochs (default: the "
      "recipe's)"),
-    ("seed", int, "random seed (data order, random starts, initialization)"),
+    ("seed", _seed, "random seed from 0 to 2^63 - 1 (data order, random starts, initialization)"),
     ("train_size", _positive_int, "train on the first N training images only (quick experiments)"),
     ("val_size", int, "training images held out to track robust accuracy each epoch"),
     ("check_steps", _positive_int, "PGD steps of the per-epoch robustness check"),
@@ -213,10 +227,22 @@ def _attacks(names: Sequence[str] | None, norm: str, default: Sequence[str]):
     return [parse_attack(name, norm=norm) for name in (names or default)]
 
 
+def _training_note(args: argparse.Namespace) -> None:
+    """Say on one line (or with --require-finished, refuse) that the model's training did not finish."""
+    from advlab.runs import training_status, unfinished_message
+
+    message = unfinished_message(training_status(args.checkpoint))
+    if message and args.require_finished:
+        raise AdvlabError(message + " (--require-finished)")
+    if message:
+        print(f"note: {message}", file=sys.stderr)
+
+
 def _cmd_attack(args: argparse.Namespace) -> int:
     from advlab.jobs import attack_checkpoint
     from advlab.report import save_attack_gallery
 
+    _training_note(args)
     (attack,) = _attacks([args.attack], args.norm, ["pgd20"])
     summary = attack_checkpoint(args.checkpoint, attack=attack, eps=args.eps, out=args.out, n=args.n,
                                 target=args.target, dataset=args.dataset, split=args.split,
@@ -233,6 +259,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from advlab.jobs import evaluate_checkpoint
     from advlab.runs import training_outcome
 
+    _training_note(args)
     attacks = _attacks(args.attack, args.norm, [] if args.suite else ["fgsm", "pgd20"])
     result = evaluate_checkpoint(args.checkpoint, attacks=attacks, suite=args.suite, eps=args.eps, n=args.n,
                                  dataset=args.dataset, split=args.split, data_dir=args.data_dir, out=args.out,
@@ -249,6 +276,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     return 0
 
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from advlab.verify import verify_path
+
+    findings = verify_path(args.path)
+    for finding in findings:
+        print(finding.line())
+    damaged = sum(f.status == "damaged" for f in findings)
+    print(f"{len(findings)} checked, {damaged} damaged" if damaged else f"{len(findings)} checked, none damaged")
+    return 1 if damaged else 0
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
@@ -345,8 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat model (default linf)")
         p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
         p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
-        p.add_argument("--seed", type=int, default=0, help="seed for random starts (default 0)")
+        p.add_argument("--seed", type=_seed, default=0, help="seed for random starts, 0 to 2^63 - 1 (default 0)")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        p.add_argument("--require-finished", action="store_true", help="refuse a model whose training did not "
+                       "finish (default: a one-line note, also recorded in the output)")
         _add_device(p, precision=True)
         _add_common(p)
 
@@ -412,10 +452,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
     q.set_defaults(func=_cmd_data_download)
 
+    p = command("verify", "check a run folder or checkpoint: checksums, weights, records, finished training",
+                "examples:\n  advlab verify runs/pgd\n  advlab verify runs/quick          # every model of a study\n"
+                "  advlab verify runs/pgd/model.safetensors\n"
+                "exit status: 0 all intact, 1 a damaged file, 2 nothing to check\n")
+    p.add_argument("path", type=Path, help="a run folder (every .safetensors under it) or one .safetensors file")
+    p.set_defaults(func=_cmd_verify)
+
     p = command("models", "list the model architectures", "examples:\n  advlab models\n"
                 "  advlab train --model madry_cnn --out runs/madry\n")
     p.set_defaults(func=_cmd_models)
     return parser
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"advlab: note: {message}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -428,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
     except AdvlabError as err:

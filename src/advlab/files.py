@@ -9,9 +9,11 @@ interrupted write never leaves a half-written file under the final name::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,69 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+LOCK_NAME = ".advlab.lock"  # in a run folder; an output file's lock is FILE.lock beside it
+
+
+def lock_path(target: str | Path) -> Path:
+    target = Path(target)
+    return target / LOCK_NAME if target.is_dir() else target.with_name(target.name + ".lock")
+
+
+@contextlib.contextmanager
+def run_lock(target: str | Path) -> Iterator[None]:
+    """Hold the one-writer lock of a run folder (or an output file) for the duration of the block; refuse
+    with a one-line error, naming the holder's process id, while another process holds it.
+
+    The OS's advisory lock (``flock``) is released when its holder exits, however it exits, so the lock file
+    a killed process leaves behind is stale and simply taken over. Without ``fcntl`` (Windows) nothing is
+    locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    target = Path(target)
+    path = lock_path(target)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise AdvlabError(f"another advlab process{who} is writing to {target}; wait for it to finish or "
+                              "choose another --out") from None
+        try:  # the previous holder may have removed the file between our open and our lock: lock the new one
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def check_writable(path: str | Path, what: str = "--out") -> Path:
+    """Refuse, before any work, a ``path`` that could not be written: its nearest existing ancestor must be a
+    writable folder. Creates nothing (a failed command leaves no new folder behind)."""
+    path = Path(path)
+    ancestor = path.parent if not path.exists() else path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    target = path if path.exists() else ancestor
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK) or (
+            path.exists() and not os.access(target, os.W_OK)):
+        raise AdvlabError(f"cannot write {path}: {ancestor} is not a writable folder; choose another {what}")
     return path
 
 

@@ -13,6 +13,7 @@ Command line: ``advlab evaluate RUN_DIR --suite standard --eps 0.1``; ``advlab a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,13 +21,24 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from advlab.attacks import AttackSpec, verify_adversarial
 from advlab.attacks.suites import suite_attacks
-from advlab.errors import AdvlabError
+from advlab.attacks.threat import max_eps
+from advlab.errors import AdvlabError, check_range
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
-from advlab.files import atomic_write_bytes
-from advlab.runs import load_checkpoint, prepare_run_dir, resolve_checkpoint, save_tensors, training_outcome, write_json
+from advlab.files import atomic_write_bytes, check_writable, run_lock
+from advlab.runs import (
+    check_run_dir,
+    load_checkpoint,
+    prepare_run_dir,
+    resolve_checkpoint,
+    save_tensors,
+    training_outcome,
+    training_status,
+    write_json,
+)
 from advlab.runtime import Runtime
 
 __all__ = ["EvalState", "attack_checkpoint", "evaluate_checkpoint"]
@@ -83,12 +95,36 @@ def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None
     name = dataset or record.get("dataset")
     if not name:
         raise AdvlabError("the checkpoint names no data set; pass --dataset")
+    if n is not None and n < 1:
+        raise AdvlabError(f"--n must be at least 1, got {n}")
     data = load_dataset(name, split, data_dir=data_dir, progress=progress)
     if n is not None:
-        if n < 1:
-            raise AdvlabError(f"--n must be at least 1, got {n}")
         data = data.subset(min(n, len(data)))
     return data
+
+
+def check_compatible(model: nn.Module, record: dict, data, where: str, *,
+                     budgets: Sequence[tuple[AttackSpec, float]] = ()) -> None:
+    """Refuse, before any attack, a data set whose images or classes the model was not built for: its
+    channels and classes against the record, then one image through the model (any other size mismatch);
+    and each (attack, ε) of ``budgets`` whose ε the images cannot hold (above 1 in L∞)."""
+    info = data.info
+    args = record.get("model_args", {})
+    shape = f"{info.channels}×{info.height}×{info.width}"
+    if isinstance(args.get("in_channels"), int) and args["in_channels"] != info.channels:
+        raise AdvlabError(f"{where} takes {args['in_channels']}-channel images but {info.name} has {shape}; "
+                          "evaluate it on the data set it was trained on (--dataset)")
+    x, _ = data.subset(1).tensors(next((p.device for p in model.parameters()), torch.device("cpu")))
+    for attack, eps in budgets:
+        check_range(f"ε of {attack.label}", eps, 0.0, max_eps(attack.norm, x))
+    try:
+        with torch.inference_mode():
+            logits = model(x)
+    except RuntimeError as err:
+        raise AdvlabError(f"{where} cannot take {info.name}'s {shape} images: {str(err).splitlines()[0]}") from None
+    if logits.dim() != 2 or logits.shape[1] != len(info.classes):
+        raise AdvlabError(f"{where} gives {tuple(logits.shape[1:])} outputs per image but {info.name} has "
+                          f"{len(info.classes)} classes; evaluate it on the data set it was trained on (--dataset)")
 
 
 def evaluate_checkpoint(
@@ -118,6 +154,8 @@ def evaluate_checkpoint(
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not overwrite:
         raise AdvlabError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if out is not None:
+        check_writable(out)  # before the evaluation, not after it
     if suite is not None:
         suite_attacks(suite, norm=norm)  # an unknown suite fails before the model and data load
     runtime = runtime if runtime is not None else Runtime()
@@ -126,25 +164,31 @@ def evaluate_checkpoint(
     if suite is not None:
         attacks = suite_attacks(suite, norm=norm, classes=len(data.info.classes)) + list(attacks)
         chain = True
-    state = None
-    if out is not None:  # resumable: the progress is saved beside the output after every batch
-        state = EvalState(out, {"checkpoint_sha256": _digest(resolve_checkpoint(checkpoint)), "dataset": data.info.name,
-                                "split": split, "n": len(data), "attacks": [a.hyperparameters(e) for a in attacks
-                                                                            for e in eps],
-                                "eps": list(eps), "seed": seed, "batch_size": batch_size, "chain": chain,
-                                "early_stop": early_stop, "runtime": runtime.to_dict()})
-    result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
-                      early_stop=early_stop, seed=seed, progress=progress, runtime=runtime, state=state)
-    if out is not None:
-        write_json(out, {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split,
-                         "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
-                         "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
-                         "batch_size": batch_size, "seed": seed,
-                         "early_stop": early_stop, "chain": chain,  # the random starts depend on these
-                         "suite": suite,
-                         "training": training_outcome(checkpoint),  # a collapsed run says so here too
-                         **result.to_dict()})
-        state.remove()
+    check_compatible(model, record, data, f"the model in {checkpoint}", budgets=[(a, e) for a in attacks for e in eps])
+    # One writer per output: a second evaluate --out on the same file is refused (the lock sits beside it,
+    # when its folder exists; a new folder is made only when the results are written).
+    locked = run_lock(out) if out is not None and out.parent.is_dir() else contextlib.nullcontext()
+    with locked:
+        state = None
+        if out is not None:  # resumable: the progress is saved beside the output after every batch
+            state = EvalState(out, {"checkpoint_sha256": _digest(resolve_checkpoint(checkpoint)), "dataset": data.info.name,
+                                    "split": split, "n": len(data), "attacks": [a.hyperparameters(e) for a in attacks
+                                                                                for e in eps],
+                                    "eps": list(eps), "seed": seed, "batch_size": batch_size, "chain": chain,
+                                    "early_stop": early_stop, "runtime": runtime.to_dict()})
+        result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
+                          early_stop=early_stop, seed=seed, progress=progress, runtime=runtime, state=state)
+        if out is not None:
+            write_json(out, {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split,
+                             "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
+                             "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
+                             "batch_size": batch_size, "seed": seed,
+                             "early_stop": early_stop, "chain": chain,  # the random starts depend on these
+                             "suite": suite,
+                             "training": training_outcome(checkpoint),  # a collapsed run says so here too
+                             "training_status": training_status(checkpoint),  # and an unfinished one
+                             **result.to_dict()})
+            state.remove()
     return result
 
 
@@ -177,10 +221,11 @@ def attack_checkpoint(
                           "tries the most likely wrong classes itself)")
     if attack.targets is not None:
         raise AdvlabError(f"{attack.label}: a number of target classes means nothing here; use --target CLASS")
-    out = prepare_run_dir(out, overwrite=overwrite)
+    check_run_dir(out, overwrite=overwrite)  # refused before any work; created only when the files are written
     runtime = runtime if runtime is not None else Runtime()
     model, record = load_checkpoint(checkpoint, device=runtime.device)
     data = _load_test_data(record, dataset, split, None, data_dir, progress)
+    check_compatible(model, record, data, f"the model in {checkpoint}", budgets=[(attack, eps)])
     classes = data.info.classes
     if target is not None:
         if not 0 <= target < len(classes):
@@ -203,8 +248,10 @@ def attack_checkpoint(
                "prediction_clean": logits_clean.argmax(1), "prediction_adv": prediction}
     if target is not None:
         tensors["targets"] = goal
+    out = prepare_run_dir(out, overwrite=overwrite)
     save_tensors(out / "adversarial.safetensors", tensors)
     summary = {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split, "n": len(y),
+               "training_status": training_status(checkpoint),
                **attack.hyperparameters(eps), "label": attack.label, "target": target, "classes": list(classes),
                "runtime": runtime.to_dict(),
                "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),

@@ -151,7 +151,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-@register_model("preact_resnet18", description="PreActResNet-18 for 32×32 colour images (CIFAR-10)")
+@register_model("preact_resnet18", input_size=(32, 32), description="PreActResNet-18 for 32×32 colour images (CIFAR-10)")
 class PreActResNet18(nn.Module):
     """PreActResNet-18 for 32×32 images, the standard model of fast adversarial training (Wong et al. 2020)."""
 

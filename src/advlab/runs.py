@@ -10,12 +10,19 @@ A checkpoint is two files side by side:
 
 Load with :func:`load_checkpoint` (a run folder or a ``.safetensors`` path). Every file is written
 atomically (:mod:`advlab.files`).
+
+Every tensor file advlab writes carries a SHA-256 of each tensor's bytes and one of its other metadata, in
+its metadata (``advlab_sha256``); reading checks them, so a single flipped bit in the weights or the record
+is refused, naming the file. A file written before the checksums (or by another program) still loads, with
+a one-line note.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +30,54 @@ import torch
 from torch import nn
 
 from advlab.errors import AdvlabError
-from advlab.files import _json_default, atomic_write_bytes, atomic_write_text, read_json, write_json
+from advlab.files import (
+    LOCK_NAME,
+    _json_default,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable,
+    read_json,
+    write_json,
+)
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "load_checkpoint", "load_tensors", "prepare_run_dir",
-           "read_json", "resolve_checkpoint", "save_checkpoint", "save_tensors", "versions", "write_json"]
+__all__ = ["UncheckedFileWarning", "atomic_write_bytes", "atomic_write_text", "check_run_dir", "check_weights",
+           "damaged_parts", "load_checkpoint", "load_tensors", "prepare_run_dir", "read_json", "resolve_checkpoint",
+           "save_checkpoint", "save_tensors", "tensor_digest", "training_status", "unfinished_message", "versions",
+           "write_json"]
 
 CHECKPOINT_FORMAT = 1  # bump when the record's layout changes incompatibly
+CHECKSUM_KEY = "advlab_sha256"  # metadata entry: JSON {tensor name: SHA-256 of its bytes, METADATA_DIGEST: ...}
+METADATA_DIGEST = "__metadata__"  # the digest of every other metadata entry (the record, a state's details)
+
+
+class UncheckedFileWarning(UserWarning):
+    """A tensor file without checksums (written before advlab had them, or by another program)."""
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes as stored (its dtype's layout, row-major); its name, dtype and shape are
+    checked by the loader."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()
+
+
+def _metadata_digest(metadata: dict[str, str]) -> str:
+    text = json.dumps({k: v for k, v in metadata.items() if k != CHECKSUM_KEY}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
+                  resume_option: str | None = None) -> Path:
+    """What :func:`prepare_run_dir` refuses, checked without creating anything: call it before the work,
+    and ``prepare_run_dir`` when the first file is written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AdvlabError(f"{path} exists and is not a folder; choose another --out")
+    if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()) and not (overwrite or resume):
+        to_resume = f"{resume_option} to continue it, " if resume_option else ""
+        raise AdvlabError(f"run folder {path} already exists and is not empty; use {to_resume}"
+                          "--overwrite to replace its files, or choose another --out")
+    return check_writable(path)
 
 
 def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
@@ -39,13 +88,7 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool =
     empties nothing but lets the new run's files replace the old ones one by one. ``resume_option``
     names the command's option that continues a run, for the refusal message (only where one exists).
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise AdvlabError(f"{path} exists and is not a folder; choose another --out")
-    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
-        to_resume = f"{resume_option} to continue it, " if resume_option else ""
-        raise AdvlabError(f"run folder {path} already exists and is not empty; use {to_resume}"
-                          "--overwrite to replace its files, or choose another --out")
+    path = check_run_dir(path, overwrite=overwrite, resume=resume, resume_option=resume_option)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-")
@@ -66,11 +109,33 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     from safetensors.torch import save
 
     flat = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    metadata = {k: v for k, v in (metadata or {}).items() if k != CHECKSUM_KEY}
+    digests = {name: tensor_digest(t) for name, t in flat.items()}
+    metadata[CHECKSUM_KEY] = json.dumps({**digests, METADATA_DIGEST: _metadata_digest(metadata)}, sort_keys=True)
     return atomic_write_bytes(path, save(flat, metadata=metadata))
 
 
-def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file: (tensors, metadata). Never unpickles; corrupt files raise AdvlabError."""
+def damaged_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> list[str] | None:
+    """The names of the tensors (and ``metadata``) whose bytes differ from the file's own checksums; ``[]``
+    when all agree, ``None`` when the file has no checksums."""
+    if CHECKSUM_KEY not in metadata:
+        return None
+    try:
+        expected = json.loads(metadata[CHECKSUM_KEY])
+        if not isinstance(expected, dict):
+            raise ValueError
+    except ValueError:
+        return ["checksums"]
+    damaged = [name for name, t in tensors.items() if expected.get(name) != tensor_digest(t)]
+    damaged += sorted(set(expected) - set(tensors) - {METADATA_DIGEST})  # a tensor gone from the file
+    if expected.get(METADATA_DIGEST) != _metadata_digest(metadata):
+        damaged.append("metadata")
+    return damaged
+
+
+def load_tensors(path: str | Path, *, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file: (tensors, metadata). Never unpickles; corrupt files raise AdvlabError, and so
+    (with ``verify``, the default) does a file whose bytes differ from its checksums."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -83,6 +148,11 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     except Exception as err:  # safetensors raises its own error types for every kind of damage
         raise AdvlabError(f"checkpoint {path} is corrupt or not a safetensors file ({err}); "
                           "retrain or restore it") from None
+    damaged = damaged_parts(tensors, metadata) if verify else []
+    if damaged:
+        shown = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+        raise AdvlabError(f"{path} is damaged: the bytes of {shown} do not match the checksums written with "
+                          "the file; restore it from a copy or retrain")
     return tensors, metadata
 
 
@@ -130,6 +200,34 @@ def training_outcome(path: str | Path) -> dict[str, Any] | None:
             "recipe": summary.get("recipe")}
 
 
+def training_status(path: str | Path) -> dict[str, Any] | None:
+    """Whether the training behind a checkpoint finished: ``{"finished", "epoch", "epochs"}`` from the run
+    folder's summary.json (written when ``train`` returns), else from the checkpoint's record (a run killed
+    mid-way writes no summary); None when neither says (a checkpoint from elsewhere)."""
+    path = resolve_checkpoint(path)
+    summary_path = path.parent / "summary.json"
+    summary = read_json(summary_path) if summary_path.is_file() else None
+    if isinstance(summary, dict) and isinstance(summary.get("finished"), bool):
+        return {"finished": summary["finished"], "epoch": summary.get("epochs_completed"),
+                "epochs": summary.get("epochs_planned"), "run_dir": str(path.parent)}
+    record_path = path.with_suffix(".json")
+    record = read_json(record_path) if record_path.is_file() else None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        return None
+    epoch, epochs = record.get("epoch"), record["config"].get("epochs")
+    if not isinstance(epoch, int) or not isinstance(epochs, int):
+        return None
+    return {"finished": epoch >= epochs, "epoch": epoch, "epochs": epochs, "run_dir": str(path.parent)}
+
+
+def unfinished_message(status: dict[str, Any] | None) -> str | None:
+    """One line for a checkpoint whose training did not finish, else None."""
+    if not status or status["finished"]:
+        return None
+    return (f"this model's training did not finish (epoch {status['epoch']} of {status['epochs']}); "
+            f"resume it with `advlab train --resume --out {status['run_dir']}`")
+
+
 def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved at ``path`` (a ``.safetensors`` file or a run folder) in eval mode.
 
@@ -139,14 +237,46 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
 
     path = resolve_checkpoint(path)
     tensors, metadata = load_tensors(path)
+    if CHECKSUM_KEY not in metadata:
+        warnings.warn(f"{path} has no checksums (written before advlab had them): its weights cannot be checked "
+                      "for damage; `advlab verify` says more", UncheckedFileWarning, stacklevel=2)
     try:
         record = json.loads(metadata["advlab"])
-        model = create_model(record["model"], **record["model_args"])
+        name, args = record["model"], record["model_args"]
     except (KeyError, TypeError, json.JSONDecodeError):
         raise AdvlabError(f"{path} is a safetensors file but not an advlab checkpoint (no model record)") from None
+    if not isinstance(name, str) or not isinstance(args, dict):
+        raise AdvlabError(f"{path}: its record's model ({name!r}) and model_args ({args!r}) must be a name and a table")
+    try:
+        model = create_model(name, **args)
+    except AdvlabError as err:
+        raise AdvlabError(f"{path}: its record cannot build the model: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:  # a constructor refusing an argument (num_classes -3)
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AdvlabError(f"{path}: its record's model_args {args} cannot build {name!r}: {first}") from None
+    check_weights(path, tensors, model.state_dict())
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise AdvlabError(f"checkpoint {path} does not match model {record['model']!r}: {first}") from None
     return model.to(device).eval(), record
+
+
+def check_weights(path: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Refuse weights the model does not declare as they are: another dtype (a silent cast), another shape, or
+    values that are NaN or infinite."""
+    for name, tensor in tensors.items():
+        want = expected.get(name)
+        if want is None:
+            continue  # load_state_dict names unexpected and missing keys
+        if tensor.dtype != want.dtype:
+            raise AdvlabError(f"checkpoint {path}: {name} is stored as {str(tensor.dtype).removeprefix('torch.')} but "
+                              f"the model declares {str(want.dtype).removeprefix('torch.')}; it was not written by "
+                              "advlab for this model")
+        if tensor.shape != want.shape:
+            raise AdvlabError(f"checkpoint {path}: {name} has shape {tuple(tensor.shape)} but the model declares "
+                              f"{tuple(want.shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise AdvlabError(f"checkpoint {path}: {name} holds NaN or infinite values; the training diverged or "
+                              "the file is damaged")

@@ -19,6 +19,7 @@ from advlab.checks import measure_checks, strongest_pgd
 from advlab.data import load_dataset
 from advlab.errors import AdvlabError
 from advlab.evaluate import evaluate
+from advlab.files import run_lock
 from advlab.runs import load_checkpoint, load_tensors, prepare_run_dir, read_json, save_tensors, write_json
 from advlab.runtime import Runtime
 from advlab.study.config import StudyConfig
@@ -73,61 +74,62 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
             raise AdvlabError(f"{out} holds a study with other settings ({', '.join(changed)}); "
                               "choose another --out or pass --overwrite")
     prepare_run_dir(out, resume=saved.is_file(), overwrite=overwrite)
-    if overwrite:  # an --overwrite that is interrupted must not leave the old models marked as trained
-        for marker in (out / "models").glob("*/done.json"):
-            marker.unlink()
-    write_json(saved, {"study": config.to_dict(), "train_configs": resolved})
+    with run_lock(out):  # one writer per study folder: a second study on it is refused
+        if overwrite:  # an --overwrite that is interrupted must not leave the old models marked as trained
+            for marker in (out / "models").glob("*/done.json"):
+                marker.unlink()
+        write_json(saved, {"study": config.to_dict(), "train_configs": resolved})
 
-    test = load_dataset(config.dataset, "test", data_dir=config.data_dir, progress=progress)
-    test = test.subset(min(config.n_eval, len(test)))
-    attacks = config.attack_specs()
-    models: dict[str, torch.nn.Module] = {}
-    for name in config.models:
-        folder = out / "models" / name
-        done = folder / "done.json"
-        if overwrite or not done.is_file():
-            _log(f"training {config.label(name)}", progress)
-            summary = train(config.train_config(name), folder, resume=folder.is_dir() and not overwrite,
-                            overwrite=overwrite, progress=progress, runtime=runtime)
-            write_json(done, summary)
-        models[name], _ = load_checkpoint(folder / "model.safetensors", device=runtime.device)
-    digests = {name: _digest(out / "models" / name / "model.safetensors") for name in models}
-    for name, model in models.items():
-        folder = out / "models" / name
+        test = load_dataset(config.dataset, "test", data_dir=config.data_dir, progress=progress)
+        test = test.subset(min(config.n_eval, len(test)))
+        attacks = config.attack_specs()
+        models: dict[str, torch.nn.Module] = {}
+        for name in config.models:
+            folder = out / "models" / name
+            done = folder / "done.json"
+            if overwrite or not done.is_file():
+                _log(f"training {config.label(name)}", progress)
+                summary = train(config.train_config(name), folder, resume=folder.is_dir() and not overwrite,
+                                overwrite=overwrite, progress=progress, runtime=runtime)
+                write_json(done, summary)
+            models[name], _ = load_checkpoint(folder / "model.safetensors", device=runtime.device)
+        digests = {name: _digest(out / "models" / name / "model.safetensors") for name in models}
+        for name, model in models.items():
+            folder = out / "models" / name
 
-        def evaluate_model(model=model, name=name) -> dict:
-            _log(f"evaluating {config.label(name)} on {len(test)} test images", progress)
-            result = evaluate(model, test, attacks=attacks, eps=list(config.eps_grid), seed=config.seed,
-                              progress=progress, keep_per_example=True, runtime=runtime)
-            # The examples no attack broke at the training ε: the sanity checks attack these further.
-            survivors = torch.ones(result.n, dtype=torch.bool)
-            for attack in attacks:
-                survivors &= result.per_example[f"{attack.label}@{config.train_eps:g}"]
-            return {**result.to_dict(), "train_eps_survivors": survivors.nonzero().squeeze(1).tolist()}
+            def evaluate_model(model=model, name=name) -> dict:
+                _log(f"evaluating {config.label(name)} on {len(test)} test images", progress)
+                result = evaluate(model, test, attacks=attacks, eps=list(config.eps_grid), seed=config.seed,
+                                  progress=progress, keep_per_example=True, runtime=runtime)
+                # The examples no attack broke at the training ε: the sanity checks attack these further.
+                survivors = torch.ones(result.n, dtype=torch.bool)
+                for attack in attacks:
+                    survivors &= result.per_example[f"{attack.label}@{config.train_eps:g}"]
+                return {**result.to_dict(), "train_eps_survivors": survivors.nonzero().squeeze(1).tolist()}
 
-        _stage(folder / "eval.json", evaluate_model, redo=overwrite,
-               inputs={"model": digests[name], "attacks": config.attacks, "eps": config.eps_grid, "n": len(test),
-                       "seed": config.seed, "device": runtime.device.type})  # random starts differ by device
-    for name in models:
-        surrogate = _surrogate(config, name)
-        _stage(out / "models" / name / "checks.json",
-               lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress, runtime),
-               redo=overwrite,
-               inputs={"model": digests[name], "surrogate": digests[surrogate],
-                       "eval": _digest(out / "models" / name / "eval.json"), "device": runtime.device.type,
-                       "dlr": config.check_dlr, "square": config.check_square, "suite": config.suite})
-    metrics = collect_metrics(out)
-    best = metrics["best_robust_model"]
-    gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
-                      "eps": config.train_eps, "targeted_eps": config.targeted_eps, "attacks": config.attacks,
-                      "n": len(test), "seed": config.seed, "device": runtime.device.type}
-    if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
-        _log("drawing the gallery", progress)
-        _gallery(config, metrics, models, test, attacks, out, gallery_inputs, runtime)
-    metrics = collect_metrics(out)
-    write_json(out / "metrics.json", metrics)
-    _log(f"measured in {time.perf_counter() - start:.0f} s: {out / 'metrics.json'}", progress)
-    return metrics
+            _stage(folder / "eval.json", evaluate_model, redo=overwrite,
+                   inputs={"model": digests[name], "attacks": config.attacks, "eps": config.eps_grid, "n": len(test),
+                           "seed": config.seed, "device": runtime.device.type})  # random starts differ by device
+        for name in models:
+            surrogate = _surrogate(config, name)
+            _stage(out / "models" / name / "checks.json",
+                   lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress, runtime),
+                   redo=overwrite,
+                   inputs={"model": digests[name], "surrogate": digests[surrogate],
+                           "eval": _digest(out / "models" / name / "eval.json"), "device": runtime.device.type,
+                           "dlr": config.check_dlr, "square": config.check_square, "suite": config.suite})
+        metrics = collect_metrics(out)
+        best = metrics["best_robust_model"]
+        gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
+                          "eps": config.train_eps, "targeted_eps": config.targeted_eps, "attacks": config.attacks,
+                          "n": len(test), "seed": config.seed, "device": runtime.device.type}
+        if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
+            _log("drawing the gallery", progress)
+            _gallery(config, metrics, models, test, attacks, out, gallery_inputs, runtime)
+        metrics = collect_metrics(out)
+        write_json(out / "metrics.json", metrics)
+        _log(f"measured in {time.perf_counter() - start:.0f} s: {out / 'metrics.json'}", progress)
+        return metrics
 
 
 def _surrogate(config: StudyConfig, name: str) -> str:

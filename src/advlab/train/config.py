@@ -132,8 +132,8 @@ class TrainConfig:
             raise AdvlabError(f"co_check_every must be at least 0 (0: check once per epoch), got {self.co_check_every}")
         if self.train_size is not None and self.train_size < 1:
             raise AdvlabError(f"train_size must be at least 1 (or left out for all), got {self.train_size}")
-        if self.seed < 0:
-            raise AdvlabError(f"seed must be a non-negative integer, got {self.seed}")
+        if not 0 <= self.seed <= 2**63 - 1:
+            raise AdvlabError(f"seed must be an integer from 0 to 2^63 - 1, got {self.seed}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -32,7 +32,8 @@ from advlab.data import get_info, load_dataset
 from advlab.errors import AdvlabError
 from advlab.evaluate import clean_accuracy
 from advlab.models import create_model, takes_raw_pixels
-from advlab.runs import prepare_run_dir, save_checkpoint, versions, write_json
+from advlab.files import run_lock
+from advlab.runs import check_run_dir, prepare_run_dir, save_checkpoint, versions, write_json
 from advlab.runtime import Runtime
 from advlab.train.config import TrainConfig
 from advlab.train.guard import (MAX_REMEDIES, CatastrophicOverfittingWarning, Snapshot, catastrophic_overfitting,
@@ -66,14 +67,10 @@ def train(
         raise AdvlabError(f"training runs in fp32; --precision {runtime.precision} is for evaluate and attack")
     if stop_after_epochs is not None and stop_after_epochs < 0:
         raise AdvlabError(f"stop_after_epochs must be at least 0, got {stop_after_epochs}")
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")
-    saved_state = read_state(out) if resume else None
+    check_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")
+    saved_state = read_state(Path(out)) if resume else None
     if resume:
-        check_same_config(out, config, saved_state)
-    else:
-        for name in ("state.safetensors", "best.safetensors", "best.json", "summary.json", "metrics.jsonl",
-                     "metrics.csv", "model.safetensors", "model.json"):
-            (out / name).unlink(missing_ok=True)  # an overwritten run's files must not pass for this run's
+        check_same_config(Path(out), config, saved_state)
     device = runtime.device
     info = get_info(config.dataset)
     train_data = load_dataset(config.dataset, "train", data_dir=config.data_dir, val_size=config.val_size,
@@ -86,125 +83,132 @@ def train(
     model, model_args = _build_model(config, info, runtime)
     method = METHODS[config.method](config)
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
-    # Separate generators, so that shuffling and attacks draw the same numbers however the other is used.
-    shuffle_rng = torch.Generator().manual_seed(config.seed)
-    attack_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
-    run = RunProgress()
-    if saved_state is not None:
-        run = restore(saved_state, model, optimizer, method, shuffle_rng, attack_rng)
-        if run.active_method not in (None, config.method):
-            method = METHODS[run.active_method](config)  # the guard's fallback, chosen before the interruption
-    if not (out / "config.json").is_file() or not resume:
-        write_json(out / "config.json", {"config": config.to_dict(), "passes": config.passes,
-                                         "model_args": model_args, "versions": versions()})
-    record = {"model": config.model, "model_args": model_args, "dataset": info.name,
-              "normalization": {"mean": model_args["mean"], "std": model_args["std"]}, "config": config.to_dict()}
-    log = _logger(progress)
-    if saved_state is not None:
-        log(f"{out} is already complete" if run.finished or run.epoch >= config.passes
-            else f"resuming {out} after epoch {run.epoch}/{config.passes}")
-    else:
-        log(f"recipe {config.recipe}: {config.model}, {config.optimizer} lr {config.lr:g} {config.schedule}, "
-            f"{config.epochs} epochs of batch {config.batch_size}" +
-            (f", α = {config.step_size:.4g}" if method.adversarial else "") + " (config.json has every setting)")
-    snapshot = Snapshot(model, optimizer, epoch=run.last_good_epoch or 0)
-
-    def collapsed(epoch: int, reading: dict[str, float], examples: int, within: bool, rule: str) -> bool:
-        """Restore the last good weights, apply the remedy, record and say it. True: stop training."""
-        nonlocal method
-        remedy = config.co_remedy
-        if len(run.collapses) >= MAX_REMEDIES or (remedy == "fallback" and run.active_method == config.fallback_method):
-            remedy = "stop"  # remedies spent, or the fallback itself collapsed
-        snapshot.restore()
-        if remedy == "smaller-step":
-            run.alpha_scale /= 2
-        elif remedy == "fallback":
-            run.active_method = config.fallback_method
-            method = METHODS[config.fallback_method](config)
+    # Everything is checked: only now is the run folder created (a refused run leaves no empty folder).
+    out = prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")
+    with run_lock(out):  # one writer per run folder: a second train on it is refused
+        if not resume:
+            for name in ("state.safetensors", "best.safetensors", "best.json", "summary.json", "metrics.jsonl",
+                         "metrics.csv", "model.safetensors", "model.json"):
+                (out / name).unlink(missing_ok=True)  # an overwritten run's files must not pass for this run's
+        # Separate generators, so that shuffling and attacks draw the same numbers however the other is used.
+        shuffle_rng = torch.Generator().manual_seed(config.seed)
+        attack_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
+        run = RunProgress()
+        if saved_state is not None:
+            run = restore(saved_state, model, optimizer, method, shuffle_rng, attack_rng)
+            if run.active_method not in (None, config.method):
+                method = METHODS[run.active_method](config)  # the guard's fallback, chosen before the interruption
+        if not (out / "config.json").is_file() or not resume:
+            write_json(out / "config.json", {"config": config.to_dict(), "passes": config.passes,
+                                             "model_args": model_args, "versions": versions()})
+        record = {"model": config.model, "model_args": model_args, "dataset": info.name,
+                  "normalization": {"mean": model_args["mean"], "std": model_args["std"]}, "config": config.to_dict()}
+        log = _logger(progress)
+        if saved_state is not None:
+            log(f"{out} is already complete" if run.finished or run.epoch >= config.passes
+                else f"resuming {out} after epoch {run.epoch}/{config.passes}")
         else:
-            run.stopped = True
-        event = collapse_event(epoch=epoch, step=run.step, within=within, reading=reading, examples=examples,
-                               config=config, rule=rule, best=run.best_robust, best_epoch=run.best_epoch,
-                               restored=snapshot, remedy=remedy,
-                               alpha=None if remedy == "stop" else base_alpha(config, run) * run.alpha_scale)
-        run.collapses.append(event)
-        warnings.warn(event["message"], CatastrophicOverfittingWarning, stacklevel=3)
-        log(event["message"])
-        if run.stopped and (snapshot.step is not None or not (out / "model.safetensors").is_file()):
-            # The last good weights are newer than model.safetensors (a within-epoch check passed since),
-            # or no epoch ended well: keep them as the run's model, saying where they come from.
-            meta = {**record, "epoch": snapshot.epoch, "step": snapshot.step, "partial_epoch": snapshot.step is not None,
-                    "metrics": snapshot.reading or {}}
-            save_checkpoint(out / "model.safetensors", model, meta)
-            run.kept_weights = snapshot.where
-        return run.stopped
+            log(f"recipe {config.recipe}: {config.model}, {config.optimizer} lr {config.lr:g} {config.schedule}, "
+                f"{config.epochs} epochs of batch {config.batch_size}" +
+                (f", α = {config.step_size:.4g}" if method.adversarial else "") + " (config.json has every setting)")
+        snapshot = Snapshot(model, optimizer, epoch=run.last_good_epoch or 0)
 
-    def signature(reading: dict[str, float], eps: float) -> bool:
-        """The collapse signature, not while ε is still ramping up: the model is not yet trained against
-        the full budget the guard probes."""
-        return eps >= config.eps and collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap)
+        def collapsed(epoch: int, reading: dict[str, float], examples: int, within: bool, rule: str) -> bool:
+            """Restore the last good weights, apply the remedy, record and say it. True: stop training."""
+            nonlocal method
+            remedy = config.co_remedy
+            if len(run.collapses) >= MAX_REMEDIES or (remedy == "fallback" and run.active_method == config.fallback_method):
+                remedy = "stop"  # remedies spent, or the fallback itself collapsed
+            snapshot.restore()
+            if remedy == "smaller-step":
+                run.alpha_scale /= 2
+            elif remedy == "fallback":
+                run.active_method = config.fallback_method
+                method = METHODS[config.fallback_method](config)
+            else:
+                run.stopped = True
+            event = collapse_event(epoch=epoch, step=run.step, within=within, reading=reading, examples=examples,
+                                   config=config, rule=rule, best=run.best_robust, best_epoch=run.best_epoch,
+                                   restored=snapshot, remedy=remedy,
+                                   alpha=None if remedy == "stop" else base_alpha(config, run) * run.alpha_scale)
+            run.collapses.append(event)
+            warnings.warn(event["message"], CatastrophicOverfittingWarning, stacklevel=3)
+            log(event["message"])
+            if run.stopped and (snapshot.step is not None or not (out / "model.safetensors").is_file()):
+                # The last good weights are newer than model.safetensors (a within-epoch check passed since),
+                # or no epoch ended well: keep them as the run's model, saying where they come from.
+                meta = {**record, "epoch": snapshot.epoch, "step": snapshot.step, "partial_epoch": snapshot.step is not None,
+                        "metrics": snapshot.reading or {}}
+                save_checkpoint(out / "model.safetensors", model, meta)
+                run.kept_weights = snapshot.where
+            return run.stopped
 
-    def guard(epoch: int, eps: float) -> bool:
-        """The within-epoch check: True when training must stop now."""
-        if eps < config.eps:
-            return False  # the signature would not count (see signature): spare the probe
-        reading = probe(model, probe_data, eps=config.eps, steps=config.check_steps, seed=config.seed,
-                         runtime=runtime)
-        if signature(reading, eps):
-            return collapsed(epoch, reading, len(probe_data), True, "signature")
-        snapshot.take(epoch=epoch - 1, step=run.step, reading=reading)
-        return False
+        def signature(reading: dict[str, float], eps: float) -> bool:
+            """The collapse signature, not while ε is still ramping up: the model is not yet trained against
+            the full budget the guard probes."""
+            return eps >= config.eps and collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap)
 
-    probe_data = check_data.subset(min(config.co_check_examples, len(check_data)))
-    steps_per_pass = math.ceil(len(train_data) / config.batch_size) * method.optimizer_steps_per_batch
-    total_steps = steps_per_pass * config.passes
-    epochs_this_call = 0
-    while run.epoch < config.passes and not run.finished:
-        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
-            break
-        epoch = run.epoch + 1
-        start = time.perf_counter()
-        stats = _train_epoch(model, lambda: method, optimizer, train_data, config, run, total_steps, shuffle_rng,
-                             attack_rng, runtime, progress, f"epoch {epoch}/{config.passes}",
-                             guard=(lambda eps: guard(epoch, eps)) if method.adversarial and config.co_check_every else None)
-        # (current_method: the guard's fallback remedy may switch methods within the epoch)
-        seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        reading = None if run.stopped else _validate(model, val_data, check_data, config, runtime)
-        if reading is None:  # stopped within the epoch: nothing of it is kept
+        def guard(epoch: int, eps: float) -> bool:
+            """The within-epoch check: True when training must stop now."""
+            if eps < config.eps:
+                return False  # the signature would not count (see signature): spare the probe
+            reading = probe(model, probe_data, eps=config.eps, steps=config.check_steps, seed=config.seed,
+                             runtime=runtime)
+            if signature(reading, eps):
+                return collapsed(epoch, reading, len(probe_data), True, "signature")
+            snapshot.take(epoch=epoch - 1, step=run.step, reading=reading)
+            return False
+
+        probe_data = check_data.subset(min(config.co_check_examples, len(check_data)))
+        steps_per_pass = math.ceil(len(train_data) / config.batch_size) * method.optimizer_steps_per_batch
+        total_steps = steps_per_pass * config.passes
+        epochs_this_call = 0
+        while run.epoch < config.passes and not run.finished:
+            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                break
+            epoch = run.epoch + 1
+            start = time.perf_counter()
+            stats = _train_epoch(model, lambda: method, optimizer, train_data, config, run, total_steps, shuffle_rng,
+                                 attack_rng, runtime, progress, f"epoch {epoch}/{config.passes}",
+                                 guard=(lambda eps: guard(epoch, eps)) if method.adversarial and config.co_check_every else None)
+            # (current_method: the guard's fallback remedy may switch methods within the epoch)
+            seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            reading = None if run.stopped else _validate(model, val_data, check_data, config, runtime)
+            if reading is None:  # stopped within the epoch: nothing of it is kept
+                write_metrics(out, run.rows)
+                write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng)
+                break
+            row = {"epoch": epoch, **stats, "val_clean_acc": reading["clean"], "val_robust_acc": reading["pgd"],
+                   "val_fgsm_acc": reading["fgsm"], "seconds": seconds, "val_seconds": time.perf_counter() - start}
+            run.rows.append(row)
+            run.epoch = epoch
+            log(_epoch_line(row, config))
+            rule = None
+            if method.adversarial:
+                if signature(reading, stats["eps"]):
+                    rule = "signature"
+                elif catastrophic_overfitting(run.best_robust, reading["pgd"], config.co_threshold):
+                    rule = "fall"
+            if rule is not None:
+                collapsed(epoch, reading, len(check_data), False, rule)
+            else:
+                save_checkpoint(out / "model.safetensors", model, {**record, "epoch": epoch, "metrics": row})
+                run.last_good_epoch = epoch
+                run.kept_weights = f"the end of epoch {epoch}"
+                snapshot.take(epoch=epoch)
+                # The best epoch: highest validation PGD accuracy for adversarial training (Rice et al.), highest
+                # clean accuracy for standard training (its PGD accuracy is ~0 and would pick an untrained epoch).
+                score = reading["pgd"] if method.adversarial else reading["clean"]
+                if run.best_robust is None or score > run.best_robust:
+                    run.best_robust, run.best_epoch = score, epoch
+                    save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
             write_metrics(out, run.rows)
-            write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng)
-            break
-        row = {"epoch": epoch, **stats, "val_clean_acc": reading["clean"], "val_robust_acc": reading["pgd"],
-               "val_fgsm_acc": reading["fgsm"], "seconds": seconds, "val_seconds": time.perf_counter() - start}
-        run.rows.append(row)
-        run.epoch = epoch
-        log(_epoch_line(row, config))
-        rule = None
-        if method.adversarial:
-            if signature(reading, stats["eps"]):
-                rule = "signature"
-            elif catastrophic_overfitting(run.best_robust, reading["pgd"], config.co_threshold):
-                rule = "fall"
-        if rule is not None:
-            collapsed(epoch, reading, len(check_data), False, rule)
-        else:
-            save_checkpoint(out / "model.safetensors", model, {**record, "epoch": epoch, "metrics": row})
-            run.last_good_epoch = epoch
-            run.kept_weights = f"the end of epoch {epoch}"
-            snapshot.take(epoch=epoch)
-            # The best epoch: highest validation PGD accuracy for adversarial training (Rice et al.), highest
-            # clean accuracy for standard training (its PGD accuracy is ~0 and would pick an untrained epoch).
-            score = reading["pgd"] if method.adversarial else reading["clean"]
-            if run.best_robust is None or score > run.best_robust:
-                run.best_robust, run.best_epoch = score, epoch
-                save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
-        write_metrics(out, run.rows)
-        write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng)  # the commit point
-        epochs_this_call += 1
-    summary = summarize(out, config, run)
-    write_json(out / "summary.json", summary)
-    return summary
+            write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng)  # the commit point
+            epochs_this_call += 1
+        summary = summarize(out, config, run)
+        write_json(out / "summary.json", summary)
+        return summary
 
 
 def _train_epoch(model, current_method, optimizer, data, config, run, total_steps, shuffle_rng, attack_rng, runtime,
