@@ -22,7 +22,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
-from advlab.errors import AdvlabError
+from advlab.errors import AdvlabError, Preempted
 
 EVAL_BATCH = 256  # advlab.evaluate.DEFAULT_BATCH, kept here so that --help needs no torch import (tested)
 DEVICE_HELP = "auto (default: CUDA when present, else CPU), cpu, cuda or cuda:N"  # as advlab.runtime says
@@ -205,7 +205,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["data_dir"] = str(args.data_dir)
     config = TrainConfig.from_dict({**values, **overrides})
     summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
-                    runtime=_runtime(args))
+                    runtime=_runtime(args), save_every=args.save_every)
     print(f"run folder: {args.out}")
     print(f"  recipe: {config.recipe}")
     for key in ("epochs_completed", "best_epoch", "val_clean_accuracy", "val_robust_accuracy",
@@ -372,7 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=help_text)
     p.add_argument("--no-random-start", dest="random_start", action="store_false", default=None,
                    help="start the training attack at x instead of a random point of the ε-ball")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (from its last "
+                   "epoch, or from the batch a mid-epoch save or SIGTERM left it at)")
+    p.add_argument("--save-every", type=parse_number, metavar="MINUTES", help="also save the training state in the "
+                   "middle of an epoch this often (SIGTERM always saves at the next batch and exits with status 143)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
     _add_device(p)
     _add_common(p)
@@ -483,15 +486,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except AdvlabError as err:
-        print(f"advlab: error: {err}", file=sys.stderr)
+        _say(f"advlab: error: {err}")
         return 2
+    except Preempted as err:
+        _say(f"advlab: {err}")
+        return Preempted.exit_status
     except KeyboardInterrupt:
-        print("advlab: interrupted", file=sys.stderr)
+        _say("advlab: interrupted")
         return 130
     except OSError as err:  # a file problem the library did not foresee: still one line, still exit 2
         where = f" ({err.filename})" if err.filename else ""
-        print(f"advlab: error: {err.strerror or err}{where}", file=sys.stderr)
+        _say(f"advlab: error: {err.strerror or err}{where}")
         return 2
+
+
+def _say(line: str) -> None:
+    """One line on stderr, on a line of its own even if a progress bar was drawing on the terminal."""
+    prefix = "\r\033[K" if sys.stderr.isatty() else ""
+    print(prefix + line, file=sys.stderr)
 
 
 if __name__ == "__main__":

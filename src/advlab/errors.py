@@ -12,6 +12,13 @@ class AdvlabError(ValueError):
     """A problem with the user's input or files, with a message that says what to do about it."""
 
 
+class Preempted(Exception):
+    """Work stopped on SIGTERM after saving its state (advlab.train.preempt); ``--resume`` continues it.
+    The CLI prints the message on one line and exits with :attr:`exit_status`."""
+
+    exit_status = 143  # 128 + SIGTERM, what a shell reports for a job SIGTERM ended
+
+
 def check_range(name: str, value: float, low: float, high: float | None = None) -> float:
     """Return ``value`` if ``low <= value <= high`` (``high=None``: no upper bound), else raise."""
     if value != value or value < low or (high is not None and value > high):  # value != value: NaN

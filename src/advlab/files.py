@@ -38,6 +38,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a quota, a vanished folder: name the file, leave nothing behind
+        Path(tmp).unlink(missing_ok=True)
+        raise AdvlabError(f"cannot write {path}: {err.strerror or err}; free some space or choose another "
+                          "folder") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -55,15 +55,17 @@ class ImageData:
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         drop_last: bool = False,
+        skip: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)``: float32 pixels in [0, 1] and int64 labels on ``device``, each example once.
 
-        With ``shuffle`` the order comes from ``generator`` (a seeded one makes it reproducible).
+        With ``shuffle`` the order comes from ``generator`` (a seeded one makes it reproducible); ``skip``
+        leaves out the first batches of that order (an epoch resumed in its middle).
         """
         if batch_size < 1:
             raise AdvlabError(f"batch size must be at least 1, got {batch_size}")
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for start in range(0, len(self), batch_size):
+        for start in range(skip * batch_size, len(self), batch_size):
             index = order[start : start + batch_size]
             if drop_last and len(index) < batch_size:
                 return

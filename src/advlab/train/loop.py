@@ -40,8 +40,9 @@ from advlab.train.guard import (MAX_REMEDIES, CatastrophicOverfittingWarning, Sn
                                 collapse_event, collapse_signature, probe)
 from advlab.train.methods import METHODS
 from advlab.train.optim import OPTIMIZERS, SCHEDULES
-from advlab.train.state import (RunProgress, check_same_config, read_state, restore, summarize, write_metrics,
-                                write_state)
+from advlab.train.preempt import EpochProgress, Preempted, Preemption
+from advlab.train.state import (RunProgress, check_same_config, read_state, restore, restore_position, summarize,
+                                write_metrics, write_state)
 
 
 def train(
@@ -53,18 +54,23 @@ def train(
     progress: bool = True,
     runtime: Runtime | None = None,
     stop_after_epochs: int | None = None,
+    save_every: float | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into the run folder ``out`` and return a summary (also saved as summary.json).
 
     ``resume`` continues from the last completed epoch (refusing a folder holding another config);
     ``overwrite`` lets a new run replace an old one's files; ``stop_after_epochs`` ends this call after
-    that many epochs, as an interruption would. ``runtime`` says where to train (default: CUDA when
+    that many epochs, as an interruption would; ``save_every`` (minutes) also writes the state in the middle of
+    an epoch that often, and SIGTERM writes it at the next batch and raises :class:`Preempted`
+    (:mod:`advlab.train.preempt`); ``resume`` continues from either, bit-identical. ``runtime`` says where to train (default: CUDA when
     present, else CPU, with channels-last convolutions on CPU). Everything is checked before the first batch.
     """
     config = config.resolved()
     runtime = runtime if runtime is not None else Runtime()
     if runtime.precision != "fp32":
         raise AdvlabError(f"training runs in fp32; --precision {runtime.precision} is for evaluate and attack")
+    if save_every is not None and not save_every > 0:
+        raise AdvlabError(f"--save-every must be a positive number of minutes, got {save_every!r}")
     if stop_after_epochs is not None and stop_after_epochs < 0:
         raise AdvlabError(f"stop_after_epochs must be at least 0, got {stop_after_epochs}")
     check_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")
@@ -85,7 +91,8 @@ def train(
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
     # Everything is checked: only now is the run folder created (a refused run leaves no empty folder).
     out = prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")
-    with run_lock(out):  # one writer per run folder: a second train on it is refused
+    # One writer per run folder (a second train on it is refused); SIGTERM saves at the next batch boundary.
+    with run_lock(out), Preemption(save_every) as preemption:
         if not resume:
             for name in ("state.safetensors", "best.safetensors", "best.json", "summary.json", "metrics.jsonl",
                          "metrics.csv", "model.safetensors", "model.json"):
@@ -105,13 +112,17 @@ def train(
                   "normalization": {"mean": model_args["mean"], "std": model_args["std"]}, "config": config.to_dict()}
         log = _logger(progress)
         if saved_state is not None:
-            log(f"{out} is already complete" if run.finished or run.epoch >= config.passes
-                else f"resuming {out} after epoch {run.epoch}/{config.passes}")
+            if "position" not in saved_state[1]:
+                log(f"{out} is already complete" if run.finished or run.epoch >= config.passes
+                    else f"resuming {out} after epoch {run.epoch}/{config.passes}")
         else:
             log(f"recipe {config.recipe}: {config.model}, {config.optimizer} lr {config.lr:g} {config.schedule}, "
                 f"{config.epochs} epochs of batch {config.batch_size}" +
                 (f", α = {config.step_size:.4g}" if method.adversarial else "") + " (config.json has every setting)")
         snapshot = Snapshot(model, optimizer, epoch=run.last_good_epoch or 0)
+        position = restore_position(saved_state, snapshot, device) if saved_state is not None else None
+        if position is not None:
+            log(f"resuming {out} in epoch {position.epoch}/{config.passes} after batch {position.batches}")
 
         def collapsed(epoch: int, reading: dict[str, float], examples: int, within: bool, rule: str) -> bool:
             """Restore the last good weights, apply the remedy, record and say it. True: stop training."""
@@ -168,9 +179,27 @@ def train(
                 break
             epoch = run.epoch + 1
             start = time.perf_counter()
+            if position is None or position.epoch != epoch:
+                position = EpochProgress.begin(epoch, shuffle_rng, device, config.lr)
+            else:  # resumed in the middle of this epoch: draw its order again from where the epoch began
+                shuffle_rng.set_state(position.shuffle_start)
+
+            def after_batch(now: EpochProgress, epoch: int = epoch) -> None:
+                if not preemption.due():
+                    return
+                write_metrics(out, run.rows)
+                write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, position=now,
+                            snapshot=snapshot)
+                preemption.saved()
+                if preemption.terminated:
+                    raise Preempted(f"stopped by SIGTERM in epoch {epoch} after batch {now.batches}, its state saved; "
+                                    f"continue with `advlab train --resume --out {out}`")
+
             stats = _train_epoch(model, lambda: method, optimizer, train_data, config, run, total_steps, shuffle_rng,
-                                 attack_rng, runtime, progress, f"epoch {epoch}/{config.passes}",
-                                 guard=(lambda eps: guard(epoch, eps)) if method.adversarial and config.co_check_every else None)
+                                 attack_rng, runtime, progress, f"epoch {epoch}/{config.passes}", position,
+                                 guard=(lambda eps: guard(epoch, eps)) if method.adversarial and config.co_check_every else None,
+                                 after_batch=after_batch)
+            position = None
             # (current_method: the guard's fallback remedy may switch methods within the epoch)
             seconds = time.perf_counter() - start
             start = time.perf_counter()
@@ -212,16 +241,16 @@ def train(
 
 
 def _train_epoch(model, current_method, optimizer, data, config, run, total_steps, shuffle_rng, attack_rng, runtime,
-                 progress, desc, guard=None) -> dict[str, Any]:
+                 progress, desc, position: EpochProgress, guard=None, after_batch=None) -> dict[str, Any]:
+    """One pass over ``data`` from ``position`` (a fresh epoch, or one resumed after its ``batches`` first
+    batches, with its running sums); ``after_batch(position)`` runs at each batch boundary (a mid-epoch save)."""
     schedule = SCHEDULES[config.schedule]
     warmup_steps = config.eps_warmup_epochs / config.epochs * total_steps
-    lr = config.lr
 
     def step(loss: torch.Tensor) -> None:
-        nonlocal lr
-        lr = config.lr * schedule((run.step + 1) / total_steps)
+        position.lr = config.lr * schedule((run.step + 1) / total_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = position.lr
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -229,43 +258,46 @@ def _train_epoch(model, current_method, optimizer, data, config, run, total_step
 
     model.train()
     device = runtime.device
-    loss_sum = torch.zeros((), device=device)
-    clean_correct = torch.zeros((), device=device, dtype=torch.long)
-    adv_correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    clean_seen = adv_seen = False
-    eps = config.eps
     bar = _bar(len(data), progress, desc)
-    for i, (x, y) in enumerate(data.batches(config.batch_size, shuffle=True, generator=shuffle_rng, device=device)):
+    bar.update(position.seen)
+    batches = data.batches(config.batch_size, shuffle=True, generator=shuffle_rng, device=device,
+                           skip=position.batches)
+    for x, y in batches:
         if runtime.uses_channels_last:
             x = x.to(memory_format=torch.channels_last)
         eps = config.eps * min(1.0, (run.step + 1) / warmup_steps) if warmup_steps > 0 else config.eps
+        position.eps = eps
         # α scales with ε (the ramp) and with the guard's smaller-step remedy.
         alpha = base_alpha(config, run) * (eps / config.eps if config.eps > 0 else 1.0) * run.alpha_scale
         before = run.step
         out = current_method().train_batch(model, x, y, eps=eps, alpha=alpha, generator=attack_rng, step=step)
         n = y.shape[0]
-        seen += n
-        loss_sum += out.loss.detach() * n
+        position.seen += n
+        position.batches += 1
+        position.loss_sum += out.loss.detach() * n
         if out.clean_logits is not None:
-            clean_seen = True
-            clean_correct += (out.clean_logits.detach().argmax(1) == y).sum()
+            position.clean_seen = True
+            position.clean_correct += (out.clean_logits.detach().argmax(1) == y).sum()
         if out.adv_logits is not None:
-            adv_seen = True
-            adv_correct += (out.adv_logits.detach().argmax(1) == y).sum()
+            position.adv_seen = True
+            position.adv_correct += (out.adv_logits.detach().argmax(1) == y).sum()
         bar.update(n)
-        if progress and i % 20 == 0:
-            shown = adv_correct if adv_seen else clean_correct
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * shown.item() / seen:.1f}%")
+        if progress and position.batches % 20 == 1:
+            shown = position.adv_correct if position.adv_seen else position.clean_correct
+            bar.set_postfix(loss=f"{position.loss_sum.item() / position.seen:.3f}",
+                            acc=f"{100 * shown.item() / position.seen:.1f}%")
         if guard is not None and run.step // config.co_check_every > before // config.co_check_every:
-            if guard(eps):
+            if guard(position.eps):
                 break
             model.train()
+        if after_batch is not None:
+            after_batch(position)
+            model.train()
     bar.close()
-    seen = max(seen, 1)
-    return {"lr": lr, "eps": eps, "train_loss": loss_sum.item() / seen,
-            "train_clean_acc": clean_correct.item() / seen if clean_seen else None,
-            "train_adv_acc": adv_correct.item() / seen if adv_seen else None}
+    seen = max(position.seen, 1)
+    return {"lr": position.lr, "eps": position.eps, "train_loss": position.loss_sum.item() / seen,
+            "train_clean_acc": position.clean_correct.item() / seen if position.clean_seen else None,
+            "train_adv_acc": position.adv_correct.item() / seen if position.adv_seen else None}
 
 
 def base_alpha(config: TrainConfig, run: RunProgress) -> float:

@@ -21,6 +21,7 @@ import torch
 from advlab.errors import AdvlabError
 from advlab.runs import atomic_write_text, load_tensors, read_json, save_tensors
 from advlab.train.config import TrainConfig
+from advlab.train.preempt import EpochProgress
 
 STATE_FORMAT = 2  # bump when state.safetensors' layout changes incompatibly
 # Settings that may differ between an interrupted run and its resumption: they do not change the result.
@@ -60,23 +61,70 @@ def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(out / "metrics.csv", text.getvalue())
 
 
-def write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    optim = optimizer.state_dict()
+def _pack_optimizer(prefix: str, optim: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """Put an optimizer state_dict's tensors into ``tensors`` (``PREFIX.INDEX.NAME``); return the rest."""
     plain_state: dict[str, dict[str, Any]] = {}
     for index, values in optim["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value
+                tensors[f"{prefix}.{index}.{key}"] = value
             else:
                 plain_state.setdefault(str(index), {})[key] = value
+    return plain_state
+
+
+def _unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], plain_state: dict[str, dict[str, Any]],
+                      param_groups: list) -> dict[str, Any]:
+    optim_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            index, name = key[len(prefix) + 1:].split(".", 1)
+            optim_state.setdefault(int(index), {})[name] = value
+    for index, values in plain_state.items():
+        optim_state.setdefault(int(index), {}).update(values)
+    return {"state": optim_state, "param_groups": param_groups}
+
+
+def write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, *,
+                position: EpochProgress | None = None, snapshot=None) -> None:
+    """The commit point: at the end of an epoch, or with ``position`` (and the guard's ``snapshot``) in the
+    middle of one (:mod:`advlab.train.preempt`)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    optim = optimizer.state_dict()
+    plain_state = _pack_optimizer("optimizer", optim, tensors)
     tensors.update({f"method.{k}": v for k, v in method.state().items()})
     tensors["rng.shuffle"] = shuffle_rng.get_state()
     tensors["rng.attack"] = attack_rng.get_state()
     meta = {"format": STATE_FORMAT, "config": config.to_dict(), "progress": dataclasses.asdict(run),
             "device": attack_rng.device.type,  # a generator's state fits only a generator of its device type
             "param_groups": optim["param_groups"], "optimizer_plain_state": plain_state}
+    if position is not None:
+        epoch_tensors, meta["position"] = position.to_state()
+        tensors.update(epoch_tensors)
+        tensors.update({f"snapshot.model.{k}": v for k, v in snapshot.weights.items()})
+        meta["snapshot"] = {"epoch": snapshot.epoch, "step": snapshot.step, "reading": snapshot.reading,
+                            "param_groups": snapshot.optim["param_groups"],
+                            "optimizer_plain_state": _pack_optimizer("snapshot.optimizer", snapshot.optim, tensors)}
     save_tensors(out / "state.safetensors", tensors, metadata={"advlab_state": json.dumps(meta)})
+
+
+def restore_position(state, snapshot, device: torch.device) -> EpochProgress | None:
+    """For a state saved in the middle of an epoch: where that epoch stood, with ``snapshot`` (the guard's
+    last good weights) set back to what it held then; None for a state saved at an epoch's end."""
+    tensors, meta = state
+    if "position" not in meta:
+        return None
+    try:
+        position = EpochProgress.from_state(tensors, meta["position"], device)
+        saved = meta["snapshot"]
+        snapshot.epoch, snapshot.step, snapshot.reading = saved["epoch"], saved["step"], saved["reading"]
+        snapshot.weights = {k[len("snapshot.model."):]: v.to(device) for k, v in tensors.items()
+                            if k.startswith("snapshot.model.")}
+        snapshot.optim = _unpack_optimizer("snapshot.optimizer", tensors, saved["optimizer_plain_state"],
+                                           saved["param_groups"])
+        return position
+    except (KeyError, ValueError, TypeError) as err:
+        raise AdvlabError(f"the saved mid-epoch training state is damaged ({err}); start afresh with --overwrite") from None
 
 
 def read_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -120,14 +168,8 @@ def restore(state, model, optimizer, method, shuffle_rng, attack_rng) -> RunProg
                           f"resume it with --device {saved_on}, or start afresh with --overwrite")
     try:
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        optim_state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                optim_state.setdefault(int(index), {})[name] = value
-        for index, values in meta["optimizer_plain_state"].items():
-            optim_state.setdefault(int(index), {}).update(values)
-        optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+        optimizer.load_state_dict(_unpack_optimizer("optimizer", tensors, meta["optimizer_plain_state"],
+                                                    meta["param_groups"]))
         method.load_state({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")})
         shuffle_rng.set_state(tensors["rng.shuffle"])
         attack_rng.set_state(tensors["rng.attack"])
