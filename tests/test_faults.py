@@ -148,3 +148,17 @@ def test_a_full_disk_names_the_path_and_leaves_nothing_half_written(tmp_path, re
         assert not [n for n in leftovers if n.endswith(".tmp") or n == "adversarial.safetensors"]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_resume_state_with_a_mistyped_field_is_one_line(tmp_path, reference):
+    from advlab.runs import save_tensors
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    tensors, meta = load_tensors(run / "state.safetensors")
+    state = json.loads(meta["advlab_state"])
+    state["progress"]["epoch"] = "1"  # a string where the epoch count belongs, with valid checksums
+    save_tensors(run / "state.safetensors", tensors, metadata={"advlab_state": json.dumps(state)})
+    done = _run(*TRAIN, "--out", str(run), "--resume", "--quiet")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "training state field epoch must be an integer, got '1'" in done.stderr

@@ -102,9 +102,19 @@ def test_a_record_that_cannot_build_the_model_is_one_line(tmp_path):
     path = _legacy(tmp_path, tensors, model_args={**ARGS, "num_classes": -3})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UncheckedFileWarning)
-        with pytest.raises(AdvlabError, match="cannot build") as err:
+        with pytest.raises(AdvlabError, match="model_args num_classes must be at least 1, got -3") as err:
             load_checkpoint(path)
     assert "\n" not in str(err.value)
+    path = _legacy(tmp_path, tensors, model_args={**ARGS, "num_classes": "three"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncheckedFileWarning)
+        with pytest.raises(AdvlabError, match="model_args num_classes must be an integer or none, got 'three'"):
+            load_checkpoint(path)
+    path = _legacy(tmp_path, tensors, model_args={**ARGS, "colour": True})  # the constructor refuses it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncheckedFileWarning)
+        with pytest.raises(AdvlabError, match="bad arguments for model 'linear'"):
+            load_checkpoint(path)
 
 
 def test_verify_a_run_folder(tmp_path, capsys):
@@ -200,7 +210,7 @@ def test_a_refused_command_leaves_no_new_folder(tmp_path, capsys):
     # ε beyond the pixel range is refused before any work, and --out is not created
     assert main(["attack", str(run), "--eps", "7", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "ε of PGD-20 L∞ must be between 0 and 1, got 7.0" in err and err.count("\n") == 1
+    assert "--eps for PGD-20 L∞ must be between 0 and 1, got 7.0" in err and err.count("\n") == 1
     assert not (tmp_path / "new").exists()
     assert main(["evaluate", str(run), "--eps", "0.1,7", "--out", str(out / "eval.json"), "--quiet"]) == 2
     assert "must be between 0 and 1" in capsys.readouterr().err
@@ -229,3 +239,27 @@ def test_seeds_beyond_the_generator_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", str(run), "--eps", "0.1", "--seed", str(2**64)])
     assert exit_.value.code == 2 and "a seed must be from 0 to 2^63 - 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[study]\ntrain_eps = 0.1\n[models.standard]\nmethod = 'standard'\n[models]\npgd = 5\n",
+     "study setting models must be a table"),
+    ("[study]\neps_grid = [0.0, 'a lot']\n", "study setting eps_grid must be a list of numbers, got [0.0, 'a lot']"),
+    ("[study]\nn_eval = '500'\n", "study setting n_eval must be an integer, got '500'"),
+])
+def test_study_config_errors_name_the_setting(tmp_path, text, message):
+    from advlab.study import load_study_config
+
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(AdvlabError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_study_config(path)
+
+
+def test_training_config_errors_name_the_setting():
+    from advlab.train import TrainConfig
+
+    with pytest.raises(AdvlabError, match="training setting epochs must be an integer or none, got 'ten'"):
+        TrainConfig.from_dict({"epochs": "ten"})
+    with pytest.raises(AdvlabError, match="unknown training settings: epoch; known:"):
+        TrainConfig.from_dict({"epoch": 3})

@@ -235,6 +235,7 @@ def test_report_tolerates_missing_and_null_numbers(tmp_path):
     (lambda m: m.update(models=["standard"]), "models"),
     (lambda m: m.update(sanity_checks="all good"), "sanity_checks"),
     (lambda m: m.update(attack_hyperparameters={"FGSM": 0.1}), "attack_hyperparameters"),
+    (lambda m: m.update(attacks={"FGSM L∞": "fgsm"}), "attacks"),
 ])
 def test_malformed_metrics_raise_a_one_line_advlab_error(tmp_path, corrupt, where):
     metrics = make_fake_run(tmp_path, gallery=False)

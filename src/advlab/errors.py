@@ -25,10 +25,3 @@ def check_range(name: str, value: float, low: float, high: float | None = None) 
         bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
         raise AdvlabError(f"{name} must be {bound}, got {value!r}")
     return value
-
-
-def check_known(what: str, values: dict, known) -> None:
-    """Raise, naming them and the known ones, if ``values`` has keys outside ``known`` (a typo in a config)."""
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise AdvlabError(f"unknown {what}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")

@@ -116,7 +116,7 @@ def check_compatible(model: nn.Module, record: dict, data, where: str, *,
                           "evaluate it on the data set it was trained on (--dataset)")
     x, _ = data.subset(1).tensors(next((p.device for p in model.parameters()), torch.device("cpu")))
     for attack, eps in budgets:
-        check_range(f"ε of {attack.label}", eps, 0.0, max_eps(attack.norm, x))
+        check_range(f"--eps for {attack.label}", eps, 0.0, max_eps(attack.norm, x))
     try:
         with torch.inference_mode():
             logits = model(x)

@@ -234,6 +234,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
     Returns ``(model, record)``. Only tensors and JSON are read: nothing is unpickled.
     """
     from advlab.models import create_model
+    from advlab.schema import check_record
 
     path = resolve_checkpoint(path)
     tensors, metadata = load_tensors(path)
@@ -242,11 +243,10 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
                       "for damage; `advlab verify` says more", UncheckedFileWarning, stacklevel=2)
     try:
         record = json.loads(metadata["advlab"])
-        name, args = record["model"], record["model_args"]
-    except (KeyError, TypeError, json.JSONDecodeError):
+    except (KeyError, json.JSONDecodeError):
         raise AdvlabError(f"{path} is a safetensors file but not an advlab checkpoint (no model record)") from None
-    if not isinstance(name, str) or not isinstance(args, dict):
-        raise AdvlabError(f"{path}: its record's model ({name!r}) and model_args ({args!r}) must be a name and a table")
+    check_record(record, str(path))  # every field's type, and the model's arguments' ranges (num_classes ≥ 1)
+    name, args = record["model"], record["model_args"]
     try:
         model = create_model(name, **args)
     except AdvlabError as err:

@@ -292,6 +292,9 @@ def _check_metrics(metrics: Any, path: Path) -> dict:
             raise bad(f"models.{name}.clean_accuracy", "must be a number")
         if not isinstance(model.get("epochs") or [], list):
             raise bad(f"models.{name}.epochs", "must be a list of per-epoch records")
+    attacks = metrics.get("attacks") or {}
+    if not isinstance(attacks, dict) or not all(isinstance(a, dict) for a in attacks.values()):
+        raise bad("attacks", "must map each attack's label to its settings")
     hyper = metrics.get("attack_hyperparameters") or {}
     if not isinstance(hyper, dict) or not all(isinstance(r, list) and all(isinstance(h, dict) for h in r)
                                               for r in hyper.values()):

@@ -10,8 +10,9 @@ from typing import Any
 
 from advlab.attacks import AttackSpec, parse_attack
 from advlab.attacks.suites import suite_attacks
-from advlab.errors import AdvlabError, check_known, check_range
+from advlab.errors import AdvlabError, check_range
 from advlab.presets import preset_text
+from advlab.schema import check_fields
 from advlab.train import TrainConfig
 
 
@@ -73,7 +74,7 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StudyConfig:
-        check_known("study settings", values, [f.name for f in dataclasses.fields(cls)])
+        check_fields(values, cls, what="study setting")
         values = dict(values)
         for key in ("eps_grid", "attacks"):
             if key in values:

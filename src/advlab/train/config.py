@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from advlab.data import get_info
-from advlab.errors import AdvlabError, check_known, check_range
+from advlab.errors import AdvlabError, check_range
 from advlab.models import list_models
 from advlab.presets import preset_text
+from advlab.schema import check_fields
 from advlab.files import read_json
 from advlab.train.methods import METHODS
 from advlab.train.optim import OPTIMIZERS, SCHEDULES
@@ -137,7 +138,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        check_known("training settings", values, [f.name for f in dataclasses.fields(cls)])
+        check_fields(values, cls, what="training setting")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

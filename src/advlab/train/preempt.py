@@ -28,7 +28,6 @@ class EpochProgress:
     the optimizer and the generators."""
 
     epoch: int  # the epoch in progress, from 1
-    shuffle_start: torch.Tensor  # the shuffling generator's state when the epoch began (draws its order)
     batches: int = 0  # batches finished in this epoch
     seen: int = 0  # examples trained on in this epoch
     clean_seen: bool = False
@@ -38,6 +37,7 @@ class EpochProgress:
     loss_sum: torch.Tensor | None = None  # Σ loss·n over the epoch's batches, on the training device
     clean_correct: torch.Tensor | None = None
     adv_correct: torch.Tensor | None = None
+    shuffle_start: torch.Tensor | None = None  # the shuffling generator's state when the epoch began (its order)
 
     TENSORS = ("shuffle_start", "loss_sum", "clean_correct", "adv_correct")
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from advlab.errors import AdvlabError
+from advlab.schema import check_fields
 from advlab.runs import atomic_write_text, load_tensors, read_json, save_tensors
 from advlab.train.config import TrainConfig
 from advlab.train.preempt import EpochProgress
@@ -115,6 +116,7 @@ def restore_position(state, snapshot, device: torch.device) -> EpochProgress | N
     if "position" not in meta:
         return None
     try:
+        check_fields(meta["position"], EpochProgress, what="mid-epoch state field")
         position = EpochProgress.from_state(tensors, meta["position"], device)
         saved = meta["snapshot"]
         snapshot.epoch, snapshot.step, snapshot.reading = saved["epoch"], saved["step"], saved["reading"]
@@ -173,7 +175,7 @@ def restore(state, model, optimizer, method, shuffle_rng, attack_rng) -> RunProg
         method.load_state({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")})
         shuffle_rng.set_state(tensors["rng.shuffle"])
         attack_rng.set_state(tensors["rng.attack"])
-        return RunProgress(**meta["progress"])
+        return RunProgress(**check_fields(meta["progress"], RunProgress, what="training state field"))
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise AdvlabError(f"the saved training state does not fit this run ({str(err).splitlines()[0]}); "
                           "start afresh with --overwrite") from None
