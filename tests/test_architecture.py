@@ -19,6 +19,7 @@ LAYERS = [
     ("the package root", ["advlab"]),
     ("presets/", ["advlab.presets"]),
     ("files.py", ["advlab.files"]),
+    ("schema.py", ["advlab.schema"]),
     ("results.py", ["advlab.results"]),
     ("runtime.py", ["advlab.runtime"]),
     ("data/", ["advlab.data"]),
@@ -28,11 +29,13 @@ LAYERS = [
     ("model_checks.py", ["advlab.model_checks"]),
     ("evaluate.py", ["advlab.evaluate"]),
     ("jobs.py", ["advlab.jobs"]),
+    ("verify.py", ["advlab.verify"]),
     ("train/", ["advlab.train"]),
     ("checks.py", ["advlab.checks"]),
     ("study/", ["advlab.study"]),
     ("report/", ["advlab.report"]),
     ("cli.py", ["advlab.cli"]),
+    ("__main__.py", ["advlab.__main__"]),
 ]
 
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from advlab.files import (
 
 __all__ = ["UncheckedFileWarning", "atomic_write_bytes", "atomic_write_text", "check_run_dir", "check_weights",
            "damaged_parts", "load_checkpoint", "load_tensors", "prepare_run_dir", "read_json", "resolve_checkpoint",
-           "save_checkpoint", "save_tensors", "tensor_digest", "training_status", "unfinished_message", "versions",
+           "save_checkpoint", "save_tensors", "tensor_digests", "training_status", "unfinished_message", "versions",
            "write_json"]
 
 CHECKPOINT_FORMAT = 1  # bump when the record's layout changes incompatibly
@@ -54,11 +55,28 @@ class UncheckedFileWarning(UserWarning):
     """A tensor file without checksums (written before advlab had them, or by another program)."""
 
 
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's bytes as stored (its dtype's layout, row-major); its name, dtype and shape are
-    checked by the loader."""
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()
+CHUNK = 1 << 18  # bytes hashed per task: small enough that every core gets work on a small model's weights
+
+
+def tensor_digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each tensor's SHA-256 tree digest: the SHA-256 of the SHA-256 digests of its bytes (as stored, in
+    row-major order) cut in 256 KiB chunks. The chunks are hashed on ``torch.get_num_threads()`` threads
+    (hashlib releases the GIL), so verifying a checkpoint costs little next to loading it
+    (benchmarks/bench_checkpoint.py). Names, dtypes and shapes are checked by the loader."""
+    views = {name: t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+             for name, t in tensors.items()}
+    chunks = [(name, view[start:start + CHUNK]) for name, view in views.items()
+              for start in range(0, max(len(view), 1), CHUNK)]
+    workers = min(torch.get_num_threads(), len(chunks))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            hashed = list(pool.map(lambda item: hashlib.sha256(item[1]).digest(), chunks))
+    else:
+        hashed = [hashlib.sha256(chunk).digest() for _, chunk in chunks]
+    joined: dict[str, list[bytes]] = {name: [] for name in views}
+    for (name, _), digest in zip(chunks, hashed):
+        joined[name].append(digest)
+    return {name: hashlib.sha256(b"".join(parts)).hexdigest() for name, parts in joined.items()}
 
 
 def _metadata_digest(metadata: dict[str, str]) -> str:
@@ -110,7 +128,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
     flat = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     metadata = {k: v for k, v in (metadata or {}).items() if k != CHECKSUM_KEY}
-    digests = {name: tensor_digest(t) for name, t in flat.items()}
+    digests = tensor_digests(flat)
     metadata[CHECKSUM_KEY] = json.dumps({**digests, METADATA_DIGEST: _metadata_digest(metadata)}, sort_keys=True)
     return atomic_write_bytes(path, save(flat, metadata=metadata))
 
@@ -126,7 +144,8 @@ def damaged_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) ->
             raise ValueError
     except ValueError:
         return ["checksums"]
-    damaged = [name for name, t in tensors.items() if expected.get(name) != tensor_digest(t)]
+    actual = tensor_digests(tensors)
+    damaged = [name for name in tensors if expected.get(name) != actual[name]]
     damaged += sorted(set(expected) - set(tensors) - {METADATA_DIGEST})  # a tensor gone from the file
     if expected.get(METADATA_DIGEST) != _metadata_digest(metadata):
         damaged.append("metadata")
@@ -228,17 +247,20 @@ def unfinished_message(status: dict[str, Any] | None) -> str | None:
             f"resume it with `advlab train --resume --out {status['run_dir']}`")
 
 
-def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
+                    verify: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved at ``path`` (a ``.safetensors`` file or a run folder) in eval mode.
 
-    Returns ``(model, record)``. Only tensors and JSON are read: nothing is unpickled.
+    Returns ``(model, record)``. Only tensors and JSON are read: nothing is unpickled. ``verify=False``
+    skips the checksums (benchmarks/bench_checkpoint.py measures what they cost); the record and the
+    weights' dtypes, shapes and values are checked either way.
     """
     from advlab.models import create_model
     from advlab.schema import check_record
 
     path = resolve_checkpoint(path)
-    tensors, metadata = load_tensors(path)
-    if CHECKSUM_KEY not in metadata:
+    tensors, metadata = load_tensors(path, verify=verify)
+    if verify and CHECKSUM_KEY not in metadata:
         warnings.warn(f"{path} has no checksums (written before advlab had them): its weights cannot be checked "
                       "for damage; `advlab verify` says more", UncheckedFileWarning, stacklevel=2)
     try:
