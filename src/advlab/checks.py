@@ -31,6 +31,7 @@ Command line: ``advlab study`` runs them for every model and shows them in its r
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Sequence
 
 import torch
@@ -73,25 +74,29 @@ def measure_checks(model: nn.Module, surrogate: nn.Module, data, *, base: Attack
     robust[survivors] = True
     numbers: dict = {"eps": eps, "n": n}
     if suite:
+        start = time.perf_counter()
         if len(survivors):
             result = evaluate(model, (x_all[survivors], y_all[survivors]), attacks=list(suite), eps=[eps], chain=True,
                               seed=seed + 1, progress=progress, keep_per_example=True, runtime=runtime, checks=False)
             for attack in suite:
                 robust[survivors] &= result.per_example[f"{attack.label}@{eps:g}"]
         numbers["suite"] = {"labels": [a.label for a in suite], "accuracy": robust.float().mean().item(),
-                            "hyperparameters": {a.label: a.hyperparameters(eps) for a in suite}}
+                            "hyperparameters": {a.label: a.hyperparameters(eps) for a in suite},
+                            "images": len(survivors), "seconds": time.perf_counter() - start}
         survivors = robust.nonzero().squeeze(1)
     for key, attack in (("pgd_doubled", doubled(base, eps)), ("dlr", dlr), ("square", square)):
         if attack is None:
             continue
         kept = torch.zeros(n, dtype=torch.bool)
+        start = time.perf_counter()
         if len(survivors):
             result = evaluate(model, (x_all[survivors], y_all[survivors]), attacks=[attack], eps=[eps], seed=seed + 1,
                               progress=progress, keep_per_example=True, runtime=runtime, checks=False)
             kept[survivors] = result.per_example[f"{attack.label}@{eps:g}"]
         robust &= kept
         numbers[key] = {"label": attack.label, "accuracy": kept.float().mean().item(),
-                        "hyperparameters": attack.hyperparameters(eps)}
+                        "hyperparameters": attack.hyperparameters(eps), "images": len(survivors),
+                        "seconds": time.perf_counter() - start}
     noise = AttackSpec("noise", norm=base.norm)
     result = evaluate(model, data, attacks=[noise], eps=[eps], seed=seed + 1, progress=progress,
                       keep_per_example=True, runtime=runtime, checks=False)
