@@ -397,3 +397,23 @@ def test_eot_gradient_is_the_mean_over_passes(trained_mlp):
     assert torch.allclose(loss, sum(s[0] for s in singles) / 8, atol=1e-5)
     assert torch.allclose(grad, sum(s[1] for s in singles) / 8, atol=1e-6)
     assert not torch.allclose(grad, singles[0][1], atol=1e-3)  # one pass alone differs: the model is random
+
+
+def test_apgd_t_top_k_tries_only_the_k_most_likely_targets():
+    from advlab.attacks import count_passes, parse_attack
+
+    spec = parse_attack("apgd-t10-top3")
+    assert (spec.targets, spec.targeted, spec.label) == (3, False, "APGD-T-10 L∞ top-3")
+    assert spec.hyperparameters(0.1)["targets"] == 3
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    x, y = torch.rand(6, 1, 4, 4), torch.arange(6)
+    passes = {}
+    for name in ("apgd-t10-top3", "apgd-t10"):
+        with count_passes(model) as counted:
+            parse_attack(name)(model, x, y, eps=1e-4, generator=torch.Generator().manual_seed(0))
+        passes[name] = counted.gradients
+    # ε so small nothing is fooled: every target runs all its iterations on every example
+    assert passes["apgd-t10-top3"] * 3 == passes["apgd-t10"]
+    with pytest.raises(AdvlabError, match="-top3 is for an attack that picks its own targets"):
+        parse_attack("pgd20-top3")

@@ -54,10 +54,10 @@ def test_evaluate_runs_a_suite_as_a_chain(trained_checkpoint, tmp_path, capsys):
                  str(out), "--quiet"]) == 0
     saved = json.loads(out.read_text())
     assert saved["suite"] == "quick" and saved["chain"] and saved["model_flags"] == []
-    assert list(saved["robust_accuracy"]) == ["APGD-CE-50 L∞", "APGD-T-50 L∞"]
-    ce, t = (saved["robust_accuracy"][k][0] for k in ("APGD-CE-50 L∞", "APGD-T-50 L∞"))
+    assert list(saved["robust_accuracy"]) == ["APGD-CE-50 L∞", "APGD-T-50 L∞ top-3"]
+    ce, t = (saved["robust_accuracy"][k][0] for k in ("APGD-CE-50 L∞", "APGD-T-50 L∞ top-3"))
     assert t <= ce < saved["clean_accuracy"] and saved["worst_case_accuracy"][0] == t  # cumulative
-    assert "APGD-T-50 L∞" in capsys.readouterr().out
+    assert "APGD-T-50 L∞ top-3" in capsys.readouterr().out
 
 
 def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys):

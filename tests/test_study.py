@@ -62,7 +62,7 @@ def test_study_writes_everything(tiny_study):
     assert {"PGD-10×2 L∞ (sanity check)", "APGD-DLR-20 L∞ (sanity check)", "Square-300 L∞ (sanity check)",
             "noise L∞ (sanity check)", "PGD-5 L∞ transfer (sanity check)", "PGD-50 L∞ targeted (gallery)",
             "APGD-CE-50 L∞ (suite, on what the study's attacks left)",
-            "APGD-T-50 L∞ (suite, on what the study's attacks left)"} == set(extra)
+            "APGD-T-50 L∞ top-3 (suite, on what the study's attacks left)"} == set(extra)
     assert extra["PGD-10×2 L∞ (sanity check)"]["alpha"] == pytest.approx(metrics["attack_hyperparameters"]
                                                                         ["PGD-5 L∞"][1]["alpha"])
     assert metrics["n_eval"] == 60

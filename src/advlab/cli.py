@@ -60,7 +60,7 @@ attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10)
 apgd-t (Auto-PGD, 100 iterations unless named: apgd-ce100x5), square (gradient-free, 5000 queries unless
 named: square1000); append -l2 for L2, -margin for the margin loss, -dlr for the DLR loss, -targeted to
 attack every other class in turn (-targetedK: the K most likely)
-suites (--suite): standard = apgd-ce100, apgd-t100, square5000 chained; quick = apgd-ce50, apgd-t50;
+suites (--suite): standard = apgd-ce100, apgd-t100, square5000 chained; quick = apgd-ce50, apgd-t50-top3;
 rand = apgd-ce100-eot20, apgd-dlr100-eot20 (randomized models: each gradient averaged over 20 passes)
 model checks: a warning for a model in train mode, probability outputs, zero/NaN gradients, a random forward
 pass, fewer than 4 classes, or a gradient-free attack beating the gradient ones (advlab.model_checks)

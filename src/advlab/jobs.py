@@ -219,7 +219,7 @@ def attack_checkpoint(
     if attack.targeted and target is None:
         raise AdvlabError(f"{attack.label} is targeted: name the class with --target CLASS (advlab evaluate "
                           "tries the most likely wrong classes itself)")
-    if attack.targets is not None:
+    if attack.targeted and attack.targets is not None:
         raise AdvlabError(f"{attack.label}: a number of target classes means nothing here; use --target CLASS")
     check_run_dir(out, overwrite=overwrite)  # refused before any work; created only when the files are written
     runtime = runtime if runtime is not None else Runtime()

@@ -315,8 +315,8 @@ def apgd_dlr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
 
 @register_attack("apgd-t", title="APGD-T", summary="Auto-PGD on the targeted DLR loss against the 9 most likely wrong "
                  "classes (Croce & Hein 2020; 4+ classes): apgd-t = apgd-t100, apgd-tSTEPS[xRESTARTS] per target",
-                 counts=_COUNTS, syntax="apgd-t[STEPS][xRESTARTS]", default_steps=100, step_ratio=None,
-                 options=_OPTIONS)
+                 counts=_COUNTS, syntax="apgd-t[STEPS][xRESTARTS][-topK]", default_steps=100, step_ratio=None,
+                 options=(*_OPTIONS, "targets"))
 def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "linf", steps: int = 100,
            restarts: int = 1, random_start: bool = True, targeted: bool = False, loss: str = "ce", targets: int = TARGETS,
            generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True,

@@ -126,7 +126,7 @@ class AttackSpec:
             check_range("step size ratio", self.step_ratio, 0.0)
         if isinstance(self.eot, bool) or not isinstance(self.eot, int) or self.eot < 1:
             raise AdvlabError(f"eot must be an integer of at least 1, got {self.eot!r}")
-        if self.targets is not None and (not self.targeted or self.targets < 1):
+        if self.targets is not None and (not (self.targeted or kind.takes("targets")) or self.targets < 1):
             raise AdvlabError(f"targets must be at least 1 and needs a targeted attack, got {self.targets!r}")
 
     @property
@@ -142,6 +142,8 @@ class AttackSpec:
         text += f" {NORM_LABELS[self.norm]}"
         if self.targeted:
             text += f" top-{self.targets} targeted" if self.targets else " targeted"
+        elif self.targets:  # an attack that picks its own targets (APGD-T): how many it tries
+            text += f" top-{self.targets}"
         return text + (f" {self.loss}" if self.loss != "ce" else "") + (f" EOT-{self.eot}" if self.eot > 1 else "")
 
     def alpha(self, eps: float) -> float | None:
@@ -159,6 +161,7 @@ class AttackSpec:
         return {"attack": self.name, "norm": self.norm, "eps": eps, "alpha": self.alpha(eps), "steps": self.steps,
                 "restarts": self.restarts, "random_start": self.random_start, "loss": self.loss,
                 "targeted": self.targeted, **({"targets": self.targets or "all others"} if self.targeted else {}),
+                **({"targets": self.targets} if not self.targeted and self.targets else {}),
                 **({"eot": self.eot} if self.eot > 1 else {})}
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
@@ -168,6 +171,8 @@ class AttackSpec:
         kind = self.kind
         settings = {"alpha": self.alpha(eps), "steps": self.steps, "restarts": self.restarts,
                     "random_start": self.random_start, "eot": self.eot}
+        if self.targets is not None and not self.targeted:
+            settings["targets"] = self.targets  # an attack that picks its own targets: how many
         options = {key: value for key, value in settings.items() if kind.takes(key)}
         return kind.function(model, x, y, eps=eps, norm=self.norm, targeted=self.targeted, loss=self.loss,
                              generator=generator, early_stop=early_stop, channels_last=channels_last, **options)
@@ -178,6 +183,7 @@ _NORM_WORDS = {"linf": "linf", "l2": "l2"}
 _LOSS_WORDS = {"ce": "ce", "margin": "margin", "cw": "margin", "dlr": "dlr"}
 _TARGETED = re.compile(r"targeted(\d*)")
 _EOT = re.compile(r"eot(\d+)")
+_TOP = re.compile(r"top(\d+)")
 
 
 def attack_syntax() -> str:
@@ -199,18 +205,22 @@ def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
         raise AdvlabError(f"unknown attack {text!r}; known: {attack_syntax()} (e.g. pgd50x10), each optionally "
                           "with -l2 or -linf, -margin or -ce, -targeted")
     counts = {key: int(value) for key, value in match.groupdict().items() if key != "modifiers" and value}
-    settings: dict = {"norm": None, "loss": None, "targeted": None, "eot": None}
+    settings: dict = {"norm": None, "loss": None, "targeted": None, "eot": None, "top": None}
     for word in filter(None, match["modifiers"].split("-")):
-        targeted, eot = _TARGETED.fullmatch(word), _EOT.fullmatch(word)
+        targeted, eot, top = _TARGETED.fullmatch(word), _EOT.fullmatch(word), _TOP.fullmatch(word)
         key, value = (("norm", _NORM_WORDS[word]) if word in _NORM_WORDS else ("loss", _LOSS_WORDS[word])
                       if word in _LOSS_WORDS else ("targeted", int(targeted[1] or 0)) if targeted
-                      else ("eot", int(eot[1])) if eot else (None, None))
+                      else ("eot", int(eot[1])) if eot else ("top", int(top[1])) if top else (None, None))
         if key is None:
             raise AdvlabError(f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin, -dlr, "
-                              "-targeted or -eotK")
+                              "-targeted, -eotK or (apgd-t) -topK")
         if settings[key] is not None:
             raise AdvlabError(f"attack {text!r} gives its {key} twice")
         settings[key] = value
-    targeted = settings["targeted"]
+    targeted, top = settings["targeted"], settings["top"]
+    if top is not None and not kind.takes("targets"):
+        raise AdvlabError(f"attack {text!r}: -top{top} is for an attack that picks its own targets (apgd-t); "
+                          "use -targeted{top} to try the most likely wrong classes in turn")
     return AttackSpec(name=kind.name, norm=settings["norm"] or norm or "linf", loss=settings["loss"] or "ce",
-                      targeted=targeted is not None, targets=targeted or None, eot=settings["eot"] or 1, **counts)
+                      targeted=targeted is not None, targets=targeted or top or None, eot=settings["eot"] or 1,
+                      **counts)

@@ -16,7 +16,7 @@ suite          attacks
 ``standard``   APGD-CE (100 iterations), APGD-T (9 targets × 100), Square (5,000 queries): AutoAttack's standard
                version without FAB-T, whose share of the images it alone breaks is the smallest (Croce & Hein
                2020, Table 2 of the appendix)
-``quick``      APGD-CE (50 iterations), APGD-T (9 targets × 50 iterations): cheaper, for an ε grid
+``quick``      APGD-CE (50 iterations), APGD-T (the 3 most likely targets × 50 iterations): cheaper, for an ε grid
 ``rand``       APGD-CE and APGD-DLR (100 iterations), each step's gradient averaged over 20 passes: EOT
                (Athalye et al. 2018), AutoAttack's version for randomized models (``randomized`` flag)
 =============  =================================================================================================
@@ -43,8 +43,8 @@ class Suite:
 SUITES: dict[str, Suite] = {suite.name: suite for suite in (
     Suite("standard", ("apgd-ce100", "apgd-t100", "square5000"),
           "AutoAttack's standard attacks without FAB-T: APGD-CE, APGD-T (9 targets), Square (5,000 queries)"),
-    Suite("quick", ("apgd-ce50", "apgd-t50"),
-          "a cheaper APGD-CE (50 iterations) and APGD-T (9 targets × 50 iterations), for an ε grid"),
+    Suite("quick", ("apgd-ce50", "apgd-t50-top3"),
+          "a cheaper APGD-CE (50 iterations) and APGD-T (3 targets × 50 iterations), for an ε grid"),
     Suite("rand", ("apgd-ce100-eot20", "apgd-dlr100-eot20"),
           "AutoAttack's version for randomized models: APGD-CE and APGD-DLR, each gradient averaged over 20 "
           "passes (EOT)"),
