@@ -24,6 +24,7 @@ LAYERS = [
     ("runtime.py", ["advlab.runtime"]),
     ("data/", ["advlab.data"]),
     ("models.py", ["advlab.models"]),
+    ("defenses/", ["advlab.defenses"]),
     ("runs.py", ["advlab.runs"]),
     ("attacks/", ["advlab.attacks"]),
     ("model_checks.py", ["advlab.model_checks"]),

@@ -56,10 +56,12 @@ EPILOG_EVALUATE = """examples:
   advlab evaluate runs/pgd --attack pgd20-l2 --eps 0.5,1,2 --n 1000
   advlab evaluate runs/pgd --attack pgd20-margin --attack pgd20-targeted3 --eps 0.1
   advlab evaluate runs/pgd --suite standard --eps 0.1 --n 1000 --out runs/pgd/aa.json
+  advlab evaluate runs/standard --defense bits:bits=4 --attack pgd50 --attack pgd50-bpda --eps 0.1
 attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10), apgd-ce, apgd-dlr,
 apgd-t (Auto-PGD, 100 iterations unless named: apgd-ce100x5), square (gradient-free, 5000 queries unless
 named: square1000); append -l2 for L2, -margin for the margin loss, -dlr for the DLR loss, -targeted to
-attack every other class in turn (-targetedK: the K most likely)
+attack every other class in turn (-targetedK: the K most likely), -bpda to attack through a --defense
+(its backward pass the identity), -eotK to average each gradient over K passes of a random model
 suites (--suite): standard = apgd-ce100, apgd-t100, square5000 chained; quick = apgd-ce50, apgd-t50-top3;
 rand = apgd-ce100-eot20, apgd-dlr100-eot20 (randomized models: each gradient averaged over 20 passes)
 model checks: a warning for a model in train mode, probability outputs, zero/NaN gradients, a random forward
@@ -247,7 +249,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     summary = attack_checkpoint(args.checkpoint, attack=attack, eps=args.eps, out=args.out, n=args.n,
                                 target=args.target, dataset=args.dataset, split=args.split,
                                 data_dir=args.data_dir, overwrite=args.overwrite, seed=args.seed,
-                                progress=not args.quiet, runtime=_runtime(args))
+                                progress=not args.quiet, runtime=_runtime(args), defenses=args.defense)
     save_attack_gallery(args.out)
     goal = "reached the target" if args.target is not None else "fooled the model"
     print(f"{attack.label} at ε = {args.eps:g}: {100 * summary['success_rate']:.1f}% of {summary['n']} "
@@ -265,7 +267,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                  dataset=args.dataset, split=args.split, data_dir=args.data_dir, out=args.out,
                                  overwrite=args.overwrite, batch_size=args.batch_size, chain=args.chain,
                                  early_stop=not args.no_early_stop, seed=args.seed, progress=not args.quiet,
-                                 runtime=_runtime(args), norm=args.norm)
+                                 runtime=_runtime(args), norm=args.norm, defenses=args.defense)
     print(result.table())
     for flag in result.flags:
         print(f"warning ({flag['flag']}): {flag['message']}")
@@ -388,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
         p.add_argument("--seed", type=_seed, default=0, help="seed for random starts, 0 to 2^63 - 1 (default 0)")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        p.add_argument("--defense", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                       help="a preprocessing defense in front of the model, repeatable, applied in order: "
+                       "bits:bits=4, jpeg:quality=75, median:size=3, resize-pad:min_scale=0.8 (attack it with "
+                       "-bpda, e.g. pgd50-bpda; -eotK for the random one)")
         p.add_argument("--require-finished", action="store_true", help="refuse a model whose training did not "
                        "finish (default: a one-line note, also recorded in the output)")
         _add_device(p, precision=True)

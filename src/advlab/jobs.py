@@ -26,6 +26,7 @@ from torch import nn
 from advlab.attacks import AttackSpec, verify_adversarial
 from advlab.attacks.suites import suite_attacks
 from advlab.attacks.threat import max_eps
+from advlab.defenses import defend, describe, parse_defense
 from advlab.errors import AdvlabError, check_range
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
 from advlab.files import atomic_write_bytes, check_writable, run_lock
@@ -146,6 +147,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     progress: bool = True,
     runtime: Runtime | None = None,
+    defenses: Sequence[str] = (),
 ) -> EvalResult:
     """Load a checkpoint onto the runtime's device (default: CUDA when present), evaluate it on ``n``
     examples of ``split`` and write the result as JSON to ``out``. ``suite`` (``standard``, ``quick``:
@@ -159,7 +161,9 @@ def evaluate_checkpoint(
     if suite is not None:
         suite_attacks(suite, norm=norm)  # an unknown suite fails before the model and data load
     runtime = runtime if runtime is not None else Runtime()
+    guards = [parse_defense(d) for d in defenses]  # an unknown defense fails before the model loads
     model, record = load_checkpoint(checkpoint, device=runtime.device)
+    model = defend(model, guards)
     data = _load_test_data(record, dataset, split, n, data_dir, progress)
     if suite is not None:
         attacks = suite_attacks(suite, norm=norm, classes=len(data.info.classes)) + list(attacks)
@@ -171,9 +175,10 @@ def evaluate_checkpoint(
     with locked:
         state = None
         if out is not None:  # resumable: the progress is saved beside the output after every batch
-            state = EvalState(out, {"checkpoint_sha256": _digest(resolve_checkpoint(checkpoint)), "dataset": data.info.name,
-                                    "split": split, "n": len(data), "attacks": [a.hyperparameters(e) for a in attacks
-                                                                                for e in eps],
+            state = EvalState(out, {"checkpoint_sha256": _digest(resolve_checkpoint(checkpoint)),
+                                    "dataset": data.info.name, "split": split, "n": len(data),
+                                    "defenses": describe(guards),
+                                    "attacks": [a.hyperparameters(e) for a in attacks for e in eps],
                                     "eps": list(eps), "seed": seed, "batch_size": batch_size, "chain": chain,
                                     "early_stop": early_stop, "runtime": runtime.to_dict()})
         result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
@@ -184,7 +189,7 @@ def evaluate_checkpoint(
                              "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
                              "batch_size": batch_size, "seed": seed,
                              "early_stop": early_stop, "chain": chain,  # the random starts depend on these
-                             "suite": suite,
+                             "suite": suite, "defenses": describe(guards),
                              "training": training_outcome(checkpoint),  # a collapsed run says so here too
                              "training_status": training_status(checkpoint),  # and an unfinished one
                              **result.to_dict()})
@@ -207,6 +212,7 @@ def attack_checkpoint(
     seed: int = 0,
     progress: bool = True,
     runtime: Runtime | None = None,
+    defenses: Sequence[str] = (),
 ) -> dict:
     """Attack the first ``n`` examples of ``split`` and write ``adversarial.safetensors`` (images, labels,
     logits) and ``attack.json`` (hyperparameters, class names, success rate) into the folder ``out``;
@@ -223,7 +229,9 @@ def attack_checkpoint(
         raise AdvlabError(f"{attack.label}: a number of target classes means nothing here; use --target CLASS")
     check_run_dir(out, overwrite=overwrite)  # refused before any work; created only when the files are written
     runtime = runtime if runtime is not None else Runtime()
+    guards = [parse_defense(d) for d in defenses]
     model, record = load_checkpoint(checkpoint, device=runtime.device)
+    model = defend(model, guards)
     data = _load_test_data(record, dataset, split, None, data_dir, progress)
     check_compatible(model, record, data, f"the model in {checkpoint}", budgets=[(attack, eps)])
     classes = data.info.classes
@@ -251,7 +259,7 @@ def attack_checkpoint(
     out = prepare_run_dir(out, overwrite=overwrite)
     save_tensors(out / "adversarial.safetensors", tensors)
     summary = {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split, "n": len(y),
-               "training_status": training_status(checkpoint),
+               "training_status": training_status(checkpoint), "defenses": describe(guards),
                **attack.hyperparameters(eps), "label": attack.label, "target": target, "classes": list(classes),
                "runtime": runtime.to_dict(),
                "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),

@@ -41,7 +41,7 @@ def madry_alpha(eps: float, steps: int) -> float:
                  "pgdSTEPS, pgdSTEPSxRESTARTS", counts=r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?",
                  syntax="pgd[STEPS][xRESTARTS]",
                  default_steps=20, step_ratio=lambda steps: madry_alpha(1.0, steps),
-                 options=("steps", "restarts", "random_start", "alpha", "step_ratio", "loss", "targeted"))
+                 options=("steps", "restarts", "random_start", "alpha", "step_ratio", "loss", "targeted", "eot"))
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -58,6 +58,7 @@ def pgd(
     generator: torch.Generator | None = None,
     early_stop: bool = False,
     channels_last: bool = True,
+    eot: int = 1,
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018, "Towards Deep Learning Models Resistant to
     Adversarial Attacks", arXiv:1706.06083).
@@ -70,12 +71,13 @@ def pgd(
     or ``"margin"`` (Carlini–Wagner logit margin). ``early_stop`` freezes an example at its first
     successful iterate (use it for evaluation, where any success counts); without it every restart
     runs on every example, as a naive evaluation would, and the strongest result is still kept.
-    ``channels_last`` runs CPU convolutions in NHWC on a copy of the model (same values, faster).
+    ``channels_last`` runs CPU convolutions in NHWC on a copy of the model (same values, faster). ``eot``
+    averages each step's gradient over that many passes, for randomized models (``pgd50-eot20``).
 
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
     check_attack_inputs(model, x, y, eps, norm)
-    steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
+    steps, restarts, eot = check_count("steps", steps), check_count("restarts", restarts), check_count("eot", eot)
     if loss not in LOSSES:
         raise AdvlabError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
     alpha = madry_alpha(eps, steps) if alpha is None else alpha
@@ -84,7 +86,7 @@ def pgd(
     y = y.detach().to(device=x.device, dtype=torch.long)
     objective, success = attack_objective(loss, targeted), attack_success(targeted)
     run = dict(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start, objective=objective,
-               success=success if early_stop else None, generator=generator)
+               success=success if early_stop else None, generator=generator, eot=eot)
     with eval_mode(model), torch.enable_grad(), fast_layout(model, x, channels_last) as (net, x_fast):
         best = perturb(net, x_fast, y, **run)
         if restarts > 1:
@@ -116,7 +118,7 @@ def _keep_strongest(model: nn.Module, x: torch.Tensor, y: torch.Tensor, best: to
 
 
 @register_attack("fgsm", title="FGSM", summary="fast gradient sign method (Goodfellow et al. 2015); one step of ε",
-                 default_steps=1, step_ratio=lambda steps: 1.0, options=("loss", "targeted"))
+                 default_steps=1, step_ratio=lambda steps: 1.0, options=("loss", "targeted", "eot"))
 def fgsm(
     model: nn.Module,
     x: torch.Tensor,
@@ -129,6 +131,7 @@ def fgsm(
     generator: torch.Generator | None = None,
     early_stop: bool = False,
     channels_last: bool = True,
+    eot: int = 1,
 ) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing
     Adversarial Examples", arXiv:1412.6572): one step of size ε along the gradient's sign (L∞; for L2,
@@ -138,7 +141,8 @@ def fgsm(
     uniform signature and unused. Shapes: ``x`` (N, C, H, W) in [0, 1], ``y`` (N,); returns ``x``'s shape.
     """
     return pgd(model, x, y, eps=eps, alpha=eps, steps=1, norm=norm, random_start=False, restarts=1,
-               targeted=targeted, loss=loss, generator=generator, early_stop=early_stop, channels_last=channels_last)
+               targeted=targeted, loss=loss, generator=generator, early_stop=early_stop, channels_last=channels_last,
+               eot=eot)
 
 
 @register_attack("noise", title="noise", summary="random noise of size ε (a baseline, not an attack)")

@@ -109,6 +109,7 @@ def perturb(
     objective: Objective,
     success: Objective | None = None,
     generator: torch.Generator | None = None,
+    eot: int = 1,
 ) -> torch.Tensor:
     """Ascend ``objective`` from ``x`` (or a random point of its ε-ball) for ``steps`` projected steps.
 
@@ -116,6 +117,8 @@ def perturb(
     along the batch (labels, or clean probabilities). With ``success`` (same signature, a boolean per
     example), an example leaves the loop at its first iterate that succeeds, found for free from the
     logits of the gradient pass: the attack stays exactly as strong and costs much less on weak models.
+    ``eot`` > 1 averages each step's gradient, and the logits that decide success, over that many passes
+    (Expectation over Transformation, for a randomized model: no example leaves on one lucky draw).
     """
     x_adv = random_point_in_ball(x, eps, norm, generator) if random_start and eps > 0 else x.clone()
     early_stop = success is not None
@@ -127,6 +130,12 @@ def perturb(
         x_adv.requires_grad_(True)
         logits = model(x_adv)
         (grad,) = torch.autograd.grad(objective(logits, t_act).sum(), x_adv)
+        for _ in range(eot - 1):  # EOT: the mean gradient and logits over the draws of a random model
+            more = model(x_adv)
+            grad = grad + torch.autograd.grad(objective(more, t_act).sum(), x_adv)[0]
+            logits = logits.detach() + more.detach()
+        if eot > 1:
+            grad, logits = grad / eot, logits / eot
         x_adv = x_adv.detach()
         if early_stop:
             done = success(logits.detach(), t_act) & ~finished

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from advlab.attacks.adaptive import straight_through
 from advlab.attacks.loop import LOSSES
 from advlab.attacks.threat import NORM_LABELS, NORMS
 from advlab.errors import AdvlabError, check_range
@@ -98,6 +99,7 @@ class AttackSpec:
     targeted: bool = False  # in an evaluation: attack each of the `targets` most likely wrong classes
     targets: int | None = None  # with targeted: how many classes to try; None: every other class
     eot: int = 1  # passes averaged per gradient (Expectation over Transformation, for randomized models)
+    bpda: bool = False  # the model's preprocessing passes the gradient straight through (Athalye et al. 2018)
 
     def __post_init__(self) -> None:
         kind = get_attack_kind(self.name)
@@ -126,6 +128,9 @@ class AttackSpec:
             check_range("step size ratio", self.step_ratio, 0.0)
         if isinstance(self.eot, bool) or not isinstance(self.eot, int) or self.eot < 1:
             raise AdvlabError(f"eot must be an integer of at least 1, got {self.eot!r}")
+        if not isinstance(self.bpda, bool) or (self.bpda and (kind.black_box or kind.name == "noise")):
+            raise AdvlabError(f"BPDA approximates a gradient, and {self.name} uses none; use it with fgsm, pgd or "
+                              "apgd attacks")
         if self.targets is not None and (not (self.targeted or kind.takes("targets")) or self.targets < 1):
             raise AdvlabError(f"targets must be at least 1 and needs a targeted attack, got {self.targets!r}")
 
@@ -144,7 +149,8 @@ class AttackSpec:
             text += f" top-{self.targets} targeted" if self.targets else " targeted"
         elif self.targets:  # an attack that picks its own targets (APGD-T): how many it tries
             text += f" top-{self.targets}"
-        return text + (f" {self.loss}" if self.loss != "ce" else "") + (f" EOT-{self.eot}" if self.eot > 1 else "")
+        return (text + (f" {self.loss}" if self.loss != "ce" else "") + (f" EOT-{self.eot}" if self.eot > 1 else "")
+                + (" BPDA" if self.bpda else ""))
 
     def alpha(self, eps: float) -> float | None:
         """The step size at ``eps`` in pixel units; None for an attack without steps."""
@@ -162,7 +168,7 @@ class AttackSpec:
                 "restarts": self.restarts, "random_start": self.random_start, "loss": self.loss,
                 "targeted": self.targeted, **({"targets": self.targets or "all others"} if self.targeted else {}),
                 **({"targets": self.targets} if not self.targeted and self.targets else {}),
-                **({"eot": self.eot} if self.eot > 1 else {})}
+                **({"eot": self.eot} if self.eot > 1 else {}), **({"bpda": True} if self.bpda else {})}
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                  generator: torch.Generator | None = None, early_stop: bool = False,
@@ -174,8 +180,9 @@ class AttackSpec:
         if self.targets is not None and not self.targeted:
             settings["targets"] = self.targets  # an attack that picks its own targets: how many
         options = {key: value for key, value in settings.items() if kind.takes(key)}
-        return kind.function(model, x, y, eps=eps, norm=self.norm, targeted=self.targeted, loss=self.loss,
-                             generator=generator, early_stop=early_stop, channels_last=channels_last, **options)
+        with straight_through(model, self.bpda):
+            return kind.function(model, x, y, eps=eps, norm=self.norm, targeted=self.targeted, loss=self.loss,
+                                 generator=generator, early_stop=early_stop, channels_last=channels_last, **options)
 
 
 _MODIFIERS = r"(?P<modifiers>(?:-[a-z0-9]+)*)"
@@ -184,6 +191,7 @@ _LOSS_WORDS = {"ce": "ce", "margin": "margin", "cw": "margin", "dlr": "dlr"}
 _TARGETED = re.compile(r"targeted(\d*)")
 _EOT = re.compile(r"eot(\d+)")
 _TOP = re.compile(r"top(\d+)")
+_WORDS = {"bpda": ("bpda", True)}
 
 
 def attack_syntax() -> str:
@@ -205,15 +213,16 @@ def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
         raise AdvlabError(f"unknown attack {text!r}; known: {attack_syntax()} (e.g. pgd50x10), each optionally "
                           "with -l2 or -linf, -margin or -ce, -targeted")
     counts = {key: int(value) for key, value in match.groupdict().items() if key != "modifiers" and value}
-    settings: dict = {"norm": None, "loss": None, "targeted": None, "eot": None, "top": None}
+    settings: dict = {"norm": None, "loss": None, "targeted": None, "eot": None, "top": None, "bpda": None}
     for word in filter(None, match["modifiers"].split("-")):
         targeted, eot, top = _TARGETED.fullmatch(word), _EOT.fullmatch(word), _TOP.fullmatch(word)
         key, value = (("norm", _NORM_WORDS[word]) if word in _NORM_WORDS else ("loss", _LOSS_WORDS[word])
                       if word in _LOSS_WORDS else ("targeted", int(targeted[1] or 0)) if targeted
-                      else ("eot", int(eot[1])) if eot else ("top", int(top[1])) if top else (None, None))
+                      else ("eot", int(eot[1])) if eot else ("top", int(top[1])) if top
+                      else _WORDS.get(word, (None, None)))
         if key is None:
             raise AdvlabError(f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin, -dlr, "
-                              "-targeted, -eotK or (apgd-t) -topK")
+                              "-targeted, -eotK, -bpda or (apgd-t) -topK")
         if settings[key] is not None:
             raise AdvlabError(f"attack {text!r} gives its {key} twice")
         settings[key] = value
@@ -222,5 +231,6 @@ def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
         raise AdvlabError(f"attack {text!r}: -top{top} is for an attack that picks its own targets (apgd-t); "
                           "use -targeted{top} to try the most likely wrong classes in turn")
     return AttackSpec(name=kind.name, norm=settings["norm"] or norm or "linf", loss=settings["loss"] or "ce",
-                      targeted=targeted is not None, targets=targeted or top or None, eot=settings["eot"] or 1,
-                      **counts)
+                      targeted=targeted is not None, targets=targeted or top or None,
+                      eot=1 if settings["eot"] is None else settings["eot"],
+                      bpda=bool(settings["bpda"]), **counts)
