@@ -107,7 +107,7 @@ def test_targeted_attack_reaches_its_target(trained_checkpoint, tmp_path, capsys
         (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "pgd-hinge"], "unknown attack option"),
         (["evaluate", "{ckpt}", "--eps", "0.1", "--suite", "strongest"], "unknown suite"),
         (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "square0"], "at least 1"),
-        (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "pgd20-eot5"], "takes no EOT"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "square100-eot5"], "takes no EOT"),
         (["train", "--preset", "huge", "--out", "{tmp}/run"], "unknown train preset"),
         (["train", "--epochs", "1"], "--out is required"),
         (["train", "--preset", "quick", "--config", "{tmp}/a-file", "--out", "{tmp}/run"], "not both"),
