@@ -66,7 +66,7 @@ def test_every_method_learns(trained, method):
     assert summary["val_clean_accuracy"] > 0.5  # chance is 0.1
     for r in history:
         assert 0 <= r["val_robust_acc"] <= r["val_clean_acc"] + 0.05  # robust ≤ clean, up to sampling
-        assert (r["train_adv_acc"] is None) == (method == "standard")
+        assert (r["train_adv_acc"] is None) == (method in ("standard", "gradreg"))
         assert (r["train_clean_acc"] is None) == (method in ("fgsm", "nfgsm", "gradalign", "pgd", "free"))  # no extra forward pass
 
 
@@ -74,6 +74,21 @@ def test_adversarial_training_beats_standard(trained):
     standard = trained["standard"][1]["val_robust_accuracy"]
     for method in ("fgsm", "pgd", "trades"):
         assert trained[method][1]["val_robust_accuracy"] > standard + 0.1, (method, standard)
+
+
+def test_gradient_regularization_flattens_the_input_gradient(trained):
+    """gradreg's whole point (Ross & Doshi-Velez 2018): a smaller ‖∇ₓ CE‖ than standard training's."""
+    from advlab.data import load_dataset
+    from advlab.runs import load_checkpoint
+
+    x, y = load_dataset("fashion-mnist", "test", download=False, progress=False).subset(200).tensors()
+    norms = {}
+    for method in ("standard", "gradreg"):
+        model, _ = load_checkpoint(trained[method][0] / "model.safetensors")
+        x_in = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x_in), y, reduction="sum"), x_in)
+        norms[method] = grad.flatten(1).norm(dim=1).mean().item()
+    assert norms["gradreg"] < 0.7 * norms["standard"], norms
 
 
 def test_free_perturbation_stays_in_the_ball(trained):

@@ -137,7 +137,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
     ("dataset", str, "fashion-mnist, mnist or cifar10 (default fashion-mnist)"),
     ("model", str, "see `advlab models` (default: the recipe's)"),
-    ("method", str, "standard, fgsm (fast AT), nfgsm (N-FGSM), gradalign, pgd (Madry), trades, mart or free "
+    ("method", str, "standard, fgsm (fast AT), nfgsm (N-FGSM), gradalign, pgd (Madry), trades, mart, free or "
+     "gradreg (input-gradient regularization) "
      "(default standard)"),
     ("eps", parse_number, "training ε in pixel units, L∞; accepts 8/255 (default 0.1)"),
     ("alpha", parse_number, "attack step size (default: the recipe's, else the method's: 1.25ε for fgsm, ε for "
@@ -147,6 +148,7 @@ _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
     ("replays", _positive_int, "minibatch replays m of free adversarial training"),
     ("nfgsm_noise", parse_number, "N-FGSM's noise multiplier k: noise from the kε cube (default 2)"),
     ("grad_align_lambda", parse_number, "GradAlign's regularizer weight λ ≥ 0 (default: the recipe's)"),
+    ("lam", parse_number, "gradreg's weight λ ≥ 0 on the squared input-gradient norm (default 1)"),
     ("epochs", _positive_int, "training epochs (default: the recipe's)"),
     ("batch_size", _positive_int, "minibatch size (default: the recipe's)"),
     ("optimizer", str, "sgd or adam (default: the recipe's)"),

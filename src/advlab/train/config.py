@@ -52,6 +52,7 @@ class TrainConfig:
     replays: int = 4  # free AT's m: the paper's 4-10; free runs ⌈epochs / m⌉ passes, the same gradient work
     nfgsm_noise: float = 2.0  # N-FGSM's k: noise from the kε cube (de Jorge et al.: k = 2 up to ε = 8/255 on CIFAR)
     grad_align_lambda: float | None = None  # GradAlign's λ; None: the recipe's (CIFAR-10: 0.02·10^(ε·255/8))
+    lam: float = 1.0  # gradreg's λ on ‖∇ₓ CE‖² (Ross & Doshi-Velez 2018; not yet tuned here: a first guess)
     epochs: int | None = None  # fashion-mnist 10 (small_cnn converges with one-cycle), mnist 10 (Wong), cifar10 15-200
     batch_size: int | None = None  # 128 (Madry, Wong, Rice on CIFAR); Wong's MNIST 100, Madry's MNIST 50
     optimizer: str | None = None  # adam for the small CNNs (Wong et al.'s MNIST setting), sgd for CIFAR-10 ResNets
@@ -119,6 +120,7 @@ class TrainConfig:
         check_range("co_threshold", self.co_threshold, 0.0, 1.0)
         check_range("co_gap", self.co_gap, 0.0, 1.0)
         check_range("eps_warmup_epochs", self.eps_warmup_epochs, 0.0, float(self.epochs))
+        check_range("lam (gradreg's λ)", self.lam, 0.0)
         if not self.grad_align_lambda >= 0:
             raise AdvlabError(f"grad_align_lambda (GradAlign's λ) must be at least 0, got {self.grad_align_lambda!r}")
         if not self.nfgsm_noise > 0:

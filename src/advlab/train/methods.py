@@ -2,7 +2,8 @@
 
 ``standard``; ``fgsm`` (fast AT, Wong et al. 2020); ``nfgsm`` (de Jorge et al. 2022); ``gradalign``
 (Andriushchenko & Flammarion 2020); ``pgd`` (Madry et al. 2018); ``trades`` (Zhang et al. 2019); ``mart``
-(Wang et al. 2020); ``free`` (Shafahi et al. 2019). The training loop
+(Wang et al. 2020); ``free`` (Shafahi et al. 2019); ``gradreg`` (input-gradient regularization, Ross &
+Doshi-Velez 2018). The training loop
 (:mod:`advlab.train.loop`) never asks which one it runs, and every inner maximization goes through the
 attacks' one gradient loop, :func:`advlab.attacks.perturb`, except N-FGSM's one unprojected step. A new method is a subclass of :class:`Method`
 with a ``name``, decorated with :func:`register_method`; its hyperparameters live in ``TrainConfig``.
@@ -61,6 +62,7 @@ class Method:
 
     name = ""
     adversarial = True  # trains against an attack: the catastrophic-overfitting guard applies
+    robust = True  # aims at robustness: the best epoch is the one with the highest validation PGD accuracy
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -97,10 +99,31 @@ class Standard(Method):
 
     name = "standard"
     adversarial = False
+    robust = False
 
     def loss(self, model, x, y, *, eps, alpha, generator):
         logits = model(x)
         return BatchOutput(F.cross_entropy(logits, y), logits, None)
+
+
+@register_method
+class GradientRegularization(Method):
+    """Ross & Doshi-Velez 2018, "Improving the Adversarial Robustness and Interpretability of Deep Neural
+    Networks by Regularizing their Input Gradients" (AAAI, arXiv:1711.09404): cross-entropy plus
+    λ·‖∇ₓ CE‖² per example (λ = ``lam``), by double backpropagation. A regularizer, not adversarial training:
+    no attack inside, so the catastrophic-overfitting guard does not apply; the per-epoch check still
+    measures PGD accuracy, and the best epoch is the most robust one."""
+
+    name = "gradreg"
+    adversarial = False
+
+    def loss(self, model, x, y, *, eps, alpha, generator):
+        x = x.detach().clone().requires_grad_(True)
+        logits = model(x)
+        per_example = cross_entropy(logits, y)
+        (grad,) = torch.autograd.grad(per_example.sum(), x, create_graph=True)
+        penalty = grad.flatten(1).square().sum(dim=1).mean()
+        return BatchOutput(per_example.mean() + self.config.lam * penalty, logits, None)
 
 
 @register_method
