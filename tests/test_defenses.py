@@ -96,3 +96,27 @@ def test_eot_attacks_a_randomized_defense_within_the_ball(trained_model, fashion
     x_adv = parse_attack("pgd5-eot4")(model, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
     verify_adversarial(x, x_adv, 0.1, "linf")
     assert parse_attack("pgd5-bpda-eot4").label == "PGD-5 L∞ EOT-4 BPDA"
+
+
+class _Flaky(torch.nn.Module):
+    """A model that, on each pass, gives a wrong answer for a random 20% of the images."""
+
+    def __init__(self, base: torch.nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x):
+        logits = self.base(x)
+        flip = torch.rand(x.shape[0], device=x.device) < 0.2
+        return torch.where(flip[:, None], logits.roll(1, dims=1), logits)
+
+
+def test_a_randomized_model_is_judged_by_the_majority_of_draws(trained_model, fashion_test):
+    x, y = fashion_test.subset(200).tensors()
+    torch.manual_seed(0)
+    steady = evaluate(trained_model, (x, y), attacks=[parse_attack("fgsm")], eps=[0.05], progress=False)
+    flaky = evaluate(_Flaky(trained_model), (x, y), attacks=[parse_attack("fgsm")], eps=[0.05], progress=False)
+    assert (steady.draws, flaky.draws) == (1, 20) and flaky.to_dict()["verdict_draws"] == 20
+    # One pass would be wrong on ~20% more images; the majority of 20 passes is the model's real answer.
+    assert abs(flaky.clean_accuracy - steady.clean_accuracy) <= 0.02, (flaky.clean_accuracy, steady.clean_accuracy)
+    assert "randomized" in {f["flag"] for f in flaky.flags}

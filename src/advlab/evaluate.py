@@ -30,7 +30,7 @@ from torch import nn
 from advlab.attacks import AttackSpec, bucket_size, eval_mode
 from advlab.attacks.threat import IntegrityError, verify_adversarial
 from advlab.errors import AdvlabError, check_range
-from advlab.model_checks import black_box_flag, model_flags
+from advlab.model_checks import RANDOM_TOLERANCE, black_box_flag, model_flags
 from advlab.runtime import Runtime, release_freed_memory, same_device
 
 __all__ = ["DEFAULT_BATCH", "EvalResult", "IntegrityError", "clean_accuracy", "evaluate", "transfer_flags",
@@ -55,12 +55,13 @@ class EvalResult:
     seconds: float
     per_example: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # "clean", label@eps -> bool
     flags: list[dict] = field(default_factory=list)  # advlab.model_checks: what may make these numbers overstate
+    draws: int = 1  # passes per verdict: DRAWS for a randomized model (the majority decides), else 1
 
     def to_dict(self) -> dict:
         """JSON-ready summary (per-example flags left out)."""
         return {"n": self.n, "clean_accuracy": self.clean_accuracy, "eps": self.eps, "attacks": self.attacks,
                 "robust_accuracy": self.robust, "worst_case_accuracy": self.worst_case, "seconds": self.seconds,
-                "model_flags": self.flags}
+                "model_flags": self.flags, "verdict_draws": self.draws}
 
     def table(self) -> str:
         """A plain-text table: one row per ε, one column per attack, then the worst case."""
@@ -115,9 +116,34 @@ def _goals(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tenso
     return [wrong[:, r].clone() for r in range(count)]
 
 
+# A randomized model (two passes differ) is judged by the majority of this many passes, clean and attacked alike.
+DRAWS = 20
+
+
+def is_randomized(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether two forward passes of the same images differ beyond float noise (a random defense, dropout
+    left on...): the model check's rule (``advlab.model_checks.RANDOM_TOLERANCE``)."""
+    with torch.inference_mode():
+        first, second = model(x).float(), model(x).float()
+    return float((first - second).abs().max()) > RANDOM_TOLERANCE * float(first.abs().max().clamp_min(1e-12))
+
+
+def verdict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
+    """Per example: classified as ``y`` (fp32 forward passes, no gradient). With ``draws`` > 1 (a randomized
+    model) it must be so in more than half of ``draws`` passes: one lucky draw neither saves nor breaks it."""
+    with torch.inference_mode():
+        if draws == 1:
+            held = model(x).argmax(1) == y
+        else:
+            held = sum((model(x).argmax(1) == y).int() for _ in range(draws)) * 2 > draws
+    return held.clone()  # outside inference mode: a normal tensor, which callers may update in place
+
+
 def _survivors(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor, todo: torch.Tensor, eps: float,
-               *, runtime: Runtime, generator: torch.Generator, early_stop: bool) -> torch.Tensor:
-    """Per example: classified correctly (in fp32) after ``attack`` at ``eps``; False outside ``todo``."""
+               *, runtime: Runtime, generator: torch.Generator, early_stop: bool, draws: int = 1) -> torch.Tensor:
+    """Per example: classified correctly (in fp32; a randomized model by the majority of ``draws`` passes)
+    after ``attack`` at ``eps``; False outside ``todo``. On a randomized model an attack never lets an example
+    go on one draw's say: its own early exit is off, and between targets only the verdict counts."""
     robust = torch.zeros_like(todo)
     index = _pad_to_bucket(todo)
     if index.numel() == 0:
@@ -130,13 +156,11 @@ def _survivors(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.T
         if rows.numel() == 0:
             break
         with runtime.autocast():
-            x_adv = attack(model, xs[rows], goal[rows], eps=eps, generator=generator, early_stop=early_stop,
-                           channels_last=runtime.channels_last)
+            x_adv = attack(model, xs[rows], goal[rows], eps=eps, generator=generator,
+                           early_stop=early_stop and draws == 1, channels_last=runtime.channels_last)
         verify_adversarial(xs[rows], x_adv, eps, attack.norm, what=attack.label)
-        with torch.inference_mode():
-            held = model(x_adv.float()).argmax(1) == ys[rows]
-        held = held.clone()  # a normal tensor (not an inference one): updated below
-        if early_stop and runtime.precision != "fp32" and bool(held.any()):
+        held = verdict(model, x_adv.float(), ys[rows], draws)  # a normal tensor: updated below
+        if early_stop and draws == 1 and runtime.precision != "fp32" and bool(held.any()):
             held[held.clone()] = _recheck_in_fp32(model, attack, xs[rows][held], goal[rows][held], ys[rows][held],
                                                   x_adv[held], eps, runtime=runtime, generator=generator)
         survived[rows] &= held
@@ -243,6 +267,7 @@ def evaluate(
         generator.set_state(saved["generator"])
         start -= saved["seconds"]
     done = saved["batches"] if saved is not None else 0
+    draws = saved.get("draws") if saved is not None else None
     with eval_mode(model):
         for index, (x, y) in enumerate(_batches(data, batch_size, runtime.device)):
             if index < done:  # finished before an interruption: its flags were restored above
@@ -250,8 +275,9 @@ def evaluate(
                 continue
             if checks and not clean_flags:
                 raised = model_flags(model, x, y, training=training)
-            with torch.inference_mode():
-                correct = model(x).argmax(1) == y
+            if draws is None:  # decided on the first batch, kept for the rest (and across a resume)
+                draws = DRAWS if is_randomized(model, x) else 1
+            correct = verdict(model, x, y, draws)
             clean_flags.append(correct.cpu())
             for i, e in enumerate(eps):
                 still_robust = correct.clone()
@@ -262,7 +288,7 @@ def evaluate(
                     # Without early exit every example is attacked, as a naive evaluation would.
                     todo = still_robust if chain else correct if early_stop else torch.ones_like(correct)
                     robust = _survivors(model, attack, x, y, todo, e, runtime=runtime, generator=generator,
-                                        early_stop=early_stop) & correct
+                                        early_stop=early_stop, draws=draws) & correct
                     robust_flags[(attack.label, i)].append((robust & still_robust if chain else robust).cpu())
                     still_robust &= robust
                     if attack.kind.black_box:
@@ -280,7 +306,8 @@ def evaluate(
                             "robust": {f"{i}:{label}": flags for (label, i), flags in robust_flags.items()},
                             "white_robust": white_robust,
                             "black_broke": {f"{i}:{label}": count for (label, i), count in black_broke.items()},
-                            "generator": generator.get_state(), "seconds": time.perf_counter() - start})
+                            "generator": generator.get_state(), "seconds": time.perf_counter() - start,
+                            "draws": draws})
     bar.close()
     if checks and len(black_box) < len(attacks):
         raised += [black_box_flag(broken, white_robust[i], eps[i], label)
@@ -300,6 +327,7 @@ def evaluate(
         n=n, clean_accuracy=clean.float().mean().item(), eps=[float(e) for e in eps],
         attacks={a.label: a.to_dict() for a in attacks}, robust=robust_acc, worst_case=worst,
         seconds=time.perf_counter() - start, per_example=per_example if keep_per_example else {}, flags=raised,
+        draws=draws or 1,
     )
 
 
