@@ -120,3 +120,8 @@ def test_a_randomized_model_is_judged_by_the_majority_of_draws(trained_model, fa
     # One pass would be wrong on ~20% more images; the majority of 20 passes is the model's real answer.
     assert abs(flaky.clean_accuracy - steady.clean_accuracy) <= 0.02, (flaky.clean_accuracy, steady.clean_accuracy)
     assert "randomized" in {f["flag"] for f in flaky.flags}
+
+
+def test_a_defended_model_keeps_the_models_mode(tiny_cnn):
+    assert not defend(tiny_cnn.eval(), [parse_defense("bits")]).training
+    assert defend(tiny_cnn.train(), [parse_defense("bits")]).training

@@ -38,7 +38,7 @@ def defend(model: nn.Module, defenses: list[Preprocessing]) -> nn.Module:
     """``model`` with ``defenses`` applied to its input, first to last (the model itself is not copied)."""
     if not defenses:
         return model
-    return nn.Sequential(*defenses, model)
+    return nn.Sequential(*defenses, model).train(model.training)  # in the mode the model was handed over in
 
 
 def describe(defenses: list[Preprocessing]) -> list[dict]:
