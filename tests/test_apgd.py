@@ -379,7 +379,8 @@ def test_eot_averages_passes_and_is_named(trained_mlp):
     spec = parse_attack("apgd-dlr100-eot20")
     assert (spec.eot, spec.label) == (20, "APGD-DLR-100 L∞ EOT-20") and spec.hyperparameters(0.1)["eot"] == 20
     with pytest.raises(AdvlabError, match="EOT"):
-        parse_attack("pgd20-eot5")
+        parse_attack("square100-eot5")  # no gradients to average
+    assert parse_attack("pgd20-eot5").eot == 5  # PGD and FGSM average theirs too (issue 15)
 
 
 def test_eot_gradient_is_the_mean_over_passes(trained_mlp):
