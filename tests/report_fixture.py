@@ -44,7 +44,8 @@ ALL_ATTACKS = {"pgd": 0.7050, "trades-b1": 0.6380}
 
 def _attack(name: str, steps: int) -> dict:
     return {"name": name, "norm": "linf", "steps": steps, "restarts": 1, "step_ratio": None,
-            "random_start": name == "pgd", "loss": "ce", "targeted": False, "targets": None, "eot": 1}
+            "random_start": name == "pgd", "loss": "ce", "targeted": False, "targets": None, "eot": 1,
+            "bpda": False}
 
 
 def _hyper(name: str, steps: int, eps: float) -> dict:
