@@ -56,6 +56,7 @@ class UncheckedFileWarning(UserWarning):
 
 
 CHUNK = 1 << 18  # bytes hashed per task: small enough that every core gets work on a small model's weights
+PARALLEL_BYTES = 1 << 23  # below 8 MiB starting threads costs more than it saves (benchmarks/bench_checkpoint.py)
 
 
 def tensor_digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -68,7 +69,7 @@ def tensor_digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     chunks = [(name, view[start:start + CHUNK]) for name, view in views.items()
               for start in range(0, max(len(view), 1), CHUNK)]
     workers = min(torch.get_num_threads(), len(chunks))
-    if workers > 1:
+    if workers > 1 and sum(len(view) for view in views.values()) >= PARALLEL_BYTES:
         with ThreadPoolExecutor(workers) as pool:
             hashed = list(pool.map(lambda item: hashlib.sha256(item[1]).digest(), chunks))
     else:
