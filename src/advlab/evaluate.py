@@ -30,7 +30,7 @@ from torch import nn
 from advlab.attacks import AttackSpec, bucket_size, eval_mode
 from advlab.attacks.threat import IntegrityError, verify_adversarial
 from advlab.errors import AdvlabError, check_range
-from advlab.model_checks import RANDOM_TOLERANCE, black_box_flag, model_flags
+from advlab.model_checks import black_box_flag, is_randomized, model_flags
 from advlab.runtime import Runtime, release_freed_memory, same_device
 
 __all__ = ["DEFAULT_BATCH", "EvalResult", "IntegrityError", "clean_accuracy", "evaluate", "transfer_flags",
@@ -118,14 +118,6 @@ def _goals(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tenso
 
 # A randomized model (two passes differ) is judged by the majority of this many passes, clean and attacked alike.
 DRAWS = 20
-
-
-def is_randomized(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether two forward passes of the same images differ beyond float noise (a random defense, dropout
-    left on...): the model check's rule (``advlab.model_checks.RANDOM_TOLERANCE``)."""
-    with torch.inference_mode():
-        first, second = model(x).float(), model(x).float()
-    return float((first - second).abs().max()) > RANDOM_TOLERANCE * float(first.abs().max().clamp_min(1e-12))
 
 
 def verdict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:

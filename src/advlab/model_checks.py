@@ -55,6 +55,19 @@ def _flag(name: str, message: str, **numbers) -> dict:
     return {"flag": name, "message": message, "numbers": numbers}
 
 
+def _differ(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Two passes' logits differ beyond float noise (RANDOM_TOLERANCE of their scale): the model is random."""
+    scale = float(first.abs().max().clamp_min(1e-12))
+    return float((first - second).abs().max()) > RANDOM_TOLERANCE * scale
+
+
+def is_randomized(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether two forward passes of the same images differ (a random defense, dropout left on...): the
+    ``randomized`` flag's rule, which the evaluation also uses to judge such a model by several passes."""
+    with torch.inference_mode():
+        return _differ(model(x).float(), model(x).float())
+
+
 def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training: bool) -> list[dict]:
     """The checks that need only the model and some images (pixels in [0, 1], true labels ``y``).
 
@@ -79,9 +92,8 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training:
         flags.append(_flag("probabilities", "the outputs are probabilities (each row in [0, 1], summing to 1), "
                            "not logits: the cross-entropy of their softmax saturates and gradient attacks weaken; "
                            "remove the final softmax", max_row_error=float((rows - 1).abs().max())))
-    scale = float(first.abs().max().clamp_min(1e-12))
     difference = float((first - second).abs().max())
-    if difference > RANDOM_TOLERANCE * scale:
+    if _differ(first, second):
         flags.append(_flag("randomized", f"two forward passes of the same images differ (by up to {difference:.3g} "
                            "in the logits): the model is random, and one attack run sees one draw; evaluate it with "
                            "--suite rand (EOT over draws)", max_difference=difference))
