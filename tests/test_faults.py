@@ -162,3 +162,14 @@ def test_a_resume_state_with_a_mistyped_field_is_one_line(tmp_path, reference):
     done = _run(*TRAIN, "--out", str(run), "--resume", "--quiet")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "training state field epoch must be an integer, got '1'" in done.stderr
+
+
+def test_a_malformed_summary_is_refused_naming_file_and_field(tmp_path, reference):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "summary.json").write_text(json.dumps({"finished": "yes", "epochs_completed": 2}))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    done = _run("evaluate", str(run), "--eps", "0.1", "--n", "10", "--quiet")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "summary.json" in done.stderr and "finished must be true or false, got 'yes'" in done.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -55,6 +55,19 @@ def test_every_single_bit_flip_in_the_weights_is_detected(tmp_path):
     load_checkpoint(path)  # the intact file still loads
 
 
+def test_damage_is_named_before_the_nan_it_causes(tmp_path):
+    # The checksums are computed beside the model's rebuilding: a flipped exponent bit that turns a weight
+    # into infinity must still be reported as damage to the file, and no model is returned.
+    path, _ = _saved(tmp_path)
+    start, _ = _data_region(path)
+    raw = bytearray(path.read_bytes())
+    raw[start + 3] |= 0x7F  # the first float32 weight's sign-exponent byte: exponent all ones, inf or NaN
+    raw[start + 2] |= 0x80
+    path.write_bytes(bytes(raw))
+    with pytest.raises(AdvlabError, match=r"model\.safetensors is damaged: the bytes of "):
+        load_checkpoint(path)
+
+
 def test_a_changed_record_is_detected(tmp_path):
     path, _ = _saved(tmp_path)
     raw = path.read_bytes()
@@ -263,3 +276,39 @@ def test_training_config_errors_name_the_setting():
         TrainConfig.from_dict({"epochs": "ten"})
     with pytest.raises(AdvlabError, match="unknown training settings: epoch; known:"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+@pytest.mark.parametrize("cls, values, message", [
+    ("Evaluation", {"n": 10, "clean_accuracy": 0.9, "eps": [0.1], "robust_accuracy": {"PGD-20": "high"},
+                    "worst_case_accuracy": [0.5]}, r"robust_accuracy must be a table"),
+    ("Evaluation", {"n": "10", "clean_accuracy": 0.9, "eps": [0.1], "robust_accuracy": {},
+                    "worst_case_accuracy": [0.5]}, r"field n must be an integer, got '10'"),
+    ("AttackOutput", {"classes": "cat,dog"}, r"field classes must be a list of strings"),
+    ("RunSummary", {"epochs_completed": 1.5}, r"field epochs_completed must be an integer"),
+    ("CheckMeasurements", {"eps": 0.1, "n": 10}, r"field worst_case_all is missing"),
+])
+def test_files_read_back_are_checked_against_their_declaration(tmp_path, cls, values, message):
+    from advlab import schema
+
+    path = tmp_path / "file.json"
+    write_json(path, values)
+    with pytest.raises(AdvlabError, match=message) as err:
+        schema.read_checked(path, getattr(schema, cls))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_nested_declarations_name_the_dotted_path():
+    from advlab.schema import check_metrics
+
+    metrics = {"eps_grid": [0.0, 0.1], "models": {"pgd": {"clean_accuracy": 0.8, "robust_accuracy": {"PGD": [0.8, 0.6]}}},
+               "sanity_checks": [{"check": "falls with ε", "status": "pass"}, {"check": "x", "passed": "yes"}]}
+    with pytest.raises(AdvlabError, match=r"sanity_checks\[1\]\.passed must be true or false"):
+        check_metrics(metrics, "metrics.json")
+    metrics["sanity_checks"][1] = {"check": "x", "status": "maybe"}
+    with pytest.raises(AdvlabError, match="status must be pass, fail or not applicable"):
+        check_metrics(metrics, "metrics.json")
+    metrics["sanity_checks"].pop()
+    assert check_metrics(metrics, "metrics.json") is metrics
+    metrics["models"]["pgd"]["clean_accuracy"] = "0.8"
+    with pytest.raises(AdvlabError, match=r"models\.pgd\.clean_accuracy must be a number"):
+        check_metrics(metrics, "metrics.json")

@@ -40,6 +40,7 @@ from advlab.files import (
     read_json,
     write_json,
 )
+from advlab.schema import RunSummary, check_record, read_checked
 
 __all__ = ["UncheckedFileWarning", "atomic_write_bytes", "atomic_write_text", "check_run_dir", "check_weights",
            "damaged_parts", "load_checkpoint", "load_tensors", "prepare_run_dir", "read_json", "resolve_checkpoint",
@@ -153,12 +154,9 @@ def damaged_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) ->
     return damaged
 
 
-def load_tensors(path: str | Path, *, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file: (tensors, metadata). Never unpickles; corrupt files raise AdvlabError, and so
-    (with ``verify``, the default) does a file whose bytes differ from its checksums."""
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise AdvlabError(f"checkpoint {path} does not exist; train one with `advlab train` or check the path")
     try:
@@ -168,11 +166,23 @@ def load_tensors(path: str | Path, *, verify: bool = True) -> tuple[dict[str, to
     except Exception as err:  # safetensors raises its own error types for every kind of damage
         raise AdvlabError(f"checkpoint {path} is corrupt or not a safetensors file ({err}); "
                           "retrain or restore it") from None
-    damaged = damaged_parts(tensors, metadata) if verify else []
+    return tensors, metadata
+
+
+def _refuse_damaged(path: Path, damaged: list[str] | None) -> None:
     if damaged:
         shown = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
         raise AdvlabError(f"{path} is damaged: the bytes of {shown} do not match the checksums written with "
                           "the file; restore it from a copy or retrain")
+
+
+def load_tensors(path: str | Path, *, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file: (tensors, metadata). Never unpickles; corrupt files raise AdvlabError, and so
+    (with ``verify``, the default) does a file whose bytes differ from its checksums."""
+    path = Path(path)
+    tensors, metadata = _read_tensors(path)
+    if verify:
+        _refuse_damaged(path, damaged_parts(tensors, metadata))
     return tensors, metadata
 
 
@@ -211,8 +221,8 @@ def training_outcome(path: str | Path) -> dict[str, Any] | None:
     summary_path = (path if path.is_dir() else path.parent) / "summary.json"
     if not summary_path.is_file():
         return None
-    summary = read_json(summary_path)
-    if not isinstance(summary, dict) or "catastrophic_overfitting" not in summary:
+    summary = read_checked(summary_path, RunSummary)
+    if summary.get("catastrophic_overfitting") is None:
         return None
     return {"collapsed": bool(summary["catastrophic_overfitting"]),
             "message": summary.get("catastrophic_overfitting_message"),
@@ -226,8 +236,8 @@ def training_status(path: str | Path) -> dict[str, Any] | None:
     mid-way writes no summary); None when neither says (a checkpoint from elsewhere)."""
     path = resolve_checkpoint(path)
     summary_path = path.parent / "summary.json"
-    summary = read_json(summary_path) if summary_path.is_file() else None
-    if isinstance(summary, dict) and isinstance(summary.get("finished"), bool):
+    summary = read_checked(summary_path, RunSummary) if summary_path.is_file() else None
+    if summary is not None and summary.get("finished") is not None:
         return {"finished": summary["finished"], "epoch": summary.get("epochs_completed"),
                 "epochs": summary.get("epochs_planned"), "run_dir": str(path.parent)}
     record_path = path.with_suffix(".json")
@@ -256,14 +266,31 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
     skips the checksums (benchmarks/bench_checkpoint.py measures what they cost); the record and the
     weights' dtypes, shapes and values are checked either way.
     """
-    from advlab.models import create_model
-    from advlab.schema import check_record
-
     path = resolve_checkpoint(path)
-    tensors, metadata = load_tensors(path, verify=verify)
-    if verify and CHECKSUM_KEY not in metadata:
+    tensors, metadata = _read_tensors(path)
+    if not verify:
+        return _rebuild(path, tensors, metadata, device)
+    if CHECKSUM_KEY not in metadata:
         warnings.warn(f"{path} has no checksums (written before advlab had them): its weights cannot be checked "
                       "for damage; `advlab verify` says more", UncheckedFileWarning, stacklevel=2)
+    # The checksums are computed on another thread while the model is built and filled (hashlib and torch both
+    # release the GIL), so verifying costs little wall time (benchmarks/bench_checkpoint.py). The model is
+    # returned only once they agree, and damage is named in preference to what it may have caused (a NaN).
+    with ThreadPoolExecutor(1) as pool:
+        damage = pool.submit(damaged_parts, tensors, metadata)
+        try:
+            built = _rebuild(path, tensors, metadata, device)
+        except AdvlabError:
+            _refuse_damaged(path, damage.result())
+            raise
+        _refuse_damaged(path, damage.result())
+    return built
+
+
+def _rebuild(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+             device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
+    from advlab.models import create_model
+
     try:
         record = json.loads(metadata["advlab"])
     except (KeyError, json.JSONDecodeError):

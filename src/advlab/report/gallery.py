@@ -20,7 +20,8 @@ import torch
 from advlab.errors import AdvlabError
 from advlab.report.figures import _image, _plain, _pyplot, figure_bytes, model_label
 from advlab.results import percent
-from advlab.runs import atomic_write_bytes, load_tensors, read_json
+from advlab.runs import atomic_write_bytes, load_tensors
+from advlab.schema import AttackOutput, read_checked
 
 
 def _class_name(classes: Sequence[str], index: int) -> str:
@@ -124,7 +125,7 @@ def save_attack_gallery(folder: str | Path) -> Path:
     """Draw ``gallery.png`` (at most 16 rows) in ``folder`` from the ``adversarial.safetensors`` and
     ``attack.json`` that :func:`advlab.jobs.attack_checkpoint` wrote there; return its path."""
     folder = Path(folder)
-    summary = read_json(folder / "attack.json")
+    summary = read_checked(folder / "attack.json", AttackOutput)
     tensors, _ = load_tensors(folder / "adversarial.safetensors")
     needed = {"x", "x_adv", "labels", "logits_clean", "logits_adv"}
     if not needed <= set(tensors) or not isinstance(summary.get("classes"), list):

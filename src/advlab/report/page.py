@@ -30,6 +30,7 @@ from advlab.report.gallery import comparison_gallery_figure, targeted_gallery_fi
 from advlab.results import (best_robust_model, headline_worst_case, pareto_frontier, percent, points, strongest_attack,
                             tradeoff_points, train_index)
 from advlab.runs import atomic_write_bytes, atomic_write_text, load_tensors, read_json
+from advlab.schema import check_metrics
 
 __all__ = ["build_report", "story", "summary_text"]
 
@@ -258,53 +259,6 @@ def _checks_table(metrics: dict) -> str:
 # ------------------------------------------------------------------------------------------- reading the run
 
 
-def _check_metrics(metrics: Any, path: Path) -> dict:
-    """``metrics`` if it has the shape the report reads, else an AdvlabError that names the first problem."""
-    def bad(where: str, what: str) -> AdvlabError:
-        return AdvlabError(f"{path} is not a study's metrics file: {where} {what}; rerun `advlab study`")
-
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    if not isinstance(metrics, dict):
-        raise bad("the file", "is not a JSON object")
-    grid = metrics.get("eps_grid")
-    if not isinstance(grid, list) or not grid or not all(number(e) for e in grid):
-        raise bad("eps_grid", "must be a non-empty list of numbers")
-    models = metrics.get("models")
-    if not isinstance(models, dict) or not models or not all(isinstance(m, dict) for m in models.values()):
-        raise bad("models", "must map at least one model name to its results")
-    for key in ("train_eps", "chance_accuracy"):
-        if metrics.get(key) is not None and not number(metrics[key]):
-            raise bad(key, "must be a number")
-    for name, model in models.items():
-        robust = model.get("robust_accuracy") or {}
-        if not isinstance(robust, dict):
-            raise bad(f"models.{name}.robust_accuracy", "must map each attack to its accuracies")
-        series = {f"models.{name}.robust_accuracy[{a!r}]": values for a, values in robust.items()}
-        if model.get("worst_case_accuracy") is not None:
-            series[f"models.{name}.worst_case_accuracy"] = model["worst_case_accuracy"]
-        for where, values in series.items():
-            if not isinstance(values, list) or len(values) != len(grid) \
-                    or not all(v is None or number(v) for v in values):
-                raise bad(where, f"must be a list of {len(grid)} accuracies, one per ε in eps_grid")
-        if model.get("clean_accuracy") is not None and not number(model["clean_accuracy"]):
-            raise bad(f"models.{name}.clean_accuracy", "must be a number")
-        if not isinstance(model.get("epochs") or [], list):
-            raise bad(f"models.{name}.epochs", "must be a list of per-epoch records")
-    attacks = metrics.get("attacks") or {}
-    if not isinstance(attacks, dict) or not all(isinstance(a, dict) for a in attacks.values()):
-        raise bad("attacks", "must map each attack's label to its settings")
-    hyper = metrics.get("attack_hyperparameters") or {}
-    if not isinstance(hyper, dict) or not all(isinstance(r, list) and all(isinstance(h, dict) for h in r)
-                                              for r in hyper.values()):
-        raise bad("attack_hyperparameters", "must map each attack to a list of settings, one per ε")
-    checks = metrics.get("sanity_checks") or []
-    if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
-        raise bad("sanity_checks", "must be a list of checks")
-    return metrics
-
-
 def _load_gallery(run_dir: Path, metrics: dict) -> tuple[dict, dict] | str:
     """The gallery's tensors and description, or why there is none (the report is still written)."""
     path = run_dir / ((metrics.get("gallery") or {}).get("file") or "gallery.safetensors")
@@ -328,7 +282,7 @@ def build_report(run_dir: str | Path) -> Path:
     ``gallery.safetensors`` (optional: without it the report says so instead of showing examples).
     """
     run_dir = Path(run_dir)
-    metrics = _check_metrics(read_json(run_dir / "metrics.json"), run_dir / "metrics.json")
+    metrics = check_metrics(read_json(run_dir / "metrics.json"), str(run_dir / "metrics.json"))
     images: dict[str, bytes] = {}
 
     def render(name: str, fig) -> None:

@@ -13,6 +13,7 @@ from advlab.checks import sanity_checks
 from advlab.data import get_info
 from advlab.results import best_robust_model
 from advlab.runs import load_tensors, read_json
+from advlab.schema import CheckMeasurements, Evaluation, RunSummary, read_checked
 from advlab.study.config import StudyConfig
 
 
@@ -29,10 +30,10 @@ def collect_metrics(out: str | Path) -> dict:
         folder = out / "models" / name
         if not (folder / "eval.json").is_file():
             continue
-        evaluation = read_json(folder / "eval.json")
-        done = read_json(folder / "done.json") if (folder / "done.json").is_file() else {}
+        evaluation = read_checked(folder / "eval.json", Evaluation)
+        done = read_checked(folder / "done.json", RunSummary) if (folder / "done.json").is_file() else {}
         if (folder / "checks.json").is_file():
-            checks[name] = read_json(folder / "checks.json")
+            checks[name] = read_checked(folder / "checks.json", CheckMeasurements)
         models[name] = {
             "method": saved["train_configs"][name]["method"], "label": config.label(name),
             "train_config": saved["train_configs"][name], "train_seconds": done.get("seconds"),

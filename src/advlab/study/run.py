@@ -22,6 +22,7 @@ from advlab.evaluate import evaluate
 from advlab.files import run_lock
 from advlab.runs import load_checkpoint, load_tensors, prepare_run_dir, read_json, save_tensors, write_json
 from advlab.runtime import Runtime
+from advlab.schema import Evaluation, read_checked
 from advlab.study.config import StudyConfig
 from advlab.study.metrics import collect_metrics
 from advlab.train import train
@@ -161,7 +162,7 @@ def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: 
     _log(f"sanity-check measurements for {config.label(name)}", progress)
     eps = config.train_eps
     base = strongest_pgd(attacks)
-    saved = read_json(out / "models" / name / "eval.json")
+    saved = read_checked(out / "models" / name / "eval.json", Evaluation)
     i = saved["eps"].index(eps)
     survivors = torch.tensor(saved["train_eps_survivors"], dtype=torch.long)
     surrogate = _surrogate(config, name)
