@@ -201,7 +201,7 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoin
 
     assert main(argv("0.1", "whole.json")) == 0
     whole = json.loads((tmp_path / "whole.json").read_text())
-    assert not (tmp_path / "whole.json.state.pt").exists()  # removed once the result is written
+    assert not (tmp_path / "whole.json.state.safetensors").exists()  # removed once the result is written
     real, calls = advlab.evaluate._survivors, []
 
     def stop_in_second_batch(*args, **kwargs):
@@ -212,8 +212,17 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoin
 
     monkeypatch.setattr(advlab.evaluate, "_survivors", stop_in_second_batch)
     assert main(argv("0.1", "parts.json")) != 0  # interrupted
-    assert (tmp_path / "parts.json.state.pt").is_file() and not (tmp_path / "parts.json").exists()
+    state = tmp_path / "parts.json.state.safetensors"
+    assert state.is_file() and not (tmp_path / "parts.json").exists()
     monkeypatch.setattr(advlab.evaluate, "_survivors", real)
+    pristine = state.read_bytes()
+    damaged = bytearray(pristine)
+    damaged[-1] ^= 0x01  # a bit of the last flag tensor
+    state.write_bytes(bytes(damaged))
+    capsys.readouterr()
+    assert main(argv("0.1", "parts.json")) == 2
+    assert "parts.json.state.safetensors is damaged" in capsys.readouterr().err
+    state.write_bytes(pristine)
     assert main(argv("0.1", "parts.json")) == 0
     parts = json.loads((tmp_path / "parts.json").read_text())
     assert parts["robust_accuracy"] == whole["robust_accuracy"] and parts["n"] == whole["n"] == 60

@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-early-stop", action="store_true", help="the naive evaluation, for benchmarks: attack "
                    "every example with every step and restart, even those already fooled (much slower)")
     p.add_argument("--out", type=Path, help="write the results as JSON to this file; the progress is kept in "
-                   "OUT.state.pt meanwhile, so the same command resumes an interrupted evaluation")
+                   "OUT.state.safetensors meanwhile, so the same command resumes an interrupted evaluation")
     p.set_defaults(func=_cmd_evaluate)
 
     p = command("study", "the trade-off study: train standard and robust models, attack all, write a report",

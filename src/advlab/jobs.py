@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -29,10 +29,11 @@ from advlab.attacks.threat import max_eps
 from advlab.defenses import defend, describe, parse_defense
 from advlab.errors import AdvlabError, check_range
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
-from advlab.files import atomic_write_bytes, check_writable, run_lock
+from advlab.files import _json_default, check_writable, run_lock
 from advlab.runs import (
     check_run_dir,
     load_checkpoint,
+    load_tensors,
     prepare_run_dir,
     resolve_checkpoint,
     save_tensors,
@@ -41,42 +42,81 @@ from advlab.runs import (
     write_json,
 )
 from advlab.runtime import Runtime
+from advlab.schema import check_fields
 
 __all__ = ["EvalState", "attack_checkpoint", "evaluate_checkpoint"]
 
 
-class EvalState:
-    """An interrupted evaluation's progress, beside its output: ``OUT.state.pt`` for ``--out OUT``.
+@dataclass(frozen=True)
+class EvalProgress:
+    """What an evaluation state records beside its flags (checked with :func:`advlab.schema.check_fields`)."""
 
-    Saved atomically after every batch (the flags so far and the random generator), read back when the
-    same evaluation starts again and removed once the result is written. It names what it was computed
+    fingerprint: dict[str, Any]
+    batches: int
+    sizes: list[int]  # examples per finished batch: the flags are stored concatenated
+    seconds: float
+    draws: int | None
+    flags: list[dict[str, Any]]
+    white_robust: dict[str, int]
+    black_broke: dict[str, int]
+
+
+class EvalState:
+    """An interrupted evaluation's progress, beside its output: ``OUT.state.safetensors`` for ``--out OUT``.
+
+    Saved atomically after every batch (the per-example flags so far, the random generator, the counts), read
+    back when the same evaluation starts again and removed once the result is written. Like a training state
+    it is a checksummed tensor file whose record is checked field by field, and it names what it was computed
     from (the checkpoint's content, the data, every attack setting, ε, seed, batch size, device, precision):
-    a state from anything else is refused with one line, never mixed in."""
+    a damaged state, or one from anything else, is refused with one line, never mixed in."""
+
+    KEY = "advlab_eval_state"
 
     def __init__(self, out: Path, fingerprint: dict) -> None:
-        self.path = out.with_name(out.name + ".state.pt")
+        self.path = out.with_name(out.name + ".state.safetensors")
         self.fingerprint = json.loads(json.dumps(fingerprint))
 
     def load(self) -> dict | None:
         if not self.path.is_file():
             return None
+        tensors, metadata = load_tensors(self.path)  # checksums verified: a damaged state is refused
         try:
-            saved = torch.load(self.path, weights_only=True)
-            fingerprint = json.loads(saved.pop("fingerprint"))
-        except Exception as err:  # a torn or foreign file: say so, never guess
-            raise AdvlabError(f"{self.path} is not a readable evaluation state ({type(err).__name__}); delete it "
-                              "to start the evaluation afresh") from None
-        if fingerprint != self.fingerprint:
-            changed = sorted(k for k in set(fingerprint) | set(self.fingerprint)
-                             if fingerprint.get(k) != self.fingerprint.get(k))
+            record = json.loads(metadata[self.KEY])
+        except (KeyError, json.JSONDecodeError):
+            raise AdvlabError(f"{self.path} is not an evaluation state; delete it to start the evaluation "
+                              "afresh") from None
+        check_fields(record, EvalProgress, what="evaluation state field", where=str(self.path))
+        if record["fingerprint"] != self.fingerprint:
+            changed = sorted(k for k in set(record["fingerprint"]) | set(self.fingerprint)
+                             if record["fingerprint"].get(k) != self.fingerprint.get(k))
             raise AdvlabError(f"{self.path} holds the state of another evaluation (its {', '.join(changed)} "
                               "differ); delete it or choose another --out")
-        return saved
+        sizes = record["sizes"]
+        flags = {name: t for name, t in tensors.items() if name != "generator"}
+        if (len(sizes) != record["batches"] or "generator" not in tensors or "clean" not in flags
+                or any(t.dtype != torch.bool or t.dim() != 1 or t.numel() != sum(sizes) for t in flags.values())):
+            raise AdvlabError(f"{self.path} is inconsistent (its flags do not match its {record['batches']} "
+                              "batches); delete it to start the evaluation afresh")
+        split = {name: list(t.split(sizes)) for name, t in flags.items()}
+        return {"batches": record["batches"], "seconds": record["seconds"], "draws": record["draws"],
+                "flags": record["flags"], "generator": tensors["generator"], "clean": split.pop("clean"),
+                "worst": {int(name.removeprefix("worst.")): v for name, v in split.items()
+                          if name.startswith("worst.")},
+                "robust": {name.removeprefix("robust."): v for name, v in split.items() if name.startswith("robust.")},
+                "white_robust": {int(k): v for k, v in record["white_robust"].items()},
+                "black_broke": record["black_broke"]}
 
     def save(self, progress: dict) -> None:
-        buffer = io.BytesIO()
-        torch.save({**progress, "fingerprint": json.dumps(self.fingerprint)}, buffer)
-        atomic_write_bytes(self.path, buffer.getvalue())
+        cat = torch.cat
+        tensors = {"generator": progress["generator"], "clean": cat(progress["clean"])}
+        tensors |= {f"worst.{i}": cat(flags) for i, flags in progress["worst"].items()}
+        tensors |= {f"robust.{key}": cat(flags) for key, flags in progress["robust"].items()}
+        record = {"fingerprint": self.fingerprint, "batches": progress["batches"],
+                  "sizes": [len(t) for t in progress["clean"]], "seconds": progress["seconds"],
+                  "draws": progress["draws"], "flags": progress["flags"],
+                  "white_robust": {str(k): v for k, v in progress["white_robust"].items()},
+                  "black_broke": progress["black_broke"]}
+        save_tensors(self.path, tensors, metadata={self.KEY: json.dumps(record, default=_json_default)})
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
