@@ -9,6 +9,7 @@ The numbers are plausible for Fashion-MNIST at ε = 0.1 and follow the schema of
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -61,6 +62,34 @@ def _epochs(clean: float, robust: float, n: int = 4) -> list[dict]:
             for e in range(1, n + 1)]
 
 
+def _race_row(model, label, defense, clean, naive, adaptive, undefended, *, oblivious=None, flags=(), attack="PGD-20 L∞",
+              draws=1, resists=False, near=None) -> dict:
+    row = {"model": model, "label": label, "defense": defense, "clean": clean, "naive": naive, "adaptive": adaptive,
+           "undefended": undefended, "adaptive_attack": attack, "flags": list(flags)}
+    if defense is not None:
+        row.update(oblivious=oblivious, verdict_draws=draws, resists=resists, seconds=1.5,
+                   naive_unreliable=(["the checks find zero or non-finite gradients through the defense"]
+                                     if "zero-gradients" in flags else []))
+        if near is not None:
+            row["pixels_within_eps_of_threshold"] = near
+    return row
+
+
+# The arms race as the quick preset measures it (numbers in the range benchmarks/results/defenses.json shows).
+ARMS_RACE = {"eps": 0.1, "n": 200, "attack": "PGD-20 L∞", "eot": 10, "inputs": {"n": 200}, "rows": [
+    _race_row("standard", "standard", None, 0.915, 0.024, 0.024, 0.024),
+    _race_row("standard", "standard", {"defense": "jpeg", "quality": 75, "randomized": False}, 0.91, 0.887, 0.057,
+              0.024, oblivious=0.061, flags=["zero-gradients"], attack="PGD-20 L∞ BPDA"),
+    _race_row("standard", "standard", {"defense": "bits", "bits": 1, "randomized": False}, 0.821, 0.784, 0.497,
+              0.024, oblivious=0.55, flags=["zero-gradients"], attack="PGD-20 L∞ BPDA", resists=True, near=0.031),
+    _race_row("standard", "standard", {"defense": "resize-pad", "min_scale": 0.8, "randomized": True}, 0.86, 0.101,
+              0.085, 0.024, oblivious=0.208, flags=["randomized"], attack="PGD-20 L∞ EOT-10", draws=20),
+    _race_row("pgd", "PGD-10 AT", None, 0.788, 0.63, 0.63, 0.63),
+    _race_row("pgd", "PGD-10 AT", {"defense": "jpeg", "quality": 75, "randomized": False}, 0.787, 0.784, 0.637, 0.63,
+              oblivious=0.64, flags=["zero-gradients"], attack="PGD-20 L∞ BPDA"),
+]}
+
+
 def make_fake_run(folder: str | Path, *, n_images: int = 4, gallery: bool = True) -> dict:
     """Write ``metrics.json`` (and ``gallery.safetensors`` unless ``gallery=False``) into ``folder``; return metrics."""
     folder = Path(folder)
@@ -100,7 +129,7 @@ def make_fake_run(folder: str | Path, *, n_images: int = 4, gallery: bool = True
         "attacks": {"FGSM L∞": _attack("fgsm", 1), "PGD-20 L∞": _attack("pgd", 20)},
         "attack_hyperparameters": {"FGSM L∞": [_hyper("fgsm", 1, e) for e in EPS_GRID],
                                    "PGD-20 L∞": [_hyper("pgd", 20, e) for e in EPS_GRID]},
-        "models": models, "best_robust_model": "pgd", "sanity_checks": checks,
+        "models": models, "best_robust_model": "pgd", "sanity_checks": checks, "arms_race": copy.deepcopy(ARMS_RACE),
         "check_attacks": {"PGD-40×2 L∞ (sanity check)": {**_hyper("pgd", 20, 0.1), "steps": 40, "restarts": 2},
                           "noise L∞ (sanity check)": {**_hyper("noise", 1, 0.1), "alpha": None, "steps": 0,
                                                       "random_start": False},

@@ -440,3 +440,29 @@ def test_story_repeats_the_model_checks_warnings(tmp_path):
                                                 "message": "the input gradient is zero on 7 of 400 images"}]
     assert ("The model checks warn about fast FGSM AT: the input gradient is zero on 7 of 400 images."
             in story(metrics))
+
+
+def test_the_arms_race_section_shows_the_collapse_and_what_resists(tmp_path):
+    metrics = make_fake_run(tmp_path, gallery=False)
+    text = build_report(tmp_path).read_text(encoding="utf-8")
+    assert (tmp_path / "figures" / "arms_race.png").is_file()
+    section = text[text.index("7. The arms race"):]
+    # JPEG looked 88.7% robust to the naive attack; BPDA brings it to 5.7%, 3.3 points from the undefended 2.4%.
+    assert "no real gain: the adaptive attack brings it to 5.7%, 3.3 points from the undefended model at 2.4%; " \
+           "the naive evaluation overstated it by 83.0 points" in section
+    assert "unreliable: the checks find zero or non-finite gradients through the defense" in section
+    # 1-bit binarization really resists at ε = 0.1: said so, with the reason, not forced.
+    assert "resists the adaptive attack: 47.3 points above the undefended model. Why: only 3.1% of the " \
+           "pixels of these images lie within ε = 0.1 of a rounding threshold" in section
+    assert "the price is 9.4 points of clean accuracy" in section
+    # The trained model: the wrapper adds only noise to its adaptive robust accuracy.
+    assert "PGD-10 AT's adaptive robust accuracy differs from its undefended self's by +0.7 to +0.7 points" in section
+    assert "Behind jpeg quality=75, the standard model looks 88.7% robust to a naive attack, but an adaptive one " \
+           "(PGD-20 L∞ BPDA) brings it to 5.7%" in story(metrics)
+    # Strings from the file are escaped here too.
+    metrics["arms_race"]["rows"][1]["adaptive_attack"] = "<script>alert(1)</script>"
+    write_json(tmp_path / "metrics.json", metrics)
+    assert "<script>alert(1)" not in build_report(tmp_path).read_text(encoding="utf-8")
+    del metrics["arms_race"]  # a study without defenses has no such section
+    write_json(tmp_path / "metrics.json", metrics)
+    assert "7. The arms race" not in build_report(tmp_path).read_text(encoding="utf-8")

@@ -22,7 +22,8 @@ TINY_MODELS = {"standard": {"method": "standard", "label": "standard"},
 def tiny_config(**changes) -> StudyConfig:
     values = dict(preset="tiny", eps_grid=(0.0, 0.1, 0.5), attacks=("fgsm", "pgd5"), n_eval=60, gallery_size=3,
                   train=TINY_TRAIN, models=TINY_MODELS, check_dlr="apgd-dlr20", check_square="square300",
-                  suite="quick")
+                  suite="quick", defenses=("bits:bits=4", "resize-pad:min_scale=0.8"), arms_race_attack="pgd10",
+                  arms_race_eot=4, arms_race_n=40)
     return StudyConfig(**{**values, **changes})
 
 
@@ -66,6 +67,27 @@ def test_study_writes_everything(tiny_study):
     assert extra["PGD-10×2 L∞ (sanity check)"]["alpha"] == pytest.approx(metrics["attack_hyperparameters"]
                                                                         ["PGD-5 L∞"][1]["alpha"])
     assert metrics["n_eval"] == 60
+
+
+def test_the_arms_race_shows_naive_robustness_collapse_under_the_adaptive_attack(tiny_study):
+    out, metrics = tiny_study
+    race = metrics["arms_race"]
+    assert race["n"] == 40 and race["eps"] == 0.1 and (out / "arms_race.json").is_file()
+    best = metrics["best_robust_model"]
+    rows = {(r["model"], (r["defense"] or {}).get("defense")): r for r in race["rows"]}
+    assert set(rows) == {(m, d) for m in ("standard", best) for d in (None, "bits", "resize-pad")}
+    bits, alone = rows[("standard", "bits")], rows[("standard", None)]
+    # Rounding hides the gradient: the naive attack finds almost nothing, the checks say so, BPDA breaks it.
+    assert "zero-gradients" in bits["flags"] and bits["naive_unreliable"]
+    assert bits["naive"] >= bits["adaptive"] + 0.3 and bits["adaptive"] <= alone["undefended"] + 0.1
+    assert bits["adaptive_attack"] == "PGD-10 L∞ BPDA" and not bits["resists"]
+    assert 0 < bits["pixels_within_eps_of_threshold"] < 1
+    random = rows[("standard", "resize-pad")]
+    assert random["adaptive_attack"] == "PGD-10 L∞ EOT-4" and random["verdict_draws"] == 20
+    assert "randomized" in random["flags"]
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert "7. The arms race" in text and "unreliable:" in text and "bits bits=4" in text
+    assert "robust to a naive attack, but an adaptive one (PGD-10 L∞ BPDA) brings it to" in text
 
 
 def test_same_seed_same_metrics_and_cached_resume(tiny_study, tmp_path):
@@ -146,6 +168,11 @@ def test_report_command_rebuilds_from_files(tiny_study, capsys):
         (dict(attacks=("fgsm", "pgd20-targeted")), "untargeted"),
         (dict(models={"fgsm": {"method": "fgsm"}}), "standard"),
         (dict(train_eps=-0.1), "train_eps"),
+        (dict(defenses=("jpeg:quality=0",)), "quality"),
+        (dict(defenses=("blur",)), "unknown defense"),
+        (dict(arms_race_attack="pgd20-bpda"), "without -bpda or -eot"),
+        (dict(arms_race_attack="square100"), "gradient attack"),
+        (dict(arms_race_eot=0), "arms_race_eot"),
     ],
 )
 def test_bad_study_configs(changes, match):
@@ -265,3 +292,6 @@ def test_report_fixture_has_the_shape_of_a_real_study(tiny_study, tmp_path):
     assert set(fake["gallery"]) == set(real["gallery"]), set(fake["gallery"]) ^ set(real["gallery"])
     assert set(fake["attacks"][next(iter(fake["attacks"]))]) == set(real["attacks"][next(iter(real["attacks"]))])
     assert set(fake_model["epochs"][0]) == set(real_model["epochs"][0])
+    assert set(fake["arms_race"]) == set(real["arms_race"])
+    for fake_row, real_row in ((fake["arms_race"]["rows"][i], real["arms_race"]["rows"][i]) for i in (0, 1)):
+        assert set(fake_row) - {"pixels_within_eps_of_threshold"} == set(real_row) - {"pixels_within_eps_of_threshold"}

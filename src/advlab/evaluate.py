@@ -360,11 +360,13 @@ def transfer_flags(
     runtime = _runtime_for(target, runtime)
     generator = runtime.generator(seed)
     flags: list[torch.Tensor] = []
+    draws = None
     with eval_mode(target), eval_mode(surrogate):
         for x, y in _batches(data, batch_size, runtime.device):
+            if draws is None:  # a randomized target (a random defense) is judged by the majority of passes
+                draws = DRAWS if is_randomized(target, x) else 1
             with runtime.autocast():
                 x_adv = attack(surrogate, x, y, eps=eps, generator=generator, channels_last=runtime.channels_last)
             verify_adversarial(x, x_adv, eps, attack.norm, what=f"transfer {attack.label}")
-            with torch.inference_mode():
-                flags.append(((target(x).argmax(1) == y) & (target(x_adv.float()).argmax(1) == y)).cpu())
+            flags.append((verdict(target, x, y, draws) & verdict(target, x_adv.float(), y, draws)).cpu())
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)

@@ -293,6 +293,39 @@ class ModelResults:
 
 
 @dataclass(frozen=True)
+class ArmsRaceRow:
+    """One model behind one defense (``defense`` None: the model alone) in the arms race."""
+
+    model: str
+    clean: float
+    naive: float
+    adaptive: float
+    undefended: float
+    label: str | None = None
+    defense: dict[str, Any] | None = None
+    oblivious: float | None = None
+    adaptive_attack: str | None = None
+    flags: list[str] | None = None
+    naive_unreliable: list[str] | None = None
+    resists: bool | None = None
+    pixels_within_eps_of_threshold: float | None = None
+    verdict_draws: int | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ArmsRace:
+    """A study's ``arms_race.json`` (:mod:`advlab.study.arms_race`), also ``metrics.json``'s ``arms_race``."""
+
+    eps: float
+    n: int
+    attack: str
+    rows: list[ArmsRaceRow]
+    eot: int | None = None
+    inputs: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class StudyMetrics:
     """A study's ``metrics.json``, what ``advlab report`` draws from."""
 
@@ -310,6 +343,7 @@ class StudyMetrics:
     check_attacks: dict[str, Any] | None = None
     sanity_checks: list[SanityCheck] | None = None
     gallery: dict[str, Any] | None = None
+    arms_race: ArmsRace | None = None
 
 
 def check_metrics(metrics: Any, where: str) -> dict[str, Any]:
@@ -351,6 +385,6 @@ def read_checked(path: str | Path, cls, *, what: str = "field") -> dict[str, Any
     return check_fields(values, cls, what=what, where=str(path), known_only=False)
 
 
-__all__ = ["AttackOutput", "CheckMeasurements", "CheckpointRecord", "Evaluation", "ModelArgs", "ModelResults",
+__all__ = ["ArmsRace", "ArmsRaceRow", "AttackOutput", "CheckMeasurements", "CheckpointRecord", "Evaluation", "ModelArgs", "ModelResults",
            "RunSummary", "SanityCheck", "StudyMetrics", "check_fields", "check_metrics", "check_record",
            "read_checked"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from advlab.errors import AdvlabError
+from advlab.report.arms_race import arms_race_figure, arms_race_html, defense_name
 from advlab.report.figures import (count, figure_bytes, model_label, norm_name, robust_vs_eps_figure, tradeoff_figure,
                                    training_curves_figure)
 from advlab.report.gallery import comparison_gallery_figure, targeted_gallery_figure
@@ -126,6 +127,14 @@ def story(metrics: dict) -> str:
         sentences.append(f"{len(failed)} of {len(checks)} sanity checks against gradient masking "
                          f"{'fails' if len(failed) == 1 else 'fail'} ({_e(which)}): read those robust numbers "
                          "with care.")
+    race = metrics.get("arms_race") or {}
+    fooled = max((r for r in race.get("rows", []) if r["model"] == "standard" and r["defense"] is not None
+                  and not r.get("resists")), key=lambda r: r["naive"] - r["adaptive"], default=None)
+    if fooled is not None and fooled["naive"] > fooled["adaptive"]:
+        sentences.append(f"Behind {_e(defense_name(fooled['defense']))}, the standard model looks {percent(fooled['naive'])} "
+                         f"robust to a naive attack, but an adaptive one ({_e(fooled['adaptive_attack'])}) brings it to "
+                         f"{percent(fooled['adaptive'])}: preprocessing hides the gradient rather than adding "
+                         "robustness.")
     for name, model in models.items():
         for flag in model.get("model_flags") or []:
             sentences.append(f"The model checks warn about {_e(model_label(metrics, name))}: {_e(flag.get('message'))}.")
@@ -301,6 +310,9 @@ def build_report(run_dir: str | Path) -> Path:
         if {"targeted.x_adv", "targeted.logits_clean", "targeted.logits_adv", "targeted.targets"} <= set(tensors):
             render("gallery_targeted", targeted_gallery_figure(tensors, info, metrics))
 
+    if metrics.get("arms_race"):
+        render("arms_race", arms_race_figure(metrics))
+
     missing_curves = [model_label(metrics, n) for n, m in metrics["models"].items() if not m.get("epochs")]
     title = f"Adversarial robustness on {metrics.get('dataset', '?')}"
     facts = [f"{count(metrics.get('n_eval'))} test images", f"{norm_name(metrics)} ε = {eps:g} "
@@ -345,5 +357,12 @@ def build_report(run_dir: str | Path) -> Path:
               "<h2>6. Sanity checks against gradient masking</h2>",
               "<p>Carlini et al., <i>On Evaluating Adversarial Robustness</i> (2019, arXiv:1902.06705): robustness "
               "that comes from hiding gradients rather than from the model fails at least one of these.</p>",
-              _checks_table(metrics), "</body></html>\n"]
+              _checks_table(metrics)]
+    if "arms_race" in images:
+        parts += ["<h2>7. The arms race: preprocessing defenses and adaptive attacks</h2>",
+                  arms_race_html(metrics, _img(images["arms_race"], "defenses under naive and adaptive attacks",
+                                               "Bars: accuracy behind each defense, clean and under each attack; the "
+                                               "dashed line is the undefended model under the same attack. "
+                                               "“unreliable” marks a naive number the checks flag."))]
+    parts.append("</body></html>\n")
     return atomic_write_text(run_dir / "report.html", "\n".join(parts))

@@ -10,6 +10,7 @@ from typing import Any
 
 from advlab.attacks import AttackSpec, parse_attack
 from advlab.attacks.suites import suite_attacks
+from advlab.defenses import parse_defense
 from advlab.errors import AdvlabError, check_range
 from advlab.presets import preset_text
 from advlab.schema import check_fields
@@ -35,6 +36,13 @@ class StudyConfig:
     # gradient attacks run on what the study's attacks left, before the checks (Square is check_square).
     suite: str = "standard"
     n_eval: int = 1000  # test images per evaluation: ±1.5 points of binomial noise at 1,000
+    # The arms race (advlab.study.arms_race): the standard and the most robust model behind each
+    # preprocessing defense, attacked obliviously, naively and adaptively at the training ε. Empty: skipped.
+    defenses: tuple[str, ...] = ("jpeg:quality=75", "bits:bits=4", "bits:bits=1", "median:size=3",
+                                 "resize-pad:min_scale=0.8")
+    arms_race_attack: str = "pgd50"  # naive as it is; adaptive with -bpda, or -eotK through a random defense
+    arms_race_eot: int = 20  # draws per EOT gradient (Athalye et al. 2018 use tens)
+    arms_race_n: int = 1000  # test images (the first ones), at most n_eval
     gallery_size: int = 6  # rows in the gallery picture
     targeted_eps: float = 0.2  # targeted attacks need more room than untargeted ones on small images
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings shared by every model
@@ -69,6 +77,15 @@ class StudyConfig:
         if not parse_attack(self.check_square).kind.black_box:
             raise AdvlabError(f"check_square must be a gradient-free attack (square5000), got {self.check_square!r}")
         suite_attacks(self.suite)  # an unknown suite is a one-line error here
+        for text in self.defenses:
+            parse_defense(text)  # an unknown defense or parameter is a one-line error here
+        arms = parse_attack(self.arms_race_attack)
+        if arms.kind.black_box or arms.targeted or arms.bpda or arms.eot > 1:
+            raise AdvlabError(f"arms_race_attack must be an untargeted gradient attack without -bpda or -eot (the "
+                              f"stage adds them), got {self.arms_race_attack!r}")
+        if self.arms_race_eot < 1 or self.arms_race_n < 1:
+            raise AdvlabError(f"arms_race_eot and arms_race_n must be at least 1, got {self.arms_race_eot} and "
+                              f"{self.arms_race_n}")
         if "standard" not in self.models or len(self.models) < 2:
             raise AdvlabError("a study needs a model named 'standard' and at least one adversarially trained model")
 
@@ -76,7 +93,7 @@ class StudyConfig:
     def from_dict(cls, values: dict[str, Any]) -> StudyConfig:
         check_fields(values, cls, what="study setting")
         values = dict(values)
-        for key in ("eps_grid", "attacks"):
+        for key in ("eps_grid", "attacks", "defenses"):
             if key in values:
                 values[key] = tuple(values[key])
         try:

@@ -13,7 +13,7 @@ from advlab.checks import sanity_checks
 from advlab.data import get_info
 from advlab.results import best_robust_model
 from advlab.runs import load_tensors, read_json
-from advlab.schema import CheckMeasurements, Evaluation, RunSummary, read_checked
+from advlab.schema import ArmsRace, CheckMeasurements, Evaluation, RunSummary, read_checked
 from advlab.study.config import StudyConfig
 
 
@@ -63,6 +63,8 @@ def collect_metrics(out: str | Path) -> dict:
         "sanity_checks": sanity_checks({"eps_grid": list(config.eps_grid), "chance_accuracy": 1 / len(info.classes),
                                         "models": {n: models[n] for n in checks}}, checks) if checks else [],
     }
+    if config.defenses and (out / "arms_race.json").is_file():
+        metrics["arms_race"] = read_checked(out / "arms_race.json", ArmsRace)
     if (out / "gallery.safetensors").is_file():
         _, meta = load_tensors(out / "gallery.safetensors")
         metrics["gallery"] = json.loads(meta["gallery"])

@@ -23,6 +23,7 @@ from advlab.files import run_lock
 from advlab.runs import load_checkpoint, load_tensors, prepare_run_dir, read_json, save_tensors, write_json
 from advlab.runtime import Runtime
 from advlab.schema import Evaluation, read_checked
+from advlab.study.arms_race import measure_arms_race
 from advlab.study.config import StudyConfig
 from advlab.study.metrics import collect_metrics
 from advlab.train import train
@@ -121,6 +122,18 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
                            "dlr": config.check_dlr, "square": config.check_square, "suite": config.suite})
         metrics = collect_metrics(out)
         best = metrics["best_robust_model"]
+        if config.defenses:
+            names = ["standard"] + ([best] if best != "standard" else [])
+            _stage(out / "arms_race.json",
+                   lambda: measure_arms_race(models, names, {n: config.label(n) for n in names}, test,
+                                             defenses=list(config.defenses), attack=config.arms_race_attack,
+                                             eot=config.arms_race_eot, eps=config.train_eps, n=config.arms_race_n,
+                                             seed=config.seed, runtime=runtime, progress=progress),
+                   redo=overwrite,
+                   inputs={"models": {n: digests[n] for n in names}, "defenses": config.defenses,
+                           "attack": config.arms_race_attack, "eot": config.arms_race_eot,
+                           "n": min(config.arms_race_n, len(test)), "eps": config.train_eps, "seed": config.seed,
+                           "device": runtime.device.type})
         gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
                           "eps": config.train_eps, "targeted_eps": config.targeted_eps, "attacks": config.attacks,
                           "n": len(test), "seed": config.seed, "device": runtime.device.type}
