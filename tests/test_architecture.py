@@ -27,6 +27,7 @@ LAYERS = [
     ("defenses/", ["advlab.defenses"]),
     ("runs.py", ["advlab.runs"]),
     ("attacks/", ["advlab.attacks"]),
+    ("certify/", ["advlab.certify"]),
     ("model_checks.py", ["advlab.model_checks"]),
     ("evaluate.py", ["advlab.evaluate"]),
     ("jobs.py", ["advlab.jobs"]),

@@ -8,7 +8,10 @@ model flags and the training outcome), ``attack_checkpoint`` a folder of adversa
     from advlab.jobs import evaluate_checkpoint
     result = evaluate_checkpoint("runs/pgd", suite="standard", eps=[0.1], n=1000, out="runs/pgd/aa.json")
 
-Command line: ``advlab evaluate RUN_DIR --suite standard --eps 0.1``; ``advlab attack RUN_DIR --eps 0.1 --out OUT``.
+``certify_checkpoint`` proves what it can (:mod:`advlab.certify`) and writes a JSON file.
+
+Command line: ``advlab evaluate RUN_DIR --suite standard --eps 0.1``; ``advlab attack RUN_DIR --eps 0.1 --out OUT``;
+``advlab certify RUN_DIR --method ibp --eps 0.1``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +30,8 @@ from torch import nn
 from advlab.attacks import AttackSpec, verify_adversarial
 from advlab.attacks.suites import suite_attacks
 from advlab.attacks.threat import max_eps
+from advlab.certify import verified_flags
+from advlab.certify.smoothing import certify_dataset, check_settings
 from advlab.defenses import defend, describe, parse_defense
 from advlab.errors import AdvlabError, check_range
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
@@ -44,7 +50,7 @@ from advlab.runs import (
 from advlab.runtime import Runtime
 from advlab.schema import check_fields
 
-__all__ = ["EvalState", "attack_checkpoint", "evaluate_checkpoint"]
+__all__ = ["CERTIFY_METHODS", "EvalState", "attack_checkpoint", "certify_checkpoint", "evaluate_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -306,4 +312,84 @@ def attack_checkpoint(
                "success_rate": float(success.float().mean()),
                "files": ["adversarial.safetensors", "attack.json"]}
     write_json(out / "attack.json", summary)
+    return summary
+
+
+CERTIFY_METHODS = ("ibp", "crown-ibp", "smoothing")
+
+
+def certify_checkpoint(
+    checkpoint: str | Path,
+    *,
+    method: str = "ibp",
+    eps: float | None = None,
+    sigma: float | None = None,
+    n: int = 10_000,
+    n0: int = 100,
+    alpha: float = 0.001,
+    images: int | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    batch_size: int = 1000,
+    seed: int = 0,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    runtime: Runtime | None = None,
+) -> dict:
+    """Certify a checkpoint on the first ``images`` examples of ``split`` (:mod:`advlab.certify`) and write the
+    result as JSON to ``out``. ``ibp`` / ``crown-ibp``: the verified accuracy at L∞ ``eps`` (crown-ibp reports
+    IBP's beside its own); ``smoothing``: CERTIFY with noise ``sigma`` (default: the σ the model was trained
+    with by ``--method gaussian``), ``n`` estimation and ``n0`` selection samples at level ``alpha``."""
+    if method not in CERTIFY_METHODS:
+        raise AdvlabError(f"unknown certify method {method!r}; choose one of: {', '.join(CERTIFY_METHODS)}")
+    out = Path(out) if out is not None else None
+    if out is not None and out.exists() and not overwrite:
+        raise AdvlabError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if out is not None:
+        check_writable(out)
+    if method == "smoothing":
+        if eps is not None:
+            raise AdvlabError("--eps is for ibp and crown-ibp; smoothing certifies an L2 radius per image (--sigma)")
+        if sigma is not None:
+            check_settings(sigma, n, n0, alpha)
+    else:
+        if eps is None:
+            raise AdvlabError(f"--method {method} needs --eps (the L∞ budget, e.g. 0.1)")
+        check_range("--eps", eps, 0.0, 1.0)
+    runtime = runtime if runtime is not None else Runtime()
+    model, record = load_checkpoint(checkpoint, device=runtime.device)
+    if method == "smoothing" and sigma is None:
+        trained = record.get("config") or {}
+        if trained.get("method") != "gaussian":
+            raise AdvlabError("this model was not trained with --method gaussian; pass --sigma for its smoothing")
+        sigma = float(trained["sigma"])
+        check_settings(sigma, n, n0, alpha)
+    default_images = 500 if method == "smoothing" else None  # CERTIFY costs n forward passes per image
+    data = _load_test_data(record, dataset, split, images if images is not None else default_images, data_dir,
+                           progress)
+    check_compatible(model, record, data, f"the model in {checkpoint}")
+    x, y = data.tensors()
+    start = time.perf_counter()
+    summary: dict = {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split, "method": method,
+                     "training_status": training_status(checkpoint), "runtime": runtime.to_dict(), "seed": seed}
+    if method == "smoothing":
+        result = certify_dataset(model, x, y, sigma=sigma, n=n, n0=n0, alpha=alpha, classes=len(data.info.classes),
+                                 batch_size=batch_size, seed=seed, progress=progress)
+        summary.update(result.to_dict())
+    else:
+        with torch.inference_mode():
+            correct = torch.cat([model(x[i:i + batch_size].to(runtime.device)).argmax(1).cpu() == y[i:i + batch_size]
+                                 for i in range(0, len(y), batch_size)])
+        summary.update(images=len(y), eps=eps, clean_accuracy=float(correct.float().mean()))
+        for bound in ("ibp", "crown-ibp") if method == "crown-ibp" else ("ibp",):
+            flags = verified_flags(model, (x, y), eps, method=bound, batch_size=batch_size, device=runtime.device)
+            if (flags & ~correct).any():
+                raise AdvlabError(f"internal: {bound} verified an example the model misclassifies; please report it")
+            summary[f"verified_accuracy_{bound.replace('-', '_')}" if bound != method else "verified_accuracy"] = \
+                float(flags.float().mean())
+        summary["seconds"] = time.perf_counter() - start
+    if out is not None:
+        write_json(out, summary)
     return summary

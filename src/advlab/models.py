@@ -90,6 +90,10 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
+    def as_sequence(self) -> list[nn.Module]:
+        """The layers in the order forward applies them (what interval bound propagation walks)."""
+        return [*self.features, *self.classifier]
+
 
 @register_model("madry_cnn", input_size=(28, 28), raw_pixels=True,
                 description="conv32-conv64-fc1024 network of Madry et al. 2018 for 28×28 images (raw pixels)")
@@ -108,6 +112,10 @@ class MadryCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def as_sequence(self) -> list[nn.Module]:
+        """The layers in the order forward applies them (what interval bound propagation walks)."""
+        return [*self.features, *self.classifier]
 
 
 @register_model("wong_mnist", input_size=(28, 28), raw_pixels=True,
@@ -128,6 +136,10 @@ class WongMNIST(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def as_sequence(self) -> list[nn.Module]:
+        """The layers in the order forward applies them (what interval bound propagation walks)."""
+        return [*self.features, *self.classifier]
 
 
 class PreActBlock(nn.Module):
@@ -182,6 +194,10 @@ class LinearClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.flatten(x, 1))
+
+    def as_sequence(self) -> list[nn.Module]:
+        """The layers in the order forward applies them (what interval bound propagation walks)."""
+        return [nn.Flatten(), self.linear]
 
 
 def list_models() -> list[str]:

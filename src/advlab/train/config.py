@@ -53,6 +53,9 @@ class TrainConfig:
     nfgsm_noise: float = 2.0  # N-FGSM's k: noise from the kε cube (de Jorge et al.: k = 2 up to ε = 8/255 on CIFAR)
     grad_align_lambda: float | None = None  # GradAlign's λ; None: the recipe's (CIFAR-10: 0.02·10^(ε·255/8))
     lam: float = 1.0  # gradreg's λ on ‖∇ₓ CE‖² (Ross & Doshi-Velez 2018; not yet tuned here: a first guess)
+    kappa_end: float = 0.5  # ibp: the clean loss's weight κ falls from 1 to this as ε ramps up (Gowal et al. 0.5)
+    train_eps: float | None = None  # ibp: the ε its bounds train at, if above eps (Gowal et al. train 10% above)
+    sigma: float = 0.25  # gaussian: the noise's standard deviation (Cohen et al. 2019 train at 0.12-1.0)
     epochs: int | None = None  # fashion-mnist 10 (small_cnn converges with one-cycle), mnist 10 (Wong), cifar10 15-200
     batch_size: int | None = None  # 128 (Madry, Wong, Rice on CIFAR); Wong's MNIST 100, Madry's MNIST 50
     optimizer: str | None = None  # adam for the small CNNs (Wong et al.'s MNIST setting), sgd for CIFAR-10 ResNets
@@ -61,6 +64,7 @@ class TrainConfig:
     weight_decay: float | None = None  # 0 for short runs of small CNNs; 5e-4 for CIFAR-10 + SGD
     schedule: str | None = None  # onecycle (Wong et al.'s cyclic rate, peak at 2/5); triangle, piecewise, constant
     eps_warmup_epochs: float | None = None  # ramp ε from 0 over this many epochs; 0: full ε from the start, as the papers
+    clean_epochs: float | None = None  # ε = 0 for this many epochs before the ramp (ibp's warm-up; else 0)
     co_gap: float = 0.3  # collapse: FGSM accuracy exceeds PGD accuracy on the same val images by this much (see guard)
     co_threshold: float = 0.1  # also collapse: val PGD accuracy this far below its best epoch's; 1: never
     co_check_every: int = 100  # optimizer steps between checks within an epoch (collapse can take a few hundred); 0: per epoch only
@@ -121,6 +125,14 @@ class TrainConfig:
         check_range("co_gap", self.co_gap, 0.0, 1.0)
         check_range("eps_warmup_epochs", self.eps_warmup_epochs, 0.0, float(self.epochs))
         check_range("lam (gradreg's λ)", self.lam, 0.0)
+        check_range("kappa_end (ibp's final clean-loss weight)", self.kappa_end, 0.0, 1.0)
+        check_range("clean_epochs", self.clean_epochs, 0.0, float(self.epochs) - self.eps_warmup_epochs)
+        if self.train_eps is not None:
+            check_range("train_eps (ibp's training ε)", self.train_eps, self.eps, 1.0)
+        if not self.sigma > 0:
+            raise AdvlabError(f"sigma (gaussian's noise level) must be above 0, got {self.sigma!r}")
+        if self.method == "ibp":
+            _check_boundable(self)
         if not self.grad_align_lambda >= 0:
             raise AdvlabError(f"grad_align_lambda (GradAlign's λ) must be at least 0, got {self.grad_align_lambda!r}")
         if not self.nfgsm_noise > 0:
@@ -162,6 +174,17 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """This config with α filled in: what the run folder records and what a resume must match."""
         return dataclasses.replace(self, alpha=self.step_size)
+
+
+def _check_boundable(config: TrainConfig) -> None:
+    """IBP training needs a model interval bounds go through: refused before any work (PreActResNet-18)."""
+    from advlab.certify import sequence
+    from advlab.models import create_model
+
+    try:
+        sequence(create_model(config.model, dataset=config.dataset).eval())
+    except AdvlabError as err:
+        raise AdvlabError(f"--method ibp cannot train {config.model}: {err}") from None
 
 
 def _check_types(config: TrainConfig) -> None:

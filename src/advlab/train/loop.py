@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from advlab.certify import verified_accuracy
 from advlab.data import get_info, load_dataset
 from advlab.errors import AdvlabError
 from advlab.evaluate import clean_accuracy
@@ -210,6 +211,8 @@ def train(
                 break
             row = {"epoch": epoch, **stats, "val_clean_acc": reading["clean"], "val_robust_acc": reading["pgd"],
                    "val_fgsm_acc": reading["fgsm"], "seconds": seconds, "val_seconds": time.perf_counter() - start}
+            if "verified" in reading:
+                row["val_verified_acc"] = reading["verified"]
             run.rows.append(row)
             run.epoch = epoch
             log(_epoch_line(row, config))
@@ -246,6 +249,7 @@ def _train_epoch(model, current_method, optimizer, data, config, run, total_step
     batches, with its running sums); ``after_batch(position)`` runs at each batch boundary (a mid-epoch save)."""
     schedule = SCHEDULES[config.schedule]
     warmup_steps = config.eps_warmup_epochs / config.epochs * total_steps
+    clean_steps = config.clean_epochs / config.epochs * total_steps  # ε = 0 before the ramp (ibp's warm-up)
 
     def step(loss: torch.Tensor) -> None:
         position.lr = config.lr * schedule((run.step + 1) / total_steps)
@@ -265,7 +269,8 @@ def _train_epoch(model, current_method, optimizer, data, config, run, total_step
     for x, y in batches:
         if runtime.uses_channels_last:
             x = x.to(memory_format=torch.channels_last)
-        eps = config.eps * min(1.0, (run.step + 1) / warmup_steps) if warmup_steps > 0 else config.eps
+        ramped = run.step + 1 - clean_steps
+        eps = 0.0 if ramped <= 0 else config.eps * min(1.0, ramped / warmup_steps) if warmup_steps > 0 else config.eps
         position.eps = eps
         # α scales with ε (the ramp) and with the guard's smaller-step remedy.
         alpha = base_alpha(config, run) * (eps / config.eps if config.eps > 0 else 1.0) * run.alpha_scale
@@ -313,6 +318,8 @@ def _validate(model, val_data, check_data, config, runtime) -> dict[str, float]:
     clean = clean_accuracy(model, val_data, device=runtime.device)
     # The same seed every epoch: the same random starts, so epochs are compared on equal terms.
     reading = probe(model, check_data, eps=config.eps, steps=config.check_steps, seed=config.seed, runtime=runtime)
+    if config.method == "ibp":  # what certified training is for: the verified accuracy, beside clean and PGD
+        reading["verified"] = verified_accuracy(model, check_data, config.eps, device=runtime.device)
     return {**reading, "clean": clean}
 
 
@@ -341,9 +348,10 @@ def _build_model(config: TrainConfig, info, runtime: Runtime) -> tuple[nn.Module
 
 def _epoch_line(row: dict[str, Any], config: TrainConfig) -> str:
     train_acc = row["train_adv_acc"] if row["train_adv_acc"] is not None else row["train_clean_acc"]
+    verified = f"  val verified {100 * row['val_verified_acc']:.1f}%" if "val_verified_acc" in row else ""
     return (f"epoch {row['epoch']}/{config.passes}  loss {row['train_loss']:.3f}  train {100 * train_acc:.1f}%  "
             f"val clean {100 * row['val_clean_acc']:.1f}%  val PGD-{config.check_steps} "
-            f"{100 * row['val_robust_acc']:.1f}%  {row['seconds']:.1f} s")
+            f"{100 * row['val_robust_acc']:.1f}%{verified}  {row['seconds']:.1f} s")
 
 
 def _logger(enabled: bool) -> Callable[[str], None]:

@@ -3,7 +3,8 @@
 ``standard``; ``fgsm`` (fast AT, Wong et al. 2020); ``nfgsm`` (de Jorge et al. 2022); ``gradalign``
 (Andriushchenko & Flammarion 2020); ``pgd`` (Madry et al. 2018); ``trades`` (Zhang et al. 2019); ``mart``
 (Wang et al. 2020); ``free`` (Shafahi et al. 2019); ``gradreg`` (input-gradient regularization, Ross &
-Doshi-Velez 2018). The training loop
+Doshi-Velez 2018); ``ibp`` (certified training with interval bounds, Gowal et al. 2018); ``gaussian`` (noise
+training for randomized smoothing, Cohen et al. 2019). The training loop
 (:mod:`advlab.train.loop`) never asks which one it runs, and every inner maximization goes through the
 attacks' one gradient loop, :func:`advlab.attacks.perturb`, except N-FGSM's one unprojected step. A new method is a subclass of :class:`Method`
 with a ``name``, decorated with :func:`register_method`; its hyperparameters live in ``TrainConfig``.
@@ -20,6 +21,7 @@ from torch import nn
 from advlab.attacks.gradient import madry_alpha
 from advlab.attacks.loop import cross_entropy, perturb
 from advlab.attacks.threat import project
+from advlab.certify import worst_case_logits
 
 if TYPE_CHECKING:
     from advlab.train.config import TrainConfig
@@ -124,6 +126,44 @@ class GradientRegularization(Method):
         (grad,) = torch.autograd.grad(per_example.sum(), x, create_graph=True)
         penalty = grad.flatten(1).square().sum(dim=1).mean()
         return BatchOutput(per_example.mean() + self.config.lam * penalty, logits, None)
+
+
+@register_method
+class IntervalBoundTraining(Method):
+    """Gowal et al. 2018, "On the Effectiveness of Interval Bound Propagation for Training Verifiably Robust
+    Models" (arXiv:1810.12715): κ·CE(clean logits) + (1 − κ)·CE(worst-case logits from interval bounds,
+    :func:`advlab.certify.worst_case_logits`). The loop's schedule gives the clean warm-up (``clean_epochs``
+    at ε = 0) and the linear ε ramp (``eps_warmup_epochs``); κ falls from 1 to ``kappa_end`` with the ramp,
+    and the bounds are taken at ``train_eps`` (≥ eps) scaled the same way. No attack inside, so the
+    catastrophic-overfitting guard does not apply; the training accuracy it reports is the verified one."""
+
+    name = "ibp"
+    adversarial = False
+
+    def loss(self, model, x, y, *, eps, alpha, generator):
+        logits = model(x)
+        clean = F.cross_entropy(logits, y)
+        if eps <= 0 or self.config.eps <= 0:
+            return BatchOutput(clean, logits, None)
+        progress = min(1.0, eps / self.config.eps)
+        kappa = 1.0 - (1.0 - self.config.kappa_end) * progress
+        worst = worst_case_logits(model, x, y, eps * (self.config.train_eps or self.config.eps) / self.config.eps)
+        return BatchOutput(kappa * clean + (1.0 - kappa) * F.cross_entropy(worst, y), logits, worst)
+
+
+@register_method
+class GaussianNoiseTraining(Method):
+    """Cohen, Rosenfeld & Kolter 2019, "Certified Adversarial Robustness via Randomized Smoothing"
+    (arXiv:1902.02918): cross-entropy on x + N(0, σ²) noise (no clipping, as in their code), the base
+    classifier that :mod:`advlab.certify.smoothing` smooths. Not adversarial training: no attack inside."""
+
+    name = "gaussian"
+    adversarial = False
+
+    def loss(self, model, x, y, *, eps, alpha, generator):
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        logits = model(x + self.config.sigma * noise)
+        return BatchOutput(F.cross_entropy(logits, y), logits, None)
 
 
 @register_method

@@ -29,7 +29,7 @@ STATE_FORMAT = 2  # bump when state.safetensors' layout changes incompatibly
 RESUME_FREE_KEYS = frozenset({"data_dir", "recipe"})  # recipe: a name, derived from the rest
 
 METRIC_FIELDS = ("epoch", "lr", "eps", "train_loss", "train_clean_acc", "train_adv_acc", "val_clean_acc",
-                 "val_robust_acc", "val_fgsm_acc", "seconds", "val_seconds")
+                 "val_robust_acc", "val_fgsm_acc", "seconds", "val_seconds", "val_verified_acc")
 
 
 @dataclass
