@@ -24,7 +24,7 @@ from advlab.results import pareto_frontier, percent, points
 from advlab.runs import write_json
 from report_fixture import make_fake_run
 
-FIGURES = ("robust_vs_eps", "tradeoff", "training_curves", "gallery", "gallery_targeted")
+FIGURES = ("robust_vs_eps", "tradeoff", "training_curves", "gallery", "gallery_targeted", "arms_race")
 DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
@@ -204,7 +204,7 @@ def test_report_without_gallery_or_optional_records(tmp_path):
         model.update(epochs=[], train_seconds=None)
         del model["train_config"]
     metrics.update(sanity_checks=[], best_robust_model=None)
-    for key in ("attacks", "created", "advlab_version"):
+    for key in ("attacks", "created", "advlab_version", "arms_race"):
         del metrics[key]
     write_json(tmp_path / "metrics.json", metrics)
     text = build_report(tmp_path).read_text(encoding="utf-8")

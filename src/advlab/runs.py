@@ -25,7 +25,7 @@ import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ from advlab.schema import RunSummary, check_record, read_checked
 
 __all__ = ["UncheckedFileWarning", "atomic_write_bytes", "atomic_write_text", "check_run_dir", "check_weights",
            "damaged_parts", "load_checkpoint", "load_tensors", "prepare_run_dir", "read_json", "resolve_checkpoint",
-           "save_checkpoint", "save_tensors", "tensor_digests", "training_status", "unfinished_message", "versions",
+           "save_checkpoint", "save_tensors", "start_digests", "tensor_digests", "training_status", "unfinished_message", "versions",
            "write_json"]
 
 CHECKPOINT_FORMAT = 1  # bump when the record's layout changes incompatibly
@@ -57,28 +57,46 @@ class UncheckedFileWarning(UserWarning):
 
 
 CHUNK = 1 << 18  # bytes hashed per task: small enough that every core gets work on a small model's weights
-PARALLEL_BYTES = 1 << 23  # below 8 MiB starting threads costs more than it saves (benchmarks/bench_checkpoint.py)
+_POOL: ThreadPoolExecutor | None = None  # the hashing threads, started once (a start costs more than 1 MiB's hash)
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="advlab-sha256")
+    return _POOL
+
+
+def start_digests(tensors: dict[str, torch.Tensor]) -> Callable[[], dict[str, str]]:
+    """Start hashing ``tensors`` on the hashing threads and return the function that waits for
+    :func:`tensor_digests`' result, so the caller can work meanwhile (hashlib releases the GIL)."""
+    views = {name: t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+             for name, t in tensors.items()}
+    chunks = [(name, view[start:start + CHUNK]) for name, view in views.items()
+              for start in range(0, max(len(view), 1), CHUNK)]
+    pool = _hash_pool()
+    futures = [(name, pool.submit(_sha256, chunk)) for name, chunk in chunks]
+
+    def result() -> dict[str, str]:
+        joined: dict[str, list[bytes]] = {name: [] for name in views}
+        for name, future in futures:
+            joined[name].append(future.result())
+        return {name: hashlib.sha256(b"".join(parts)).hexdigest() for name, parts in joined.items()}
+
+    return result
+
+
+def _sha256(data) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def tensor_digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     """Each tensor's SHA-256 tree digest: the SHA-256 of the SHA-256 digests of its bytes (as stored, in
     row-major order) cut in 256 KiB chunks. The chunks are hashed on ``torch.get_num_threads()`` threads
-    (hashlib releases the GIL), so verifying a checkpoint costs little next to loading it
-    (benchmarks/bench_checkpoint.py). Names, dtypes and shapes are checked by the loader."""
-    views = {name: t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-             for name, t in tensors.items()}
-    chunks = [(name, view[start:start + CHUNK]) for name, view in views.items()
-              for start in range(0, max(len(view), 1), CHUNK)]
-    workers = min(torch.get_num_threads(), len(chunks))
-    if workers > 1 and sum(len(view) for view in views.values()) >= PARALLEL_BYTES:
-        with ThreadPoolExecutor(workers) as pool:
-            hashed = list(pool.map(lambda item: hashlib.sha256(item[1]).digest(), chunks))
-    else:
-        hashed = [hashlib.sha256(chunk).digest() for _, chunk in chunks]
-    joined: dict[str, list[bytes]] = {name: [] for name in views}
-    for (name, _), digest in zip(chunks, hashed):
-        joined[name].append(digest)
-    return {name: hashlib.sha256(b"".join(parts)).hexdigest() for name, parts in joined.items()}
+    started once (hashlib releases the GIL), and a load hashes while it rebuilds the model, so verifying a
+    checkpoint costs little next to loading it (benchmarks/bench_checkpoint.py). Names, dtypes and shapes
+    are checked by the loader."""
+    return start_digests(tensors)()
 
 
 def _metadata_digest(metadata: dict[str, str]) -> str:
@@ -135,9 +153,11 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     return atomic_write_bytes(path, save(flat, metadata=metadata))
 
 
-def damaged_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> list[str] | None:
+def damaged_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                  digests: Callable[[], dict[str, str]] | None = None) -> list[str] | None:
     """The names of the tensors (and ``metadata``) whose bytes differ from the file's own checksums; ``[]``
-    when all agree, ``None`` when the file has no checksums."""
+    when all agree, ``None`` when the file has no checksums. ``digests``: a :func:`start_digests` already
+    running on ``tensors``."""
     if CHECKSUM_KEY not in metadata:
         return None
     try:
@@ -146,7 +166,7 @@ def damaged_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) ->
             raise ValueError
     except ValueError:
         return ["checksums"]
-    actual = tensor_digests(tensors)
+    actual = digests() if digests is not None else tensor_digests(tensors)
     damaged = [name for name in tensors if expected.get(name) != actual[name]]
     damaged += sorted(set(expected) - set(tensors) - {METADATA_DIGEST})  # a tensor gone from the file
     if expected.get(METADATA_DIGEST) != _metadata_digest(metadata):
@@ -273,17 +293,16 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
     if CHECKSUM_KEY not in metadata:
         warnings.warn(f"{path} has no checksums (written before advlab had them): its weights cannot be checked "
                       "for damage; `advlab verify` says more", UncheckedFileWarning, stacklevel=2)
-    # The checksums are computed on another thread while the model is built and filled (hashlib and torch both
-    # release the GIL), so verifying costs little wall time (benchmarks/bench_checkpoint.py). The model is
+    # The checksums are computed on the hashing threads while the model is built and filled (hashlib and torch
+    # both release the GIL), so verifying costs little wall time (benchmarks/bench_checkpoint.py). The model is
     # returned only once they agree, and damage is named in preference to what it may have caused (a NaN).
-    with ThreadPoolExecutor(1) as pool:
-        damage = pool.submit(damaged_parts, tensors, metadata)
-        try:
-            built = _rebuild(path, tensors, metadata, device)
-        except AdvlabError:
-            _refuse_damaged(path, damage.result())
-            raise
-        _refuse_damaged(path, damage.result())
+    digests = start_digests(tensors)
+    try:
+        built = _rebuild(path, tensors, metadata, device)
+    except AdvlabError:
+        _refuse_damaged(path, damaged_parts(tensors, metadata, digests))
+        raise
+    _refuse_damaged(path, damaged_parts(tensors, metadata, digests))
     return built
 
 
@@ -298,7 +317,10 @@ def _rebuild(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, s
     check_record(record, str(path))  # every field's type, and the model's arguments' ranges (num_classes ≥ 1)
     name, args = record["model"], record["model_args"]
     try:
-        model = create_model(name, **args)
+        # Built without storage (the meta device) and given the file's tensors as its own (assign): no random
+        # initialization to throw away, no copy, and the global random generator is left untouched.
+        with torch.device("meta"):
+            model = create_model(name, **args)
     except AdvlabError as err:
         raise AdvlabError(f"{path}: its record cannot build the model: {err}") from None
     except (TypeError, ValueError, RuntimeError) as err:  # a constructor refusing an argument (num_classes -3)
@@ -306,10 +328,14 @@ def _rebuild(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, s
         raise AdvlabError(f"{path}: its record's model_args {args} cannot build {name!r}: {first}") from None
     check_weights(path, tensors, model.state_dict())
     try:
-        model.load_state_dict(tensors)
+        model.load_state_dict(tensors, assign=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise AdvlabError(f"checkpoint {path} does not match model {record['model']!r}: {first}") from None
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a buffer the file does not hold
+        with torch.random.fork_rng(devices=[]):
+            model = create_model(name, **args)
+        model.load_state_dict(tensors)
     return model.to(device).eval(), record
 
 
@@ -327,6 +353,7 @@ def check_weights(path: Path, tensors: dict[str, torch.Tensor], expected: dict[s
         if tensor.shape != want.shape:
             raise AdvlabError(f"checkpoint {path}: {name} has shape {tuple(tensor.shape)} but the model declares "
                               f"{tuple(want.shape)}")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        # A sum is finite unless a value is NaN or infinite (or it overflows): the cheap test first.
+        if tensor.is_floating_point() and not (bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())):
             raise AdvlabError(f"checkpoint {path}: {name} holds NaN or infinite values; the training diverged or "
                               "the file is damaged")
