@@ -4,9 +4,10 @@ For each model (a study's standard model and its PGD-trained one) and each defen
 images at ε (L∞): clean accuracy; the oblivious attack (PGD made on the undefended model, passed through the
 defense); the naive white-box PGD (gradients as autograd gives them); the adaptive one (BPDA, with EOT over
 20 draws for the randomized defense, beside the same attack without EOT); the undefended model under the same
-attack; and the model flags each evaluation raised.
+attack; and the model flags each evaluation raised. The attack is APGD-CE-100 unless ``--attack`` names
+another (the first run, at commit 55918fb, used PGD-50: ``--attack pgd50``).
 
-    .venv/bin/python benchmarks/bench_defenses.py --run runs/quick --n 1000 --out benchmarks/results/defenses.json
+    .venv/bin/python benchmarks/bench_defenses.py --run runs/quick --n 1000 --out benchmarks/results/defenses-apgd.json
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ def main() -> None:
     p.add_argument("--run", default="runs/quick", help="a study's run folder (models/NAME/model.safetensors)")
     p.add_argument("--models", default="standard,pgd")
     p.add_argument("--defenses", default=",".join(DEFENSES), help="comma-separated; ';' would split parameters")
-    p.add_argument("--attack", default="pgd50", help="the gradient attack, naive and (with -bpda) adaptive")
+    p.add_argument("--attack", default="apgd-ce100", help="the gradient attack, naive and (with -bpda or -eot20) "
+                   "adaptive")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="benchmarks/results/defenses.json")
+    p.add_argument("--out", default="benchmarks/results/defenses-apgd.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     started = C.git_commit()
