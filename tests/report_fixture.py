@@ -103,6 +103,8 @@ def make_fake_run(folder: str | Path, *, n_images: int = 4, gallery: bool = True
             "clean_accuracy": clean, "robust_accuracy": {"FGSM L∞": list(fgsm), "PGD-20 L∞": list(pgd)},
             "worst_case_accuracy": [min(a, b) for a, b in zip(fgsm, pgd)], "eval_seconds": 4.0, "n_eval": 1000,
             "collapse": None, "model_flags": [],
+            "certified": {"eps": 0.1, "n": 1000, "verified_method": "ibp", "verified_accuracy": 0.0,
+                          "inputs": {"model": "0123456789abcdef"}},
         }
         if name in ALL_ATTACKS:  # the sanity checks' extra attacks found a little more at ε = 0.1
             models[name]["worst_case_all_attacks"] = {"eps": 0.1, "accuracy": ALL_ATTACKS[name],

@@ -16,14 +16,16 @@ TINY_TRAIN = {"model": "small_cnn", "optimizer": "adam", "lr": 0.003, "schedule"
               "epochs": 1, "train_size": 600, "val_size": 100, "check_examples": 50, "check_steps": 3}
 TINY_MODELS = {"standard": {"method": "standard", "label": "standard"},
                "fgsm": {"method": "fgsm", "label": "fast FGSM AT"},
-               "trades": {"method": "trades", "label": "TRADES β=6", "steps": 2, "beta": 6.0}}
+               "trades": {"method": "trades", "label": "TRADES β=6", "steps": 2, "beta": 6.0},
+               "gauss": {"method": "gaussian", "label": "Gaussian σ=0.25", "sigma": 0.25}}
 
 
 def tiny_config(**changes) -> StudyConfig:
     values = dict(preset="tiny", eps_grid=(0.0, 0.1, 0.5), attacks=("fgsm", "pgd5"), n_eval=60, gallery_size=3,
                   train=TINY_TRAIN, models=TINY_MODELS, check_dlr="apgd-dlr20", check_square="square300",
                   suite="quick", defenses=("bits:bits=4", "resize-pad:min_scale=0.8"), arms_race_attack="pgd10",
-                  arms_race_eot=4, arms_race_n=40)
+                  arms_race_eot=4, arms_race_n=40, smoothing_n=300, smoothing_n0=20, smoothing_alpha=0.01,
+                  smoothing_images=12)
     return StudyConfig(**{**values, **changes})
 
 
@@ -88,6 +90,31 @@ def test_the_arms_race_shows_naive_robustness_collapse_under_the_adaptive_attack
     text = (out / "report.html").read_text(encoding="utf-8")
     assert "7. The arms race" in text and "unreliable:" in text and "bits bits=4" in text
     assert "robust to a naive attack, but an adaptive one (PGD-10 L∞ BPDA) brings it to" in text
+
+
+def test_the_certified_stage_proves_less_than_attacks_measure(tiny_study):
+    out, metrics = tiny_study
+    for name, model in metrics["models"].items():
+        certified = model["certified"]
+        assert (out / "models" / name / "certified.json").is_file() and certified["n"] == 60
+        assert 0 <= certified["verified_accuracy"] <= model["worst_case_all_attacks"]["accuracy"]
+    smoothing = metrics["models"]["gauss"]["certified"]["smoothing"]
+    assert smoothing["sigma"] == 0.25 and smoothing["images"] == 12 and smoothing["n"] == 300
+    curve = list(smoothing["certified_accuracy"].values())
+    assert curve == sorted(curve, reverse=True) and curve[0] > 0.3
+    assert all("smoothing" not in m["certified"] for n, m in metrics["models"].items() if n != "gauss")
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert "Certified robustness" in text and "verified (IBP) at ε = 0.1" in text
+    assert (out / "figures" / "smoothing.png").is_file()
+
+
+def test_a_verified_accuracy_above_the_empirical_one_is_an_error():
+    from advlab.study.certified import check_certified_below_empirical
+
+    check_certified_below_empirical("pgd", 0.30, 0.31)
+    check_certified_below_empirical("pgd", None, 0.31)
+    with pytest.raises(AdvlabError, match="above its empirical robust accuracy"):
+        check_certified_below_empirical("pgd", 0.32, 0.31)
 
 
 def test_same_seed_same_metrics_and_cached_resume(tiny_study, tmp_path):
@@ -173,6 +200,8 @@ def test_report_command_rebuilds_from_files(tiny_study, capsys):
         (dict(arms_race_attack="pgd20-bpda"), "without -bpda or -eot"),
         (dict(arms_race_attack="square100"), "gradient attack"),
         (dict(arms_race_eot=0), "arms_race_eot"),
+        (dict(smoothing_n=10, smoothing_n0=20), r"smoothing_n \(10\) must be at least smoothing_n0 \(20\)"),
+        (dict(smoothing_alpha=0.5), "smoothing_alpha must be in"),
     ],
 )
 def test_bad_study_configs(changes, match):

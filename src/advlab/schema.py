@@ -274,6 +274,20 @@ class SanityCheck:
 
 
 @dataclass(frozen=True)
+class Certified:
+    """A study's ``models/NAME/certified.json`` (:mod:`advlab.study.certified`), also ``metrics.json``'s
+    ``models.NAME.certified``."""
+
+    eps: float
+    n: int
+    verified_accuracy: float | None = None
+    verified_method: str | None = None
+    unsupported: str | None = None
+    smoothing: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class ModelResults:
     """One model of ``metrics.json``'s ``models``: each accuracy list has one entry per ε of ``eps_grid``."""
 
@@ -290,6 +304,7 @@ class ModelResults:
     collapse: str | None = None
     model_flags: list[Any] | None = None
     worst_case_all_attacks: dict[str, Any] | None = None
+    certified: Certified | None = None
 
 
 @dataclass(frozen=True)
@@ -385,6 +400,6 @@ def read_checked(path: str | Path, cls, *, what: str = "field") -> dict[str, Any
     return check_fields(values, cls, what=what, where=str(path), known_only=False)
 
 
-__all__ = ["ArmsRace", "ArmsRaceRow", "AttackOutput", "CheckMeasurements", "CheckpointRecord", "Evaluation", "ModelArgs", "ModelResults",
+__all__ = ["ArmsRace", "ArmsRaceRow", "AttackOutput", "Certified", "CheckMeasurements", "CheckpointRecord", "Evaluation", "ModelArgs", "ModelResults",
            "RunSummary", "SanityCheck", "StudyMetrics", "check_fields", "check_metrics", "check_record",
            "read_checked"]

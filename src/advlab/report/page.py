@@ -25,6 +25,7 @@ from typing import Any
 
 from advlab.errors import AdvlabError
 from advlab.report.arms_race import arms_race_figure, arms_race_html, defense_name
+from advlab.report.certified import certified_html, certified_models, has_smoothing, smoothing_figure
 from advlab.report.figures import (count, figure_bytes, model_label, norm_name, robust_vs_eps_figure, tradeoff_figure,
                                    training_curves_figure)
 from advlab.report.gallery import comparison_gallery_figure, targeted_gallery_figure
@@ -222,17 +223,20 @@ def _summary_table(metrics: dict) -> str:
     i, chosen = train_index(metrics), tradeoff_points(metrics)
     frontier = set(pareto_frontier(chosen))
     rows = []
+    certified = certified_models(metrics)
     for name, model in metrics["models"].items():
         seconds = model.get("train_seconds")
         worst = headline_worst_case(metrics, name)
+        verified = f"<td>{percent((certified.get(name) or {}).get('verified_accuracy'))}</td>" if certified else ""
         rows.append(f'<tr><td class="l">{_e(model_label(metrics, name))}</td>'
                     f'<td class="l">{_e(model.get("method", "—"))}</td>'
-                    f'<td>{percent(model.get("clean_accuracy"))}</td><td>{percent(worst)}</td>'
+                    f'<td>{percent(model.get("clean_accuracy"))}</td><td>{percent(worst)}</td>{verified}'
                     f'<td class="l">{"yes" if name in frontier else "no"}</td><td>{len(model.get("epochs") or [])}</td>'
                     f'<td>{"—" if not isinstance(seconds, (int, float)) else f"{seconds:.0f} s"}</td></tr>')
     return ('<table><tr><th class="l">model</th><th class="l">method</th><th>clean</th>'
-            f'<th>worst case at ε = {metrics["eps_grid"][i]:g}, all attacks</th><th class="l">on the frontier</th>'
-            '<th>epochs</th>'
+            f'<th>worst case at ε = {metrics["eps_grid"][i]:g}, all attacks</th>'
+            + (f'<th>verified (IBP) at ε = {metrics["eps_grid"][i]:g}</th>' if certified else "")
+            + '<th class="l">on the frontier</th><th>epochs</th>'
             '<th>training time</th></tr>' + "".join(rows) + "</table>")
 
 
@@ -312,6 +316,8 @@ def build_report(run_dir: str | Path) -> Path:
 
     if metrics.get("arms_race"):
         render("arms_race", arms_race_figure(metrics))
+    if has_smoothing(metrics):
+        render("smoothing", smoothing_figure(metrics))
 
     missing_curves = [model_label(metrics, n) for n, m in metrics["models"].items() if not m.get("epochs")]
     title = f"Adversarial robustness on {metrics.get('dataset', '?')}"
@@ -364,5 +370,11 @@ def build_report(run_dir: str | Path) -> Path:
                                                "Bars: accuracy behind each defense, clean and under each attack; the "
                                                "dashed line is the undefended model under the same attack. "
                                                "“unreliable” marks a naive number the checks flag."))]
+    if certified_models(metrics):
+        figure = _img(images["smoothing"], "certified accuracy against L2 radius",
+                      "Randomized smoothing: the fraction of images certified correct within each L2 radius "
+                      "(abstentions count as wrong).") if "smoothing" in images else None
+        parts += [f"<h2>{8 if 'arms_race' in images else 7}. Certified robustness</h2>",
+                  certified_html(metrics, figure)]
     parts.append("</body></html>\n")
     return atomic_write_text(run_dir / "report.html", "\n".join(parts))

@@ -10,6 +10,7 @@ from typing import Any
 
 from advlab.attacks import AttackSpec, parse_attack
 from advlab.attacks.suites import suite_attacks
+from advlab.certify.smoothing import check_settings
 from advlab.defenses import parse_defense
 from advlab.errors import AdvlabError, check_range
 from advlab.presets import preset_text
@@ -45,6 +46,13 @@ class StudyConfig:
     arms_race_attack: str = "apgd-ce100"
     arms_race_eot: int = 20  # draws per EOT gradient (Athalye et al. 2018 use tens)
     arms_race_n: int = 1000  # test images (the first ones), at most n_eval
+    # The certified stage (advlab.study.certified): every model's IBP-verified accuracy at the training ε on
+    # the n_eval images, and for a model trained with --method gaussian randomized smoothing's CERTIFY.
+    certify: bool = True
+    smoothing_n: int = 10_000  # estimation samples per image (Cohen et al.: 100,000; 10,000 bounds p̲ ≤ 0.9993)
+    smoothing_n0: int = 100  # selection samples per image (Cohen et al.'s n₀)
+    smoothing_alpha: float = 0.001  # each certificate fails with probability at most α (Cohen et al.)
+    smoothing_images: int = 500  # the first test images CERTIFY runs on (n forward passes each)
     gallery_size: int = 6  # rows in the gallery picture
     targeted_eps: float = 0.2  # targeted attacks need more room than untargeted ones on small images
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings shared by every model
@@ -85,6 +93,16 @@ class StudyConfig:
         if arms.kind.black_box or arms.targeted or arms.bpda or arms.eot > 1:
             raise AdvlabError(f"arms_race_attack must be an untargeted gradient attack without -bpda or -eot (the "
                               f"stage adds them), got {self.arms_race_attack!r}")
+        try:
+            check_settings(1.0, self.smoothing_n, self.smoothing_n0, self.smoothing_alpha)  # σ: each model's own
+        except AdvlabError as err:
+            flags = {"--n0": "smoothing_n0", "--n": "smoothing_n", "--alpha": "smoothing_alpha"}
+            message = str(err)
+            for flag, setting in flags.items():
+                message = message.replace(f"{flag} ", f"{setting} ")
+            raise AdvlabError(f"study setting: {message}") from None
+        if self.smoothing_images < 1:
+            raise AdvlabError(f"smoothing_images must be at least 1, got {self.smoothing_images}")
         if self.arms_race_eot < 1 or self.arms_race_n < 1:
             raise AdvlabError(f"arms_race_eot and arms_race_n must be at least 1, got {self.arms_race_eot} and "
                               f"{self.arms_race_n}")

@@ -13,7 +13,8 @@ from advlab.checks import sanity_checks
 from advlab.data import get_info
 from advlab.results import best_robust_model
 from advlab.runs import load_tensors, read_json
-from advlab.schema import ArmsRace, CheckMeasurements, Evaluation, RunSummary, read_checked
+from advlab.schema import ArmsRace, Certified, CheckMeasurements, Evaluation, RunSummary, read_checked
+from advlab.study.certified import check_certified_below_empirical
 from advlab.study.config import StudyConfig
 
 
@@ -47,6 +48,13 @@ def collect_metrics(out: str | Path) -> dict:
         }
         if name in checks:  # the worst case at the training ε over every attack run there, checks included
             models[name]["worst_case_all_attacks"] = {"eps": checks[name]["eps"], **checks[name]["worst_case_all"]}
+        if config.certify and (folder / "certified.json").is_file():
+            certified = read_checked(folder / "certified.json", Certified)
+            models[name]["certified"] = certified
+            i = list(config.eps_grid).index(config.train_eps)
+            empirical = (models[name].get("worst_case_all_attacks") or {}).get("accuracy",
+                                                                                 evaluation["worst_case_accuracy"][i])
+            check_certified_below_empirical(name, certified.get("verified_accuracy"), empirical)
     metrics: dict[str, Any] = {
         "advlab_version": __version__, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "preset": config.preset, "dataset": info.name, "classes": list(info.classes),

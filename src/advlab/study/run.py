@@ -24,6 +24,7 @@ from advlab.runs import load_checkpoint, load_tensors, prepare_run_dir, read_jso
 from advlab.runtime import Runtime
 from advlab.schema import Evaluation, read_checked
 from advlab.study.arms_race import measure_arms_race
+from advlab.study.certified import certified_numbers
 from advlab.study.config import StudyConfig
 from advlab.study.metrics import collect_metrics
 from advlab.train import train
@@ -120,6 +121,18 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
                    inputs={"model": digests[name], "surrogate": digests[surrogate],
                            "eval": _digest(out / "models" / name / "eval.json"), "device": runtime.device.type,
                            "dlr": config.check_dlr, "square": config.check_square, "suite": config.suite})
+        if config.certify:
+            for name in models:
+                trained = resolved[name]
+                smoothing = {"sigma": trained["sigma"], "n": config.smoothing_n, "n0": config.smoothing_n0,
+                             "alpha": config.smoothing_alpha, "images": config.smoothing_images} \
+                    if trained["method"] == "gaussian" else None
+                _stage(out / "models" / name / "certified.json",
+                       lambda name=name, smoothing=smoothing: certified_numbers(
+                           models[name], test, eps=config.train_eps, label=config.label(name), smoothing=smoothing,
+                           runtime=runtime, progress=progress),
+                       redo=overwrite, inputs={"model": digests[name], "eps": config.train_eps, "n": len(test),
+                                               "smoothing": smoothing, "device": runtime.device.type})
         metrics = collect_metrics(out)
         best = metrics["best_robust_model"]
         if config.defenses:
