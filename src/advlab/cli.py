@@ -5,6 +5,8 @@
     advlab attack runs/pgd --attack pgd20 --eps 0.1 --out runs/pgd/attack
     advlab evaluate runs/pgd --attack fgsm --attack pgd50x10 --eps 0.05,0.1,0.2
     advlab evaluate runs/pgd --attack pgd20-margin --eps 0.1 --device cuda --precision bf16
+    advlab certify runs/ibp --method ibp --eps 0.1
+    advlab verify runs/pgd
     advlab study --preset quick --out runs/quick
     advlab report runs/quick
     advlab data list
