@@ -231,7 +231,8 @@ def train(
                 snapshot.take(epoch=epoch)
                 # The best epoch: highest validation PGD accuracy for adversarial training (Rice et al.), highest
                 # clean accuracy for standard training (its PGD accuracy is ~0 and would pick an untrained epoch).
-                score = reading["pgd"] if method.robust else reading["clean"]
+                # Certified training (ibp): the highest validation verified accuracy, what it is trained for.
+                score = reading.get("verified", reading["pgd"]) if method.robust else reading["clean"]
                 if run.best_robust is None or score > run.best_robust:
                     run.best_robust, run.best_epoch = score, epoch
                     save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
