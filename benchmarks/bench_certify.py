@@ -25,7 +25,7 @@ import _common as C  # noqa: E402
 
 import torch  # noqa: E402
 
-from advlab.certify.smoothing import sample_counts  # noqa: E402
+from advlab.certify.smoothing import noise_generator, sample_counts  # noqa: E402
 from advlab.jobs import certify_checkpoint  # noqa: E402
 from advlab.runs import load_checkpoint  # noqa: E402
 
@@ -33,7 +33,7 @@ from advlab.runs import load_checkpoint  # noqa: E402
 def throughput(model, x, *, sigma: float, batch_size: int, repeats: int) -> dict:
     """Noise samples per second of sample_counts against images per second of model(batch), interleaved."""
     classes = int(model(x[:1]).shape[1])
-    generator = torch.Generator().manual_seed(0)
+    generator = noise_generator("cpu", 0)
     batch = x[:1].expand(batch_size, *x.shape[1:]).contiguous()
     times = {"certify": [], "forward": []}
     for i in range(repeats + 1):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,24 +54,42 @@ def check_settings(sigma: float, n: int, n0: int, alpha: float) -> None:
                           "samples in one class bound its probability only up to ½; raise --n")
 
 
+Noise = torch.Generator | np.random.Generator
+
+
+def noise_generator(device: torch.device | str, seed: int) -> Noise:
+    """Where the Gaussian noise comes from: on the CPU numpy's generator (its ziggurat draws a normal
+    number several times faster than torch's CPU sampler, which showed as a fifth of certification's time),
+    on an accelerator torch's, on that device."""
+    if torch.device(device).type == "cpu":
+        return np.random.default_rng(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _noise(generator: Noise, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    if isinstance(generator, np.random.Generator):
+        return torch.from_numpy(generator.standard_normal(shape, dtype=np.float32)).to(like.dtype)
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
 def sample_counts(model: nn.Module, x: torch.Tensor, sigma: float, num: int, classes: int, *, batch_size: int,
-                  generator: torch.Generator) -> torch.Tensor:
-    """How often each class wins over ``num`` noisy copies of the one image ``x`` (C, H, W): (classes,)."""
+                  generator: Noise) -> torch.Tensor:
+    """How often each class wins over ``num`` noisy copies of the one image ``x`` (C, H, W): (classes,).
+    ``generator``: a torch generator on ``x``'s device, or (CPU) numpy's (:func:`noise_generator`)."""
     counts = torch.zeros(classes, dtype=torch.long, device=x.device)
     remaining = num
     with torch.inference_mode():
         while remaining > 0:
             size = min(batch_size, remaining)
-            batch = x.unsqueeze(0).expand(size, *x.shape)
-            noise = torch.randn(batch.shape, generator=generator, device=x.device, dtype=x.dtype)
-            predictions = model(batch + sigma * noise).argmax(1)
+            noisy = _noise(generator, (size, *x.shape), x).mul_(sigma).add_(x)
+            predictions = model(noisy).argmax(1)
             counts += torch.bincount(predictions, minlength=classes)
             remaining -= size
     return counts.cpu()
 
 
 def predict(model: nn.Module, x: torch.Tensor, sigma: float, n: int, alpha: float, *, classes: int,
-            batch_size: int = 1000, generator: torch.Generator) -> int:
+            batch_size: int = 1000, generator: Noise) -> int:
     """PREDICT: the smoothed classifier's class for one image, or :data:`ABSTAIN` when the top two classes
     are not told apart by a two-sided binomial test at level ``alpha``."""
     from scipy.stats import binomtest
@@ -84,7 +103,7 @@ def predict(model: nn.Module, x: torch.Tensor, sigma: float, n: int, alpha: floa
 
 
 def certify(model: nn.Module, x: torch.Tensor, sigma: float, n0: int, n: int, alpha: float, *, classes: int,
-            batch_size: int = 1000, generator: torch.Generator) -> tuple[int, float]:
+            batch_size: int = 1000, generator: Noise) -> tuple[int, float]:
     """CERTIFY for one image: ``(class, radius)``, or ``(ABSTAIN, 0.0)`` when p̲ < ½."""
     from scipy.stats import norm
 
@@ -138,7 +157,7 @@ def certify_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sigma
 
     check_settings(sigma, n, n0, alpha)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = noise_generator(device, seed)
     training = model.training
     model.eval()
     predictions, radii = [], []
@@ -155,4 +174,4 @@ def certify_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sigma
 
 
 __all__ = ["ABSTAIN", "SmoothingResult", "certify", "certify_dataset", "check_settings", "lower_confidence_bound",
-           "predict", "sample_counts"]
+           "noise_generator", "predict", "sample_counts"]
