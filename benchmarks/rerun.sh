@@ -73,6 +73,29 @@ methods() {
     done
     RETRAIN=1 "${rec[@]}" methods-n10000 "${attach[@]}" -- bash benchmarks/methods_table.sh 10000 runs/methods
 }
+gradreg() {  # issue 15: gradient regularization against fast FGSM AT on the method table's budget
+    local attach=()
+    for name in standard fgsm gradreg; do
+        attach+=(--attach "runs/methods/$name/summary.json" --attach "runs/methods/$name/eval-pgd50x10-n10000.json"
+                 --attach "runs/methods/$name/eval-apgd-ce-n10000.json")
+    done
+    APGD=1 RETRAIN=1 "${rec[@]}" methods-gradreg "${attach[@]}" -- bash benchmarks/methods_table.sh 10000 runs/methods \
+        standard fgsm gradreg
+}
+defenses() {  # issue 15: the defenses, naive, oblivious and adaptive, on the quick study's models
+    [[ -f runs/quick/models/pgd/model.safetensors ]] || quick-study
+    "$py" benchmarks/bench_defenses.py --run runs/quick --n 1000 --threads 2 --out "$out/defenses-apgd.json" \
+        | tee "$out/defenses-apgd.log"
+}
+ibp() {  # issue 16: the IBP recipe, verified on the test set and against the standard suite on 1,000 images
+    "${rec[@]}" ibp-train --attach runs/ibp/summary.json --attach runs/ibp/metrics.jsonl \
+        --attach runs/ibp/certify-all.json --attach runs/ibp/certify-n1000.json --attach runs/ibp/suite-n1000.json \
+        -- "$advlab" train --method ibp --eps 0.1 --out runs/ibp --overwrite --quiet \
+        --then "$advlab" certify runs/ibp --eps 0.1 --out runs/ibp/certify-all.json --overwrite --quiet \
+        --then "$advlab" certify runs/ibp --eps 0.1 --images 1000 --out runs/ibp/certify-n1000.json --overwrite --quiet \
+        --then "$advlab" evaluate runs/ibp --suite standard --eps 0.1 --n 1000 --out runs/ibp/suite-n1000.json \
+        --overwrite --quiet
+}
 fast-at() {  # issue 12: the default fast method (FGSM with the recipe's ε ramp) at ε = 0.2 and 0.3, 3 seeds
     local attach=()
     for run in fgsm-eps0.2-s0 fgsm-eps0.2-s1 fgsm-eps0.2-s2 pgd10-eps0.2-s0; do
@@ -97,7 +120,8 @@ full-study() {
 
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(standard-model quick-study quick-recipe attacks fgsm-identity eval-speed
-                                     train-epochs tuning eval-batch agreement full-recipe methods train-fast fast-at full-study)
+                                     train-epochs tuning eval-batch agreement full-recipe methods gradreg train-fast
+                                     fast-at defenses ibp full-study)
 # same-numbers (not in the default list): the quick study before (74fb18c) and after the issue-11 refactor
 for stage in "${stages[@]}"; do
     declare -F "$stage" >/dev/null || { echo "rerun.sh: unknown stage $stage" >&2; exit 2; }
