@@ -58,9 +58,10 @@ Noise = torch.Generator | np.random.Generator
 
 
 def noise_generator(device: torch.device | str, seed: int) -> Noise:
-    """Where the Gaussian noise comes from: on the CPU numpy's generator (its ziggurat draws a normal
-    number several times faster than torch's CPU sampler, which showed as a fifth of certification's time),
-    on an accelerator torch's, on that device."""
+    """Where the Gaussian noise comes from: on the CPU numpy's generator (a seeded PCG64, ziggurat normals),
+    on an accelerator torch's, on that device. Switching the CPU to numpy did not change certification's
+    throughput, 0.79× of plain forward passes before and after (benchmarks/results/smoothing-throughput-*.json):
+    the cost is elsewhere, not yet found."""
     if torch.device(device).type == "cpu":
         return np.random.default_rng(seed)
     return torch.Generator(device=device).manual_seed(seed)
