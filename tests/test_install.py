@@ -88,9 +88,63 @@ def test_train_preset_from_the_wheel(venv):
     assert (config["method"], config["lr"], config["epochs"]) == ("fgsm", 0.002, 1)  # the preset, then the flags
 
 
+TINY_STUDY = """
+[study]
+dataset = "fashion-mnist"
+train_eps = 0.1
+eps_grid = [0.0, 0.1, 0.3]
+attacks = ["fgsm", "pgd5"]
+check_dlr = "apgd-dlr10"
+check_square = "square100"
+suite = "quick"
+n_eval = 40
+defenses = ["bits:bits=4"]
+arms_race_attack = "pgd5"
+arms_race_eot = 2
+arms_race_n = 20
+smoothing_n = 200
+smoothing_n0 = 20
+smoothing_alpha = 0.01
+smoothing_images = 8
+gallery_size = 3
+
+[train]
+model = "small_cnn"
+epochs = 1
+train_size = 400
+val_size = 100
+check_examples = 40
+check_steps = 2
+
+[models.standard]
+method = "standard"
+
+[models.fgsm]
+method = "fgsm"
+
+[models.gauss]
+method = "gaussian"
+sigma = 0.25
+"""
+
+
+@needs_data
+def test_a_study_from_the_wheel(venv):
+    """Every stage of a study and its report, run by the installed wheel outside the tree, on a tiny budget."""
+    advlab, _, work = venv
+    (work / "tiny.toml").write_text(TINY_STUDY, encoding="utf-8")
+    _run([advlab, "study", work / "tiny.toml", "--out", work / "tiny", "--quiet"], cwd=work, timeout=900)
+    assert (work / "tiny" / "report.html").is_file()
+    import json
+
+    metrics = json.loads((work / "tiny" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"standard", "fgsm", "gauss"} and metrics["n_eval"] == 40
+
+
+@pytest.mark.slow
 @needs_data
 def test_quick_study_from_the_wheel(venv):
-    """The issue's own check: `advlab study --preset quick` from a wheel, outside the tree (a few minutes)."""
+    """The issue's own check: `advlab study --preset quick` from a wheel, outside the tree (five minutes)."""
     advlab, _, work = venv
     _run([advlab, "study", "--preset", "quick", "--out", work / "study", "--quiet"], cwd=work, timeout=1800)
     assert (work / "study" / "report.html").is_file()
