@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install advlab into ./.venv on a fresh Debian machine (idempotent: a second run is quick).
 #   bash scripts/setup.sh            # library, CLI and test tools
-#   bash scripts/setup.sh --test     # also Debian's chromium, which the report test opens headless
+#   bash scripts/setup.sh --test     # also Debian's chromium and chromedriver, which the report and explorer
+#                                    # tests drive headless (Selenium, never a browser downloaded at run time)
 # Environment:
 #   ADVLAB_CONSTRAINTS  pip constraints file (default: constraints.txt, which pins the CPU torch 2.13.0;
 #                       set it to /dev/null on a machine where you want pip to choose torch itself)
@@ -22,6 +23,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"

@@ -90,6 +90,32 @@ ARMS_RACE = {"eps": 0.1, "n": 200, "attack": "PGD-20 L∞", "eot": 10, "inputs":
 ]}
 
 
+def _top(logits: torch.Tensor) -> tuple[list, list]:
+    values, indices = logits.softmax(-1).topk(5, dim=-1)
+    return indices.tolist(), values.tolist()
+
+
+def _fake_explorer(x: torch.Tensor, labels: torch.Tensor, g: torch.Generator) -> tuple[dict, dict]:
+    """The explorer's record (as advlab.study.explorer writes it) and images, for every fake model."""
+    n, k = len(labels), len(CLASSES)
+    tensors = {"x": x, "labels": labels}
+    numbers = {"attack": "PGD-20 L∞", "hyperparameters": [_hyper("pgd", 20, e) for e in EPS_GRID], "eps": EPS_GRID,
+               "images": list(range(n)), "labels": labels.tolist(), "top": 5, "models": {}}
+    for name in MODELS:
+        tensors[f"{name}.x_adv"] = torch.stack([(x + e * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
+                                                for e in EPS_GRID])
+        top_classes, top_probs = _top(torch.randn(len(EPS_GRID), n, k, generator=g))
+        numbers["models"][name] = {"top_classes": top_classes, "top_probs": top_probs,
+                                   "predictions": [[row[0] for row in at] for at in top_classes]}
+    tensors["targeted.x_adv"] = (x[:, None] + 0.2 * torch.randn(n, k, *x.shape[1:], generator=g).sign()).clamp(0, 1)
+    top_classes, top_probs = _top(torch.randn(n, k, k, generator=g))
+    numbers["targeted"] = {"model": "standard", "attack": "PGD-50 L∞ targeted", "eps": 0.2,
+                           "hyperparameters": {**_hyper("pgd", 50, 0.2), "targeted": True},
+                           "top_classes": top_classes, "top_probs": top_probs,
+                           "reached": [[row[t][0] == t for t in range(k)] for row in top_classes]}
+    return numbers, tensors
+
+
 def make_fake_run(folder: str | Path, *, n_images: int = 4, gallery: bool = True) -> dict:
     """Write ``metrics.json`` (and ``gallery.safetensors`` unless ``gallery=False``) into ``folder``; return metrics."""
     folder = Path(folder)
@@ -150,5 +176,7 @@ def make_fake_run(folder: str | Path, *, n_images: int = 4, gallery: bool = True
             tensors[f"{name}.logits_adv"] = torch.randn(n_images, 10, generator=g)
         tensors["targeted.targets"] = torch.tensor(info["targets"])
         save_tensors(folder / "gallery.safetensors", tensors, metadata={"gallery": json.dumps(info)})
+        metrics["explorer"], explorer = _fake_explorer(x, labels, g)
+        save_tensors(folder / "explorer.safetensors", explorer)
     write_json(folder / "metrics.json", metrics)
     return metrics

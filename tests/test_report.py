@@ -97,7 +97,9 @@ def test_report_is_self_contained(built):
     run, _, text = built
     embedded = [base64.b64decode(data) for data in DATA_URI.findall(text)]
     assert sorted(embedded) == sorted((run / "figures" / f"{name}.png").read_bytes() for name in FIGURES)
-    assert "<script" not in text and "http://" not in text and "https://" not in text
+    # The only scripts are the explorer's: its data as JSON and its inline code, nothing loaded from anywhere.
+    assert re.findall(r"<script[^>]*>", text) == ["<script type='application/json' id='explorer-data'>", "<script>"]
+    assert "http://" not in text and "https://" not in text
     assert 'src="file' not in text and "<link" not in text and "url(" not in text
 
 
@@ -194,7 +196,9 @@ def test_strings_from_files_are_escaped(tmp_path):
     metrics["classes"][0] = "<script>alert(1)</script>"  # a class name from a user's data set (drawn in PNGs only)
     write_json(tmp_path / "metrics.json", metrics)
     text = build_report(tmp_path).read_text(encoding="utf-8")
-    assert "<script" not in text and "<b>bold" not in text
+    # No markup from a file: the only script tags are the explorer's own, and its JSON escapes every "<".
+    assert re.findall(r"<script[^>]*>", text) == ["<script type='application/json' id='explorer-data'>", "<script>"]
+    assert "<b>bold" not in text and "\\u003cscript>alert(1)\\u003c/script>" in text
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; TRADES $\\beta$" in text
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in text
 
@@ -385,7 +389,8 @@ class _DevTools:
 
 
 def load_in_chromium(page: Path, tmp_path: Path) -> tuple[list[int], list[str], list[str]]:
-    """Open ``page`` in headless Chromium: (decoded width of each <img>, console errors, URLs fetched)."""
+    """Open ``page`` in headless Chromium: (decoded width of each <img> outside the explorer, which
+    tests/test_explorer.py drives, console errors, URLs fetched)."""
     browser = _DevTools(tmp_path / "chromium-profile")
     try:
         target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -395,7 +400,7 @@ def load_in_chromium(page: Path, tmp_path: Path) -> tuple[list[int], list[str], 
         browser.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
         browser.wait_for("Page.loadEventFired")
         widths = browser.call("Runtime.evaluate", {
-            "expression": "Promise.all(Array.from(document.images).map("
+            "expression": "Promise.all(Array.from(document.images).filter(i => !i.closest('#explorer')).map("
                           "i => i.decode().then(() => i.complete ? i.naturalWidth : 0, () => 0)))",
             "awaitPromise": True, "returnByValue": True}, session=session)["result"]["value"]
         errors, fetched = [], []

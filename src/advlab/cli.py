@@ -48,6 +48,7 @@ EPILOG_ATTACK = """examples:
   advlab attack runs/standard --attack fgsm --eps 0.1 --out runs/standard/fgsm
   advlab attack runs/standard --attack pgd20 --eps 0.1 --n 16 --out runs/standard/pgd
   advlab attack runs/standard --attack pgd50 --eps 0.1 --target 8 --out runs/standard/to-bag
+  advlab attack --model-from nets.py:build --weights net.safetensors --data npz:test.npz --eps 0.1 --out adv
 attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10), apgd-ce, apgd-dlr,
 apgd-t (Auto-PGD, 100 iterations unless named: apgd-ce100x5), square (gradient-free, 5000 queries unless
 named: square1000); append -l2 for L2, -margin for the Carlini-Wagner margin loss instead of cross-entropy
@@ -59,6 +60,7 @@ EPILOG_EVALUATE = """examples:
   advlab evaluate runs/pgd --attack pgd20-margin --attack pgd20-targeted3 --eps 0.1
   advlab evaluate runs/pgd --suite standard --eps 0.1 --n 1000 --out runs/pgd/aa.json
   advlab evaluate runs/standard --defense bits:bits=4 --attack pgd50 --attack pgd50-bpda --eps 0.1
+  advlab evaluate --model-from my_pkg.nets:build --weights net.safetensors --data folder:photos --eps 8/255
 attacks: fgsm, noise, pgd (= pgd20), pgdSTEPS, pgdSTEPSxRESTARTS (e.g. pgd50x10), apgd-ce, apgd-dlr,
 apgd-t (Auto-PGD, 100 iterations unless named: apgd-ce100x5), square (gradient-free, 5000 queries unless
 named: square1000); append -l2 for L2, -margin for the margin loss, -dlr for the DLR loss, -targeted to
@@ -247,10 +249,66 @@ def _attacks(names: Sequence[str] | None, norm: str, default: Sequence[str]):
     return [parse_attack(name, norm=norm) for name in (names or default)]
 
 
+def _add_sources(p: argparse.ArgumentParser) -> None:
+    """The model (an advlab checkpoint, or the user's factory and weights) and the images to use."""
+    p.add_argument("checkpoint", type=Path, nargs="?", help="a run folder or a .safetensors checkpoint "
+                   "(or --model-from and --weights)")
+    p.add_argument("--model-from", metavar="MODULE:FACTORY", help="your own model: a function that returns it, "
+                   "e.g. my_pkg.nets:build or nets.py:build (imported: run only code you trust)")
+    p.add_argument("--weights", type=Path, help="with --model-from: its weights, a .safetensors file (nothing is "
+                   "unpickled)")
+    p.add_argument("--model-args", metavar="JSON", help="with --model-from: keyword arguments for the factory, "
+                   "e.g. '{\"width\": 64}'")
+    p.add_argument("--normalize", metavar="MEAN,STD", help="with --model-from: put (x - MEAN) / STD in front, for a "
+                   "model trained on normalized input (or M1,M2,M3,S1,S2,S3 per channel)")
+    p.add_argument("--dataset", help="fashion-mnist, mnist or cifar10 (default: the one the model was trained on)")
+    p.add_argument("--data", metavar="folder:PATH|npz:PATH", help="your own images: a folder with one subfolder per "
+                   "class, or an .npz with arrays x and y (README: Evaluate your own model)")
+    p.add_argument("--image-size", metavar="HxW", help="with --data: resize every image to this size (default: "
+                   "the images must share one size)")
+    p.add_argument("--classes", metavar="NAMES", help="with --data npz:PATH: comma-separated class names")
+
+
+def _source(args: argparse.Namespace):
+    """What ``_add_sources`` parsed: (the model source, the data set spec, image size, class names)."""
+    from advlab.data.user import is_user_data, parse_image_size
+    from advlab.user_model import UserModel, parse_model_args, parse_normalize
+
+    extras = [flag for flag, value in (("--weights", args.weights), ("--model-args", args.model_args),
+                                       ("--normalize", args.normalize)) if value is not None]
+    if args.model_from is not None:
+        if args.checkpoint is not None:
+            raise AdvlabError("give a checkpoint or --model-from, not both")
+        if args.weights is None:
+            raise AdvlabError("--model-from needs --weights FILE.safetensors (the model's state_dict)")
+        source = UserModel(args.model_from, args.weights, parse_model_args(args.model_args),
+                           parse_normalize(args.normalize))
+    elif args.checkpoint is None:
+        raise AdvlabError("name the model: a run folder or .safetensors checkpoint, or --model-from MODULE:FACTORY "
+                          "with --weights")
+    elif extras:
+        raise AdvlabError(f"{extras[0]} goes with --model-from; an advlab checkpoint carries its own")
+    else:
+        source = args.checkpoint
+    if args.data is not None and args.dataset is not None:
+        raise AdvlabError("give --dataset (a built-in set) or --data (your images), not both")
+    if args.data is not None and not is_user_data(args.data):
+        raise AdvlabError(f"--data must be folder:PATH or npz:PATH, got {args.data!r} (built-in sets: --dataset)")
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    return source, args.data or args.dataset, parse_image_size(args.image_size), classes
+
+
+def _size(path: Path) -> str:
+    size = path.stat().st_size
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"
+
+
 def _training_note(args: argparse.Namespace) -> None:
     """Say on one line (or with --require-finished, refuse) that the model's training did not finish."""
     from advlab.runs import training_status, unfinished_message
 
+    if args.checkpoint is None:
+        return  # a user's model: advlab did not train it
     message = unfinished_message(training_status(args.checkpoint))
     if message and args.require_finished:
         raise AdvlabError(message + " (--require-finished)")
@@ -262,11 +320,12 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     from advlab.jobs import attack_checkpoint
     from advlab.report import save_attack_gallery
 
+    source, dataset, image_size, classes = _source(args)
     _training_note(args)
     (attack,) = _attacks([args.attack], args.norm, ["pgd20"])
-    summary = attack_checkpoint(args.checkpoint, attack=attack, eps=args.eps, out=args.out, n=args.n,
-                                target=args.target, dataset=args.dataset, split=args.split,
-                                data_dir=args.data_dir, overwrite=args.overwrite, seed=args.seed,
+    summary = attack_checkpoint(source, attack=attack, eps=args.eps, out=args.out, n=args.n,
+                                target=args.target, dataset=dataset, split=args.split,
+                                data_dir=args.data_dir, image_size=image_size, classes=classes, overwrite=args.overwrite, seed=args.seed,
                                 progress=not args.quiet, runtime=_runtime(args), defenses=args.defense)
     save_attack_gallery(args.out)
     goal = "reached the target" if args.target is not None else "fooled the model"
@@ -279,17 +338,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from advlab.jobs import evaluate_checkpoint
     from advlab.runs import training_outcome
 
+    source, dataset, image_size, classes = _source(args)
     _training_note(args)
     attacks = _attacks(args.attack, args.norm, [] if args.suite else ["fgsm", "pgd20"])
-    result = evaluate_checkpoint(args.checkpoint, attacks=attacks, suite=args.suite, eps=args.eps, n=args.n,
-                                 dataset=args.dataset, split=args.split, data_dir=args.data_dir, out=args.out,
+    result = evaluate_checkpoint(source, attacks=attacks, suite=args.suite, eps=args.eps, n=args.n,
+                                 dataset=dataset, split=args.split, data_dir=args.data_dir, image_size=image_size,
+                                 classes=classes, out=args.out,
                                  overwrite=args.overwrite, batch_size=args.batch_size, chain=args.chain,
                                  early_stop=not args.no_early_stop, seed=args.seed, progress=not args.quiet,
                                  runtime=_runtime(args), norm=args.norm, defenses=args.defense)
     print(result.table())
     for flag in result.flags:
         print(f"warning ({flag['flag']}): {flag['message']}")
-    outcome = training_outcome(args.checkpoint)
+    outcome = training_outcome(args.checkpoint) if args.checkpoint is not None else None
     if outcome and outcome["collapsed"]:
         print(f"warning: the guard caught catastrophic overfitting in this model's training: {outcome['message']}")
     if args.out:
@@ -301,10 +362,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_certify(args: argparse.Namespace) -> int:
     from advlab.jobs import certify_checkpoint
 
+    source, dataset, image_size, classes = _source(args)
     _training_note(args)
-    result = certify_checkpoint(args.checkpoint, method=args.method, eps=args.eps, sigma=args.sigma, n=args.n,
-                                n0=args.n0, alpha=args.alpha, images=args.images, dataset=args.dataset,
-                                split=args.split, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
+    result = certify_checkpoint(source, method=args.method, eps=args.eps, sigma=args.sigma, n=args.n,
+                                n0=args.n0, alpha=args.alpha, images=args.images, dataset=dataset,
+                                split=args.split, data_dir=args.data_dir, image_size=image_size, classes=classes, batch_size=args.batch_size, seed=args.seed,
                                 out=args.out, overwrite=args.overwrite, progress=not args.quiet,
                                 runtime=_runtime(args))
     if args.method == "smoothing":
@@ -350,14 +412,15 @@ def _cmd_study(args: argparse.Namespace) -> int:
     metrics = run_study(config, out, overwrite=args.overwrite, progress=not args.quiet, runtime=_runtime(args))
     report = build_report(out)
     print(summary_text(metrics))
-    print(f"report: {report}")
+    print(f"report: {report} ({_size(report)}, self-contained)")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from advlab.report import build_report
 
-    print(f"report: {build_report(args.run_dir)}")
+    report = build_report(args.run_dir)
+    print(f"report: {report} ({_size(report)}, self-contained)")
     return 0
 
 
@@ -428,9 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     def attack_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("checkpoint", type=Path, help="a run folder or a .safetensors checkpoint")
+        _add_sources(p)
         p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat model (default linf)")
-        p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
         p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
         p.add_argument("--seed", type=_seed, default=0, help="seed for random starts, 0 to 2^63 - 1 (default 0)")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -473,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("certify", "certified robustness: verified accuracy (interval bounds) or smoothing radii",
                 EPILOG_CERTIFY)
-    p.add_argument("checkpoint", type=Path, help="a run folder or a .safetensors checkpoint")
+    _add_sources(p)
     p.add_argument("--method", default="ibp", help="ibp (default), crown-ibp (tighter; no pooling layers) or "
                    "smoothing (randomized smoothing, an L2 radius per image)")
     p.add_argument("--eps", type=parse_number, help="ibp, crown-ibp: the L∞ budget, e.g. 0.1 or 8/255")
@@ -487,7 +549,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "probability at most alpha, in (0, 0.5) (default 0.001)")
     p.add_argument("--images", type=_positive_int, help="certify the first N test images (default: all for ibp, "
                    "500 for smoothing)")
-    p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
     p.add_argument("--batch-size", type=_positive_int, default=1000, help="images, or noise samples, per forward "
                    "pass (default 1000)")

@@ -220,7 +220,7 @@ def evaluate(
     ``checks`` (the default) runs :mod:`advlab.model_checks` on the first batch and, when a gradient-free
     attack is in the list, flags the images it broke that every gradient attack left robust; the flags are
     in ``result.flags``. ``state`` (an object with ``load() -> dict | None`` and ``save(dict)``, such as
-    :class:`advlab.jobs.EvalState`) makes a long evaluation resumable: the progress is saved after every
+    :class:`advlab.eval_state.EvalState`) makes a long evaluation resumable: the progress is saved after every
     batch, random generator included, and a resumed run skips the finished batches and ends with the very
     numbers an uninterrupted one would.
     """

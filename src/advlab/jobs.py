@@ -8,7 +8,9 @@ model flags and the training outcome), ``attack_checkpoint`` a folder of adversa
     from advlab.jobs import evaluate_checkpoint
     result = evaluate_checkpoint("runs/pgd", suite="standard", eps=[0.1], n=1000, out="runs/pgd/aa.json")
 
-``certify_checkpoint`` proves what it can (:mod:`advlab.certify`) and writes a JSON file.
+``certify_checkpoint`` proves what it can (:mod:`advlab.certify`) and writes a JSON file. Each takes an
+advlab checkpoint or a user's model (:class:`advlab.user_model.UserModel`: a factory and a safetensors file),
+and a built-in data set or the user's images (``dataset="folder:PATH"`` or ``"npz:PATH"``, :mod:`advlab.data.user`).
 
 Command line: ``advlab evaluate RUN_DIR --suite standard --eps 0.1``; ``advlab attack RUN_DIR --eps 0.1 --out OUT``;
 ``advlab certify RUN_DIR --method ibp --eps 0.1``.
@@ -17,12 +19,9 @@ Command line: ``advlab evaluate RUN_DIR --suite standard --eps 0.1``; ``advlab a
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -34,117 +33,46 @@ from advlab.certify import verified_flags
 from advlab.certify.smoothing import certify_dataset, check_settings
 from advlab.defenses import defend, describe, parse_defense
 from advlab.errors import AdvlabError, check_range
+from advlab.eval_state import EvalState
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
-from advlab.files import _json_default, check_writable, run_lock
-from advlab.runs import (
-    check_run_dir,
-    load_checkpoint,
-    load_tensors,
-    prepare_run_dir,
-    resolve_checkpoint,
-    save_tensors,
-    training_outcome,
-    training_status,
-    write_json,
-)
+from advlab.files import check_writable, run_lock
+from advlab.runs import check_run_dir, prepare_run_dir, save_tensors, write_json
 from advlab.runtime import Runtime
-from advlab.schema import check_fields
+from advlab.user_model import UserModel, check_user_model, open_model, provenance, training_record, weights_digest
 
 __all__ = ["CERTIFY_METHODS", "EvalState", "attack_checkpoint", "certify_checkpoint", "evaluate_checkpoint"]
 
 
-@dataclass(frozen=True)
-class EvalProgress:
-    """What an evaluation state records beside its flags (checked with :func:`advlab.schema.check_fields`)."""
-
-    fingerprint: dict[str, Any]
-    batches: int
-    sizes: list[int]  # examples per finished batch: the flags are stored concatenated
-    seconds: float
-    draws: int | None
-    flags: list[dict[str, Any]]
-    white_robust: dict[str, int]
-    black_broke: dict[str, int]
+Source = str | Path | UserModel  # an advlab checkpoint (run folder or .safetensors) or a user's model
 
 
-class EvalState:
-    """An interrupted evaluation's progress, beside its output: ``OUT.state.safetensors`` for ``--out OUT``.
-
-    Saved atomically after every batch (the per-example flags so far, the random generator, the counts), read
-    back when the same evaluation starts again and removed once the result is written. Like a training state
-    it is a checksummed tensor file whose record is checked field by field, and it names what it was computed
-    from (the checkpoint's content, the data, every attack setting, ε, seed, batch size, device, precision):
-    a damaged state, or one from anything else, is refused with one line, never mixed in."""
-
-    KEY = "advlab_eval_state"
-
-    def __init__(self, out: Path, fingerprint: dict) -> None:
-        self.path = out.with_name(out.name + ".state.safetensors")
-        self.fingerprint = json.loads(json.dumps(fingerprint))
-
-    def load(self) -> dict | None:
-        if not self.path.is_file():
-            return None
-        tensors, metadata = load_tensors(self.path)  # checksums verified: a damaged state is refused
-        try:
-            record = json.loads(metadata[self.KEY])
-        except (KeyError, json.JSONDecodeError):
-            raise AdvlabError(f"{self.path} is not an evaluation state; delete it to start the evaluation "
-                              "afresh") from None
-        check_fields(record, EvalProgress, what="evaluation state field", where=str(self.path))
-        if record["fingerprint"] != self.fingerprint:
-            changed = sorted(k for k in set(record["fingerprint"]) | set(self.fingerprint)
-                             if record["fingerprint"].get(k) != self.fingerprint.get(k))
-            raise AdvlabError(f"{self.path} holds the state of another evaluation (its {', '.join(changed)} "
-                              "differ); delete it or choose another --out")
-        sizes = record["sizes"]
-        flags = {name: t for name, t in tensors.items() if name != "generator"}
-        if (len(sizes) != record["batches"] or "generator" not in tensors or "clean" not in flags
-                or any(t.dtype != torch.bool or t.dim() != 1 or t.numel() != sum(sizes) for t in flags.values())):
-            raise AdvlabError(f"{self.path} is inconsistent (its flags do not match its {record['batches']} "
-                              "batches); delete it to start the evaluation afresh")
-        split = {name: list(t.split(sizes)) for name, t in flags.items()}
-        return {"batches": record["batches"], "seconds": record["seconds"], "draws": record["draws"],
-                "flags": record["flags"], "generator": tensors["generator"], "clean": split.pop("clean"),
-                "worst": {int(name.removeprefix("worst.")): v for name, v in split.items()
-                          if name.startswith("worst.")},
-                "robust": {name.removeprefix("robust."): v for name, v in split.items() if name.startswith("robust.")},
-                "white_robust": {int(k): v for k, v in record["white_robust"].items()},
-                "black_broke": record["black_broke"]}
-
-    def save(self, progress: dict) -> None:
-        cat = torch.cat
-        tensors = {"generator": progress["generator"], "clean": cat(progress["clean"])}
-        tensors |= {f"worst.{i}": cat(flags) for i, flags in progress["worst"].items()}
-        tensors |= {f"robust.{key}": cat(flags) for key, flags in progress["robust"].items()}
-        record = {"fingerprint": self.fingerprint, "batches": progress["batches"],
-                  "sizes": [len(t) for t in progress["clean"]], "seconds": progress["seconds"],
-                  "draws": progress["draws"], "flags": progress["flags"],
-                  "white_robust": {str(k): v for k, v in progress["white_robust"].items()},
-                  "black_broke": progress["black_broke"]}
-        save_tensors(self.path, tensors, metadata={self.KEY: json.dumps(record, default=_json_default)})
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+def _where(source: Source) -> str:
+    return str(source) if isinstance(source, UserModel) else f"the model in {source}"
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _open(source: Source, dataset: str | None, image_size, classes, device):
+    """The model and the user's own images, if ``dataset`` names them (:mod:`advlab.data.user`): the images
+    are read, and refused, before the model is looked for. ``(model, record, images or None)``."""
+    from advlab.data.user import is_user_data, load_user_data
+
+    if not is_user_data(dataset) and (image_size is not None or classes is not None):
+        raise AdvlabError("--image-size and --classes are for your own images (--data folder:PATH or npz:PATH)")
+    images = load_user_data(dataset, image_size=image_size, classes=classes) if is_user_data(dataset) else None
+    return (*open_model(source, device=device), images)
 
 
-def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None, data_dir, progress: bool):
+def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None, data_dir, progress: bool,
+                    images=None):
+    """The user's ``images`` (from :func:`_open`), else ``split`` of a built-in set: ``dataset``, by default
+    the one the checkpoint was trained on; the first ``n`` examples."""
     from advlab.data import load_dataset
 
     name = dataset or record.get("dataset")
     if not name:
-        raise AdvlabError("the checkpoint names no data set; pass --dataset")
+        raise AdvlabError("the model names no data set; pass --dataset NAME or --data folder:PATH (or npz:PATH)")
     if n is not None and n < 1:
         raise AdvlabError(f"--n must be at least 1, got {n}")
-    data = load_dataset(name, split, data_dir=data_dir, progress=progress)
+    data = images if images is not None else load_dataset(name, split, data_dir=data_dir, progress=progress)
     if n is not None:
         data = data.subset(min(n, len(data)))
     return data
@@ -167,15 +95,18 @@ def check_compatible(model: nn.Module, record: dict, data, where: str, *,
     try:
         with torch.inference_mode():
             logits = model(x)
-    except RuntimeError as err:
-        raise AdvlabError(f"{where} cannot take {info.name}'s {shape} images: {str(err).splitlines()[0]}") from None
+    except (RuntimeError, ValueError, TypeError) as err:
+        hint = "; resize them with --image-size HxW" if info.kind == "user" else ""
+        raise AdvlabError(f"{where} cannot take {info.name}'s {shape} images: {str(err).splitlines()[0]}{hint}") from None
     if logits.dim() != 2 or logits.shape[1] != len(info.classes):
         raise AdvlabError(f"{where} gives {tuple(logits.shape[1:])} outputs per image but {info.name} has "
                           f"{len(info.classes)} classes; evaluate it on the data set it was trained on (--dataset)")
+    if record.get("source") is not None:  # a user's model: refuse probabilities before any attack
+        check_user_model(model, data.subset(min(8, len(data))).tensors(x.device)[0], len(info.classes), where)
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: Source,
     *,
     attacks: Sequence[AttackSpec] = (),
     eps: Sequence[float],
@@ -185,6 +116,8 @@ def evaluate_checkpoint(
     dataset: str | None = None,
     split: str = "test",
     data_dir=None,
+    image_size: tuple[int, int] | None = None,
+    classes: Sequence[str] | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     batch_size: int = DEFAULT_BATCH,
@@ -208,20 +141,20 @@ def evaluate_checkpoint(
         suite_attacks(suite, norm=norm)  # an unknown suite fails before the model and data load
     runtime = runtime if runtime is not None else Runtime()
     guards = [parse_defense(d) for d in defenses]  # an unknown defense fails before the model loads
-    model, record = load_checkpoint(checkpoint, device=runtime.device)
+    model, record, own = _open(checkpoint, dataset, image_size, classes, runtime.device)
     model = defend(model, guards)
-    data = _load_test_data(record, dataset, split, n, data_dir, progress)
+    data = _load_test_data(record, dataset, split, n, data_dir, progress, own)
     if suite is not None:
         attacks = suite_attacks(suite, norm=norm, classes=len(data.info.classes)) + list(attacks)
         chain = True
-    check_compatible(model, record, data, f"the model in {checkpoint}", budgets=[(a, e) for a in attacks for e in eps])
+    check_compatible(model, record, data, _where(checkpoint), budgets=[(a, e) for a in attacks for e in eps])
     # One writer per output: a second evaluate --out on the same file is refused (the lock sits beside it,
     # when its folder exists; a new folder is made only when the results are written).
     locked = run_lock(out) if out is not None and out.parent.is_dir() else contextlib.nullcontext()
     with locked:
         state = None
         if out is not None:  # resumable: the progress is saved beside the output after every batch
-            state = EvalState(out, {"checkpoint_sha256": _digest(resolve_checkpoint(checkpoint)),
+            state = EvalState(out, {"checkpoint_sha256": weights_digest(checkpoint),
                                     "dataset": data.info.name, "split": split, "n": len(data),
                                     "defenses": describe(guards),
                                     "attacks": [a.hyperparameters(e) for a in attacks for e in eps],
@@ -230,21 +163,20 @@ def evaluate_checkpoint(
         result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
                           early_stop=early_stop, seed=seed, progress=progress, runtime=runtime, state=state)
         if out is not None:
-            write_json(out, {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split,
+            write_json(out, {**provenance(checkpoint), "dataset": data.info.name, "split": split,
                              "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
                              "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
                              "batch_size": batch_size, "seed": seed,
                              "early_stop": early_stop, "chain": chain,  # the random starts depend on these
                              "suite": suite, "defenses": describe(guards),
-                             "training": training_outcome(checkpoint),  # a collapsed run says so here too
-                             "training_status": training_status(checkpoint),  # and an unfinished one
+                             **training_record(checkpoint),  # a collapsed or unfinished run says so here too
                              **result.to_dict()})
             state.remove()
     return result
 
 
 def attack_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: Source,
     *,
     attack: AttackSpec,
     eps: float,
@@ -254,6 +186,8 @@ def attack_checkpoint(
     dataset: str | None = None,
     split: str = "test",
     data_dir=None,
+    image_size: tuple[int, int] | None = None,
+    classes: Sequence[str] | None = None,
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -276,10 +210,10 @@ def attack_checkpoint(
     check_run_dir(out, overwrite=overwrite)  # refused before any work; created only when the files are written
     runtime = runtime if runtime is not None else Runtime()
     guards = [parse_defense(d) for d in defenses]
-    model, record = load_checkpoint(checkpoint, device=runtime.device)
+    model, record, own = _open(checkpoint, dataset, image_size, classes, runtime.device)
     model = defend(model, guards)
-    data = _load_test_data(record, dataset, split, None, data_dir, progress)
-    check_compatible(model, record, data, f"the model in {checkpoint}", budgets=[(attack, eps)])
+    data = _load_test_data(record, dataset, split, None, data_dir, progress, own)
+    check_compatible(model, record, data, _where(checkpoint), budgets=[(attack, eps)])
     classes = data.info.classes
     if target is not None:
         if not 0 <= target < len(classes):
@@ -304,8 +238,8 @@ def attack_checkpoint(
         tensors["targets"] = goal
     out = prepare_run_dir(out, overwrite=overwrite)
     save_tensors(out / "adversarial.safetensors", tensors)
-    summary = {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split, "n": len(y),
-               "training_status": training_status(checkpoint), "defenses": describe(guards),
+    summary = {**provenance(checkpoint), "dataset": data.info.name, "split": split, "n": len(y),
+               "training_status": training_record(checkpoint)["training_status"], "defenses": describe(guards),
                **attack.hyperparameters(eps), "label": attack.label, "target": target, "classes": list(classes),
                "runtime": runtime.to_dict(),
                "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),
@@ -319,7 +253,7 @@ CERTIFY_METHODS = ("ibp", "crown-ibp", "smoothing")
 
 
 def certify_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: Source,
     *,
     method: str = "ibp",
     eps: float | None = None,
@@ -331,6 +265,8 @@ def certify_checkpoint(
     dataset: str | None = None,
     split: str = "test",
     data_dir: str | Path | None = None,
+    image_size: tuple[int, int] | None = None,
+    classes: Sequence[str] | None = None,
     batch_size: int = 1000,
     seed: int = 0,
     out: str | Path | None = None,
@@ -359,7 +295,7 @@ def certify_checkpoint(
             raise AdvlabError(f"--method {method} needs --eps (the L∞ budget, e.g. 0.1)")
         check_range("--eps", eps, 0.0, 1.0)
     runtime = runtime if runtime is not None else Runtime()
-    model, record = load_checkpoint(checkpoint, device=runtime.device)
+    model, record, own = _open(checkpoint, dataset, image_size, classes, runtime.device)
     if method == "smoothing" and sigma is None:
         trained = record.get("config") or {}
         if trained.get("method") != "gaussian":
@@ -368,12 +304,13 @@ def certify_checkpoint(
         check_settings(sigma, n, n0, alpha)
     default_images = 500 if method == "smoothing" else None  # CERTIFY costs n forward passes per image
     data = _load_test_data(record, dataset, split, images if images is not None else default_images, data_dir,
-                           progress)
-    check_compatible(model, record, data, f"the model in {checkpoint}")
+                           progress, own)
+    check_compatible(model, record, data, _where(checkpoint))
     x, y = data.tensors()
     start = time.perf_counter()
-    summary: dict = {"checkpoint": str(checkpoint), "dataset": data.info.name, "split": split, "method": method,
-                     "training_status": training_status(checkpoint), "runtime": runtime.to_dict(), "seed": seed}
+    summary: dict = {**provenance(checkpoint), "dataset": data.info.name, "split": split, "method": method,
+                     "training_status": training_record(checkpoint)["training_status"], "runtime": runtime.to_dict(),
+                     "seed": seed}
     if method == "smoothing":
         result = certify_dataset(model, x, y, sigma=sigma, n=n, n0=n0, alpha=alpha, classes=len(data.info.classes),
                                  batch_size=batch_size, seed=seed, progress=progress)

@@ -359,6 +359,7 @@ class StudyMetrics:
     sanity_checks: list[SanityCheck] | None = None
     gallery: dict[str, Any] | None = None
     arms_race: ArmsRace | None = None
+    explorer: dict[str, Any] | None = None  # advlab.study.explorer's numbers; images in explorer.safetensors
 
 
 def check_metrics(metrics: Any, where: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class DatasetInfo:
     width: int
     mean: tuple[float, ...]  # per channel, over the training set, for models.Normalize
     std: tuple[float, ...]
-    kind: Literal["idx", "cifar"]  # file format
+    kind: Literal["idx", "cifar", "user"]  # file format; user: a folder or .npz (advlab.data.user)
     train_files: tuple[str, ...]  # idx: (images, labels) without ".gz"; cifar: batch files
     test_files: tuple[str, ...]
     downloads: tuple[FileSpec, ...]

@@ -1,4 +1,5 @@
-"""One split of a data set in memory: uint8 images served as float32 NCHW batches in [0, 1].
+"""One split of a data set in memory: uint8 images (or a user's float32 ones) served as float32 NCHW
+batches in [0, 1].
 
     train = load_dataset("fashion-mnist", "train", val_size=5000)      # an ImageData
     for x, y in train.batches(128, shuffle=True, generator=torch.Generator().manual_seed(0)):
@@ -20,15 +21,17 @@ from advlab.errors import AdvlabError
 
 @dataclass
 class ImageData:
-    """One split in memory: uint8 images (N, C, H, W), int64 labels (N,), and what they are."""
+    """One split in memory: images (N, C, H, W), int64 labels (N,), and what they are. Images are uint8,
+    or float32 in [0, 1] for a user's ``.npz`` of floats (:mod:`advlab.data.user`), kept unrounded."""
 
     images: torch.Tensor
     labels: torch.Tensor
     info: DatasetInfo
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.labels.dtype != torch.int64:
-            raise AdvlabError("ImageData needs uint8 images (N, C, H, W) and int64 labels")
+        if self.images.dtype not in (torch.uint8, torch.float32) or self.images.dim() != 4 or \
+                self.labels.dtype != torch.int64:
+            raise AdvlabError("ImageData needs uint8 or float32 images (N, C, H, W) and int64 labels")
         if len(self.images) != len(self.labels):
             raise AdvlabError(f"{len(self.images)} images but {len(self.labels)} labels")
 
@@ -78,6 +81,8 @@ class ImageData:
 
 def _to_float(images: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
     # Move uint8 first: a quarter of the bytes cross the bus, and the division happens on the device.
+    if images.dtype == torch.float32:
+        return images.to(device, copy=True)
     return images.to(device).float().div_(255)
 
 

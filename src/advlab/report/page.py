@@ -26,6 +26,7 @@ from typing import Any
 from advlab.errors import AdvlabError
 from advlab.report.arms_race import arms_race_figure, arms_race_html, defense_name
 from advlab.report.certified import certified_html, certified_models, has_smoothing, smoothing_figure
+from advlab.report.explorer import explorer_html
 from advlab.report.figures import (count, figure_bytes, model_label, norm_name, robust_vs_eps_figure, tradeoff_figure,
                                    training_curves_figure)
 from advlab.report.gallery import comparison_gallery_figure, targeted_gallery_figure
@@ -353,6 +354,9 @@ def build_report(run_dir: str | Path) -> Path:
                               "Targeted examples: the attack pushes each image towards a chosen class."))
     else:
         parts.append(f"<p class='note'>{_e(gallery)}</p>")
+    explorer = explorer_html(run_dir, metrics)
+    if explorer:
+        parts += ["<h3>Explore: watch a prediction flip</h3>", explorer]
     parts += ["<h2>5. Results</h2><h3>Attacks</h3>", _attack_table(metrics),
               "<p class='small'>α is the step size in pixel units; the row of the training ε is highlighted. "
               "The rows marked “sanity check” run only at the training ε; the “all attacks” worst case of the "

@@ -54,6 +54,9 @@ class StudyConfig:
     smoothing_alpha: float = 0.001  # each certificate fails with probability at most α (Cohen et al.)
     smoothing_images: int = 500  # the first test images CERTIFY runs on (n forward passes each)
     gallery_size: int = 6  # rows in the gallery picture
+    # The report's interactive explorer (advlab.study.explorer): this many test images covering the classes,
+    # every model, every ε of the grid; 0: no explorer. 20 = two per class of a 10-class set.
+    explorer_size: int = 20
     targeted_eps: float = 0.2  # targeted attacks need more room than untargeted ones on small images
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings shared by every model
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> TrainConfig overrides (+ label)
@@ -70,6 +73,8 @@ class StudyConfig:
             raise AdvlabError(f"eps_grid must contain train_eps = {self.train_eps}")
         if self.n_eval < 1 or self.gallery_size < 1:
             raise AdvlabError("n_eval and gallery_size must be at least 1")
+        if not 0 <= self.explorer_size <= 100:
+            raise AdvlabError(f"explorer_size must be from 0 (no explorer) to 100, got {self.explorer_size}")
         if self.eps_grid[-1] <= self.train_eps:
             raise AdvlabError(f"eps_grid must go beyond train_eps = {self.train_eps} (a sanity check needs accuracy "
                               "to reach chance at large ε)")

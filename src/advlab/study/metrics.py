@@ -79,6 +79,8 @@ def collect_metrics(out: str | Path) -> dict:
         if "targeted_hyperparameters" in metrics["gallery"]:
             metrics["check_attacks"][f"{metrics['gallery']['targeted_attack']} (gallery)"] = \
                 metrics["gallery"]["targeted_hyperparameters"]
+    if (out / "explorer.json").is_file():  # the report's explorer: its images are in explorer.safetensors
+        metrics["explorer"] = {k: v for k, v in read_json(out / "explorer.json").items() if k != "inputs"}
     return metrics
 
 

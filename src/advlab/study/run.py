@@ -3,7 +3,6 @@ cached in the run folder with the inputs it was computed from, so an interrupted
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import sys
@@ -26,6 +25,7 @@ from advlab.schema import Evaluation, read_checked
 from advlab.study.arms_race import measure_arms_race
 from advlab.study.certified import certified_numbers
 from advlab.study.config import StudyConfig
+from advlab.study.explorer import explorer_numbers, targeted_attack
 from advlab.study.metrics import collect_metrics
 from advlab.train import train
 
@@ -153,10 +153,28 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
         if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
             _log("drawing the gallery", progress)
             _gallery(config, metrics, models, test, attacks, out, gallery_inputs, runtime)
+        if config.explorer_size:
+            _stage(out / "explorer.json", lambda: _explorer(config, models, test, attacks, out, runtime, progress),
+                   redo=overwrite or not (out / "explorer.safetensors").is_file(),
+                   inputs={"models": digests, "size": config.explorer_size, "eps": config.eps_grid,
+                           "attacks": config.attacks, "targeted_eps": config.targeted_eps, "n": len(test),
+                           "seed": config.seed, "device": runtime.device.type})
         metrics = collect_metrics(out)
         write_json(out / "metrics.json", metrics)
         _log(f"measured in {time.perf_counter() - start:.0f} s: {out / 'metrics.json'}", progress)
         return metrics
+
+
+def _explorer(config: StudyConfig, models: dict, test, attacks: list[AttackSpec], out: Path, runtime: Runtime,
+              progress: bool) -> dict:
+    """The explorer's numbers (returned, for explorer.json) and images (explorer.safetensors)."""
+    attack = strongest_pgd(attacks)
+    numbers, tensors = explorer_numbers(models, test, attack=attack, eps_grid=list(config.eps_grid),
+                                        targeted=targeted_attack(attack), targeted_eps=config.targeted_eps,
+                                        targeted_model="standard", size=config.explorer_size, seed=config.seed,
+                                        runtime=runtime, progress=progress)
+    save_tensors(out / "explorer.safetensors", tensors)
+    return numbers
 
 
 def _surrogate(config: StudyConfig, name: str) -> str:
@@ -239,7 +257,7 @@ def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: li
             tensors[f"{name}.logits_clean"] = models[name](x)
             tensors[f"{name}.logits_adv"] = models[name](x_adv)
     targets = (y + len(test.info.classes) // 2) % len(test.info.classes)
-    targeted = dataclasses.replace(attack, steps=max(attack.steps, 50), targeted=True)
+    targeted = targeted_attack(attack)
     x_adv = targeted(standard, x, targets, eps=config.targeted_eps, generator=runtime.generator(config.seed),
                      channels_last=runtime.channels_last)
     verify_adversarial(x, x_adv, config.targeted_eps, targeted.norm, what=f"gallery {targeted.label}")
