@@ -162,6 +162,8 @@ def test_the_explorer_in_chromium_shows_the_stored_numbers(tiny_study, browser, 
         shown = _shown(browser)
         assert shown["bars"] == _expected(metrics, targeted["top_classes"][7][target], targeted["top_probs"][7][target],
                                           explorer["labels"][7])
+    browser.save_screenshot(str(tmp_path / "explorer.png"))  # what docs/explorer_screenshot.py commits
+    assert (tmp_path / "explorer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     Select(browser.find_element(By.ID, "ex-mode")).select_by_value("untargeted")
     # Readable at phone width: no part of the explorer wider than the screen (the results tables scroll).
     browser.set_window_size(390, 844)

@@ -46,6 +46,15 @@ def broken(width=4):
 
 def not_a_model():
     return 42
+
+
+class Noisy(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x) + 0.5 * torch.randn(x.shape[0], 3)
+
+
+def noisy(width=4):  # build's layers and keys, and a random forward pass
+    return Noisy(nn.Conv2d(3, width, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3))
 '''
 
 
@@ -297,3 +306,27 @@ def test_npz_files_convert_or_refuse_as_documented(tmp_path, capsys):
              "cannot read")
     _refused(["evaluate", "runs/none", "--data", "csv:x", "--eps", "0.1"], capsys, "folder:PATH or npz:PATH")
     _refused(["evaluate", "runs/none", "--data", "folder:x", "--dataset", "mnist", "--eps", "0.1"], capsys, "not both")
+
+
+def test_attack_and_certify_run_the_model_checks_on_a_user_model_first(user, capsys):
+    import warnings
+
+    from advlab.model_checks import ModelFlagWarning
+
+    folder, package, _ = user
+    base = ["--model-from", f"{package}.nets:noisy", "--weights", "w.safetensors", "--data", "folder:img", "--quiet"]
+    with pytest.warns(ModelFlagWarning, match="two forward passes of the same images differ") as seen:
+        code, _, err = _run(["attack", *base, "--eps", "0.1", "--n", "4", "--out", "adv"], capsys)
+    notes = [str(w.message) for w in seen if w.category is ModelFlagWarning]
+    assert code == 0 and len(notes) == 2 and any("3 classes" in n for n in notes), notes  # and few-classes
+    saved = json.loads((folder / "adv" / "attack.json").read_text())
+    assert saved["model_source"]["factory"] == f"{package}.nets:noisy" and saved["checkpoint"] is None
+    with pytest.warns(ModelFlagWarning, match="the model is random"):
+        _run(["certify", *base, "--method", "ibp", "--eps", "0.05"], capsys)
+    # The same model without the noise: no note that it is random.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = _run(["attack", *base[:1], f"{package}.nets:build", *base[2:], "--eps", "0.1", "--n", "4",
+                             "--out", "adv2"], capsys)
+    notes = [str(w.message) for w in caught if w.category is ModelFlagWarning]
+    assert code == 0 and len(notes) == 1 and "differ" not in notes[0], notes

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -35,10 +36,11 @@ from advlab.defenses import defend, describe, parse_defense
 from advlab.errors import AdvlabError, check_range
 from advlab.eval_state import EvalState
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
+from advlab.model_checks import ModelFlagWarning, model_flags
 from advlab.files import check_writable, run_lock
 from advlab.runs import check_run_dir, prepare_run_dir, save_tensors, write_json
 from advlab.runtime import Runtime
-from advlab.user_model import UserModel, check_user_model, open_model, provenance, training_record, weights_digest
+from advlab.user_model import UserModel, open_model, provenance, training_record, weights_digest
 
 __all__ = ["CERTIFY_METHODS", "EvalState", "attack_checkpoint", "certify_checkpoint", "evaluate_checkpoint"]
 
@@ -79,10 +81,12 @@ def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None
 
 
 def check_compatible(model: nn.Module, record: dict, data, where: str, *,
-                     budgets: Sequence[tuple[AttackSpec, float]] = ()) -> None:
+                     budgets: Sequence[tuple[AttackSpec, float]] = (), warn_flags: bool = True) -> None:
     """Refuse, before any attack, a data set whose images or classes the model was not built for: its
     channels and classes against the record, then one image through the model (any other size mismatch);
-    and each (attack, ε) of ``budgets`` whose ε the images cannot hold (above 1 in L∞)."""
+    and each (attack, ε) of ``budgets`` whose ε the images cannot hold (above 1 in L∞). A user's model
+    (:mod:`advlab.user_model`) also gets the model checks: probabilities are refused, other flags warned of
+    (``warn_flags``; ``evaluate`` reports them with its result instead)."""
     info = data.info
     args = record.get("model_args", {})
     shape = f"{info.channels}×{info.height}×{info.width}"
@@ -101,8 +105,14 @@ def check_compatible(model: nn.Module, record: dict, data, where: str, *,
     if logits.dim() != 2 or logits.shape[1] != len(info.classes):
         raise AdvlabError(f"{where} gives {tuple(logits.shape[1:])} outputs per image but {info.name} has "
                           f"{len(info.classes)} classes; evaluate it on the data set it was trained on (--dataset)")
-    if record.get("source") is not None:  # a user's model: refuse probabilities before any attack
-        check_user_model(model, data.subset(min(8, len(data))).tensors(x.device)[0], len(info.classes), where)
+    if record.get("source") is not None:  # a user's model: the model checks before any attack
+        for flag in model_flags(model, *data.subset(min(64, len(data))).tensors(x.device), training=False):
+            if flag["flag"] == "probabilities":
+                raise AdvlabError(f"{where} returns probabilities (every row in [0, 1], summing to 1): return the "
+                                  "logits instead (drop the final softmax), or the attacks' gradients vanish and "
+                                  "the robustness measured is overstated")
+            if warn_flags:  # (evaluate reports its own, with the result)
+                warnings.warn(f"{where}: {flag['message']}", ModelFlagWarning, stacklevel=2)
 
 
 def evaluate_checkpoint(
@@ -147,7 +157,8 @@ def evaluate_checkpoint(
     if suite is not None:
         attacks = suite_attacks(suite, norm=norm, classes=len(data.info.classes)) + list(attacks)
         chain = True
-    check_compatible(model, record, data, _where(checkpoint), budgets=[(a, e) for a in attacks for e in eps])
+    check_compatible(model, record, data, _where(checkpoint), budgets=[(a, e) for a in attacks for e in eps],
+                     warn_flags=False)
     # One writer per output: a second evaluate --out on the same file is refused (the lock sits beside it,
     # when its folder exists; a new folder is made only when the results are written).
     locked = run_lock(out) if out is not None and out.parent.is_dir() else contextlib.nullcontext()

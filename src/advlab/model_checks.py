@@ -50,6 +50,10 @@ PROBABILITY_TOLERANCE = 1e-4  # |row sum − 1| below this, for every row, means
 RANDOM_TOLERANCE = 1e-5  # two passes differing by more than this (relative to the logits' scale) are random
 
 
+class ModelFlagWarning(UserWarning):
+    """A model check's flag, said before ``advlab attack`` or ``certify`` runs on a user's model."""
+
+
 def _flag(name: str, message: str, **numbers) -> dict:
     assert name in FLAGS, name
     return {"flag": name, "message": message, "numbers": numbers}
@@ -120,4 +124,4 @@ def black_box_flag(broken: int, of: int, eps: float, attack: str) -> dict:
                  "case and try an adaptive attack", eps=eps, images=broken, of=of, attack=attack)
 
 
-__all__ = ["CHECK_IMAGES", "FLAGS", "black_box_flag", "model_flags"]
+__all__ = ["CHECK_IMAGES", "FLAGS", "ModelFlagWarning", "black_box_flag", "model_flags"]

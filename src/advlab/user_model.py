@@ -13,9 +13,10 @@ from: the factory, its arguments, the weights' path and SHA-256, and the normali
 
 Refused, with one line that says what to change: a module that does not import, a missing factory or one
 that raises, a factory that returns something other than a module, a weights file that is not safetensors,
-lacks keys the model has, holds keys it lacks, or stores another shape; a model that returns probabilities
-(give the logits: drop the final softmax) or cannot take the images. ``advlab evaluate`` then runs the
-model checks (:mod:`advlab.model_checks`) on the first batch, as for advlab's own checkpoints.
+lacks keys the model has, holds keys it lacks, or stores another shape. The jobs (:mod:`advlab.jobs`) then
+run the model checks (:mod:`advlab.model_checks`) on it before any attack: a model that returns
+probabilities is refused (give the logits: drop the final softmax), every other flag is a warning; and a
+model that cannot take the images is refused.
 
 Python::
 
@@ -210,20 +211,6 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
-def check_user_model(model: nn.Module, x: torch.Tensor, classes: int, where: str) -> None:
-    """Refuse a model that ends in a softmax: attacks on probabilities saturate and overstate robustness."""
-    with torch.inference_mode():
-        out = model(x)
-    if out.dim() == 2 and out.shape[1] == classes and out.shape[1] > 1:
-        rows = out.float()
-        if bool(((rows >= 0) & (rows <= 1)).all()) and bool(((rows.sum(1) - 1).abs() < 1e-3).all()):
-            raise AdvlabError(f"{where} returns probabilities (every row in [0, 1], summing to 1): return the "
-                              "logits instead (drop the final softmax), or the attacks' gradients vanish and the "
-                              "robustness measured is overstated")
-
-
-
-
 def open_model(source: str | Path | UserModel, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
     """An advlab checkpoint (a run folder or .safetensors file) or a :class:`UserModel`, loaded in eval mode."""
     from advlab.runs import load_checkpoint
@@ -252,5 +239,5 @@ def training_record(source: str | Path | UserModel) -> dict[str, Any]:
     return {"training": training_outcome(source), "training_status": training_status(source)}
 
 
-__all__ = ["UserModel", "check_user_model", "open_model", "parse_model_args", "parse_normalize", "provenance",
+__all__ = ["UserModel", "open_model", "parse_model_args", "parse_normalize", "provenance",
            "training_record", "weights_digest"]
