@@ -58,18 +58,18 @@ def noisy(width=4):  # build's layers and keys, and a random forward pass
 '''
 
 
-def _readme_blocks() -> tuple[str, str]:
+def _readme_blocks() -> tuple[str, str, str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = {}
-    for kind in ("python", "shell"):
+    for kind in ("python", "shell", "python-api"):
         match = re.search(rf"<!-- own-model-example: {kind} -->\s*```\w+\n(.*?)```", text, re.S)
         assert match, f"README.md lost its own-model example ({kind})"
         blocks[kind] = match.group(1)
-    return blocks["python"], blocks["shell"]
+    return blocks["python"], blocks["shell"], blocks["python-api"]
 
 
 def test_the_readme_example_runs_and_measures_the_model_on_those_images(tmp_path):
-    python, shell = _readme_blocks()
+    python, shell, api = _readme_blocks()
     (tmp_path / "make.py").write_text(python, encoding="utf-8")
     subprocess.run([sys.executable, "make.py"], cwd=tmp_path, check=True, capture_output=True, timeout=300)
     command = shell.replace("\\\n", " ").strip()
@@ -101,6 +101,11 @@ def test_the_readme_example_runs_and_measures_the_model_on_those_images(tmp_path
     assert data.info.classes == ("blue", "green", "red") and len(y) == 60
     robust = saved["robust_accuracy"]["PGD-20 L∞"]
     assert robust[1] < robust[0] <= expected  # the attack ran, and ε = 0.2 breaks more than 0.05
+    # The README's Python version of the same evaluation prints the same numbers.
+    (tmp_path / "api.py").write_text(api, encoding="utf-8")
+    done = subprocess.run([sys.executable, "api.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{100 * expected:.2f}%" in done.stdout and f"{100 * robust[1]:.2f}%" in done.stdout, done.stdout
 
 
 @pytest.fixture
