@@ -34,7 +34,7 @@ def throughput(model, x, *, sigma: float, batch_size: int, repeats: int) -> dict
     """Noise samples per second of sample_counts against images per second of model(batch), interleaved.
 
     The plain forward passes run on ``batch_size`` distinct test images, the workload of an evaluation.
-    A batch of one image repeated runs about 20% faster on this CPU (same model, same shapes: the values
+    A batch of one image repeated runs about 17% faster on this CPU (same model, same shapes: the values
     alone change the speed), so the copies are timed too, and reported, but are not the baseline: the
     ratio against them was 0.79× at d4507ec (smoothing-throughput-d4507ec.json), against distinct images
     the cost of the noise itself shows."""

@@ -36,7 +36,7 @@ from advlab.defenses import defend, describe, parse_defense
 from advlab.errors import AdvlabError, check_range
 from advlab.eval_state import EvalState
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
-from advlab.model_checks import ModelFlagWarning, model_flags
+from advlab.model_checks import ModelFlagWarning, model_flags, returns_probabilities
 from advlab.files import check_writable, run_lock
 from advlab.runs import check_run_dir, prepare_run_dir, save_tensors, write_json
 from advlab.runtime import Runtime
@@ -106,13 +106,14 @@ def check_compatible(model: nn.Module, record: dict, data, where: str, *,
         raise AdvlabError(f"{where} gives {tuple(logits.shape[1:])} outputs per image but {info.name} has "
                           f"{len(info.classes)} classes; evaluate it on the data set it was trained on (--dataset)")
     if record.get("source") is not None:  # a user's model: the model checks before any attack
-        for flag in model_flags(model, *data.subset(min(64, len(data))).tensors(x.device), training=False):
-            if flag["flag"] == "probabilities":
+        xs, ys = data.subset(min(64, len(data))).tensors(x.device)
+        with torch.inference_mode():
+            if returns_probabilities(model(xs)):
                 raise AdvlabError(f"{where} returns probabilities (every row in [0, 1], summing to 1): return the "
                                   "logits instead (drop the final softmax), or the attacks' gradients vanish and "
                                   "the robustness measured is overstated")
-            if warn_flags:  # (evaluate reports its own, with the result)
-                warnings.warn(f"{where}: {flag['message']}", ModelFlagWarning, stacklevel=2)
+        for flag in model_flags(model, xs, ys, training=False) if warn_flags else ():  # evaluate runs its own
+            warnings.warn(f"{where}: {flag['message']}", ModelFlagWarning, stacklevel=2)
 
 
 def evaluate_checkpoint(

@@ -54,6 +54,13 @@ class ModelFlagWarning(UserWarning):
     """A model check's flag, said before ``advlab attack`` or ``certify`` runs on a user's model."""
 
 
+def returns_probabilities(outputs: torch.Tensor) -> bool:
+    """Every row in [0, 1] and summing to 1: the model ends in a softmax (the ``probabilities`` flag)."""
+    outputs = outputs.float()
+    return bool(((outputs >= 0) & (outputs <= 1)).all()) and \
+        float((outputs.sum(dim=1) - 1).abs().max()) < PROBABILITY_TOLERANCE
+
+
 def _flag(name: str, message: str, **numbers) -> dict:
     assert name in FLAGS, name
     return {"flag": name, "message": message, "numbers": numbers}
@@ -91,8 +98,8 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training:
     if classes < 4:
         flags.append(_flag("few-classes", f"the model has {classes} classes: the DLR loss needs 3 and APGD-T 4, "
                            "so attacks using them are left out or refused", classes=classes))
-    rows = first.sum(dim=1)
-    if bool(((first >= 0) & (first <= 1)).all()) and float((rows - 1).abs().max()) < PROBABILITY_TOLERANCE:
+    if returns_probabilities(first):
+        rows = first.sum(dim=1)
         flags.append(_flag("probabilities", "the outputs are probabilities (each row in [0, 1], summing to 1), "
                            "not logits: the cross-entropy of their softmax saturates and gradient attacks weaken; "
                            "remove the final softmax", max_row_error=float((rows - 1).abs().max())))
@@ -124,4 +131,4 @@ def black_box_flag(broken: int, of: int, eps: float, attack: str) -> dict:
                  "case and try an adaptive attack", eps=eps, images=broken, of=of, attack=attack)
 
 
-__all__ = ["CHECK_IMAGES", "FLAGS", "ModelFlagWarning", "black_box_flag", "model_flags"]
+__all__ = ["CHECK_IMAGES", "FLAGS", "ModelFlagWarning", "black_box_flag", "model_flags", "returns_probabilities"]

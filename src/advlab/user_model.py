@@ -27,7 +27,6 @@ Python::
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from advlab.errors import AdvlabError
+from advlab.files import file_sha256
 from advlab.models import Normalize
 
 
@@ -72,14 +72,6 @@ def parse_normalize(text: str | None) -> tuple[tuple[float, ...], tuple[float, .
     if any(s <= 0 for s in std):
         raise AdvlabError(f"--normalize: every std must be above 0, got {', '.join(f'{s:g}' for s in std)}")
     return mean, std
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -122,7 +114,7 @@ class UserModel:
     def describe(self, weights: Path | None = None) -> dict[str, Any]:
         weights = Path(weights or self.weights)
         return {"kind": "factory", "factory": self.factory, "module_file": _module_file(self.factory),
-                "model_args": self.model_args, "weights": str(weights), "weights_sha256": sha256_of(weights),
+                "model_args": self.model_args, "weights": str(weights), "weights_sha256": file_sha256(weights),
                 "normalize": None if self.normalize is None else {"mean": list(self.normalize[0]),
                                                                   "std": list(self.normalize[1])}}
 
@@ -227,7 +219,7 @@ def provenance(source: str | Path | UserModel) -> dict[str, Any]:
 def weights_digest(source: str | Path | UserModel) -> str:
     from advlab.runs import resolve_checkpoint
 
-    return sha256_of(Path(source.weights) if isinstance(source, UserModel) else resolve_checkpoint(source))
+    return file_sha256(Path(source.weights) if isinstance(source, UserModel) else resolve_checkpoint(source))
 
 
 def training_record(source: str | Path | UserModel) -> dict[str, Any]:

@@ -59,10 +59,9 @@ Noise = torch.Generator | np.random.Generator
 
 def noise_generator(device: torch.device | str, seed: int) -> Noise:
     """Where the Gaussian noise comes from: on the CPU numpy's generator (a seeded PCG64, ziggurat normals),
-    on an accelerator torch's, on that device. The noise costs little beside the forward passes (a batch of
-    1,000 28×28 normals: about 8 ms, against about 240 ms of small_cnn); the 0.79× once measured came from
-    the baseline, a batch of one image repeated, which this CPU runs about 20% faster than distinct images
-    (benchmarks/bench_certify.py)."""
+    on an accelerator torch's, on that device. Certification runs at 0.92× the forward passes' rate on
+    distinct images; the 0.79× once measured came from the baseline, a batch of one image repeated, which
+    this CPU runs about 17% faster (benchmarks/results/smoothing.json)."""
     if torch.device(device).type == "cpu":
         return np.random.default_rng(seed)
     return torch.Generator(device=device).manual_seed(seed)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from advlab.data.catalogue import CIFAR_ARCHIVE, CIFAR_DIR, DatasetInfo, FileSpec, cache_dir, get_info
 from advlab.data.formats import read_archive
 from advlab.errors import AdvlabError
-from advlab.files import atomic_write_bytes
+from advlab.files import atomic_write_bytes, file_sha256
 
 _TIMEOUT_S = 30  # per socket operation: long enough for a slow mirror, short enough not to hang a run
 
@@ -49,7 +49,7 @@ def download_dataset(
     bases = (override,) if override else info.mirrors
     for spec in info.downloads:
         target = folder / spec.name
-        if not (target.is_file() and _sha256(target) == spec.sha256):
+        if not (target.is_file() and file_sha256(target) == spec.sha256):
             _fetch(spec, target, bases, info, progress)
     if info.kind == "cifar":
         # Extract once so later runs read small pickles instead of gunzipping 170 MB each time.
@@ -58,14 +58,6 @@ def download_dataset(
             atomic_write_bytes(folder / CIFAR_DIR / member, raw)
         archive.unlink()
     return folder
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fetch(spec: FileSpec, target: Path, bases: Sequence[str], info: DatasetInfo, progress: bool) -> None:

@@ -3,7 +3,6 @@ cached in the run folder with the inputs it was computed from, so an interrupted
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -18,7 +17,7 @@ from advlab.checks import measure_checks, strongest_pgd
 from advlab.data import load_dataset
 from advlab.errors import AdvlabError
 from advlab.evaluate import evaluate
-from advlab.files import run_lock
+from advlab.files import file_sha256, run_lock
 from advlab.runs import load_checkpoint, load_tensors, prepare_run_dir, read_json, save_tensors, write_json
 from advlab.runtime import Runtime
 from advlab.schema import Evaluation, read_checked
@@ -37,7 +36,7 @@ def _log(message: str, progress: bool) -> None:
 
 def _digest(path: Path) -> str:
     """A short content hash of a file: what a cached stage records of the files it was computed from."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def _stage(path: Path, compute: Callable[[], dict], *, redo: bool, inputs: dict) -> dict:
