@@ -21,6 +21,7 @@ LAYERS = [
     ("files.py", ["advlab.files"]),
     ("schema.py", ["advlab.schema"]),
     ("results.py", ["advlab.results"]),
+    ("distributed.py", ["advlab.distributed"]),
     ("runtime.py", ["advlab.runtime"]),
     ("data/", ["advlab.data"]),
     ("models.py", ["advlab.models"]),

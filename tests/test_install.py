@@ -74,7 +74,7 @@ def test_presets_ship_inside_the_wheel(venv):
     refused = _run([advlab, "study", "--preset", "quick", "--out", work / "taken"], cwd=work, check=False)
     assert refused.returncode == 2 and "already exists" in refused.stderr, refused.stderr
     unknown = _run([advlab, "study", "--preset", "huge", "--out", work / "new"], cwd=work, check=False)
-    assert unknown.returncode == 2 and "unknown study preset 'huge'; choose one of: full, quick" in unknown.stderr
+    assert unknown.returncode == 2 and "unknown study preset 'huge'; choose one of: cifar10, full, quick" in unknown.stderr
 
 
 @needs_data

@@ -190,7 +190,7 @@ def test_presets_load_and_resolve():
             config.train_config(name)  # every model's training settings are valid
         methods = {config.train_config(n).method for n in config.models}
         assert {"standard", "fgsm", "pgd", "trades"} <= methods
-    with pytest.raises(AdvlabError, match="unknown study preset 'huge'; choose one of: full, quick"):
+    with pytest.raises(AdvlabError, match="unknown study preset 'huge'; choose one of: cifar10, full, quick"):
         load_study_config(preset="huge")
 
 

@@ -252,7 +252,7 @@ def test_shipped_recipes_load():
     madry, mnist_quick = load_config(preset="madry-mnist"), load_config(preset="mnist-quick")
     assert (madry.model, madry.steps, madry.alpha, madry.eps, madry.batch_size) == ("madry_cnn", 40, 0.01, 0.3, 50)
     assert (mnist_quick.method, mnist_quick.model, mnist_quick.dataset) == ("nfgsm", "wong_mnist", "mnist")
-    with pytest.raises(AdvlabError, match="unknown train preset 'huge'; choose one of: full, madry-mnist, mnist-quick, quick"):
+    with pytest.raises(AdvlabError, match="unknown train preset 'huge'; choose one of: cifar10-fast, cifar10-pgd, full, madry-mnist, mnist-quick, quick"):
         load_config(preset="huge")
 
 

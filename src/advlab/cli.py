@@ -125,18 +125,28 @@ def _seed(text: str) -> int:
     return value
 
 
-def _add_device(parser: argparse.ArgumentParser, *, precision: bool = False) -> None:
+def _add_device(parser: argparse.ArgumentParser, *, precision: bool = False, distributed: bool = False,
+                training: bool = False) -> None:
     parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP}")
     if precision:
-        parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                            help="arithmetic of the attacks' passes: fp32 (default, the reference), bf16 autocast "
-                            "(CPU with AVX512-BF16/AMX, or CUDA) or fp16 autocast (CUDA); examples are judged in fp32")
+        what = ("arithmetic of training's passes, inner attack included: fp32 (default), bf16 autocast (CPU with "
+                "AVX512-BF16/AMX, or CUDA) or fp16 autocast with a gradient scaler (CUDA); weights, optimizer "
+                "and the per-epoch checks stay fp32") if training else (
+                "arithmetic of the attacks' passes: fp32 (default, the reference), bf16 autocast "
+                "(CPU with AVX512-BF16/AMX, or CUDA) or fp16 autocast (CUDA); examples are judged in fp32")
+        parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help=what)
+    if distributed:
+        parser.add_argument("--dist-backend", choices=["auto", "gloo", "nccl"], default="auto",
+                            help="under torchrun: gloo (CPU) or nccl (CUDA GPUs); auto picks by --device "
+                            "(README: Several processes)")
 
 
 def _runtime(args: argparse.Namespace):
+    from advlab.distributed import start
     from advlab.runtime import Runtime
 
-    return Runtime(device=args.device, precision=getattr(args, "precision", "fp32"))
+    world, device = start(args.device, getattr(args, "dist_backend", "auto"))
+    return Runtime(device=device, precision=getattr(args, "precision", "fp32"), world=world)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -226,8 +236,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         overrides["data_dir"] = str(args.data_dir)
     config = TrainConfig.from_dict({**values, **overrides})
+    runtime = _runtime(args)
     summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
-                    runtime=_runtime(args), save_every=args.save_every)
+                    runtime=runtime, save_every=args.save_every)
+    if not runtime.main:
+        return 0  # under torchrun rank 0 speaks for the job
     print(f"run folder: {args.out}")
     print(f"  recipe: {config.recipe}")
     for key in ("epochs_completed", "best_epoch", "val_clean_accuracy", "val_robust_accuracy",
@@ -341,12 +354,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     source, dataset, image_size, classes = _source(args)
     _training_note(args)
     attacks = _attacks(args.attack, args.norm, [] if args.suite else ["fgsm", "pgd20"])
+    runtime = _runtime(args)
     result = evaluate_checkpoint(source, attacks=attacks, suite=args.suite, eps=args.eps, n=args.n,
                                  dataset=dataset, split=args.split, data_dir=args.data_dir, image_size=image_size,
                                  classes=classes, out=args.out,
                                  overwrite=args.overwrite, batch_size=args.batch_size, chain=args.chain,
                                  early_stop=not args.no_early_stop, seed=args.seed, progress=not args.quiet,
-                                 runtime=_runtime(args), norm=args.norm, defenses=args.defense)
+                                 runtime=runtime, norm=args.norm, defenses=args.defense)
+    if not runtime.main:
+        return 0
     print(result.table())
     for flag in result.flags:
         print(f"warning ({flag['flag']}): {flag['message']}")
@@ -486,11 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=parse_number, metavar="MINUTES", help="also save the training state in the "
                    "middle of an epoch this often (SIGTERM always saves at the next batch and exits with status 143)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
-    _add_device(p)
+    _add_device(p, precision=True, distributed=True, training=True)
     _add_common(p)
     p.set_defaults(func=_cmd_train)
 
-    def attack_options(p: argparse.ArgumentParser) -> None:
+    def attack_options(p: argparse.ArgumentParser, distributed: bool = False) -> None:
         _add_sources(p)
         p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat model (default linf)")
         p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
@@ -502,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "-bpda, e.g. pgd50-bpda; -eotK for the random one)")
         p.add_argument("--require-finished", action="store_true", help="refuse a model whose training did not "
                        "finish (default: a one-line note, also recorded in the output)")
-        _add_device(p, precision=True)
+        _add_device(p, precision=True, distributed=distributed)
         _add_common(p)
 
     p = command("attack", "write adversarial examples and a PNG gallery for a trained model", EPILOG_ATTACK)
@@ -516,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", "clean and robust accuracy over attacks and ε, per-example worst case",
                 EPILOG_EVALUATE)
-    attack_options(p)
+    attack_options(p, distributed=True)
     p.add_argument("--attack", action="append", help="attack to run; repeat for several (default: fgsm and pgd20)")
     p.add_argument("--suite", help="a chain of attacks for one trustworthy number: standard (APGD-CE, APGD-T, "
                    "Square: AutoAttack's without FAB-T), quick (APGD-CE and APGD-T, 50 iterations) or rand (EOT, "
@@ -637,6 +653,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({err.filename})" if err.filename else ""
         _say(f"advlab: error: {err.strerror or err}{where}")
         return 2
+    finally:
+        from advlab.distributed import stop
+
+        stop()  # under torchrun: leave the job (nothing outside it)
 
 
 def _say(line: str) -> None:

@@ -243,7 +243,7 @@ def evaluate(
     robust_flags: dict[tuple[str, int], list[torch.Tensor]] = {(a.label, i): [] for a in attacks for i in range(len(eps))}
     worst_flags: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(eps))}
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
-    bar = _progress(total, progress, "evaluate")
+    bar = _progress(total, progress and runtime.main, "evaluate")
     raised: list[dict] = []  # the model flags
     black_box = [a for a in attacks if a.kind.black_box]
     # Per ε: images every gradient attack ran on and left robust, and those a gradient-free attack then broke.
@@ -260,11 +260,17 @@ def evaluate(
         start -= saved["seconds"]
     done = saved["batches"] if saved is not None else 0
     draws = saved.get("draws") if saved is not None else None
+    if (world := runtime.world) is not None and state is not None:
+        raise AdvlabError("a resumable evaluation (state beside --out) runs in one process, not under torchrun")
+    ran_batches: list[int] = []  # under torchrun: this rank's batches (batch i: rank i mod world)
     with eval_mode(model):
         for index, (x, y) in enumerate(_batches(data, batch_size, runtime.device)):
             if index < done:  # finished before an interruption: its flags were restored above
                 bar.update(len(y))
                 continue
+            if world is not None and index % world.size != world.rank:
+                continue
+            ran_batches.append(index)
             if checks and not clean_flags:
                 raised = model_flags(model, x, y, training=training)
             if draws is None:  # decided on the first batch, kept for the rest (and across a resume)
@@ -301,6 +307,9 @@ def evaluate(
                             "generator": generator.get_state(), "seconds": time.perf_counter() - start,
                             "draws": draws})
     bar.close()
+    if world is not None:  # every rank's flags, back in batch order: the numbers of one process
+        clean_flags, robust_flags, worst_flags, raised, white_robust, black_broke, draws = _gathered(
+            world, ran_batches, clean_flags, robust_flags, worst_flags, raised, white_robust, black_broke, draws)
     if checks and len(black_box) < len(attacks):
         raised += [black_box_flag(broken, white_robust[i], eps[i], label)
                   for (label, i), broken in black_broke.items() if broken]
@@ -323,15 +332,34 @@ def evaluate(
     )
 
 
-def clean_accuracy(model: nn.Module, data, *, batch_size: int = 1000, device=None) -> float:
-    """Fraction of ``data`` that ``model`` classifies correctly (eval mode, no gradients)."""
+def _gathered(world, ran, clean, robust, worst, raised, white_robust, black_broke, draws):
+    """Every rank's per-batch flags and counts, merged in batch order; model flags from batch 0 (rank 0's)."""
+    parts = world.gather({"batches": ran, "clean": clean, "robust": robust, "worst": worst, "raised": raised,
+                          "white": white_robust, "black": black_broke, "draws": draws})
+    order = sorted((b, r, k) for r, part in enumerate(parts) for k, b in enumerate(part["batches"]))
+    clean = [parts[r]["clean"][k] for _, r, k in order]
+    robust = {key: [parts[r]["robust"][key][k] for _, r, k in order] for key in robust}
+    worst = {i: [parts[r]["worst"][i][k] for _, r, k in order] for i in worst}
+    white = {i: sum(part["white"][i] for part in parts) for i in white_robust}
+    black = {key: sum(part["black"][key] for part in parts) for key in black_broke}
+    draws = next((part["draws"] for part in parts if part["draws"] is not None), None)
+    return clean, robust, worst, parts[0]["raised"], white, black, draws
+
+
+def clean_accuracy(model: nn.Module, data, *, batch_size: int = 1000, device=None, world=None) -> float:
+    """Fraction of ``data`` that ``model`` classifies correctly (eval mode, no gradients); ``world``: each
+    torchrun rank counts its own batches and the counts are summed."""
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    correct = seen = 0
+    device = torch.device(device)
+    counts = torch.zeros(2, dtype=torch.long, device=device)
     with eval_mode(model), torch.inference_mode():
-        for x, y in _batches(data, batch_size, device):
-            correct += int((model(x).argmax(1) == y).sum())
-            seen += len(y)
+        for index, (x, y) in enumerate(_batches(data, batch_size, device)):
+            if world is not None and index % world.size != world.rank:
+                continue
+            counts[0] += (model(x).argmax(1) == y).sum()
+            counts[1] += len(y)
+    correct, seen = (world.sum(counts) if world is not None else counts).tolist()
     return correct / max(seen, 1)
 
 

@@ -162,10 +162,11 @@ def evaluate_checkpoint(
                      warn_flags=False)
     # One writer per output: a second evaluate --out on the same file is refused (the lock sits beside it,
     # when its folder exists; a new folder is made only when the results are written).
-    locked = run_lock(out) if out is not None and out.parent.is_dir() else contextlib.nullcontext()
+    writes = out is not None and runtime.main  # under torchrun rank 0 writes the result
+    locked = run_lock(out) if writes and out.parent.is_dir() else contextlib.nullcontext()
     with locked:
         state = None
-        if out is not None:  # resumable: the progress is saved beside the output after every batch
+        if writes and runtime.world is None:  # resumable: the progress is saved beside the output after every batch
             state = EvalState(out, {"checkpoint_sha256": weights_digest(checkpoint),
                                     "dataset": data.info.name, "split": split, "n": len(data),
                                     "defenses": describe(guards),
@@ -174,7 +175,7 @@ def evaluate_checkpoint(
                                     "early_stop": early_stop, "runtime": runtime.to_dict()})
         result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
                           early_stop=early_stop, seed=seed, progress=progress, runtime=runtime, state=state)
-        if out is not None:
+        if writes:
             write_json(out, {**provenance(checkpoint), "dataset": data.info.name, "split": split,
                              "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
                              "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
@@ -183,7 +184,8 @@ def evaluate_checkpoint(
                              "suite": suite, "defenses": describe(guards),
                              **training_record(checkpoint),  # a collapsed or unfinished run says so here too
                              **result.to_dict()})
-            state.remove()
+            if state is not None:
+                state.remove()
     return result
 
 

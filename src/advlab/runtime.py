@@ -6,7 +6,8 @@ setting they need, ``channels_last``, as an argument. Nothing touches CUDA at im
 is resolved, and CUDA asked about, only when a ``Runtime`` is created.
 
 Command line: ``--device auto|cpu|cuda|cuda:N`` (train, evaluate, attack, study) and
-``--precision fp32|bf16|fp16`` (evaluate, attack).
+``--precision fp32|bf16|fp16`` (train, evaluate, attack). Under ``torchrun`` the runtime also carries the
+:class:`~advlab.distributed.World` (this process's rank among several), and work is shared out by it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from advlab.distributed import World
 from advlab.errors import AdvlabError
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -62,12 +64,14 @@ class Runtime:
     oneDNN, fast with AVX512-BF16 or AMX; or CUDA) or ``"fp16"`` (CUDA) autocast for the attacks' forward
     and backward passes; examples are always judged in fp32. ``channels_last``: on CPU, run convolutions
     in NHWC layout (oneDNN is faster there: benchmarks/bench_tuning.py, BENCHMARKS.md); it changes no
-    value, only the order of float sums and which of several equal maxima a max-pool picks.
+    value, only the order of float sums and which of several equal maxima a max-pool picks. ``world``: this
+    process's place among the ranks torchrun started (:mod:`advlab.distributed`); None for one process.
     """
 
     device: torch.device | str = "auto"
     precision: str = "fp32"
     channels_last: bool = True
+    world: World | None = None
 
     def __post_init__(self) -> None:
         device = resolve_device(self.device)
@@ -87,6 +91,11 @@ class Runtime:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         return cls(device=device, **settings)
 
+    @property
+    def main(self) -> bool:
+        """Whether this process writes files and prints: always, but for ranks other than 0 under torchrun."""
+        return self.world is None or self.world.main
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of the attacks' passes (a no-op context for fp32)."""
         if self.precision == "fp32":
@@ -95,7 +104,10 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def generator(self, seed: int) -> torch.Generator:
-        """A random generator seeded with ``seed`` on this device, where the random starts are drawn."""
+        """A random generator seeded with ``seed`` on this device, where the random starts are drawn; under
+        torchrun each rank other than 0 draws its own stream (rank 0's is that of one process)."""
+        if self.world is not None and self.world.rank > 0:
+            seed = (seed + 1_000_003 * self.world.rank) % 2**63
         return torch.Generator(device=self.device).manual_seed(seed)
 
     @property
@@ -103,7 +115,10 @@ class Runtime:
         return self.channels_last and self.device.type == "cpu"
 
     def to_dict(self) -> dict:
-        return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last}
+        values = {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last}
+        if self.world is not None:
+            values["world_size"] = self.world.size
+        return values
 
 
 def same_device(a: torch.device | str, b: torch.device | str) -> bool:

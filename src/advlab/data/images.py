@@ -48,6 +48,7 @@ class ImageData:
             index = torch.as_tensor(indices_or_n, dtype=torch.int64).reshape(-1)
             if len(index) and not (-len(self) <= int(index.min()) and int(index.max()) < len(self)):
                 raise AdvlabError(f"subset index out of range for {len(self)} examples")
+        index = index.to(self.images.device)
         return ImageData(self.images[index].contiguous(), self.labels[index], self.info)
 
     def batches(
@@ -59,20 +60,32 @@ class ImageData:
         device: torch.device | str | None = None,
         drop_last: bool = False,
         skip: int = 0,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)``: float32 pixels in [0, 1] and int64 labels on ``device``, each example once.
 
         With ``shuffle`` the order comes from ``generator`` (a seeded one makes it reproducible); ``skip``
-        leaves out the first batches of that order (an epoch resumed in its middle).
+        leaves out the first batches of that order (an epoch resumed in its middle). ``shard=(rank, world)``
+        yields only this rank's part of each batch, its examples ``rank, rank + world, ...``: the ranks'
+        parts of batch ``i`` together are batch ``i`` of one process with the same generator. A last batch
+        smaller than ``world`` would leave a rank empty-handed, so then it is left out on every rank.
         """
         if batch_size < 1:
             raise AdvlabError(f"batch size must be at least 1, got {batch_size}")
+        rank, world = shard if shard is not None else (0, 1)
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for start in range(skip * batch_size, len(self), batch_size):
             index = order[start : start + batch_size]
-            if drop_last and len(index) < batch_size:
+            if (drop_last and len(index) < batch_size) or len(index) < world:
                 return
+            index = index[rank::world]
+            index = index.to(self.images.device)
             yield _to_float(self.images[index], device), self.labels[index].to(device)
+
+    def to(self, device: torch.device | str | None) -> ImageData:
+        """This split with its images and labels on ``device``: on a GPU, batches are then cut there, with no
+        copy from the host per batch (a CIFAR-10 training set is 150 MB as uint8)."""
+        return ImageData(self.images.to(device), self.labels.to(device), self.info)
 
     def tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split as ``(x, y)``: float32 pixels in [0, 1] and int64 labels on ``device``."""

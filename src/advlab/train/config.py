@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from advlab.data import get_info
+from advlab.data.augment import AUGMENTATIONS
 from advlab.errors import AdvlabError, check_range
 from advlab.models import list_models
 from advlab.presets import preset_text
@@ -65,6 +66,7 @@ class TrainConfig:
     schedule: str | None = None  # onecycle (Wong et al.'s cyclic rate, peak at 2/5); triangle, piecewise, constant
     eps_warmup_epochs: float | None = None  # ramp ε from 0 over this many epochs; 0: full ε from the start, as the papers
     clean_epochs: float | None = None  # ε = 0 for this many epochs before the ramp (ibp's warm-up; else 0)
+    augment: str | None = None  # none; crop-flip (4-pixel padded random crop + flip: the CIFAR-10 papers' pipeline)
     co_gap: float = 0.3  # collapse: FGSM accuracy exceeds PGD accuracy on the same val images by this much (see guard)
     co_threshold: float = 0.1  # also collapse: val PGD accuracy this far below its best epoch's; 1: never
     co_check_every: int = 100  # optimizer steps between checks within an epoch (collapse can take a few hundred); 0: per epoch only
@@ -102,12 +104,13 @@ class TrainConfig:
             "optimizer": self.optimizer.strip().lower(),
             "schedule": self.schedule.strip().lower(),
             "co_remedy": self.co_remedy.strip().lower(),
+            "augment": self.augment.strip().lower(),
             "fallback_method": self.fallback_method.strip().lower(),
         }
         for key, value in canonical.items():
             object.__setattr__(self, key, value)
         for key, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("model", list_models()),
-                           ("co_remedy", REMEDIES), ("fallback_method", METHODS)):
+                           ("co_remedy", REMEDIES), ("fallback_method", METHODS), ("augment", AUGMENTATIONS)):
             if getattr(self, key) not in known:
                 raise AdvlabError(f"unknown {key.replace('_', ' ')} {getattr(self, key)!r}; "
                                   f"choose one of: {', '.join(sorted(known))}")

@@ -18,7 +18,8 @@ Adversarial methods run under the catastrophic-overfitting guard (:mod:`advlab.t
 
 from __future__ import annotations
 
-import math
+import contextlib
+import dataclasses
 import sys
 import time
 import warnings
@@ -30,6 +31,7 @@ from torch import nn
 
 from advlab.certify import verified_accuracy
 from advlab.data import get_info, load_dataset
+from advlab.distributed import wrap
 from advlab.errors import AdvlabError
 from advlab.evaluate import clean_accuracy
 from advlab.models import create_model, takes_raw_pixels
@@ -39,8 +41,9 @@ from advlab.runtime import Runtime
 from advlab.train.config import TrainConfig
 from advlab.train.guard import (MAX_REMEDIES, CatastrophicOverfittingWarning, Snapshot, catastrophic_overfitting,
                                 collapse_event, collapse_signature, probe)
+from advlab.train.epoch import base_alpha, cuda_channels_last, train_epoch
 from advlab.train.methods import METHODS
-from advlab.train.optim import OPTIMIZERS, SCHEDULES
+from advlab.train.optim import OPTIMIZERS
 from advlab.train.preempt import EpochProgress, Preempted, Preemption
 from advlab.train.state import (RunProgress, check_same_config, read_state, restore, restore_position, summarize,
                                 write_metrics, write_state)
@@ -64,20 +67,31 @@ def train(
     that many epochs, as an interruption would; ``save_every`` (minutes) also writes the state in the middle of
     an epoch that often, and SIGTERM writes it at the next batch and raises :class:`Preempted`
     (:mod:`advlab.train.preempt`); ``resume`` continues from either, bit-identical. ``runtime`` says where to train (default: CUDA when
-    present, else CPU, with channels-last convolutions on CPU). Everything is checked before the first batch.
+    present, else CPU, with channels-last convolutions on CPU) and in what precision: bf16 or fp16 autocast
+    covers every forward and backward pass of the method, its inner attack included, while the weights, the
+    optimizer and the per-epoch checks stay fp32 (fp16 adds a gradient scaler). Under torchrun
+    (``runtime.world``) the model trains in DistributedDataParallel: each rank trains on and attacks its own
+    part of every global batch of ``batch_size``, and only rank 0 writes files (:mod:`advlab.distributed`).
+    Everything is checked before the first batch.
     """
     config = config.resolved()
     runtime = runtime if runtime is not None else Runtime()
-    if runtime.precision != "fp32":
-        raise AdvlabError(f"training runs in fp32; --precision {runtime.precision} is for evaluate and attack")
+    world, main = runtime.world, runtime.main
     if save_every is not None and not save_every > 0:
         raise AdvlabError(f"--save-every must be a positive number of minutes, got {save_every!r}")
     if stop_after_epochs is not None and stop_after_epochs < 0:
         raise AdvlabError(f"stop_after_epochs must be at least 0, got {stop_after_epochs}")
-    check_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")
-    saved_state = read_state(Path(out)) if resume else None
-    if resume:
-        check_same_config(Path(out), config, saved_state)
+
+    def read_folder():
+        check_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")
+        state = read_state(Path(out)) if resume else None
+        if resume:
+            check_same_config(Path(out), config, state)
+        return state
+
+    # Only rank 0 reads the folder; the other ranks get its state, or its error, by broadcast.
+    saved_state = world.from_main(read_folder) if world is not None else read_folder()
+    _check_world(saved_state, runtime)
     device = runtime.device
     info = get_info(config.dataset)
     train_data = load_dataset(config.dataset, "train", data_dir=config.data_dir, val_size=config.val_size,
@@ -87,31 +101,44 @@ def train(
     val_data = load_dataset(config.dataset, "val", data_dir=config.data_dir, val_size=config.val_size,
                             progress=progress)
     check_data = val_data.subset(min(config.check_examples, len(val_data)))
+    if world is not None and min(len(train_data), config.batch_size) < world.size:
+        raise AdvlabError(f"{world.size} processes but a batch of {min(len(train_data), config.batch_size)} "
+                          "training images: every rank needs examples of its own; start fewer processes")
+    if device.type == "cuda":  # on the GPU for the whole run: batches are cut there, no copy per batch
+        train_data, val_data, check_data = (d.to(device) for d in (train_data, val_data, check_data))
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels once
     model, model_args = _build_model(config, info, runtime)
     method = METHODS[config.method](config)
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
     # Everything is checked: only now is the run folder created (a refused run leaves no empty folder).
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")
+    prepare = lambda: prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")  # noqa: E731
+    out = world.from_main(prepare) if world is not None else prepare()
     # One writer per run folder (a second train on it is refused); SIGTERM saves at the next batch boundary.
-    with run_lock(out), Preemption(save_every) as preemption:
-        if not resume:
+    with run_lock(out) if main else contextlib.nullcontext(), Preemption(save_every) as preemption:
+        if not resume and main:
             for name in ("state.safetensors", "best.safetensors", "best.json", "summary.json", "metrics.jsonl",
                          "metrics.csv", "model.safetensors", "model.json"):
                 (out / name).unlink(missing_ok=True)  # an overwritten run's files must not pass for this run's
         # Separate generators, so that shuffling and attacks draw the same numbers however the other is used.
+        # The shuffle is one on every rank (each takes its part of the same global batch); the attacks' and
+        # augmentation's draws are each rank's own (rank 0's are those of one process).
         shuffle_rng = torch.Generator().manual_seed(config.seed)
-        attack_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
+        attack_rng = runtime.generator(config.seed + 1)
         run = RunProgress()
         if saved_state is not None:
-            run = restore(saved_state, model, optimizer, method, shuffle_rng, attack_rng)
+            run = restore(saved_state, model, optimizer, method, shuffle_rng, attack_rng,
+                          rank=world.rank if world is not None else 0)
             if run.active_method not in (None, config.method):
                 method = METHODS[run.active_method](config)  # the guard's fallback, chosen before the interruption
-        if not (out / "config.json").is_file() or not resume:
+        trained = wrap(model, world, device)  # what the methods call: DDP all-reduces the gradients of its passes
+        scaler = torch.amp.GradScaler(device.type) if runtime.precision == "fp16" else None
+        check_runtime = dataclasses.replace(runtime, precision="fp32")  # the guard and the checks decide in fp32
+        if main and (not (out / "config.json").is_file() or not resume):
             write_json(out / "config.json", {"config": config.to_dict(), "passes": config.passes,
                                              "model_args": model_args, "versions": versions()})
         record = {"model": config.model, "model_args": model_args, "dataset": info.name,
                   "normalization": {"mean": model_args["mean"], "std": model_args["std"]}, "config": config.to_dict()}
-        log = _logger(progress)
+        log = _logger(progress and main)
         if saved_state is not None:
             if "position" not in saved_state[1]:
                 log(f"{out} is already complete" if run.finished or run.epoch >= config.passes
@@ -144,14 +171,16 @@ def train(
                                    restored=snapshot, remedy=remedy,
                                    alpha=None if remedy == "stop" else base_alpha(config, run) * run.alpha_scale)
             run.collapses.append(event)
-            warnings.warn(event["message"], CatastrophicOverfittingWarning, stacklevel=3)
+            if main:
+                warnings.warn(event["message"], CatastrophicOverfittingWarning, stacklevel=3)
             log(event["message"])
-            if run.stopped and (snapshot.step is not None or not (out / "model.safetensors").is_file()):
+            if run.stopped and (snapshot.step is not None or run.last_good_epoch is None):
                 # The last good weights are newer than model.safetensors (a within-epoch check passed since),
                 # or no epoch ended well: keep them as the run's model, saying where they come from.
                 meta = {**record, "epoch": snapshot.epoch, "step": snapshot.step, "partial_epoch": snapshot.step is not None,
                         "metrics": snapshot.reading or {}}
-                save_checkpoint(out / "model.safetensors", model, meta)
+                if main:
+                    save_checkpoint(out / "model.safetensors", model, meta)
                 run.kept_weights = snapshot.where
             return run.stopped
 
@@ -164,15 +193,19 @@ def train(
             """The within-epoch check: True when training must stop now."""
             if eps < config.eps:
                 return False  # the signature would not count (see signature): spare the probe
+            if world is not None:
+                world.average_buffers(model)
             reading = probe(model, probe_data, eps=config.eps, steps=config.check_steps, seed=config.seed,
-                             runtime=runtime)
+                             runtime=check_runtime)
             if signature(reading, eps):
                 return collapsed(epoch, reading, len(probe_data), True, "signature")
             snapshot.take(epoch=epoch - 1, step=run.step, reading=reading)
             return False
 
         probe_data = check_data.subset(min(config.co_check_examples, len(check_data)))
-        steps_per_pass = math.ceil(len(train_data) / config.batch_size) * method.optimizer_steps_per_batch
+        size = world.size if world is not None else 1  # a last batch of fewer than `size` is left out
+        full, rest = divmod(len(train_data), config.batch_size)
+        steps_per_pass = (full + (1 if rest and rest >= size else 0)) * method.optimizer_steps_per_batch
         total_steps = steps_per_pass * config.passes
         epochs_this_call = 0
         while run.epoch < config.passes and not run.finished:
@@ -186,28 +219,33 @@ def train(
                 shuffle_rng.set_state(position.shuffle_start)
 
             def after_batch(now: EpochProgress, epoch: int = epoch) -> None:
-                if not preemption.due():
+                due = preemption.due()
+                if not (world.any(due) if world is not None else due):  # one decision on every rank
                     return
-                write_metrics(out, run.rows)
+                if main:
+                    write_metrics(out, run.rows)
                 write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, position=now,
-                            snapshot=snapshot)
+                            snapshot=snapshot, world=world)
                 preemption.saved()
-                if preemption.terminated:
+                if world.any(preemption.terminated) if world is not None else preemption.terminated:
                     raise Preempted(f"stopped by SIGTERM in epoch {epoch} after batch {now.batches}, its state saved; "
                                     f"continue with `advlab train --resume --out {out}`")
 
-            stats = _train_epoch(model, lambda: method, optimizer, train_data, config, run, total_steps, shuffle_rng,
-                                 attack_rng, runtime, progress, f"epoch {epoch}/{config.passes}", position,
+            stats = train_epoch(trained, lambda: method, optimizer, train_data, config, run, total_steps, shuffle_rng,
+                                 attack_rng, runtime, progress and main, f"epoch {epoch}/{config.passes}", position,
                                  guard=(lambda eps: guard(epoch, eps)) if method.adversarial and config.co_check_every else None,
-                                 after_batch=after_batch)
+                                 after_batch=after_batch, scaler=scaler)
             position = None
             # (current_method: the guard's fallback remedy may switch methods within the epoch)
             seconds = time.perf_counter() - start
             start = time.perf_counter()
-            reading = None if run.stopped else _validate(model, val_data, check_data, config, runtime)
+            if world is not None:
+                world.average_buffers(model)
+            reading = None if run.stopped else _validate(model, val_data, check_data, config, check_runtime)
             if reading is None:  # stopped within the epoch: nothing of it is kept
-                write_metrics(out, run.rows)
-                write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng)
+                if main:
+                    write_metrics(out, run.rows)
+                write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world)
                 break
             row = {"epoch": epoch, **stats, "val_clean_acc": reading["clean"], "val_robust_acc": reading["pgd"],
                    "val_fgsm_acc": reading["fgsm"], "seconds": seconds, "val_seconds": time.perf_counter() - start}
@@ -225,7 +263,8 @@ def train(
             if rule is not None:
                 collapsed(epoch, reading, len(check_data), False, rule)
             else:
-                save_checkpoint(out / "model.safetensors", model, {**record, "epoch": epoch, "metrics": row})
+                if main:
+                    save_checkpoint(out / "model.safetensors", model, {**record, "epoch": epoch, "metrics": row})
                 run.last_good_epoch = epoch
                 run.kept_weights = f"the end of epoch {epoch}"
                 snapshot.take(epoch=epoch)
@@ -235,88 +274,31 @@ def train(
                 score = reading.get("verified", reading["pgd"]) if method.robust else reading["clean"]
                 if run.best_robust is None or score > run.best_robust:
                     run.best_robust, run.best_epoch = score, epoch
-                    save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
-            write_metrics(out, run.rows)
-            write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng)  # the commit point
+                    if main:
+                        save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
+            if main:
+                write_metrics(out, run.rows)
+            write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world)  # the commit point
             epochs_this_call += 1
         summary = summarize(out, config, run)
-        write_json(out / "summary.json", summary)
+        if main:
+            write_json(out / "summary.json", summary)
         return summary
 
 
-def _train_epoch(model, current_method, optimizer, data, config, run, total_steps, shuffle_rng, attack_rng, runtime,
-                 progress, desc, position: EpochProgress, guard=None, after_batch=None) -> dict[str, Any]:
-    """One pass over ``data`` from ``position`` (a fresh epoch, or one resumed after its ``batches`` first
-    batches, with its running sums); ``after_batch(position)`` runs at each batch boundary (a mid-epoch save)."""
-    schedule = SCHEDULES[config.schedule]
-    warmup_steps = config.eps_warmup_epochs / config.epochs * total_steps
-    clean_steps = config.clean_epochs / config.epochs * total_steps  # ε = 0 before the ramp (ibp's warm-up)
-
-    def step(loss: torch.Tensor) -> None:
-        position.lr = config.lr * schedule((run.step + 1) / total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = position.lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        run.step += 1
-
-    model.train()
-    device = runtime.device
-    bar = _bar(len(data), progress, desc)
-    bar.update(position.seen)
-    batches = data.batches(config.batch_size, shuffle=True, generator=shuffle_rng, device=device,
-                           skip=position.batches)
-    for x, y in batches:
-        if runtime.uses_channels_last:
-            x = x.to(memory_format=torch.channels_last)
-        ramped = run.step + 1 - clean_steps
-        eps = 0.0 if ramped <= 0 else config.eps * min(1.0, ramped / warmup_steps) if warmup_steps > 0 else config.eps
-        position.eps = eps
-        # α scales with ε (the ramp) and with the guard's smaller-step remedy.
-        alpha = base_alpha(config, run) * (eps / config.eps if config.eps > 0 else 1.0) * run.alpha_scale
-        before = run.step
-        out = current_method().train_batch(model, x, y, eps=eps, alpha=alpha, generator=attack_rng, step=step)
-        n = y.shape[0]
-        position.seen += n
-        position.batches += 1
-        position.loss_sum += out.loss.detach() * n
-        if out.clean_logits is not None:
-            position.clean_seen = True
-            position.clean_correct += (out.clean_logits.detach().argmax(1) == y).sum()
-        if out.adv_logits is not None:
-            position.adv_seen = True
-            position.adv_correct += (out.adv_logits.detach().argmax(1) == y).sum()
-        bar.update(n)
-        if progress and position.batches % 20 == 1:
-            shown = position.adv_correct if position.adv_seen else position.clean_correct
-            bar.set_postfix(loss=f"{position.loss_sum.item() / position.seen:.3f}",
-                            acc=f"{100 * shown.item() / position.seen:.1f}%")
-        if guard is not None and run.step // config.co_check_every > before // config.co_check_every:
-            if guard(position.eps):
-                break
-            model.train()
-        if after_batch is not None:
-            after_batch(position)
-            model.train()
-    bar.close()
-    seen = max(position.seen, 1)
-    return {"lr": position.lr, "eps": position.eps, "train_loss": position.loss_sum.item() / seen,
-            "train_clean_acc": position.clean_correct.item() / seen if position.clean_seen else None,
-            "train_adv_acc": position.adv_correct.item() / seen if position.adv_seen else None}
-
-
-def base_alpha(config: TrainConfig, run: RunProgress) -> float:
-    """α at the full ε: the run's own, or after a fallback the fallback method's own rule (fgsm's 1.25ε
-    would make PGD's every step jump to a corner of the ball)."""
-    if run.active_method in (None, config.method):
-        return config.step_size or 0.0
-    return METHODS[run.active_method].default_alpha(config.eps, config.steps)
+def _check_world(saved_state, runtime: Runtime) -> None:
+    """A state saved by N processes resumes with N: each rank's random streams are saved apart."""
+    size = runtime.world.size if runtime.world is not None else 1
+    saved = saved_state[1].get("world_size", 1) if saved_state is not None else size
+    if saved != size:
+        how = "without torchrun" if saved == 1 else f"with torchrun and {saved} processes in all"
+        raise AdvlabError(f"this run was trained by {saved} process(es) and resumes only {how} (each rank's "
+                          f"random streams are saved apart), not with {size}; or start afresh with --overwrite")
 
 
 def _validate(model, val_data, check_data, config, runtime) -> dict[str, float]:
     """Clean accuracy on the validation split; FGSM and PGD accuracy on its first ``check_examples``."""
-    clean = clean_accuracy(model, val_data, device=runtime.device)
+    clean = clean_accuracy(model, val_data, device=runtime.device, world=runtime.world)
     # The same seed every epoch: the same random starts, so epochs are compared on equal terms.
     reading = probe(model, check_data, eps=config.eps, steps=config.check_steps, seed=config.seed, runtime=runtime)
     if config.method == "ibp":  # what certified training is for: the verified accuracy, beside clean and PGD
@@ -342,7 +324,7 @@ def _build_model(config: TrainConfig, info, runtime: Runtime) -> tuple[nn.Module
         torch.manual_seed(config.seed)
         model = create_model(config.model, **args)
     model = model.to(runtime.device)
-    if runtime.uses_channels_last:
+    if runtime.uses_channels_last or cuda_channels_last(runtime):
         model = model.to(memory_format=torch.channels_last)
     return model, args
 
@@ -363,9 +345,3 @@ def _logger(enabled: bool) -> Callable[[str], None]:
             tqdm.write(line, file=sys.stderr)
 
     return log
-
-
-def _bar(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="img", leave=False, dynamic_ncols=True)

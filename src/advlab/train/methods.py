@@ -22,6 +22,7 @@ from advlab.attacks.gradient import madry_alpha
 from advlab.attacks.loop import cross_entropy, perturb
 from advlab.attacks.threat import project
 from advlab.certify import worst_case_logits
+from advlab.distributed import unwrap
 
 if TYPE_CHECKING:
     from advlab.train.config import TrainConfig
@@ -147,7 +148,8 @@ class IntervalBoundTraining(Method):
             return BatchOutput(clean, logits, None)
         progress = min(1.0, eps / self.config.eps)
         kappa = 1.0 - (1.0 - self.config.kappa_end) * progress
-        worst = worst_case_logits(model, x, y, eps * (self.config.train_eps or self.config.eps) / self.config.eps)
+        # The bounds walk the network's layers: the one inside DDP's wrapper (its gradients still sync).
+        worst = worst_case_logits(unwrap(model), x, y, eps * (self.config.train_eps or self.config.eps) / self.config.eps)
         return BatchOutput(kappa * clean + (1.0 - kappa) * F.cross_entropy(worst, y), logits, worst)
 
 

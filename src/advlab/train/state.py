@@ -87,17 +87,24 @@ def _unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], plain_state
 
 
 def write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, *,
-                position: EpochProgress | None = None, snapshot=None) -> None:
+                position: EpochProgress | None = None, snapshot=None, world=None) -> None:
     """The commit point: at the end of an epoch, or with ``position`` (and the guard's ``snapshot``) in the
-    middle of one (:mod:`advlab.train.preempt`)."""
+    middle of one (:mod:`advlab.train.preempt`). Under torchrun (``world``) every rank calls it: each hands
+    rank 0 what is its own (its attack generator, its method state), saved under ``rank{R}.``; rank 0 writes."""
+    own = {f"method.{k}": v.cpu() for k, v in method.state().items()}
+    own["rng.attack"] = attack_rng.get_state()
+    parts = world.gather(own) if world is not None else [own]
+    if world is not None and not world.main:
+        return
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim = optimizer.state_dict()
     plain_state = _pack_optimizer("optimizer", optim, tensors)
-    tensors.update({f"method.{k}": v for k, v in method.state().items()})
+    for rank, part in enumerate(parts):  # rank 0's under the names one process uses
+        tensors.update({(f"rank{rank}." if rank else "") + key: value for key, value in part.items()})
     tensors["rng.shuffle"] = shuffle_rng.get_state()
-    tensors["rng.attack"] = attack_rng.get_state()
     meta = {"format": STATE_FORMAT, "config": config.to_dict(), "progress": dataclasses.asdict(run),
             "device": attack_rng.device.type,  # a generator's state fits only a generator of its device type
+            "world_size": len(parts),
             "param_groups": optim["param_groups"], "optimizer_plain_state": plain_state}
     if position is not None:
         epoch_tensors, meta["position"] = position.to_state()
@@ -151,9 +158,14 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
     else:
         return  # nothing there yet: a resume of a run that never started is a fresh start
     current = config.to_dict()
-    # A setting added since the run was saved reads as its default. (Runs saved before the guard's settings
-    # existed are refused anyway: their state has an older STATE_FORMAT.)
+    # A setting added since the run was saved reads as its default, or as its recipe would fill it in (augment).
+    # (Runs saved before the guard's settings existed are refused anyway: their state has an older STATE_FORMAT.)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    if any(k not in saved for k in defaults):
+        try:
+            defaults = TrainConfig.from_dict({k: v for k, v in saved.items() if k in defaults}).to_dict()
+        except AdvlabError:
+            pass  # a setting no longer valid: it is reported as differing below
     differing = sorted(k for k in set(saved) | set(current)
                        if k not in RESUME_FREE_KEYS and saved.get(k, defaults.get(k)) != current.get(k, "<missing>"))
     if differing:
@@ -162,8 +174,11 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
                           "use the same settings, --overwrite, or another --out")
 
 
-def restore(state, model, optimizer, method, shuffle_rng, attack_rng) -> RunProgress:
+def restore(state, model, optimizer, method, shuffle_rng, attack_rng, *, rank: int = 0) -> RunProgress:
+    """Set everything back as the state holds it; ``rank``: whose own tensors to take (torchrun)."""
     tensors, meta = state
+    prefix = f"rank{rank}." if rank else ""
+    own = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)} if rank else tensors
     saved_on = meta.get("device", "cpu")
     if saved_on != attack_rng.device.type:
         raise AdvlabError(f"this run was trained on {saved_on} and its random state only resumes there; "
@@ -172,9 +187,9 @@ def restore(state, model, optimizer, method, shuffle_rng, attack_rng) -> RunProg
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         optimizer.load_state_dict(_unpack_optimizer("optimizer", tensors, meta["optimizer_plain_state"],
                                                     meta["param_groups"]))
-        method.load_state({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")})
+        method.load_state({k[len("method."):]: v for k, v in own.items() if k.startswith("method.")})
         shuffle_rng.set_state(tensors["rng.shuffle"])
-        attack_rng.set_state(tensors["rng.attack"])
+        attack_rng.set_state(own["rng.attack"])
         return RunProgress(**check_fields(meta["progress"], RunProgress, what="training state field"))
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise AdvlabError(f"the saved training state does not fit this run ({str(err).splitlines()[0]}); "

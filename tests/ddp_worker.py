@@ -1,0 +1,54 @@
+"""Run under torchrun by tests/test_distributed.py: what every rank of a job sees, written per rank.
+
+    torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py train OUT CONFIG_JSON
+    torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py evaluate OUT CHECKPOINT
+
+``train``: trains CONFIG_JSON (TrainConfig values) into OUT/run and writes each rank's returned summary to
+OUT/rank{R}.json, so that a test can check that the ranks took the same decisions (the guard's, the best
+epoch). ``evaluate``: evaluates CHECKPOINT on 300 test images with deterministic and random attacks and
+writes each rank's per-example flags to OUT/rank{R}.pt. Without torchrun it runs as one process (rank 0).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from advlab.distributed import start, stop
+from advlab.runtime import Runtime
+
+
+def main(task: str, out: str, arg: str) -> None:
+    torch.set_num_threads(1)
+    world, device = start("cpu")
+    runtime = Runtime(device=device, world=world)
+    rank = world.rank if world is not None else 0
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if task == "train":
+        from advlab.train import TrainConfig, train
+
+        summary = train(TrainConfig.from_dict(json.loads(arg)), out / "run", progress=False, runtime=runtime)
+        (out / f"rank{rank}.json").write_text(json.dumps(summary))
+    else:
+        from advlab.attacks import AttackSpec
+        from advlab.data import load_dataset
+        from advlab.evaluate import evaluate
+        from advlab.runs import load_checkpoint
+
+        model = load_checkpoint(arg)[0]
+        data = load_dataset("fashion-mnist", "test", download=False, progress=False).subset(300)
+        attacks = [AttackSpec("fgsm"), AttackSpec("pgd", steps=5, random_start=False),
+                   AttackSpec("pgd", steps=3, random_start=True)]
+        result = evaluate(model, data, attacks=attacks, eps=[0.05, 0.1], batch_size=64, runtime=runtime,
+                          progress=False, keep_per_example=True)
+        torch.save({"per_example": result.per_example, "robust": result.robust, "clean": result.clean_accuracy,
+                    "worst": result.worst_case}, out / f"rank{rank}.pt")
+    stop()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
