@@ -55,7 +55,7 @@ def train_and_evaluate(run: Path, precision: str, n: int, threads: int) -> dict:
     return {"precision": precision, "wall_seconds": wall, "epoch_seconds": [r["seconds"] for r in rows],
             "median_epoch_seconds": statistics.median(r["seconds"] for r in rows),
             "val_clean": rows[-1]["val_clean_acc"], "val_pgd10": rows[-1]["val_robust_acc"],
-            "test_clean": evaluation["clean_accuracy"], "test_pgd20": evaluation["robust_accuracy"]["PGD-20"][0],
+            "test_clean": evaluation["clean_accuracy"], "test_pgd20": next(iter(evaluation["robust_accuracy"].values()))[0],
             "test_images": evaluation["n"]}
 
 
