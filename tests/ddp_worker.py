@@ -2,11 +2,15 @@
 
     torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py train OUT CONFIG_JSON
     torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py evaluate OUT CHECKPOINT
+    torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py study OUT -
 
 ``train``: trains CONFIG_JSON (TrainConfig values) into OUT/run and writes each rank's returned summary to
 OUT/rank{R}.json, so that a test can check that the ranks took the same decisions (the guard's, the best
 epoch). ``evaluate``: evaluates CHECKPOINT on 300 test images with deterministic and random attacks and
-writes each rank's per-example flags to OUT/rank{R}.pt. Without torchrun it runs as one process (rank 0).
+writes each rank's per-example flags to OUT/rank{R}.pt. ``methods``: trains every other method briefly (CONFIG_JSON: the shared settings) and writes the summaries.
+``study``: runs the tests' tiny study (conftest's
+``tiny_config``) into OUT/study and writes each rank's returned metrics to OUT/rank{R}.json. Without
+torchrun it runs as one process (rank 0).
 """
 
 from __future__ import annotations
@@ -33,6 +37,25 @@ def main(task: str, out: str, arg: str) -> None:
 
         summary = train(TrainConfig.from_dict(json.loads(arg)), out / "run", progress=False, runtime=runtime)
         (out / f"rank{rank}.json").write_text(json.dumps(summary))
+    elif task == "methods":  # every training method for a few steps: DDP takes each one's passes
+        from advlab.train import TrainConfig, train
+
+        base = json.loads(arg)
+        methods = {"pgd": {"steps": 2}, "trades": {"steps": 2}, "mart": {"steps": 2}, "nfgsm": {},
+                   "gradalign": {}, "free": {"replays": 2}, "gradreg": {}, "gaussian": {},
+                   "ibp": {"model": "wong_mnist", "clean_epochs": 0.0, "eps_warmup_epochs": 0.0}}
+        summaries = {}
+        for method, extra in methods.items():
+            config = TrainConfig.from_dict({**base, "method": method, **extra})
+            summaries[method] = train(config, out / method, progress=False, runtime=runtime)
+        (out / f"rank{rank}.json").write_text(json.dumps(summaries))
+    elif task == "study":
+        from conftest import tiny_config
+
+        from advlab.study import run_study
+
+        metrics = run_study(tiny_config(), out / "study", progress=False, runtime=runtime)
+        (out / f"rank{rank}.json").write_text(json.dumps(metrics))
     else:
         from advlab.attacks import AttackSpec
         from advlab.data import load_dataset

@@ -230,3 +230,39 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     assert done.returncode == 2, done.stderr
     _one_line_error(done.stderr, "trained by 2 process(es) and resumes only with torchrun and 2 processes")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_study_under_torchrun(tmp_path):
+    """The tests' tiny study by 2 processes: each model trained by both (DDP) and evaluated on their shares,
+    the other stages by rank 0; both ranks return rank 0's metrics, and the report builds from the files."""
+    result = torchrun(WORKER, "study", str(tmp_path), "-", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert metrics[0] == metrics[1]
+    study = tmp_path / "study"
+    assert json.loads((study / "metrics.json").read_text()) == metrics[0]
+    from advlab.train.state import read_state
+
+    for name in ("standard", "fgsm"):
+        assert read_state(study / "models" / name)[1]["world_size"] == 2
+        assert json.loads((study / "models" / name / "eval.json").read_text())["inputs"]["world_size"] == 2
+    from advlab.report import build_report
+
+    assert build_report(study).is_file()
+
+
+def test_every_method_trains_under_ddp(tmp_path):
+    """Each method's passes (two forwards before one backward in TRADES and MART, double backpropagation in
+    GradAlign and gradreg, m optimizer steps per batch in free AT, interval bounds through the wrapped
+    network in IBP) go through DistributedDataParallel: every run ends, with finite losses and the same
+    summary on both ranks."""
+    config = {**SMALL, "train_size": 256, "epochs": 1, "val_size": 200, "check_examples": 32}
+    result = torchrun(WORKER, "methods", str(tmp_path), json.dumps(config), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert set(ranks[0]) == {"pgd", "trades", "mart", "nfgsm", "gradalign", "free", "gradreg", "gaussian", "ibp"}
+    for method, summary in ranks[0].items():
+        assert _decisions(summary) == _decisions(ranks[1][method]), method
+        assert summary["epochs_completed"] == 1, method
+        rows = _rows(tmp_path / method)
+        assert all(row["train_loss"] == row["train_loss"] and row["train_loss"] < 100 for row in rows), method

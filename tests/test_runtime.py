@@ -178,3 +178,20 @@ def test_cuda_training_runs_and_saves_a_cpu_checkpoint(tmp_path):
     assert summary["epochs_completed"] == 1
     model, _ = load_checkpoint(tmp_path / "run")
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_fp16_attack_gradient_does_not_underflow():
+    """A confidently classified example's input gradient is ~1e-9, below fp16's smallest number: without the
+    attack loop's scale-up under fp16 autocast the step would be zero and the example left unattacked."""
+    from advlab.attacks.loop import cross_entropy, perturb
+
+    model = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[5.0, 5.0, 5.0, 5.0], [-5.0, -5.0, -5.0, -5.0]]))
+        model.bias.zero_()
+    x, y = torch.full((1, 4), 0.52), torch.tensor([0])  # logit margin 20.8: p(wrong) ≈ 9e-10
+    with torch.autocast("cpu", dtype=torch.float16):
+        x_adv = perturb(model, x, y, eps=0.1, alpha=0.05, steps=1, random_start=False, objective=cross_entropy)
+        (raw,) = torch.autograd.grad(cross_entropy(model(x.requires_grad_(True)), y).sum(), x)
+    assert torch.count_nonzero(raw) == 0  # what an unscaled fp16 gradient gives
+    assert torch.allclose(x_adv, torch.full((1, 4), 0.47))  # one signed step of 0.05 down every pixel

@@ -8,6 +8,7 @@
     advlab certify runs/ibp --method ibp --eps 0.1
     advlab verify runs/pgd
     advlab study --preset quick --out runs/quick
+    torchrun --standalone --nproc_per_node=2 -m advlab train --preset quick --out runs/ddp
     advlab report runs/quick
     advlab data list
     advlab models
@@ -40,6 +41,9 @@ EPILOG_TRAIN = """examples:
   advlab train --config mine.toml --epochs 20 --out runs/mine  # a TOML [train] table; flags override it
   advlab train --show-preset quick > mine.toml               # start a config of your own from a preset
   advlab train --resume --out runs/fast                      # continue an interrupted run
+  advlab train --preset quick --precision bf16 --out runs/q16  # bf16 autocast (CPU with AMX/AVX512-BF16, CUDA)
+  advlab train --preset cifar10-fast --device cuda --out runs/c10-fast  # Wong et al.'s CIFAR-10 recipe
+  torchrun --standalone --nproc_per_node=2 -m advlab train --preset quick --out runs/ddp  # DDP (README: Scale)
 settings left out come from the recipe of the data set and method (--list-recipes); config.json names it.
 Adversarial training runs under a catastrophic-overfitting guard: FGSM and PGD accuracy on the same
 validation images every --co-check-every steps and every epoch; a gap above --co-gap is a collapse.
@@ -186,6 +190,8 @@ _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
      "recipe's)"),
     ("clean_epochs", parse_number, "train at ε = 0 for this many epochs before the ramp (default: the recipe's; "
      "ibp: 1)"),
+    ("augment", str, "none or crop-flip (4-pixel padded random crop and horizontal flip, as tensor ops; default: "
+     "the recipe's, crop-flip on CIFAR-10)"),
     ("seed", _seed, "random seed from 0 to 2^63 - 1 (data order, random starts, initialization)"),
     ("train_size", _positive_int, "train on the first N training images only (quick experiments)"),
     ("val_size", int, "training images held out to track robust accuracy each epoch"),
@@ -425,7 +431,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
         config = dataclasses.replace(config, data_dir=str(args.data_dir))
     out = args.out or Path("runs") / f"study-{config.preset}"
-    metrics = run_study(config, out, overwrite=args.overwrite, progress=not args.quiet, runtime=_runtime(args))
+    runtime = _runtime(args)
+    metrics = run_study(config, out, overwrite=args.overwrite, progress=not args.quiet, runtime=runtime)
+    if not runtime.main:
+        return 0  # under torchrun rank 0 draws the report
     report = build_report(out)
     print(summary_text(metrics))
     print(f"report: {report} ({_size(report)}, self-contained)")
@@ -489,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML file with training settings (flags override it)")
     p.add_argument("--preset", help="a shipped config instead of --config: quick (fast FGSM, minutes) or full "
                    "(PGD-10, under an hour on 2 CPU cores) on Fashion-MNIST; mnist-quick (N-FGSM, ε = 0.3) or "
-                   "madry-mnist (Madry et al.'s PGD-40, for a GPU)")
+                   "madry-mnist (Madry et al.'s PGD-40, for a GPU); cifar10-fast (Wong et al.'s fast FGSM) or "
+                   "cifar10-pgd (PGD-10 with Rice et al.'s early stopping), both for a GPU")
     p.add_argument("--show-preset", metavar="NAME", help="print that preset's TOML and exit")
     p.add_argument("--list-recipes", action="store_true", help="print the default settings of each data set and "
                    "method, with their sources, and exit")
@@ -585,11 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
   advlab study mine.toml --out runs/mine
 """)
     p.add_argument("config", nargs="?", type=Path, help="study TOML file ([study], [train], [models.NAME])")
-    p.add_argument("--preset", help="a shipped study: quick or full (default quick without CONFIG)")
+    p.add_argument("--preset", help="a shipped study: quick, full or cifar10 (for a GPU) (default quick without "
+                   "CONFIG)")
     p.add_argument("--show-preset", metavar="NAME", help="print that preset's TOML and exit")
     p.add_argument("--out", type=Path, help="run folder (default runs/study-PRESET); an existing one resumes")
     p.add_argument("--overwrite", action="store_true", help="recompute every stage, replacing the folder's files")
-    _add_device(p)
+    _add_device(p, distributed=True)
     _add_common(p)
     p.set_defaults(func=_cmd_study)
 

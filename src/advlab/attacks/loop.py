@@ -96,6 +96,17 @@ def bucket_size(left: int, current: int) -> int:
     return min(current, -(-left // BUCKET) * BUCKET)
 
 
+def _gradient_scale(x: torch.Tensor) -> float:
+    """Under fp16 autocast the input gradient of a well-classified example can underflow to zero (fp16
+    stops near 6e-8), which would leave it unattacked; the objective is scaled up by 2¹⁰ first (GradScaler's
+    2¹⁶ would overflow fp16 on a margin loss's ±1 per logit). Only the gradient's direction is used (its
+    sign, or its direction under L2), so the scale changes nothing else."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+        return 1024.0
+    return 1.0
+
+
 def perturb(
     model: nn.Module,
     x: torch.Tensor,
@@ -126,23 +137,25 @@ def perturb(
     active = torch.arange(x.shape[0], device=x.device)  # the examples still in the loop (rows of x)
     finished = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # their result is already kept
     x_act, t_act = x, target
+    scale = _gradient_scale(x)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         logits = model(x_adv)
-        (grad,) = torch.autograd.grad(objective(logits, t_act).sum(), x_adv)
+        (grad,) = torch.autograd.grad(objective(logits, t_act).sum() * scale, x_adv)
         for _ in range(eot - 1):  # EOT: the mean gradient and logits over the draws of a random model
             more = model(x_adv)
-            grad = grad + torch.autograd.grad(objective(more, t_act).sum(), x_adv)[0]
+            grad = grad + torch.autograd.grad(objective(more, t_act).sum() * scale, x_adv)[0]
             logits = logits.detach() + more.detach()
         if eot > 1:
             grad, logits = grad / eot, logits / eot
         x_adv = x_adv.detach()
         if early_stop:
             done = success(logits.detach(), t_act) & ~finished
-            if bool(done.any()):
+            # The loop's one wait for the device: both counts in a single transfer.
+            fooled, left = torch.stack([done.sum(), (~(finished | done)).sum()]).tolist()
+            if fooled:
                 result[active[done]] = x_adv[done]
                 finished |= done
-                left = int((~finished).sum())
                 if left == 0:
                     return result
                 size = bucket_size(left, active.numel())

@@ -3,6 +3,8 @@ cached in the run folder with the inputs it was computed from, so an interrupted
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -39,17 +41,26 @@ def _digest(path: Path) -> str:
     return file_sha256(path)[:16]
 
 
-def _stage(path: Path, compute: Callable[[], dict], *, redo: bool, inputs: dict) -> dict:
+def _stage(path: Path, compute: Callable[[], dict], *, redo: bool, inputs: dict, world=None) -> dict:
     """Return the cached result at ``path`` if it was computed from these ``inputs`` (settings and the
     digests of the files it read), else compute it and save it there (atomically) with its inputs. So a
-    retrained model, a changed surrogate or an interrupted ``--overwrite`` never leaves a stale stage."""
+    retrained model, a changed surrogate or an interrupted ``--overwrite`` never leaves a stale stage.
+    With ``world`` (a stage every torchrun rank computes together) rank 0 decides and writes."""
     inputs = json.loads(json.dumps(inputs))  # as saved: tuples become lists
-    if path.is_file() and not redo:
-        cached = read_json(path)
-        if cached.get("inputs") == inputs:
-            return cached
+
+    def cached() -> dict | None:
+        if path.is_file() and not redo:
+            found = read_json(path)
+            if found.get("inputs") == inputs:
+                return found
+        return None
+
+    found = world.from_main(cached) if world is not None else cached()
+    if found is not None:
+        return found
     result = {**compute(), "inputs": inputs}
-    write_json(path, result)
+    if world is None or world.main:
+        write_json(path, result)
     return result
 
 
@@ -57,30 +68,40 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
               runtime: Runtime | None = None) -> dict:
     """Run (or resume) the study ``config`` in the folder ``out``; write and return its ``metrics.json``.
 
-    ``runtime`` says where every stage runs (default: CUDA when present, else CPU). The report is drawn
-    from the saved files by :func:`advlab.report.build_report` (``advlab study`` calls it at the end).
+    ``runtime`` says where every stage runs (default: CUDA when present, else CPU). Under torchrun
+    (``runtime.world``) every rank trains each model together (DDP) and evaluates it on its share of the
+    batches; the other stages (checks, certified, arms race, gallery, explorer) run on rank 0 while the
+    others wait, and every rank returns rank 0's metrics. The report is drawn from the saved files by
+    :func:`advlab.report.build_report` (``advlab study`` calls it at the end).
     """
     runtime = runtime if runtime is not None else Runtime()
     if runtime.precision != "fp32":
         raise AdvlabError(f"the study trains and evaluates in fp32; precision {runtime.precision!r} is for "
                           "`advlab evaluate` and `advlab attack`")
+    world, main = runtime.world, runtime.main
     start = time.perf_counter()
     out = Path(out)
     saved = out / "config.json"
     resolved = {name: config.train_config(name).to_dict() for name in config.models}  # validates every model
-    if saved.is_file() and not overwrite:
-        previous = read_json(saved).get("study", {})
-        current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
-        if previous != current:
-            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-            raise AdvlabError(f"{out} holds a study with other settings ({', '.join(changed)}); "
-                              "choose another --out or pass --overwrite")
-    prepare_run_dir(out, resume=saved.is_file(), overwrite=overwrite)
-    with run_lock(out):  # one writer per study folder: a second study on it is refused
-        if overwrite:  # an --overwrite that is interrupted must not leave the old models marked as trained
-            for marker in (out / "models").glob("*/done.json"):
-                marker.unlink()
-        write_json(saved, {"study": config.to_dict(), "train_configs": resolved})
+
+    def open_folder() -> None:
+        if saved.is_file() and not overwrite:
+            previous = read_json(saved).get("study", {})
+            current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
+            if previous != current:
+                changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+                raise AdvlabError(f"{out} holds a study with other settings ({', '.join(changed)}); "
+                                  "choose another --out or pass --overwrite")
+        prepare_run_dir(out, resume=saved.is_file(), overwrite=overwrite)
+
+    world.from_main(open_folder) if world is not None else open_folder()
+    # One writer per study folder: a second study on it is refused (under torchrun, rank 0 writes).
+    with run_lock(out) if main else contextlib.nullcontext():
+        if main:
+            if overwrite:  # an --overwrite that is interrupted must not leave the old models marked as trained
+                for marker in (out / "models").glob("*/done.json"):
+                    marker.unlink()
+            write_json(saved, {"study": config.to_dict(), "train_configs": resolved})
 
         test = load_dataset(config.dataset, "test", data_dir=config.data_dir, progress=progress)
         test = test.subset(min(config.n_eval, len(test)))
@@ -89,18 +110,20 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
         for name in config.models:
             folder = out / "models" / name
             done = folder / "done.json"
-            if overwrite or not done.is_file():
-                _log(f"training {config.label(name)}", progress)
+            todo = lambda done=done: overwrite or not done.is_file()  # noqa: E731
+            if world.from_main(todo) if world is not None else todo():
+                _log(f"training {config.label(name)}", progress and main)
                 summary = train(config.train_config(name), folder, resume=folder.is_dir() and not overwrite,
                                 overwrite=overwrite, progress=progress, runtime=runtime)
-                write_json(done, summary)
+                written = lambda done=done, summary=summary: str(write_json(done, summary))  # noqa: E731
+                world.from_main(written) if world is not None else written()  # on disk before any rank reads it
             models[name], _ = load_checkpoint(folder / "model.safetensors", device=runtime.device)
         digests = {name: _digest(out / "models" / name / "model.safetensors") for name in models}
         for name, model in models.items():
             folder = out / "models" / name
 
             def evaluate_model(model=model, name=name) -> dict:
-                _log(f"evaluating {config.label(name)} on {len(test)} test images", progress)
+                _log(f"evaluating {config.label(name)} on {len(test)} test images", progress and main)
                 result = evaluate(model, test, attacks=attacks, eps=list(config.eps_grid), seed=config.seed,
                                   progress=progress, keep_per_example=True, runtime=runtime)
                 # The examples no attack broke at the training ε: the sanity checks attack these further.
@@ -109,59 +132,71 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
                     survivors &= result.per_example[f"{attack.label}@{config.train_eps:g}"]
                 return {**result.to_dict(), "train_eps_survivors": survivors.nonzero().squeeze(1).tolist()}
 
-            _stage(folder / "eval.json", evaluate_model, redo=overwrite,
+            _stage(folder / "eval.json", evaluate_model, redo=overwrite, world=world,
                    inputs={"model": digests[name], "attacks": config.attacks, "eps": config.eps_grid, "n": len(test),
-                           "seed": config.seed, "device": runtime.device.type})  # random starts differ by device
+                           "seed": config.seed, "device": runtime.device.type,  # random starts differ by device
+                           **({"world_size": world.size} if world is not None else {})})  # and by rank
+        if world is None:
+            return _measure(config, out, models, test, attacks, digests, resolved, overwrite, progress, runtime, start)
+        alone = dataclasses.replace(runtime, world=None)  # rank 0 alone from here; the others wait for its metrics
+        return world.from_main(lambda: _measure(config, out, models, test, attacks, digests, resolved, overwrite,
+                                                progress, alone, start))
+
+
+def _measure(config: StudyConfig, out: Path, models: dict, test, attacks: list[AttackSpec], digests: dict,
+             resolved: dict, overwrite: bool, progress: bool, runtime: Runtime, start: float) -> dict:
+    """The stages after evaluation: sanity checks, certified numbers, the arms race, the gallery, the
+    explorer, then ``metrics.json``; each cached like the others."""
+    for name in models:
+        surrogate = _surrogate(config, name)
+        _stage(out / "models" / name / "checks.json",
+               lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress, runtime),
+               redo=overwrite,
+               inputs={"model": digests[name], "surrogate": digests[surrogate],
+                       "eval": _digest(out / "models" / name / "eval.json"), "device": runtime.device.type,
+                       "dlr": config.check_dlr, "square": config.check_square, "suite": config.suite})
+    if config.certify:
         for name in models:
-            surrogate = _surrogate(config, name)
-            _stage(out / "models" / name / "checks.json",
-                   lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress, runtime),
-                   redo=overwrite,
-                   inputs={"model": digests[name], "surrogate": digests[surrogate],
-                           "eval": _digest(out / "models" / name / "eval.json"), "device": runtime.device.type,
-                           "dlr": config.check_dlr, "square": config.check_square, "suite": config.suite})
-        if config.certify:
-            for name in models:
-                trained = resolved[name]
-                smoothing = {"sigma": trained["sigma"], "n": config.smoothing_n, "n0": config.smoothing_n0,
-                             "alpha": config.smoothing_alpha, "images": config.smoothing_images} \
-                    if trained["method"] == "gaussian" else None
-                _stage(out / "models" / name / "certified.json",
-                       lambda name=name, smoothing=smoothing: certified_numbers(
-                           models[name], test, eps=config.train_eps, label=config.label(name), smoothing=smoothing,
-                           runtime=runtime, progress=progress),
-                       redo=overwrite, inputs={"model": digests[name], "eps": config.train_eps, "n": len(test),
-                                               "smoothing": smoothing, "device": runtime.device.type})
-        metrics = collect_metrics(out)
-        best = metrics["best_robust_model"]
-        if config.defenses:
-            names = ["standard"] + ([best] if best != "standard" else [])
-            _stage(out / "arms_race.json",
-                   lambda: measure_arms_race(models, names, {n: config.label(n) for n in names}, test,
-                                             defenses=list(config.defenses), attack=config.arms_race_attack,
-                                             eot=config.arms_race_eot, eps=config.train_eps, n=config.arms_race_n,
-                                             seed=config.seed, runtime=runtime, progress=progress),
-                   redo=overwrite,
-                   inputs={"models": {n: digests[n] for n in names}, "defenses": config.defenses,
-                           "attack": config.arms_race_attack, "eot": config.arms_race_eot,
-                           "n": min(config.arms_race_n, len(test)), "eps": config.train_eps, "seed": config.seed,
-                           "device": runtime.device.type})
-        gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
-                          "eps": config.train_eps, "targeted_eps": config.targeted_eps, "attacks": config.attacks,
-                          "n": len(test), "seed": config.seed, "device": runtime.device.type}
-        if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
-            _log("drawing the gallery", progress)
-            _gallery(config, metrics, models, test, attacks, out, gallery_inputs, runtime)
-        if config.explorer_size:
-            _stage(out / "explorer.json", lambda: _explorer(config, models, test, attacks, out, runtime, progress),
-                   redo=overwrite or not (out / "explorer.safetensors").is_file(),
-                   inputs={"models": digests, "size": config.explorer_size, "eps": config.eps_grid,
-                           "attacks": config.attacks, "targeted_eps": config.targeted_eps, "n": len(test),
-                           "seed": config.seed, "device": runtime.device.type})
-        metrics = collect_metrics(out)
-        write_json(out / "metrics.json", metrics)
-        _log(f"measured in {time.perf_counter() - start:.0f} s: {out / 'metrics.json'}", progress)
-        return metrics
+            trained = resolved[name]
+            smoothing = {"sigma": trained["sigma"], "n": config.smoothing_n, "n0": config.smoothing_n0,
+                         "alpha": config.smoothing_alpha, "images": config.smoothing_images} \
+                if trained["method"] == "gaussian" else None
+            _stage(out / "models" / name / "certified.json",
+                   lambda name=name, smoothing=smoothing: certified_numbers(
+                       models[name], test, eps=config.train_eps, label=config.label(name), smoothing=smoothing,
+                       runtime=runtime, progress=progress),
+                   redo=overwrite, inputs={"model": digests[name], "eps": config.train_eps, "n": len(test),
+                                           "smoothing": smoothing, "device": runtime.device.type})
+    metrics = collect_metrics(out)
+    best = metrics["best_robust_model"]
+    if config.defenses:
+        names = ["standard"] + ([best] if best != "standard" else [])
+        _stage(out / "arms_race.json",
+               lambda: measure_arms_race(models, names, {n: config.label(n) for n in names}, test,
+                                         defenses=list(config.defenses), attack=config.arms_race_attack,
+                                         eot=config.arms_race_eot, eps=config.train_eps, n=config.arms_race_n,
+                                         seed=config.seed, runtime=runtime, progress=progress),
+               redo=overwrite,
+               inputs={"models": {n: digests[n] for n in names}, "defenses": config.defenses,
+                       "attack": config.arms_race_attack, "eot": config.arms_race_eot,
+                       "n": min(config.arms_race_n, len(test)), "eps": config.train_eps, "seed": config.seed,
+                       "device": runtime.device.type})
+    gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
+                      "eps": config.train_eps, "targeted_eps": config.targeted_eps, "attacks": config.attacks,
+                      "n": len(test), "seed": config.seed, "device": runtime.device.type}
+    if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
+        _log("drawing the gallery", progress)
+        _gallery(config, metrics, models, test, attacks, out, gallery_inputs, runtime)
+    if config.explorer_size:
+        _stage(out / "explorer.json", lambda: _explorer(config, models, test, attacks, out, runtime, progress),
+               redo=overwrite or not (out / "explorer.safetensors").is_file(),
+               inputs={"models": digests, "size": config.explorer_size, "eps": config.eps_grid,
+                       "attacks": config.attacks, "targeted_eps": config.targeted_eps, "n": len(test),
+                       "seed": config.seed, "device": runtime.device.type})
+    metrics = collect_metrics(out)
+    write_json(out / "metrics.json", metrics)
+    _log(f"measured in {time.perf_counter() - start:.0f} s: {out / 'metrics.json'}", progress)
+    return metrics
 
 
 def _explorer(config: StudyConfig, models: dict, test, attacks: list[AttackSpec], out: Path, runtime: Runtime,
