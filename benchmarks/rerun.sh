@@ -110,6 +110,9 @@ fast-at() {  # issue 12: the default fast method (FGSM with the recipe's ε ramp
     # validation figure); add "0" as the third argument to train and evaluate it (about an hour).
     OMP_NUM_THREADS=1 "${rec[@]}" fast-at-eps0.3 "${attach[@]}" -- bash benchmarks/fast_at_study.sh "0.3" "0 1 2" " " fgsm
 }
+scale() {  # issue 18: bf16 against fp32 training of the quick recipe; 2 DDP processes against 1
+    "$py" benchmarks/bench_scale.py --out "$out/scale.json"
+}
 same-numbers() {
     "${rec[@]}" same-numbers-74fb18c -- bash benchmarks/same_numbers.sh 74fb18c
 }
@@ -121,7 +124,7 @@ full-study() {
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(standard-model quick-study quick-recipe attacks fgsm-identity eval-speed
                                      train-epochs tuning eval-batch agreement full-recipe methods gradreg train-fast
-                                     fast-at defenses ibp full-study)
+                                     fast-at defenses ibp scale full-study)
 # same-numbers (not in the default list): the quick study before (74fb18c) and after the issue-11 refactor
 for stage in "${stages[@]}"; do
     declare -F "$stage" >/dev/null || { echo "rerun.sh: unknown stage $stage" >&2; exit 2; }

@@ -2,14 +2,14 @@
 
     torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py train OUT CONFIG_JSON
     torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py evaluate OUT CHECKPOINT
-    torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py study OUT -
+    torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py study OUT CHANGES_JSON
 
 ``train``: trains CONFIG_JSON (TrainConfig values) into OUT/run and writes each rank's returned summary to
 OUT/rank{R}.json, so that a test can check that the ranks took the same decisions (the guard's, the best
 epoch). ``evaluate``: evaluates CHECKPOINT on 300 test images with deterministic and random attacks and
 writes each rank's per-example flags to OUT/rank{R}.pt. ``methods``: trains every other method briefly (CONFIG_JSON: the shared settings) and writes the summaries.
 ``study``: runs the tests' tiny study (conftest's
-``tiny_config``) into OUT/study and writes each rank's returned metrics to OUT/rank{R}.json. Without
+``tiny_config``, with CHANGES_JSON's changes) into OUT/study and writes each rank's returned metrics to OUT/rank{R}.json. Without
 torchrun it runs as one process (rank 0).
 """
 
@@ -54,7 +54,7 @@ def main(task: str, out: str, arg: str) -> None:
 
         from advlab.study import run_study
 
-        metrics = run_study(tiny_config(), out / "study", progress=False, runtime=runtime)
+        metrics = run_study(tiny_config(**json.loads(arg)), out / "study", progress=False, runtime=runtime)
         (out / f"rank{rank}.json").write_text(json.dumps(metrics))
     else:
         from advlab.attacks import AttackSpec

@@ -135,8 +135,10 @@ def train(
         check_runtime = dataclasses.replace(runtime, precision="fp32")  # the guard and the checks decide in fp32
         if main and (not (out / "config.json").is_file() or not resume):
             write_json(out / "config.json", {"config": config.to_dict(), "passes": config.passes,
-                                             "model_args": model_args, "versions": versions()})
+                                             "model_args": model_args, "versions": versions(),
+                                             "runtime": runtime.to_dict()})  # where and in what precision
         record = {"model": config.model, "model_args": model_args, "dataset": info.name,
+                  "training_runtime": runtime.to_dict(),
                   "normalization": {"mean": model_args["mean"], "std": model_args["std"]}, "config": config.to_dict()}
         log = _logger(progress and main)
         if saved_state is not None:
