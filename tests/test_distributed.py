@@ -197,7 +197,7 @@ def _one_line_error(stderr: str, words: str) -> None:
     assert "Traceback" not in stderr.split("advlab: error:")[0][-500:]
 
 
-def test_bad_distributed_input_exits_2(tmp_path):
+def test_bad_distributed_input_exits_2(tmp_path, trained_checkpoint):
     rank_env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     common = ["train", "--train-size", "200", "--epochs", "1", "--out", str(tmp_path / "x")]
     for extra, words in ((["--dist-backend", "nccl", "--device", "cpu"], "nccl needs CUDA GPUs"),
@@ -208,6 +208,11 @@ def test_bad_distributed_input_exits_2(tmp_path):
                               timeout=120, env={**_env(), **rank_env})
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         _one_line_error(done.stderr, words)
+    # attack and certify are one process's work: refused under torchrun, before any rank waits for another
+    done = subprocess.run([sys.executable, "-m", "advlab", "attack", str(trained_checkpoint), "--eps", "0.1", "--out",
+                           str(tmp_path / "adv")], capture_output=True, text=True, timeout=120, env={**_env(), **rank_env})
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    _one_line_error(done.stderr, "advlab attack runs in one process; start it without torchrun")
     done = advlab(*common, "--dist-backend", "gloo")  # not under torchrun
     assert done.returncode == 2 and "needs several processes" in done.stderr
     assert not (tmp_path / "x").exists()
@@ -234,7 +239,7 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
 
 def test_study_under_torchrun(tmp_path):
     """The tests' tiny study by 2 processes: each model trained by both (DDP) and evaluated on their shares,
-    the other stages by rank 0; both ranks return rank 0's metrics, and the report builds from the files."""
+    the other stages by rank 0 alone; the report builds from the files."""
     from conftest import TINY_MODELS
 
     # Two models and the stages that run on rank 0 alone, the arms race and the explorer left out for time.
@@ -243,9 +248,10 @@ def test_study_under_torchrun(tmp_path):
     result = torchrun(WORKER, "study", str(tmp_path), json.dumps(changes), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert metrics[0] == metrics[1]
+    assert metrics[1] is None  # rank 1 left once the shared stages were done
     study = tmp_path / "study"
     assert json.loads((study / "metrics.json").read_text()) == metrics[0]
+    assert set(metrics[0]["models"]) == {"standard", "fgsm"}
     from advlab.train.state import read_state
 
     for name in ("standard", "fgsm"):

@@ -61,7 +61,7 @@ def _stop_mid_training(out: Path, sig: int, *extra: str) -> subprocess.Popen:
     for line in process.stderr:  # the bars and the log go to stderr; training starts after the recipe line
         if line.startswith("recipe "):
             break
-    time.sleep(1.0)
+    time.sleep(0.5)  # the run is short: stop it well inside, not after its end
     process.send_signal(sig)
     process.stderr.read()
     process.wait(timeout=120)

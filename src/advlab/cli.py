@@ -146,10 +146,19 @@ def _add_device(parser: argparse.ArgumentParser, *, precision: bool = False, dis
 
 
 def _runtime(args: argparse.Namespace):
-    from advlab.distributed import start
+    from advlab.distributed import launched, start
     from advlab.runtime import Runtime
 
-    world, device = start(args.device, getattr(args, "dist_backend", "auto"))
+    if not hasattr(args, "dist_backend"):  # attack, certify: one process's work
+        if launched():
+            raise AdvlabError(f"advlab {args.command} runs in one process; start it without torchrun (train, "
+                              "evaluate and study run under torchrun)")
+        return Runtime(device=args.device, precision=getattr(args, "precision", "fp32"))
+    import torch.distributed
+
+    joined_before = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world, device = start(args.device, args.dist_backend)
+    args.world = None if joined_before else world  # main() leaves the job it joined (not a caller's) at the end
     return Runtime(device=device, precision=getattr(args, "precision", "fp32"), world=world)
 
 
@@ -665,9 +674,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"advlab: error: {err.strerror or err}{where}")
         return 2
     finally:
-        from advlab.distributed import stop
+        if getattr(args, "world", None) is not None:
+            from advlab.distributed import stop
 
-        stop()  # under torchrun: leave the job (nothing outside it)
+            stop()  # leave the job this command joined under torchrun
 
 
 def _say(line: str) -> None:

@@ -208,7 +208,7 @@ def evaluate(
     """Clean accuracy, and robust accuracy for each attack and ε, with the per-example worst case.
 
     ``data`` is an :class:`advlab.data.ImageData`, an ``(x, y)`` pair of tensors or an iterable of
-    batches. ``early_stop`` (the default) attacks only the examples still correct and lets each attack
+    batches (under torchrun, the same batches in the same order on every rank: each keeps every world-th). ``early_stop`` (the default) attacks only the examples still correct and lets each attack
     and restart drop an example as soon as it is fooled (exactly as strong, much faster on weak models);
     ``early_stop=False`` is the naive baseline that attacks every example with every step and restart.
     ``chain=True`` runs each attack only on the examples that all earlier attacks left robust (AutoAttack

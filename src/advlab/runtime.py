@@ -105,7 +105,7 @@ class Runtime:
 
     def generator(self, seed: int) -> torch.Generator:
         """A random generator seeded with ``seed`` on this device, where the random starts are drawn; under
-        torchrun each rank other than 0 draws its own stream (rank 0's is that of one process)."""
+        torchrun each rank draws its own stream (rank 0's starts as one process's does)."""
         if self.world is not None and self.world.rank > 0:
             seed = (seed + 1_000_003 * self.world.rank) % 2**63
         return torch.Generator(device=self.device).manual_seed(seed)

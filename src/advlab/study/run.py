@@ -65,13 +65,13 @@ def _stage(path: Path, compute: Callable[[], dict], *, redo: bool, inputs: dict,
 
 
 def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
-              runtime: Runtime | None = None) -> dict:
+              runtime: Runtime | None = None) -> dict | None:
     """Run (or resume) the study ``config`` in the folder ``out``; write and return its ``metrics.json``.
 
     ``runtime`` says where every stage runs (default: CUDA when present, else CPU). Under torchrun
     (``runtime.world``) every rank trains each model together (DDP) and evaluates it on its share of the
-    batches; the other stages (checks, certified, arms race, gallery, explorer) run on rank 0 while the
-    others wait, and every rank returns rank 0's metrics. The report is drawn from the saved files by
+    batches; the other stages (checks, certified, arms race, gallery, explorer) run on rank 0 alone, and the
+    other ranks return None as soon as the shared stages are done (no collective waits on rank 0's hours). The report is drawn from the saved files by
     :func:`advlab.report.build_report` (``advlab study`` calls it at the end).
     """
     runtime = runtime if runtime is not None else Runtime()
@@ -136,11 +136,10 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
                    inputs={"model": digests[name], "attacks": config.attacks, "eps": config.eps_grid, "n": len(test),
                            "seed": config.seed, "device": runtime.device.type,  # random starts differ by device
                            **({"world_size": world.size} if world is not None else {})})  # and by rank
-        if world is None:
-            return _measure(config, out, models, test, attacks, digests, resolved, overwrite, progress, runtime, start)
-        alone = dataclasses.replace(runtime, world=None)  # rank 0 alone from here; the others wait for its metrics
-        return world.from_main(lambda: _measure(config, out, models, test, attacks, digests, resolved, overwrite,
-                                                progress, alone, start))
+        if not main:
+            return None  # the shared stages are done: rank 0 measures the rest alone, for as long as it takes
+        alone = dataclasses.replace(runtime, world=None)
+        return _measure(config, out, models, test, attacks, digests, resolved, overwrite, progress, alone, start)
 
 
 def _measure(config: StudyConfig, out: Path, models: dict, test, attacks: list[AttackSpec], digests: dict,

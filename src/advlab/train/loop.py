@@ -106,7 +106,6 @@ def train(
                           "training images: every rank needs examples of its own; start fewer processes")
     if device.type == "cuda":  # on the GPU for the whole run: batches are cut there, no copy per batch
         train_data, val_data, check_data = (d.to(device) for d in (train_data, val_data, check_data))
-        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels once
     model, model_args = _build_model(config, info, runtime)
     method = METHODS[config.method](config)
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
@@ -114,7 +113,8 @@ def train(
     prepare = lambda: prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")  # noqa: E731
     out = world.from_main(prepare) if world is not None else prepare()
     # One writer per run folder (a second train on it is refused); SIGTERM saves at the next batch boundary.
-    with run_lock(out) if main else contextlib.nullcontext(), Preemption(save_every) as preemption:
+    with run_lock(out) if main else contextlib.nullcontext(), Preemption(save_every) as preemption, \
+            _cudnn_tuned(device):
         if not resume and main:
             for name in ("state.safetensors", "best.safetensors", "best.json", "summary.json", "metrics.jsonl",
                          "metrics.csv", "model.safetensors", "model.json"):
@@ -125,13 +125,13 @@ def train(
         shuffle_rng = torch.Generator().manual_seed(config.seed)
         attack_rng = runtime.generator(config.seed + 1)
         run = RunProgress()
+        scaler = torch.amp.GradScaler(device.type) if runtime.precision == "fp16" else None
         if saved_state is not None:
             run = restore(saved_state, model, optimizer, method, shuffle_rng, attack_rng,
-                          rank=world.rank if world is not None else 0)
+                          rank=world.rank if world is not None else 0, scaler=scaler)
             if run.active_method not in (None, config.method):
                 method = METHODS[run.active_method](config)  # the guard's fallback, chosen before the interruption
         trained = wrap(model, world, device)  # what the methods call: DDP all-reduces the gradients of its passes
-        scaler = torch.amp.GradScaler(device.type) if runtime.precision == "fp16" else None
         check_runtime = dataclasses.replace(runtime, precision="fp32")  # the guard and the checks decide in fp32
         if main and (not (out / "config.json").is_file() or not resume):
             write_json(out / "config.json", {"config": config.to_dict(), "passes": config.passes,
@@ -226,8 +226,10 @@ def train(
                     return
                 if main:
                     write_metrics(out, run.rows)
+                if world is not None:
+                    world.average_buffers(model)  # every rank's BatchNorm statistics, not rank 0's alone
                 write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, position=now,
-                            snapshot=snapshot, world=world)
+                            snapshot=snapshot, world=world, scaler=scaler)
                 preemption.saved()
                 if world.any(preemption.terminated) if world is not None else preemption.terminated:
                     raise Preempted(f"stopped by SIGTERM in epoch {epoch} after batch {now.batches}, its state saved; "
@@ -247,7 +249,8 @@ def train(
             if reading is None:  # stopped within the epoch: nothing of it is kept
                 if main:
                     write_metrics(out, run.rows)
-                write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world)
+                write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world,
+                            scaler=scaler)
                 break
             row = {"epoch": epoch, **stats, "val_clean_acc": reading["clean"], "val_robust_acc": reading["pgd"],
                    "val_fgsm_acc": reading["fgsm"], "seconds": seconds, "val_seconds": time.perf_counter() - start}
@@ -280,12 +283,28 @@ def train(
                         save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
             if main:
                 write_metrics(out, run.rows)
-            write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world)  # the commit point
+            write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world,
+                        scaler=scaler)  # the commit point
             epochs_this_call += 1
         summary = summarize(out, config, run)
         if main:
             write_json(out / "summary.json", summary)
         return summary
+
+
+@contextlib.contextmanager
+def _cudnn_tuned(device: torch.device):
+    """On CUDA, cuDNN's benchmark mode for the run (training's batch shapes are fixed: it picks the fastest
+    kernels once), and the caller's setting back afterwards (early-exit evaluation has many shapes)."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _check_world(saved_state, runtime: Runtime) -> None:

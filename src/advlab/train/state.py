@@ -87,7 +87,7 @@ def _unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], plain_state
 
 
 def write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, *,
-                position: EpochProgress | None = None, snapshot=None, world=None) -> None:
+                position: EpochProgress | None = None, snapshot=None, world=None, scaler=None) -> None:
     """The commit point: at the end of an epoch, or with ``position`` (and the guard's ``snapshot``) in the
     middle of one (:mod:`advlab.train.preempt`). Under torchrun (``world``) every rank calls it: each hands
     rank 0 what is its own (its attack generator, its method state), saved under ``rank{R}.``; rank 0 writes."""
@@ -105,6 +105,7 @@ def write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_
     meta = {"format": STATE_FORMAT, "config": config.to_dict(), "progress": dataclasses.asdict(run),
             "device": attack_rng.device.type,  # a generator's state fits only a generator of its device type
             "world_size": len(parts),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,  # fp16: its scale and growth
             "param_groups": optim["param_groups"], "optimizer_plain_state": plain_state}
     if position is not None:
         epoch_tensors, meta["position"] = position.to_state()
@@ -162,8 +163,10 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
     # (Runs saved before the guard's settings existed are refused anyway: their state has an older STATE_FORMAT.)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     if any(k not in saved for k in defaults):
+        # A run saved before `augment` existed trained without augmentation, whatever its recipe says now.
+        given = {k: v for k, v in saved.items() if k in defaults} | ({} if "augment" in saved else {"augment": "none"})
         try:
-            defaults = TrainConfig.from_dict({k: v for k, v in saved.items() if k in defaults}).to_dict()
+            defaults = TrainConfig.from_dict(given).to_dict()
         except AdvlabError:
             pass  # a setting no longer valid: it is reported as differing below
     differing = sorted(k for k in set(saved) | set(current)
@@ -174,8 +177,9 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
                           "use the same settings, --overwrite, or another --out")
 
 
-def restore(state, model, optimizer, method, shuffle_rng, attack_rng, *, rank: int = 0) -> RunProgress:
-    """Set everything back as the state holds it; ``rank``: whose own tensors to take (torchrun)."""
+def restore(state, model, optimizer, method, shuffle_rng, attack_rng, *, rank: int = 0, scaler=None) -> RunProgress:
+    """Set everything back as the state holds it; ``rank``: whose own tensors to take (torchrun);
+    ``scaler``: fp16's gradient scaler, given its saved scale."""
     tensors, meta = state
     prefix = f"rank{rank}." if rank else ""
     own = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)} if rank else tensors
@@ -190,6 +194,8 @@ def restore(state, model, optimizer, method, shuffle_rng, attack_rng, *, rank: i
         method.load_state({k[len("method."):]: v for k, v in own.items() if k.startswith("method.")})
         shuffle_rng.set_state(tensors["rng.shuffle"])
         attack_rng.set_state(own["rng.attack"])
+        if scaler is not None and meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
         return RunProgress(**check_fields(meta["progress"], RunProgress, what="training state field"))
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise AdvlabError(f"the saved training state does not fit this run ({str(err).splitlines()[0]}); "
