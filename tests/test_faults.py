@@ -56,12 +56,15 @@ def _same_run(a: Path, b: Path) -> None:
 
 def _stop_mid_training(out: Path, sig: int, *extra: str) -> subprocess.Popen:
     """Start the training and send ``sig`` once it is well into its batches."""
+    # SIGINT back to its default in the child: a shell that starts the tests in the background (`cmd &`)
+    # ignores it, the child would inherit that, and Python would never raise KeyboardInterrupt.
     process = subprocess.Popen(_advlab(*TRAIN, "--out", str(out), *extra), stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "COLUMNS": "80"})
+                               env={**os.environ, "COLUMNS": "80"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in process.stderr:  # the bars and the log go to stderr; training starts after the recipe line
         if line.startswith("recipe "):
             break
-    time.sleep(0.5)  # the run is short: stop it well inside, not after its end
+    time.sleep(1.0)
     process.send_signal(sig)
     process.stderr.read()
     process.wait(timeout=120)
