@@ -557,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Square: AutoAttack's without FAB-T), quick (APGD-CE and APGD-T, 50 iterations) or rand (EOT, "
                    "for randomized models); --attack adds attacks after it")
     p.add_argument("--eps", type=parse_numbers, required=True, help="comma-separated ε values, e.g. 0.05,0.1")
-    p.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default: all)")
+    p.add_argument("--n", "--images", dest="n", type=_positive_int, help="evaluate the first N test images "
+                   "(default: all; under torchrun write --images, which torchrun does not take for its --nnodes)")
     p.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH,
                    help=f"images per batch (default {EVAL_BATCH})")
     p.add_argument("--chain", action="store_true", help="run each attack only on examples that earlier "
