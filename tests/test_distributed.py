@@ -277,3 +277,18 @@ def test_every_method_trains_under_ddp(tmp_path):
         assert summary["epochs_completed"] == 1, method
         rows = _rows(tmp_path / method)
         assert all(row["train_loss"] == row["train_loss"] and row["train_loss"] < 100 for row in rows), method
+
+
+def test_evaluate_command_under_torchrun(tmp_path, trained_checkpoint):
+    """README's `torchrun ... -m advlab evaluate ... --images N`: rank 0 writes the one result file, whose
+    FGSM figures (no random start) equal one process's."""
+    args = ["evaluate", str(trained_checkpoint), "--attack", "fgsm", "--eps", "0.05,0.1", "--images", "300",
+            "--device", "cpu", "--quiet"]
+    done = torchrun("-m", "advlab", *args, "--out", str(tmp_path / "ddp.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = advlab(*args, "--out", str(tmp_path / "one.json"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    ddp, single = (json.loads((tmp_path / name).read_text()) for name in ("ddp.json", "one.json"))
+    assert ddp["runtime"]["world_size"] == 2 and ddp["n"] == single["n"] == 300
+    assert ddp["robust_accuracy"] == single["robust_accuracy"] and ddp["clean_accuracy"] == single["clean_accuracy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.json", "one.json"]
