@@ -54,6 +54,10 @@ class World:
     def main(self) -> bool:
         return self.rank == 0
 
+    def owns(self, batch: int) -> bool:
+        """Whether this rank evaluates batch number ``batch``: batch ``i`` goes to rank ``i mod size``."""
+        return batch % self.size == self.rank
+
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the ranks, in place (every rank gets the total), and returned."""
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)

@@ -268,7 +268,7 @@ def evaluate(
             if index < done:  # finished before an interruption: its flags were restored above
                 bar.update(len(y))
                 continue
-            if world is not None and index % world.size != world.rank:
+            if world is not None and not world.owns(index):
                 continue
             ran_batches.append(index)
             if checks and not clean_flags:
@@ -355,7 +355,7 @@ def clean_accuracy(model: nn.Module, data, *, batch_size: int = 1000, device=Non
     counts = torch.zeros(2, dtype=torch.long, device=device)
     with eval_mode(model), torch.inference_mode():
         for index, (x, y) in enumerate(_batches(data, batch_size, device)):
-            if world is not None and index % world.size != world.rank:
+            if world is not None and not world.owns(index):
                 continue
             counts[0] += (model(x).argmax(1) == y).sum()
             counts[1] += len(y)

@@ -78,8 +78,7 @@ class ImageData:
             index = order[start : start + batch_size]
             if (drop_last and len(index) < batch_size) or len(index) < world:
                 return
-            index = index[rank::world]
-            index = index.to(self.images.device)
+            index = index[rank::world].to(self.images.device)
             yield _to_float(self.images[index], device), self.labels[index].to(device)
 
     def to(self, device: torch.device | str | None) -> ImageData:

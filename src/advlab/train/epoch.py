@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from advlab.data.augment import augment
-from advlab.runtime import Runtime
 from advlab.train.config import TrainConfig
 from advlab.train.methods import METHODS
 from advlab.train.optim import SCHEDULES
@@ -56,9 +55,10 @@ def train_epoch(model, current_method, optimizer, data, config, run, total_steps
                            skip=position.batches, shard=(world.rank, world.size) if world is not None else None)
     for x, y in batches:
         x = augment(config.augment, x, generator=attack_rng)
-        if runtime.uses_channels_last or cuda_channels_last(runtime):
+        if runtime.uses_channels_last:
             x = x.to(memory_format=torch.channels_last)
         n = y.shape[0]
+        whole = n  # the global batch: this rank's part of it under torchrun
         if world is not None:  # this rank's share of the global batch's mean loss, as DDP averages the ranks'
             whole = min(config.batch_size, len(data) - position.batches * config.batch_size)
             weight = n * world.size / whole
@@ -71,12 +71,10 @@ def train_epoch(model, current_method, optimizer, data, config, run, total_steps
         with runtime.autocast():
             out = current_method().train_batch(model, x, y, eps=eps, alpha=alpha, generator=attack_rng, step=step)
         # Σ loss·n and the correct counts of this batch: summed over the ranks, so every rank's are the job's.
-        sums = torch.stack([out.loss.detach().float() * n,
-                            _correct(out.clean_logits, y), _correct(out.adv_logits, y),
-                            torch.tensor(float(n), device=y.device)])
+        sums = torch.stack([out.loss.detach().float() * n, _correct(out.clean_logits, y), _correct(out.adv_logits, y)])
         if world is not None:
             world.sum(sums)
-        position.seen += int(sums[3]) if world is not None else n
+        position.seen += whole
         position.batches += 1
         position.loss_sum += sums[0]
         if out.clean_logits is not None:
@@ -85,7 +83,7 @@ def train_epoch(model, current_method, optimizer, data, config, run, total_steps
         if out.adv_logits is not None:
             position.adv_seen = True
             position.adv_correct += sums[2].long()
-        bar.update(int(sums[3]) if world is not None else n)
+        bar.update(whole)
         if progress and position.batches % 20 == 1:
             shown = position.adv_correct if position.adv_seen else position.clean_correct
             bar.set_postfix(loss=f"{position.loss_sum.item() / position.seen:.3f}",
@@ -109,11 +107,6 @@ def _correct(logits: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
     if logits is None:
         return torch.zeros((), device=y.device)
     return (logits.detach().float().argmax(1) == y).sum().float()
-
-
-def cuda_channels_last(runtime: Runtime) -> bool:
-    """On CUDA, channels-last pays with reduced precision, where tensor cores run NHWC convolutions."""
-    return runtime.channels_last and runtime.device.type == "cuda" and runtime.precision != "fp32"
 
 
 def base_alpha(config: TrainConfig, run: RunProgress) -> float:

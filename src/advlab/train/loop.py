@@ -41,7 +41,7 @@ from advlab.runtime import Runtime
 from advlab.train.config import TrainConfig
 from advlab.train.guard import (MAX_REMEDIES, CatastrophicOverfittingWarning, Snapshot, catastrophic_overfitting,
                                 collapse_event, collapse_signature, probe)
-from advlab.train.epoch import base_alpha, cuda_channels_last, train_epoch
+from advlab.train.epoch import base_alpha, train_epoch
 from advlab.train.methods import METHODS
 from advlab.train.optim import OPTIMIZERS
 from advlab.train.preempt import EpochProgress, Preempted, Preemption
@@ -345,7 +345,7 @@ def _build_model(config: TrainConfig, info, runtime: Runtime) -> tuple[nn.Module
         torch.manual_seed(config.seed)
         model = create_model(config.model, **args)
     model = model.to(runtime.device)
-    if runtime.uses_channels_last or cuda_channels_last(runtime):
+    if runtime.uses_channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, args
 
