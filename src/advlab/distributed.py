@@ -147,6 +147,11 @@ def start(device: str = "auto", backend: str = "auto") -> tuple[World | None, st
     return World(rank=rank, size=size, local_rank=local_rank, backend=backend), device
 
 
+def on_main(world: World | None, work: Callable[[], T]) -> T:
+    """``work()`` in one process; under torchrun, run on rank 0 and its result (or error) handed to every rank."""
+    return work() if world is None else world.from_main(work)
+
+
 def stop() -> None:
     """Leave the job (at the end of a command run under torchrun)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -170,4 +175,4 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-__all__ = ["BACKENDS", "World", "launched", "start", "stop", "unwrap", "wrap"]
+__all__ = ["BACKENDS", "World", "launched", "on_main", "start", "stop", "unwrap", "wrap"]

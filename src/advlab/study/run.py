@@ -17,6 +17,7 @@ from advlab.attacks import AttackSpec, parse_attack, verify_adversarial
 from advlab.attacks.suites import suite_attacks
 from advlab.checks import measure_checks, strongest_pgd
 from advlab.data import load_dataset
+from advlab.distributed import on_main
 from advlab.errors import AdvlabError
 from advlab.evaluate import evaluate
 from advlab.files import file_sha256, run_lock
@@ -55,7 +56,7 @@ def _stage(path: Path, compute: Callable[[], dict], *, redo: bool, inputs: dict,
                 return found
         return None
 
-    found = world.from_main(cached) if world is not None else cached()
+    found = on_main(world, cached)
     if found is not None:
         return found
     result = {**compute(), "inputs": inputs}
@@ -94,7 +95,7 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
                                   "choose another --out or pass --overwrite")
         prepare_run_dir(out, resume=saved.is_file(), overwrite=overwrite)
 
-    world.from_main(open_folder) if world is not None else open_folder()
+    on_main(world, open_folder)
     # One writer per study folder: a second study on it is refused (under torchrun, rank 0 writes).
     with run_lock(out) if main else contextlib.nullcontext():
         if main:
@@ -110,13 +111,12 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
         for name in config.models:
             folder = out / "models" / name
             done = folder / "done.json"
-            todo = lambda done=done: overwrite or not done.is_file()  # noqa: E731
-            if world.from_main(todo) if world is not None else todo():
+            if on_main(world, lambda done=done: overwrite or not done.is_file()):
                 _log(f"training {config.label(name)}", progress and main)
                 summary = train(config.train_config(name), folder, resume=folder.is_dir() and not overwrite,
                                 overwrite=overwrite, progress=progress, runtime=runtime)
-                written = lambda done=done, summary=summary: str(write_json(done, summary))  # noqa: E731
-                world.from_main(written) if world is not None else written()  # on disk before any rank reads it
+                # On disk before any rank reads it.
+                on_main(world, lambda done=done, summary=summary: str(write_json(done, summary)))
             models[name], _ = load_checkpoint(folder / "model.safetensors", device=runtime.device)
         digests = {name: _digest(out / "models" / name / "model.safetensors") for name in models}
         for name, model in models.items():

@@ -31,7 +31,7 @@ from torch import nn
 
 from advlab.certify import verified_accuracy
 from advlab.data import get_info, load_dataset
-from advlab.distributed import wrap
+from advlab.distributed import on_main, wrap
 from advlab.errors import AdvlabError
 from advlab.evaluate import clean_accuracy
 from advlab.models import create_model, takes_raw_pixels
@@ -90,7 +90,7 @@ def train(
         return state
 
     # Only rank 0 reads the folder; the other ranks get its state, or its error, by broadcast.
-    saved_state = world.from_main(read_folder) if world is not None else read_folder()
+    saved_state = on_main(world, read_folder)
     _check_world(saved_state, runtime)
     device = runtime.device
     info = get_info(config.dataset)
@@ -110,8 +110,7 @@ def train(
     method = METHODS[config.method](config)
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
     # Everything is checked: only now is the run folder created (a refused run leaves no empty folder).
-    prepare = lambda: prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume")  # noqa: E731
-    out = world.from_main(prepare) if world is not None else prepare()
+    out = on_main(world, lambda: prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume"))
     # One writer per run folder (a second train on it is refused); SIGTERM saves at the next batch boundary.
     with run_lock(out) if main else contextlib.nullcontext(), Preemption(save_every) as preemption, \
             _cudnn_tuned(device):
