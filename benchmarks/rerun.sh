@@ -68,8 +68,9 @@ agreement() {
 }
 methods() {
     local attach=()
-    for name in standard fgsm nfgsm gradalign pgd trades-b1 trades-b6 mart free; do
-        attach+=(--attach "runs/methods/$name/summary.json" --attach "runs/methods/$name/eval-pgd50x10-n10000.json")
+    for name in standard fgsm nfgsm gradalign pgd trades-b1 trades-b6 mart free gradreg; do
+        attach+=(--attach "runs/methods/$name/summary.json" --attach "runs/methods/$name/metrics.jsonl"
+                 --attach "runs/methods/$name/eval-pgd50x10-n10000.json")
     done
     RETRAIN=1 "${rec[@]}" methods-n10000 "${attach[@]}" -- bash benchmarks/methods_table.sh 10000 runs/methods
 }
