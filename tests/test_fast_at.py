@@ -6,119 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import advlab.train.loop as train_loop
 from advlab.cli import main
-from advlab.data import load_dataset
-from advlab.runs import load_checkpoint
-from advlab.runtime import Runtime
-from advlab.train.guard import probe
 from advlab.runs import read_json
-from advlab.train import CatastrophicOverfittingWarning, TrainConfig, collapse_signature, find_recipe, train
-from advlab.train.methods import NFGSM, GradAlign, PGDTraining, gradient_alignment
+from advlab.train import TrainConfig, find_recipe
+from advlab.train.methods import NFGSM, FastFGSM, GradAlign, gradient_alignment
 from conftest import have_fashion_mnist
 from test_data import make_idx
 
 needs_fashion = pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST not found")
 TINY = dict(train_size=1200, val_size=200, check_examples=100, check_steps=5, batch_size=50, epochs=3, steps=2,
             schedule="constant", lr=3e-3, eps=0.15, co_check_every=0)
-
-
-# --------------------------------------------------------------------------- the guard
-
-
-@needs_fashion
-def test_provoked_collapse_is_caught_within_the_epoch(tmp_path):
-    """FGSM from x with α = 2ε at ε = 0.3 collapses within the first epoch (measured: at step 60, FGSM
-    accuracy 41% against PGD-10 10% on 256 validation images). The guard fires inside the epoch, the weights
-    go back to the last check that passed, which become model.safetensors, and the record says so."""
-    config = TrainConfig(method="fgsm", eps=0.3, alpha=0.6, random_start=False, eps_warmup_epochs=0, epochs=2,
-                         train_size=10000,
-                         val_size=500, check_examples=500, co_check_every=20, co_check_examples=256,
-                         schedule="constant", lr=2e-3)
-    with pytest.warns(CatastrophicOverfittingWarning, match=r"catastrophic overfitting at epoch 1, step \d+: on 256"):
-        summary = train(config, tmp_path / "run", progress=False)
-    assert summary["catastrophic_overfitting"] and summary["stopped_by_guard"] and summary["epochs_completed"] == 0
-    (event,) = summary["collapses"]
-    assert event["within_epoch"] and event["rule"] == "signature" and event["remedy"] == "stop"
-    assert event["fgsm_acc"] - event["pgd_acc"] > config.co_gap and event["restored_epoch"] == 0
-    assert read_json(tmp_path / "run" / "summary.json")["collapses"] == summary["collapses"]
-    # The kept weights are those of the last check that passed: earlier in the epoch than the collapse.
-    record = read_json(tmp_path / "run" / "model.json")
-    assert record["partial_epoch"] and 0 < record["step"] < event["step"]
-    assert summary["model_weights_from"] == f"epoch 1, step {record['step']}" == event["restored_to"]
-    # ... and they pass the guard's test again, where the collapsed weights failed it.
-    model, _ = load_checkpoint(tmp_path / "run" / "model.safetensors")
-    probe_data = load_dataset("fashion-mnist", "val", val_size=500, download=False).subset(256)
-    reading = probe(model, probe_data, eps=0.3, steps=10, seed=0, runtime=Runtime(device="cpu"))
-    assert reading["fgsm"] - reading["pgd"] <= config.co_gap
-    assert reading["pgd"] == pytest.approx(record["metrics"]["pgd"])
-
-
-def test_signature_rule():
-    assert collapse_signature(0.9, 0.05, 0.3) and not collapse_signature(0.785, 0.763, 0.3)
-    assert not collapse_signature(0.5, 0.2, 0.3)  # exactly the gap is not more than it
-
-
-def _collapse_at(monkeypatch, epochs: set[int]):
-    """Make the signature fire at the end of the given epochs (counted in calls to the rule)."""
-    calls = iter(range(1, 100))
-    monkeypatch.setattr(train_loop, "collapse_signature", lambda fgsm, pgd, gap: next(calls) in epochs)
-
-
-@needs_fashion
-@pytest.mark.parametrize("remedy", ["smaller-step", "fallback"])
-def test_remedies_go_on_from_the_last_good_weights(tmp_path, monkeypatch, remedy):
-    _collapse_at(monkeypatch, {2})
-    pgd_batches = []
-    original = PGDTraining.loss
-    monkeypatch.setattr(PGDTraining, "loss", lambda self, *a, **k: pgd_batches.append(self.name) or original(self, *a, **k))
-    config = TrainConfig(method="fgsm", co_remedy=remedy, **TINY)
-    with pytest.warns(CatastrophicOverfittingWarning, match="at the end of epoch 2"):
-        summary = train(config, tmp_path / "run", progress=False)
-    assert summary["epochs_completed"] == 3 and not summary["stopped_by_guard"] and summary["final_epoch"] == 3
-    (event,) = summary["collapses"]
-    assert event["remedy"] == remedy and event["restored_epoch"] == 1
-    assert summary["alpha_scale"] == (0.5 if remedy == "smaller-step" else 1.0)
-    assert summary["final_method"] == ("pgd" if remedy == "fallback" else "fgsm")
-    # The fallback trains at its own step size (PGD's 2.5ε/steps), not FGSM's 1.25ε; smaller-step halves α.
-    expected = 2.5 * 0.15 / 2 if remedy == "fallback" else 0.5 * 1.25 * 0.15
-    assert event["alpha"] == pytest.approx(expected) and f"α = {expected:.4g}" in event["message"]
-    # Epoch 2's weights were thrown away: epoch 3 started from epoch 1's, so the saved model is epoch 3's.
-    assert read_json(tmp_path / "run" / "model.json")["epoch"] == 3
-    batches = 1200 // 50
-    assert pgd_batches.count("pgd") == (batches if remedy == "fallback" else 0)  # the third epoch is PGD's
-    assert pgd_batches.count("fgsm") == (2 if remedy == "fallback" else 3) * batches
-
-
-@needs_fashion
-def test_the_signature_waits_for_the_end_of_the_eps_ramp(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_loop, "collapse_signature", lambda fgsm, pgd, gap: True)
-    config = TrainConfig(method="nfgsm", eps_warmup_epochs=2.5, **TINY)
-    with pytest.warns(CatastrophicOverfittingWarning):
-        summary = train(config, tmp_path / "run", progress=False)
-    assert [e["epoch"] for e in summary["collapses"]] == [3]  # epochs 1 and 2 trained below the full ε
-
-
-@needs_fashion
-def test_repeated_collapses_end_in_a_stop(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_loop, "collapse_signature", lambda fgsm, pgd, gap: True)
-    config = TrainConfig(method="fgsm", co_remedy="smaller-step", **{**TINY, "epochs": 6})
-    with pytest.warns(CatastrophicOverfittingWarning):
-        summary = train(config, tmp_path / "run", progress=False)
-    assert [e["remedy"] for e in summary["collapses"]] == ["smaller-step"] * 3 + ["stop"]
-    assert summary["stopped_by_guard"] and summary["epochs_completed"] == 4 and summary["alpha_scale"] == 0.125
-
-
-@needs_fashion
-def test_evaluate_says_a_collapsed_run_collapsed(tmp_path, monkeypatch, capsys):
-    _collapse_at(monkeypatch, {2})
-    with pytest.warns(CatastrophicOverfittingWarning):
-        train(TrainConfig(method="fgsm", **TINY), tmp_path / "run", progress=False)
-    assert main(["evaluate", str(tmp_path / "run"), "--attack", "fgsm", "--eps", "0.1", "--n", "50", "--quiet",
-                 "--out", str(tmp_path / "eval.json")]) == 0
-    assert "warning: the guard caught catastrophic overfitting" in capsys.readouterr().out
-    training = read_json(tmp_path / "eval.json")["training"]
-    assert training["collapsed"] and "end of epoch 2" in training["message"]
 
 
 # --------------------------------------------------------------------------- N-FGSM and GradAlign
@@ -195,6 +92,43 @@ def test_recipes_fill_what_the_user_leaves_out():
     assert TrainConfig(method="nfgsm", eps=0.3, eps_warmup_epochs=0).eps_warmup_epochs == 0.0
 
 
+def test_every_method_has_a_recipe_on_every_data_set():
+    """No method falls through to settings made for another data set: each pair names its recipe."""
+    from advlab.data import DATASETS
+    from advlab.train import METHODS
+
+    for dataset in DATASETS:
+        for method in METHODS:
+            assert find_recipe(dataset, method).name != "base", (dataset, method)
+
+
+def test_each_fast_method_starts_as_its_papers_code():
+    assert TrainConfig(dataset="mnist", method="fgsm", eps=0.3).clip_start is False  # Wong et al.'s MNIST code
+    assert TrainConfig(dataset="cifar10", method="fgsm", eps=8 / 255).clip_start is True  # their CIFAR-10 code
+    assert TrainConfig(dataset="cifar10", method="nfgsm", eps=8 / 255).clip_start is True  # de Jorge et al.'s code
+    assert TrainConfig(dataset="mnist", method="pgd", eps=0.3).clip_start is True  # Madry et al.'s
+    assert TrainConfig(dataset="mnist", method="fgsm", eps=0.3, clip_start=True).clip_start is True  # the user wins
+
+
+def test_an_unclipped_start_takes_its_gradient_outside_the_image(tiny_cnn, batch):
+    """Wong et al.'s MNIST FGSM: δ ~ U(−ε, ε) not clipped before the gradient (model(X + δ)), then one step of
+    α clipped to the ε-ball and the image. The same by hand; and the clipped start differs."""
+    x, y = batch
+    x = x.clone()
+    x[:, :, :4] = 0.0  # MNIST's background: the clip matters where pixels are 0
+    eps, alpha = 0.3, 0.375
+    method = FastFGSM(TrainConfig(method="fgsm", eps=eps, clip_start=False))
+    out = method.loss(tiny_cnn, x, y, eps=eps, alpha=alpha, generator=torch.Generator().manual_seed(5))
+    delta = (torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) * 2 - 1) * eps
+    start = (x + delta).requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(tiny_cnn(start), y, reduction="none").sum(), start)
+    expected = torch.minimum(torch.maximum(start.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    assert torch.allclose(out.adv_logits, tiny_cnn(expected), atol=1e-5)
+    clipped = FastFGSM(TrainConfig(method="fgsm", eps=eps, clip_start=True))
+    other = clipped.loss(tiny_cnn, x, y, eps=eps, alpha=alpha, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(other.adv_logits, out.adv_logits)
+
+
 def test_a_resolved_config_round_trips():
     config = TrainConfig(dataset="mnist", method="nfgsm", eps=0.3)
     assert TrainConfig.from_dict(config.to_dict()) == config
@@ -217,12 +151,13 @@ def test_bad_fast_training_settings_exit_2_with_one_line(tmp_path, capsys, flags
 def test_mnist_trains_with_its_recipe_from_small_files(tmp_path, capsys):
     """The MNIST path end to end on idx files the test writes: the recipe picks Wong et al.'s network."""
     make_idx(tmp_path / "mnist", n_train=120, n_test=20)
-    assert main(["train", "--dataset", "mnist", "--method", "nfgsm", "--eps", "0.3", "--epochs", "1",
+    assert main(["train", "--dataset", "mnist", "--method", "fgsm", "--eps", "0.3", "--epochs", "1",
                  "--val-size", "20", "--data-dir", str(tmp_path / "mnist"), "--out", str(tmp_path / "run"),
                  "--quiet"]) == 0
     assert "recipe: mnist-wong" in capsys.readouterr().out
     saved = read_json(tmp_path / "run" / "config.json")["config"]
     assert (saved["recipe"], saved["model"], saved["batch_size"], saved["lr"]) == ("mnist-wong", "wong_mnist", 100, 0.005)
+    assert saved["clip_start"] is False and saved["co_remedy"] == "fallback"  # Wong et al.'s start; PGD-10 if it collapses
     assert read_json(tmp_path / "run" / "summary.json")["recipe"] == "mnist-wong"
     assert read_json(tmp_path / "run" / "model.json")["model"] == "wong_mnist"
 
@@ -230,6 +165,7 @@ def test_mnist_trains_with_its_recipe_from_small_files(tmp_path, capsys):
 def test_list_recipes_names_every_source(capsys):
     assert main(["train", "--list-recipes"]) == 0
     text = capsys.readouterr().out
-    for name in ("mnist-wong", "mnist-madry", "cifar10-rice", "cifar10-gradalign", "cifar10-nfgsm"):
+    for name in ("mnist-wong", "mnist-nfgsm", "mnist-madry", "mnist-ibp", "cifar10-rice", "cifar10-gradalign",
+                 "cifar10-nfgsm", "cifar10-cohen", "cifar10-ibp"):
         assert name in text
     assert "mnist_challenge" in text and "train_mnist.py" in text

@@ -46,7 +46,10 @@ EPILOG_TRAIN = """examples:
   torchrun --standalone --nproc_per_node=2 -m advlab train --preset quick --out runs/ddp  # DDP (README: Scale)
 settings left out come from the recipe of the data set and method (--list-recipes); config.json names it.
 Adversarial training runs under a catastrophic-overfitting guard: FGSM and PGD accuracy on the same
-validation images every --co-check-every steps and every epoch; a gap above --co-gap is a collapse.
+validation images every --co-check-every steps and every epoch. It fires when --co-patience checks in a
+row find PGD accuracy more than --co-threshold below its best, or, once the learning rate has passed its
+peak, FGSM accuracy more than --co-gap above PGD accuracy (a run on its way to robustness shows that gap
+for a while). A run that ends without robustness, or a model still at chance after epoch 1, is flagged.
 """
 EPILOG_ATTACK = """examples:
   advlab attack runs/standard --attack fgsm --eps 0.1 --out runs/standard/fgsm
@@ -104,6 +107,13 @@ def parse_number(text: str) -> float:
 def parse_numbers(text: str) -> list[float]:
     """A comma-separated list of numbers or fractions: ``0.05,0.1,8/255``."""
     return [parse_number(part) for part in text.split(",") if part.strip()]
+
+
+def _yes_no(text: str) -> bool:
+    words = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
+    if text.strip().lower() not in words:
+        raise argparse.ArgumentTypeError(f"give yes or no, not {text!r}")
+    return words[text.strip().lower()]
 
 
 def _positive_int(text: str) -> int:
@@ -199,6 +209,8 @@ _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
      "recipe's)"),
     ("clean_epochs", parse_number, "train at ε = 0 for this many epochs before the ramp (default: the recipe's; "
      "ibp: 1)"),
+    ("clip_start", _yes_no, "yes or no: clip the random start to [0, 1] before the first gradient (default: the "
+     "recipe's, as each paper's code: no for Wong et al.'s MNIST FGSM, yes elsewhere)"),
     ("augment", str, "none or crop-flip (4-pixel padded random crop and horizontal flip, as tensor ops; default: "
      "the recipe's, crop-flip on CIFAR-10)"),
     ("seed", _seed, "random seed from 0 to 2^63 - 1 (data order, random starts, initialization)"),
@@ -210,6 +222,7 @@ _TRAIN_FLAGS: list[tuple[str, Callable, str]] = [
      "(default 0.3)"),
     ("co_threshold", parse_number, "catastrophic overfitting also: validation PGD accuracy this far below its "
      "best (default 0.1; 1 turns it off)"),
+    ("co_patience", _positive_int, "checks in a row that must show the collapse before the guard fires (default 3)"),
     ("co_check_every", int, "optimizer steps between the guard's checks within an epoch (default 100; 0: per "
      "epoch only)"),
     ("co_check_examples", _positive_int, "validation images of each within-epoch check (default 256)"),
@@ -267,14 +280,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"  {key.replace('_', ' ')}: {value}")
     if summary.get("catastrophic_overfitting"):
         print(f"  warning: {summary['catastrophic_overfitting_message']}")
+    for note in summary.get("warnings", []):
+        print(f"  warning: {note}")
     return 0
 
 
 
-def _attacks(names: Sequence[str] | None, norm: str, default: Sequence[str]):
+def _attacks(names: Sequence[str] | None, norm: str, default: Sequence[str], step_ratio: float | None = None):
     from advlab.attacks import parse_attack
 
-    return [parse_attack(name, norm=norm) for name in (names or default)]
+    return [parse_attack(name, norm=norm, step_ratio=step_ratio) for name in (names or default)]
 
 
 def _add_sources(p: argparse.ArgumentParser) -> None:
@@ -368,7 +383,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     source, dataset, image_size, classes = _source(args)
     _training_note(args)
-    attacks = _attacks(args.attack, args.norm, [] if args.suite else ["fgsm", "pgd20"])
+    attacks = _attacks(args.attack, args.norm, [] if args.suite else ["fgsm", "pgd20"], args.step_ratio)
     runtime = _runtime(args)
     result = evaluate_checkpoint(source, attacks=attacks, suite=args.suite, eps=args.eps, n=args.n,
                                  dataset=dataset, split=args.split, data_dir=args.data_dir, image_size=image_size,
@@ -384,6 +399,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     outcome = training_outcome(args.checkpoint) if args.checkpoint is not None else None
     if outcome and outcome["collapsed"]:
         print(f"warning: the guard caught catastrophic overfitting in this model's training: {outcome['message']}")
+    for note in outcome["warnings"] if outcome else []:
+        print(f"warning: this model's training says: {note}")
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -506,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "unless --resume or --overwrite); required")
     p.add_argument("--config", type=Path, help="TOML file with training settings (flags override it)")
     p.add_argument("--preset", help="a shipped config instead of --config: quick (fast FGSM, minutes) or full "
-                   "(PGD-10, under an hour on 2 CPU cores) on Fashion-MNIST; mnist-quick (N-FGSM, ε = 0.3) or "
+                   "(PGD-10, under an hour on 2 CPU cores) on Fashion-MNIST; mnist-quick (Wong et al.'s fast FGSM, ε = 0.3, "
+                   "minutes) or "
                    "madry-mnist (Madry et al.'s PGD-40, for a GPU); cifar10-fast (Wong et al.'s fast FGSM) or "
                    "cifar10-pgd (PGD-10 with Rice et al.'s early stopping), both for a GPU")
     p.add_argument("--show-preset", metavar="NAME", help="print that preset's TOML and exit")
@@ -557,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Square: AutoAttack's without FAB-T), quick (APGD-CE and APGD-T, 50 iterations) or rand (EOT, "
                    "for randomized models); --attack adds attacks after it")
     p.add_argument("--eps", type=parse_numbers, required=True, help="comma-separated ε values, e.g. 0.05,0.1")
+    p.add_argument("--step-ratio", type=parse_number, help="step size of the --attack attacks that take one, as a "
+                   "fraction of ε, e.g. 1/30 for a paper's α = 0.01 at ε = 0.3 (default: each attack's rule, "
+                   "2.5/steps for PGD)")
     p.add_argument("--n", "--images", dest="n", type=_positive_int, help="evaluate the first N test images "
                    "(default: all; under torchrun write --images, which torchrun does not take for its --nnodes)")
     p.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH,

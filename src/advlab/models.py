@@ -184,6 +184,34 @@ class PreActResNet18(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
+@register_model("ibp_large",
+                description="conv64-conv64-conv128 (stride 2)-conv128-conv128, fc512: Gowal et al.'s large IBP network")
+class IBPLarge(nn.Module):
+    """The large network of Gowal et al. 2018 (arXiv:1810.12715, Table 1; CROWN-IBP's ``IBP_large``): five
+    3×3 convolutions (64, 64, 128 of stride 2, 128, 128 channels), a 512-unit layer; no pooling, so CROWN-IBP
+    goes through it. Normalized inputs, as CROWN-IBP's CIFAR-10 loader gives it (a linear map bounds go
+    through)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, height: int = 28, width: int = 28) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128 * ((height + 1) // 2) * ((width + 1) // 2), 512),
+                                        nn.ReLU(inplace=True), nn.Linear(512, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def as_sequence(self) -> list[nn.Module]:
+        """The layers in the order forward applies them (what interval bound propagation walks)."""
+        return [*self.features, *self.classifier]
+
+
 @register_model("linear", description="one linear layer (a baseline and test case)")
 class LinearClassifier(nn.Module):
     """A single linear layer on the flattened image: the analytic test case for attacks."""
@@ -262,7 +290,7 @@ def create_model(
     std = (1.0,) * in_channels if std is None else tuple(std)
     if len(mean) != in_channels:
         raise AdvlabError(f"normalization has {len(mean)} channels but the model expects {in_channels}")
-    if constructor is LinearClassifier and height is not None:
+    if constructor in (LinearClassifier, IBPLarge) and height is not None:  # their first fc layer's size
         kwargs.setdefault("height", height)
         kwargs.setdefault("width", width)
     try:

@@ -236,7 +236,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def training_outcome(path: str | Path) -> dict[str, Any] | None:
     """What the training run behind a checkpoint reported about catastrophic overfitting (from the run
     folder's summary.json), or None when the checkpoint has no run folder. ``collapsed`` is True when the
-    guard fired, whatever remedy followed; ``message`` is its last line."""
+    guard fired, whatever remedy followed; ``message`` is its last line; ``warnings`` what else the run
+    found wrong (a model at chance, a run that ends without robustness)."""
     path = Path(path)
     summary_path = (path if path.is_dir() else path.parent) / "summary.json"
     if not summary_path.is_file():
@@ -247,7 +248,10 @@ def training_outcome(path: str | Path) -> dict[str, Any] | None:
     return {"collapsed": bool(summary["catastrophic_overfitting"]),
             "message": summary.get("catastrophic_overfitting_message"),
             "stopped_by_guard": bool(summary.get("stopped_by_guard", summary["catastrophic_overfitting"])),
-            "recipe": summary.get("recipe")}
+            "recipe": summary.get("recipe"),
+            # A run that ends without robustness, or a model at chance: flagged even where the guard never fired.
+            "ends_without_robustness": bool(summary.get("ends_without_robustness")),
+            "warnings": list(summary.get("warnings") or [])}
 
 
 def training_status(path: str | Path) -> dict[str, Any] | None:

@@ -216,6 +216,8 @@ class RunSummary:
     catastrophic_overfitting: bool | None = None
     catastrophic_overfitting_message: str | None = None
     stopped_by_guard: bool | None = None
+    warnings: list[str] | None = None  # a model at chance, a run that ends without robustness (train.guard)
+    ends_without_robustness: bool | None = None
 
 
 @dataclass(frozen=True)

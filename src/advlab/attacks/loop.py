@@ -117,6 +117,7 @@ def perturb(
     steps: int,
     norm: str = "linf",
     random_start: bool = True,
+    clip_start: bool = True,
     objective: Objective,
     success: Objective | None = None,
     generator: torch.Generator | None = None,
@@ -130,8 +131,13 @@ def perturb(
     logits of the gradient pass: the attack stays exactly as strong and costs much less on weak models.
     ``eot`` > 1 averages each step's gradient, and the logits that decide success, over that many passes
     (Expectation over Transformation, for a randomized model: no example leaves on one lucky draw).
+    ``clip_start=False`` takes the first gradient at the random start before it is clipped to [0, 1], as
+    some training recipes do (:func:`advlab.attacks.threat.random_start`); every step is projected as ever.
     """
-    x_adv = random_point_in_ball(x, eps, norm, generator) if random_start and eps > 0 else x.clone()
+    if not clip_start and success is not None:
+        raise ValueError("an unclipped random start is for training, not for an attack that keeps its iterates")
+    x_adv = (random_point_in_ball(x, eps, norm, generator, clip=clip_start) if random_start and eps > 0
+             else x.clone())
     early_stop = success is not None
     result = x_adv.clone() if early_stop else x_adv
     active = torch.arange(x.shape[0], device=x.device)  # the examples still in the loop (rows of x)

@@ -199,10 +199,11 @@ def attack_syntax() -> str:
     return ", ".join(kind.syntax for kind in ATTACKS.values())
 
 
-def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
+def parse_attack(text: str, *, norm: str | None = None, step_ratio: float | None = None) -> AttackSpec:
     """Parse ``fgsm``, ``noise``, ``pgd``, ``pgd50``, ``pgd-50x10``, ``pgd20-l2-margin`` into an :class:`AttackSpec`.
 
-    ``norm`` is the default threat model where the name does not give one.
+    ``norm`` is the default threat model where the name does not give one; ``step_ratio`` (α / ε) is given to
+    an attack that takes a step size and ignored by one that has none (FGSM steps ε, APGD and Square adapt).
     """
     clean = str(text).strip().lower().replace("∞", "inf")
     for kind in ATTACKS.values():
@@ -233,4 +234,5 @@ def parse_attack(text: str, *, norm: str | None = None) -> AttackSpec:
     return AttackSpec(name=kind.name, norm=settings["norm"] or norm or "linf", loss=settings["loss"] or "ce",
                       targeted=targeted is not None, targets=targeted or top or None,
                       eot=1 if settings["eot"] is None else settings["eot"],
+                      step_ratio=step_ratio if kind.takes("step_ratio") else None,
                       bpda=bool(settings["bpda"]), **counts)

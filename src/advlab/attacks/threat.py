@@ -79,8 +79,11 @@ def step_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / _bcast(per_example_norm(grad, "l2").clamp_min(1e-12), grad)
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
-    """A uniform draw from the ε-ball (L∞: the cube; L2: the ball), clipped to [0, 1].
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None, *,
+                 clip: bool = True) -> torch.Tensor:
+    """A uniform draw from the ε-ball (L∞: the cube; L2: the ball), clipped to [0, 1] unless ``clip`` is
+    False. An unclipped start (pixels may leave [0, 1]) is for training only, where a paper's code takes the
+    first gradient there (Wong et al.'s MNIST fast FGSM); an attack's result is always projected.
 
     For L2 this lies almost on the sphere of radius ε in high dimension. torchattacks instead draws the
     radius uniformly in [0, ε], a start concentrated near x; the two give L2 PGD results about a point
@@ -93,7 +96,7 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
         dims = x[0].numel()
         radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dims)
         noise = direction * _bcast(radius * eps, x)
-    return project(x + noise, x, eps, norm)
+    return project(x + noise, x, eps, norm) if clip else x + noise
 
 
 def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> None:

@@ -14,6 +14,7 @@ from advlab.certify.ibp import (
     input_box,
     interval_bounds,
     margin_bounds,
+    mixed_margin_bounds,
     sequence,
     verified,
     verified_accuracy,
@@ -21,5 +22,5 @@ from advlab.certify.ibp import (
     worst_case_logits,
 )
 
-__all__ = ["UnsupportedLayer", "input_box", "interval_bounds", "margin_bounds", "sequence", "verified",
-           "verified_accuracy", "verified_flags", "worst_case_logits"]
+__all__ = ["UnsupportedLayer", "input_box", "interval_bounds", "margin_bounds", "mixed_margin_bounds", "sequence",
+           "verified", "verified_accuracy", "verified_flags", "worst_case_logits"]

@@ -150,8 +150,22 @@ def _ibp_margins(layers, lower, upper, y) -> torch.Tensor:
     return margins.scatter(1, y[:, None], 0.0)
 
 
-def _crown_margins(layers, lower, upper, y) -> torch.Tensor:
-    """CROWN's backward pass from the margins, with IBP's bounds on every ReLU's input."""
+def mixed_margin_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
+                        crown_weight: float) -> torch.Tensor:
+    """CROWN-IBP training's margin bounds (Zhang et al. 2020): ``β·crown + (1 − β)·ibp`` with β =
+    ``crown_weight``, differentiable in the weights through both passes (CROWN's pass skipped at β = 0).
+    Shape and meaning as :func:`margin_bounds`; a convex combination of sound bounds is sound."""
+    layers = sequence(model)
+    lower, upper = input_box(x, eps)
+    ibp = _ibp_margins(layers, lower, upper, y)
+    if crown_weight <= 0:
+        return ibp
+    return crown_weight * _crown_margins(layers, lower, upper, y, differentiable=True) + (1 - crown_weight) * ibp
+
+
+def _crown_margins(layers, lower, upper, y, *, differentiable: bool = False) -> torch.Tensor:
+    """CROWN's backward pass from the margins, with IBP's bounds on every ReLU's input; ``differentiable``:
+    keep the graph through every layer's transpose, for training."""
     pools = [path for path, layer in layers if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d))]
     if pools:
         raise UnsupportedLayer(f"crown-ibp does not go through pooling layers ({pools[0]}); use --method ibp")
@@ -175,7 +189,7 @@ def _crown_margins(layers, lower, upper, y) -> torch.Tensor:
             c = c + (negative * torch.where(unstable, -slope * lo, torch.zeros_like(lo))).flatten(2).sum(2)
             a = positive * lower_slope + negative * slope
         else:
-            a, c = _affine_backward(layer, a, c, shapes[index])
+            a, c = _affine_backward(layer, a, c, shapes[index], differentiable=differentiable)
     mid, rad = (upper + lower) / 2, (upper - lower) / 2
     return (a * mid.unsqueeze(1)).flatten(2).sum(2) - (a.abs() * rad.unsqueeze(1)).flatten(2).sum(2) + c
 
@@ -191,16 +205,30 @@ def _shapes(layers, lower) -> list[tuple[int, ...]]:
     return shapes + [tuple(out.shape[1:])]
 
 
-def _affine_backward(layer: nn.Module, a: torch.Tensor, c: torch.Tensor,
-                     in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For an affine layer f(h) = L h + f(0): A·f(h) + c = (Lᵀ A)·h + (c + A·f(0)); Lᵀ A by autograd."""
+def _affine_backward(layer: nn.Module, a: torch.Tensor, c: torch.Tensor, in_shape: tuple[int, ...], *,
+                     differentiable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """For an affine layer f(h) = L h + f(0): A·f(h) + c = (Lᵀ A)·h + (c + A·f(0)). Convolutions and linear
+    layers by their transpose (a plain differentiable op, for training); any other layer by autograd (with
+    ``differentiable``, a graph of its own, so that training's gradient flows through L and A)."""
     n, k = a.shape[:2]
+    if isinstance(layer, nn.Linear):
+        offset = a @ layer.bias if layer.bias is not None else 0
+        return a @ layer.weight, c + offset
+    if isinstance(layer, nn.Conv2d) and layer.groups == 1:
+        flat = a.reshape(n * k, *a.shape[2:])
+        size = [(in_shape[d + 1] - 1 - ((flat.shape[d + 2] - 1) * layer.stride[d] - 2 * layer.padding[d]
+                                        + layer.dilation[d] * (layer.kernel_size[d] - 1))) for d in (0, 1)]
+        back = F.conv_transpose2d(flat, layer.weight, None, layer.stride, layer.padding, size, 1, layer.dilation)
+        offset = (a.flatten(3).sum(3) @ layer.bias) if layer.bias is not None else 0
+        return back.reshape(n, k, *in_shape), c + offset
     out_shape = a.shape[2:]
     zeros = torch.zeros((n * k, *in_shape), device=a.device, dtype=a.dtype, requires_grad=True)
     with torch.enable_grad():
         image = layer(zeros)
-        (grad,) = torch.autograd.grad(image, zeros, a.reshape(n * k, *out_shape))
-    offset = (a * image.detach().reshape(n, k, *out_shape)).flatten(2).sum(2)  # A·f(0)
+        (grad,) = torch.autograd.grad(image, zeros, a.reshape(n * k, *out_shape), create_graph=differentiable)
+    if not differentiable:
+        image = image.detach()
+    offset = (a * image.reshape(n, k, *out_shape)).flatten(2).sum(2)  # A·f(0)
     return grad.reshape(n, k, *in_shape), c + offset
 
 
@@ -246,5 +274,5 @@ def worst_case_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     return -margin_bounds(model, x, y, eps)
 
 
-__all__ = ["UnsupportedLayer", "input_box", "interval_bounds", "margin_bounds", "sequence", "verified",
-           "verified_accuracy", "verified_flags", "worst_case_logits"]
+__all__ = ["UnsupportedLayer", "input_box", "interval_bounds", "margin_bounds", "mixed_margin_bounds", "sequence",
+           "verified", "verified_accuracy", "verified_flags", "worst_case_logits"]

@@ -49,13 +49,18 @@ class TrainConfig:
     alpha: float | None = None  # attack step; None: the recipe's, else the method's (fgsm 1.25ε, nfgsm ε, pgd 2.5ε/steps)
     steps: int | None = None  # inner PGD steps of pgd/trades/mart: 7 (Madry's CIFAR PGD-7), 40 on MNIST, 10 on CIFAR
     random_start: bool = True  # uniform start in the ε-ball (Madry; Wong et al.: what keeps fast FGSM from collapsing)
+    # Clip that start to [0, 1] before the first gradient? None: the recipe's, as each paper's code does (Wong
+    # et al.'s MNIST FGSM does not; their CIFAR-10 code, de Jorge et al.'s N-FGSM and Madry et al.'s PGD do).
+    clip_start: bool | None = None
     beta: float = 6.0  # TRADES' 1/λ = 6, the paper's robust setting; MART uses 5-6 too
     replays: int = 4  # free AT's m: the paper's 4-10; free runs ⌈epochs / m⌉ passes, the same gradient work
     nfgsm_noise: float = 2.0  # N-FGSM's k: noise from the kε cube (de Jorge et al.: k = 2 up to ε = 8/255 on CIFAR)
     grad_align_lambda: float | None = None  # GradAlign's λ; None: the recipe's (CIFAR-10: 0.02·10^(ε·255/8))
     lam: float = 1.0  # gradreg's λ on ‖∇ₓ CE‖² (Ross & Doshi-Velez 2018; not yet tuned here: a first guess)
     kappa_end: float = 0.5  # ibp: the clean loss's weight κ falls from 1 to this as ε ramps up (Gowal et al. 0.5)
-    train_eps: float | None = None  # ibp: the ε its bounds train at, if above eps (Gowal et al. train 10% above)
+    # ibp, crown-ibp: the ε the bounds train at, above eps; None: the recipe's (MNIST: 0.2 for ε ≤ 0.2, else 0.4;
+    # CIFAR-10: 1.1 ε, as Gowal et al. and Zhang et al.), else eps itself
+    train_eps: float | None = None
     sigma: float = 0.25  # gaussian: the noise's standard deviation (Cohen et al. 2019 train at 0.12-1.0)
     epochs: int | None = None  # fashion-mnist 10 (small_cnn converges with one-cycle), mnist 10 (Wong), cifar10 15-200
     batch_size: int | None = None  # 128 (Madry, Wong, Rice on CIFAR); Wong's MNIST 100, Madry's MNIST 50
@@ -67,11 +72,16 @@ class TrainConfig:
     eps_warmup_epochs: float | None = None  # ramp ε from 0 over this many epochs; 0: full ε from the start, as the papers
     clean_epochs: float | None = None  # ε = 0 for this many epochs before the ramp (ibp's warm-up; else 0)
     augment: str | None = None  # none; crop-flip (4-pixel padded random crop + flip: the CIFAR-10 papers' pipeline)
-    co_gap: float = 0.3  # collapse: FGSM accuracy exceeds PGD accuracy on the same val images by this much (see guard)
-    co_threshold: float = 0.1  # also collapse: val PGD accuracy this far below its best epoch's; 1: never
+    co_gap: float = 0.3  # the collapse signature: FGSM accuracy above PGD accuracy on the same val images by this much
+    co_threshold: float = 0.1  # a fall: val PGD accuracy this far below its best epoch's (±1.5 points of noise); 1: never
+    # Checks in a row that must show the collapse before the guard fires: one bad check is noise or the dip at the
+    # learning rate's peak (MNIST at ε = 0.3 shows both on its way to robustness); 3 at 100 steps apart is 300 steps.
+    co_patience: int = 3
     co_check_every: int = 100  # optimizer steps between checks within an epoch (collapse can take a few hundred); 0: per epoch only
     co_check_examples: int = 256  # val images of the within-epoch check (±6 points of noise, far below co_gap)
-    co_remedy: str = "stop"  # on collapse: stop; smaller-step (halve α and go on); fallback (go on with fallback_method)
+    # On collapse: stop; smaller-step (halve α and go on); fallback (go on with fallback_method). None: the recipe's
+    # (fallback where fast methods are known to collapse: Fashion-MNIST at ε ≥ 0.25, MNIST at ε = 0.3), else stop.
+    co_remedy: str | None = None
     fallback_method: str = "pgd"  # the method co_remedy = "fallback" switches to: multi-step PGD does not collapse
     seed: int = 0  # initialization, data order and random starts all derive from it: same seed, same weights
     train_size: int | None = None  # train on the first N training images only (quick experiments); None: all
@@ -88,7 +98,7 @@ class TrainConfig:
         if self.method not in METHODS:
             raise AdvlabError(f"unknown method {self.method!r}; choose one of: {', '.join(sorted(METHODS))}")
         check_range("eps", self.eps, 0.0, 1.0)
-        recipe = find_recipe(self.dataset, self.method)
+        recipe = find_recipe(self.dataset, self.method, METHODS[self.method].base_settings)
         defaults = recipe.values(self.eps)
         from_recipe = [key for key in RECIPE_KEYS if getattr(self, key) is None]
         for key in from_recipe:
@@ -97,6 +107,8 @@ class TrainConfig:
             object.__setattr__(self, "alpha", None)  # a recipe's α fits its own step count: the method's rule then
         if "eps_warmup_epochs" in from_recipe:  # a recipe's ramp takes at most half of a short run
             object.__setattr__(self, "eps_warmup_epochs", min(float(self.eps_warmup_epochs), self.epochs / 2))
+        if "clean_epochs" in from_recipe:  # and its clean warm-up at most what the ramp leaves
+            object.__setattr__(self, "clean_epochs", min(float(self.clean_epochs), self.epochs - self.eps_warmup_epochs))
         object.__setattr__(self, "recipe", recipe.name)
         _check_types(self)  # a recipe's int where a float belongs becomes a float, as from TOML
         canonical = {
@@ -114,9 +126,13 @@ class TrainConfig:
             if getattr(self, key) not in known:
                 raise AdvlabError(f"unknown {key.replace('_', ' ')} {getattr(self, key)!r}; "
                                   f"choose one of: {', '.join(sorted(known))}")
-        if "free" in (self.fallback_method, self.method) and self.co_remedy == "fallback":
-            raise AdvlabError("free adversarial training cannot be a fallback or fall back: its schedule counts "
-                              "m optimizer steps per batch; use co_remedy stop or smaller-step with it")
+        replays = METHODS[self.method].replays_batches or METHODS[self.fallback_method].replays_batches
+        if replays and self.co_remedy == "fallback":
+            if "co_remedy" in from_recipe:  # a recipe's fallback, for the fast methods that can take it
+                object.__setattr__(self, "co_remedy", "smaller-step")
+            else:
+                raise AdvlabError("free adversarial training cannot be a fallback or fall back: its schedule counts "
+                                  "m optimizer steps per batch; use co_remedy stop or smaller-step with it")
         if not METHODS[self.fallback_method].adversarial:
             raise AdvlabError(f"fallback_method must be an adversarial method, not {self.fallback_method!r}")
         if self.alpha is not None:
@@ -134,7 +150,7 @@ class TrainConfig:
             check_range("train_eps (ibp's training ε)", self.train_eps, self.eps, 1.0)
         if not self.sigma > 0:
             raise AdvlabError(f"sigma (gaussian's noise level) must be above 0, got {self.sigma!r}")
-        if self.method == "ibp":
+        if METHODS[self.method].bounds is not None:
             _check_boundable(self)
         if not self.grad_align_lambda >= 0:
             raise AdvlabError(f"grad_align_lambda (GradAlign's λ) must be at least 0, got {self.grad_align_lambda!r}")
@@ -143,7 +159,7 @@ class TrainConfig:
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise AdvlabError(f"lr must be a positive number, got {self.lr!r}")
         for key in ("steps", "replays", "epochs", "batch_size", "val_size", "check_examples", "check_steps",
-                    "co_check_examples"):
+                    "co_check_examples", "co_patience"):
             if getattr(self, key) < 1:
                 raise AdvlabError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.co_check_every < 0:
@@ -180,14 +196,21 @@ class TrainConfig:
 
 
 def _check_boundable(config: TrainConfig) -> None:
-    """IBP training needs a model interval bounds go through: refused before any work (PreActResNet-18)."""
-    from advlab.certify import sequence
+    """Certified training needs a model its bounds go through: refused before any work (PreActResNet-18's
+    residual blocks for both, pooling layers for CROWN-IBP)."""
+    import torch
+
+    from advlab.certify import margin_bounds
+    from advlab.data import get_info
     from advlab.models import create_model
 
+    info = get_info(config.dataset)
     try:
-        sequence(create_model(config.model, dataset=config.dataset).eval())
+        model = create_model(config.model, dataset=config.dataset).eval()
+        x = torch.zeros(1, info.channels, info.height, info.width)
+        margin_bounds(model, x, torch.zeros(1, dtype=torch.long), 0.0, method=METHODS[config.method].bounds)
     except AdvlabError as err:
-        raise AdvlabError(f"--method ibp cannot train {config.model}: {err}") from None
+        raise AdvlabError(f"--method {config.method} cannot train {config.model}: {err}") from None
 
 
 def _check_types(config: TrainConfig) -> None:

@@ -1,24 +1,38 @@
-"""Catastrophic overfitting: found by its signature while training runs, and the remedy the user chose.
+"""Catastrophic overfitting: told apart from a run still on its way to robustness, and the remedy chosen.
 
-Fast single-step training can collapse within a few hundred steps (Wong, Rice & Kolter 2020): the model
-learns to defeat its own one-step attack (FGSM accuracy high, often above clean accuracy) while a
-multi-step attack breaks it (PGD accuracy near zero). The guard attacks the same validation images with
-FGSM and with PGD and compares: a gap of more than ``co_gap`` is the signature. A healthy model's two
-figures are close (the quick study's PGD-3 model at ε = 0.1: FGSM 69.4%, PGD-20 64.4%,
-benchmarks/results/quick-study.json); a collapsed one's are tens of points apart. It runs every ``co_check_every`` optimizer steps on ``co_check_examples`` images and at
-the end of every epoch on ``check_examples``, where the older rule also fires: validation PGD accuracy more
-than ``co_threshold`` below the best epoch's (a gradual collapse, as on Fashion-MNIST at ε = 0.2).
+Fast single-step training can collapse (Wong, Rice & Kolter 2020): the model learns to defeat its own
+one-step attack (FGSM accuracy high, often near clean accuracy) while a multi-step attack breaks it (PGD
+accuracy near zero). The guard attacks the same validation images with FGSM and with PGD-``check_steps``
+every ``co_check_every`` optimizer steps (on ``co_check_examples`` images) and at the end of every epoch (on
+``check_examples``), once ε has reached its full value, and reads two things:
 
-When it fires the weights and optimizer go back to the last point a check passed (a within-epoch check or
-an epoch's end), and ``co_remedy`` decides: ``stop`` (those weights become ``model.safetensors``);
-``smaller-step`` (halve α and go on); ``fallback`` (go on with ``fallback_method``, multi-step PGD by
-default, at that method's own step size). After :data:`MAX_REMEDIES` remedies the run stops.
+- the **signature**: FGSM accuracy more than ``co_gap`` above PGD accuracy;
+- a **fall**: PGD accuracy more than ``co_threshold`` below the best end-of-epoch reading so far.
+
+Neither fires at once, because a run on its way to robustness shows both for a while: on MNIST at ε = 0.3
+fast FGSM keeps the signature for its first one or two epochs before PGD robustness arrives, and dips for
+one check at the peak of its learning rate (BENCHMARKS.md, "Reproducing the papers"). A collapse is a state
+that lasts, so the guard fires when
+
+- ``co_patience`` checks in a row show a fall (robustness the run had is gone), or
+- ``co_patience`` checks in a row, all taken after the learning rate passed its peak (half-way through a
+  flat schedule), show the signature or a fall (the run never became robust, and is no longer learning to).
+
+A check that shows neither is a good point: the guard keeps those weights (:class:`Snapshot`). When it
+fires the weights and optimizer go back to the last good point, and ``co_remedy`` decides: ``stop`` (those
+weights become ``model.safetensors``); ``smaller-step`` (halve α and go on); ``fallback`` (go on with
+``fallback_method``, multi-step PGD by default, at that method's own step size). After
+:data:`MAX_REMEDIES` remedies the run stops. Every check is kept in the run's ``guard.jsonl``.
+
+A run that ends without robustness (its final check shows the signature, or PGD accuracy below chance)
+is flagged in its summary whether or not the guard fired (:func:`end_of_run_warnings`), and so is a model
+still at chance on clean images after its first epoch.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -33,21 +47,63 @@ class CatastrophicOverfittingWarning(UserWarning):
     """Training collapsed (FGSM and PGD accuracy diverged, or PGD accuracy fell); see the run's summary."""
 
 
-def catastrophic_overfitting(best_robust: float | None, robust: float, threshold: float) -> bool:
-    """The per-epoch fall rule: validation PGD accuracy more than ``threshold`` below the best epoch's.
-
-    On CIFAR-10 a collapse is sudden; on Fashion-MNIST it can be gradual (FGSM training from x at ε = 0.2:
-    validation PGD-10 accuracy 41% → 31% → 22% over six epochs while training accuracy rose from 54% to
-    73%). A fall of 0.1 (10 points) is far beyond the ±1.5 points of noise on 1,000 validation images, and
-    beyond robust overfitting (Rice et al.), which costs a few points over many epochs. It cannot fire
-    when robust accuracy never had a peak to fall from: the signature below can."""
-    return best_robust is not None and best_robust - robust > threshold
-
-
 def collapse_signature(fgsm_accuracy: float, pgd_accuracy: float, gap: float) -> bool:
     """FGSM accuracy more than ``gap`` above PGD accuracy on the same images: the single-step attack no
     longer finds what the multi-step one does, so the loss surface bends inside the ε-ball."""
     return fgsm_accuracy - pgd_accuracy > gap
+
+
+def falling_from(schedule: Callable[[float], float]) -> float:
+    """The fraction of training after which ``schedule``'s learning rate has passed its peak: where it
+    last stands at its maximum (0.4 for onecycle, 0.5 for triangle and piecewise), or half-way for a
+    schedule that never falls (constant)."""
+    grid = [i / 1000 for i in range(1, 1001)]
+    values = [schedule(t) for t in grid]
+    peak = max(values)
+    last = max(t for t, value in zip(grid, values) if value >= peak - 1e-12)
+    return 0.5 if last >= 1.0 else last
+
+
+class Guard:
+    """The collapse rules over a run's checks, kept in ``checks`` (the run's progress, saved for a resume).
+
+    ``assess`` takes one check's reading and returns the rule that fires (``"fall"`` or ``"signature"``)
+    or None; ``good`` says whether the last check was a good point (neither a fall nor the signature).
+    """
+
+    def __init__(self, config, checks: list[dict[str, Any]], *, falling_step: float) -> None:
+        self.config, self.checks, self.falling_step = config, checks, falling_step
+
+    @property
+    def best(self) -> float | None:
+        """The best PGD accuracy of an end-of-epoch check (on ``check_examples`` images)."""
+        best = self.best_check
+        return best["pgd"] if best is not None else None
+
+    @property
+    def best_check(self) -> dict[str, Any] | None:
+        ends = [c for c in self.checks if not c["within_epoch"]]
+        return max(ends, key=lambda c: c["pgd"]) if ends else None
+
+    @property
+    def good(self) -> bool:
+        return not self.checks or not (self.checks[-1]["signature"] or self.checks[-1]["fall"])
+
+    def assess(self, reading: dict[str, float], *, epoch: int, step: int, within: bool, examples: int) -> str | None:
+        config, best = self.config, self.best
+        signature = collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap)
+        fall = best is not None and best - reading["pgd"] > config.co_threshold
+        falling = step >= self.falling_step
+        previous = self.checks[-1] if self.checks and not self.checks[-1]["fired"] else None
+        fall_run = (previous["fall_run"] + 1 if previous else 1) if fall else 0
+        late_run = (previous["late_run"] + 1 if previous else 1) if (signature or fall) and falling else 0
+        rule = ("fall" if fall_run >= config.co_patience else
+                "signature" if late_run >= config.co_patience else None)
+        self.checks.append({"epoch": epoch, "step": step, "within_epoch": within, "examples": examples,
+                            "clean": reading["clean"], "fgsm": reading["fgsm"], "pgd": reading["pgd"],
+                            "best": best, "signature": signature, "fall": fall, "falling_lr": falling,
+                            "fall_run": fall_run, "late_run": late_run, "fired": rule})
+        return rule
 
 
 def probe(model: nn.Module, data, *, eps: float, steps: int, seed: int, runtime) -> dict[str, float]:
@@ -83,26 +139,63 @@ class Snapshot:
 
 
 def collapse_event(*, epoch: int, step: int, within: bool, reading: dict[str, float], examples: int,
-                   config, rule: str, best: float | None, best_epoch: int | None, restored: Snapshot,
-                   remedy: str, alpha: float | None = None) -> dict[str, Any]:
+                   config, rule: str, guard: Guard, restored: Snapshot, remedy: str,
+                   alpha: float | None = None) -> dict[str, Any]:
     """The record of one collapse, with the numbers that showed it and what was done; ``message`` is the
     line printed on the console and kept in the run's summary."""
     where = f"epoch {epoch}, step {step}" if within else f"the end of epoch {epoch}"
     pgd_name = f"PGD-{config.check_steps}"
+    row = f"{config.co_patience} checks in a row"
+    last = guard.checks[-1]
     if rule == "signature":
-        why = (f"on {examples} validation images FGSM accuracy is {100 * reading['fgsm']:.1f}% but {pgd_name} "
-               f"accuracy {100 * reading['pgd']:.1f}% (a gap of {100 * (reading['fgsm'] - reading['pgd']):.1f} "
-               f"points, more than {100 * config.co_gap:.0f})")
+        shown = "the signature" if last["signature"] else "a fall"
+        why = (f"{row} since the learning rate passed its peak show the collapse signature or a fall; the last, on "
+               f"{examples} validation images: FGSM accuracy {100 * reading['fgsm']:.1f}%, {pgd_name} accuracy "
+               f"{100 * reading['pgd']:.1f}% ({shown})")
     else:
-        why = (f"validation {pgd_name} accuracy fell to {100 * reading['pgd']:.1f}% from a best of "
-               f"{100 * best:.1f}% (epoch {best_epoch}), more than {100 * config.co_threshold:.0f} points")
+        best = guard.checks[-2]["best"] if last["best"] is None and len(guard.checks) > 1 else last["best"]
+        best_epoch = next((c["epoch"] for c in guard.checks if not c["within_epoch"] and c["pgd"] == best), None)
+        why = (f"{row} show validation {pgd_name} accuracy more than {100 * config.co_threshold:.0f} points "
+               f"below its best of {100 * best:.1f}% (epoch {best_epoch}); the last: {100 * reading['pgd']:.1f}% "
+               f"on {examples} images")
     step_size = f" (α = {alpha:.4g})" if alpha is not None else ""
     action = {"stop": "training stopped",
               "smaller-step": f"training goes on with half the step size{step_size}",
               "fallback": f"training goes on with method {config.fallback_method}{step_size}"}[remedy]
     message = (f"catastrophic overfitting at {where}: {why}; weights restored to {restored.where} (the last "
-               f"check passed); {action}")
+               f"good check); {action}")
     return {"epoch": epoch, "step": step, "within_epoch": within, "rule": rule, "examples": examples,
             "clean_acc": reading.get("clean"), "fgsm_acc": reading["fgsm"], "pgd_acc": reading["pgd"],
             "restored_epoch": restored.epoch, "restored_step": restored.step, "restored_to": restored.where,
             "remedy": remedy, "alpha": alpha, "message": message}
+
+
+def end_of_run_warnings(config, reading: dict[str, float] | None, *, classes: int, robust: bool,
+                        where: str) -> list[str]:
+    """One line for each thing wrong with the weights a run ends with, from their last check
+    (``reading``: clean, FGSM and PGD accuracy at the training ε); ``robust``: the method aims at
+    robustness. Empty when nothing is wrong, or when there was no check."""
+    if reading is None:
+        return []
+    warnings = []
+    chance = 1.0 / classes
+    pgd_name = f"PGD-{config.check_steps}"
+    if reading["clean"] <= 1.5 * chance:
+        warnings.append(f"the model at {where} is at chance on clean validation images "
+                        f"({100 * reading['clean']:.1f}% for {classes} classes): it did not learn")
+    elif robust and config.eps > 0 and (collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap)
+                                        or reading["pgd"] < chance):
+        warnings.append(f"the run ends without robustness: at {where} validation {pgd_name} accuracy is "
+                        f"{100 * reading['pgd']:.1f}% against FGSM's {100 * reading['fgsm']:.1f}% at ε = "
+                        f"{config.eps:g} (chance is {100 * chance:.0f}%); its robust accuracy is not to be trusted "
+                        f"as a defense")
+    return warnings
+
+
+def at_chance_warning(config, clean_accuracy: float, *, classes: int, epoch: int) -> str | None:
+    """A line when clean validation accuracy after ``epoch`` is still at chance (at most 1.5 / classes)."""
+    if clean_accuracy > 1.5 / classes:
+        return None
+    return (f"after epoch {epoch} the model is still at chance on clean validation images "
+            f"({100 * clean_accuracy:.1f}% for {classes} classes): it is not learning; check the learning rate "
+            f"and the recipe (advlab train --list-recipes)")

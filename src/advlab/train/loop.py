@@ -39,11 +39,11 @@ from advlab.files import run_lock
 from advlab.runs import check_run_dir, prepare_run_dir, save_checkpoint, versions, write_json
 from advlab.runtime import Runtime
 from advlab.train.config import TrainConfig
-from advlab.train.guard import (MAX_REMEDIES, CatastrophicOverfittingWarning, Snapshot, catastrophic_overfitting,
-                                collapse_event, collapse_signature, probe)
+from advlab.train.guard import (MAX_REMEDIES, CatastrophicOverfittingWarning, Guard, Snapshot, at_chance_warning,
+                                collapse_event, end_of_run_warnings, falling_from, probe)
 from advlab.train.epoch import base_alpha, train_epoch
 from advlab.train.methods import METHODS
-from advlab.train.optim import OPTIMIZERS
+from advlab.train.optim import OPTIMIZERS, SCHEDULES
 from advlab.train.preempt import EpochProgress, Preempted, Preemption
 from advlab.train.state import (RunProgress, check_same_config, read_state, restore, restore_position, summarize,
                                 write_metrics, write_state)
@@ -116,7 +116,7 @@ def train(
             _cudnn_tuned(device):
         if not resume and main:
             for name in ("state.safetensors", "best.safetensors", "best.json", "summary.json", "metrics.jsonl",
-                         "metrics.csv", "model.safetensors", "model.json"):
+                         "metrics.csv", "guard.jsonl", "model.safetensors", "model.json"):
                 (out / name).unlink(missing_ok=True)  # an overwritten run's files must not pass for this run's
         # Separate generators, so that shuffling and attacks draw the same numbers however the other is used.
         # The shuffle is one on every rank (each takes its part of the same global batch); the attacks' and
@@ -168,39 +168,37 @@ def train(
             else:
                 run.stopped = True
             event = collapse_event(epoch=epoch, step=run.step, within=within, reading=reading, examples=examples,
-                                   config=config, rule=rule, best=run.best_robust, best_epoch=run.best_epoch,
-                                   restored=snapshot, remedy=remedy,
+                                   config=config, rule=rule, guard=collapse_guard, restored=snapshot, remedy=remedy,
                                    alpha=None if remedy == "stop" else base_alpha(config, run) * run.alpha_scale)
             run.collapses.append(event)
             if main:
                 warnings.warn(event["message"], CatastrophicOverfittingWarning, stacklevel=3)
             log(event["message"])
-            if run.stopped and (snapshot.step is not None or run.last_good_epoch is None):
-                # The last good weights are newer than model.safetensors (a within-epoch check passed since),
-                # or no epoch ended well: keep them as the run's model, saying where they come from.
+            if run.stopped and (snapshot.step is not None or run.last_good_epoch != snapshot.epoch):
+                # The last good weights are not those of model.safetensors (a within-epoch check was good
+                # since, or later epochs were saved while the collapse built up): keep them as the run's model.
                 meta = {**record, "epoch": snapshot.epoch, "step": snapshot.step, "partial_epoch": snapshot.step is not None,
                         "metrics": snapshot.reading or {}}
                 if main:
                     save_checkpoint(out / "model.safetensors", model, meta)
+                run.last_good_epoch = snapshot.epoch
+            if run.stopped:
                 run.kept_weights = snapshot.where
             return run.stopped
-
-        def signature(reading: dict[str, float], eps: float) -> bool:
-            """The collapse signature, not while ε is still ramping up: the model is not yet trained against
-            the full budget the guard probes."""
-            return eps >= config.eps and collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap)
 
         def guard(epoch: int, eps: float) -> bool:
             """The within-epoch check: True when training must stop now."""
             if eps < config.eps:
-                return False  # the signature would not count (see signature): spare the probe
+                return False  # the model is not yet trained against the full budget the guard probes
             if world is not None:
                 world.average_buffers(model)
             reading = probe(model, probe_data, eps=config.eps, steps=config.check_steps, seed=config.seed,
                              runtime=check_runtime)
-            if signature(reading, eps):
-                return collapsed(epoch, reading, len(probe_data), True, "signature")
-            snapshot.take(epoch=epoch - 1, step=run.step, reading=reading)
+            rule = collapse_guard.assess(reading, epoch=epoch, step=run.step, within=True, examples=len(probe_data))
+            if rule is not None:
+                return collapsed(epoch, reading, len(probe_data), True, rule)
+            if collapse_guard.good:
+                snapshot.take(epoch=epoch - 1, step=run.step, reading=reading)
             return False
 
         probe_data = check_data.subset(min(config.co_check_examples, len(check_data)))
@@ -208,6 +206,7 @@ def train(
         full, rest = divmod(len(train_data), config.batch_size)
         steps_per_pass = (full + (1 if rest and rest >= size else 0)) * method.optimizer_steps_per_batch
         total_steps = steps_per_pass * config.passes
+        collapse_guard = Guard(config, run.checks, falling_step=falling_from(SCHEDULES[config.schedule]) * total_steps)
         epochs_this_call = 0
         while run.epoch < config.passes and not run.finished:
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
@@ -224,7 +223,7 @@ def train(
                 if not (world.any(due) if world is not None else due):  # one decision on every rank
                     return
                 if main:
-                    write_metrics(out, run.rows)
+                    write_metrics(out, run.rows, run.checks)
                 if world is not None:
                     world.average_buffers(model)  # every rank's BatchNorm statistics, not rank 0's alone
                 write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, position=now,
@@ -247,7 +246,7 @@ def train(
             reading = None if run.stopped else _validate(model, val_data, check_data, config, check_runtime)
             if reading is None:  # stopped within the epoch: nothing of it is kept
                 if main:
-                    write_metrics(out, run.rows)
+                    write_metrics(out, run.rows, run.checks)
                 write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world,
                             scaler=scaler)
                 break
@@ -258,12 +257,16 @@ def train(
             run.rows.append(row)
             run.epoch = epoch
             log(_epoch_line(row, config))
+            if epoch == 1:
+                note = at_chance_warning(config, reading["clean"], classes=len(info.classes), epoch=epoch)
+                if note is not None:
+                    run.warnings.append(note)
+                    log(f"warning: {note}")
             rule = None
-            if method.adversarial:
-                if signature(reading, stats["eps"]):
-                    rule = "signature"
-                elif catastrophic_overfitting(run.best_robust, reading["pgd"], config.co_threshold):
-                    rule = "fall"
+            judged = method.adversarial and stats["eps"] >= config.eps  # not while ε still ramps up
+            if judged:
+                rule = collapse_guard.assess(reading, epoch=epoch, step=run.step, within=False,
+                                             examples=len(check_data))
             if rule is not None:
                 collapsed(epoch, reading, len(check_data), False, rule)
             else:
@@ -271,7 +274,8 @@ def train(
                     save_checkpoint(out / "model.safetensors", model, {**record, "epoch": epoch, "metrics": row})
                 run.last_good_epoch = epoch
                 run.kept_weights = f"the end of epoch {epoch}"
-                snapshot.take(epoch=epoch)
+                if not judged or collapse_guard.good:
+                    snapshot.take(epoch=epoch)
                 # The best epoch: highest validation PGD accuracy for adversarial training (Rice et al.), highest
                 # clean accuracy for standard training (its PGD accuracy is ~0 and would pick an untrained epoch).
                 # Certified training (ibp): the highest validation verified accuracy, what it is trained for.
@@ -281,11 +285,16 @@ def train(
                     if main:
                         save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
             if main:
-                write_metrics(out, run.rows)
+                write_metrics(out, run.rows, run.checks)
             write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world,
                         scaler=scaler)  # the commit point
             epochs_this_call += 1
-        summary = summarize(out, config, run)
+        finished = run.stopped or run.epoch >= config.passes
+        ending = end_of_run_warnings(config, _final_reading(run, snapshot), classes=len(info.classes),
+                                     robust=method.robust, where=run.kept_weights or "the end") if finished else []
+        for note in ending:
+            log(f"warning: {note}")
+        summary = summarize(out, config, run, ending)
         if main:
             write_json(out / "summary.json", summary)
         return summary
@@ -316,13 +325,25 @@ def _check_world(saved_state, runtime: Runtime) -> None:
                           f"random streams are saved apart), not with {size}; or start afresh with --overwrite")
 
 
+def _final_reading(run, snapshot: Snapshot) -> dict[str, float] | None:
+    """The last check of the weights model.safetensors holds: a within-epoch check's reading, or the row of
+    the epoch they come from."""
+    if snapshot.step is not None and run.stopped:
+        return snapshot.reading
+    row = next((r for r in run.rows if r["epoch"] == run.last_good_epoch), None)
+    if row is None:
+        return None
+    return {"clean": row["val_clean_acc"], "fgsm": row["val_fgsm_acc"], "pgd": row["val_robust_acc"]}
+
+
 def _validate(model, val_data, check_data, config, runtime) -> dict[str, float]:
     """Clean accuracy on the validation split; FGSM and PGD accuracy on its first ``check_examples``."""
     clean = clean_accuracy(model, val_data, device=runtime.device, world=runtime.world)
     # The same seed every epoch: the same random starts, so epochs are compared on equal terms.
     reading = probe(model, check_data, eps=config.eps, steps=config.check_steps, seed=config.seed, runtime=runtime)
-    if config.method == "ibp":  # what certified training is for: the verified accuracy, beside clean and PGD
-        reading["verified"] = verified_accuracy(model, check_data, config.eps, device=runtime.device)
+    bounds = METHODS[config.method].bounds
+    if bounds is not None:  # what certified training is for: the verified accuracy, beside clean and PGD
+        reading["verified"] = verified_accuracy(model, check_data, config.eps, method=bounds, device=runtime.device)
     return {**reading, "clean": clean}
 
 

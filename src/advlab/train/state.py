@@ -47,14 +47,20 @@ class RunProgress:
     alpha_scale: float = 1.0  # the smaller-step remedy's factor on α
     active_method: str | None = None  # the fallback remedy's method, once it switched
     kept_weights: str | None = None  # where model.safetensors' weights come from ("the end of epoch 3", ...)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # every check of the guard (guard.jsonl)
+    warnings: list[str] = field(default_factory=list)  # lines said during the run (a model at chance, ...)
 
     @property
     def finished(self) -> bool:
         return self.stopped
 
 
-def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics(out: Path, rows: list[dict[str, Any]], checks: list[dict[str, Any]] = ()) -> None:
+    """``metrics.jsonl`` and ``metrics.csv`` (a row per epoch), and ``guard.jsonl`` (every check of the
+    catastrophic-overfitting guard) when there are checks."""
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    if checks:
+        atomic_write_text(out / "guard.jsonl", "".join(json.dumps(check) + "\n" for check in checks))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -163,8 +169,10 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
     # (Runs saved before the guard's settings existed are refused anyway: their state has an older STATE_FORMAT.)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     if any(k not in saved for k in defaults):
-        # A run saved before `augment` existed trained without augmentation, whatever its recipe says now.
-        given = {k: v for k, v in saved.items() if k in defaults} | ({} if "augment" in saved else {"augment": "none"})
+        # A run saved before `augment` existed trained without augmentation, whatever its recipe says now; one
+        # saved before `clip_start` existed clipped its random start.
+        given = ({k: v for k, v in saved.items() if k in defaults} | ({} if "augment" in saved else {"augment": "none"})
+                 | ({} if "clip_start" in saved else {"clip_start": True}))
         try:
             defaults = TrainConfig.from_dict(given).to_dict()
         except AdvlabError:
@@ -202,7 +210,9 @@ def restore(state, model, optimizer, method, shuffle_rng, attack_rng, *, rank: i
                           "start afresh with --overwrite") from None
 
 
-def summarize(out: Path, config: TrainConfig, run: RunProgress) -> dict[str, Any]:
+def summarize(out: Path, config: TrainConfig, run: RunProgress, ending: list[str] = ()) -> dict[str, Any]:
+    """summary.json: the outcome; ``ending``: what is wrong with the weights the run ends with (the guard's
+    :func:`~advlab.train.guard.end_of_run_warnings`), kept with the lines said during the run."""
     by_epoch = {row["epoch"]: row for row in run.rows}
     last = by_epoch.get(run.last_good_epoch, {})
     best = by_epoch.get(run.best_epoch, {})
@@ -221,6 +231,8 @@ def summarize(out: Path, config: TrainConfig, run: RunProgress) -> dict[str, Any
         "collapses": run.collapses, "stopped_by_guard": run.stopped, "remedy": config.co_remedy,
         "final_method": run.active_method or config.method, "alpha_scale": run.alpha_scale,
         "model_weights_from": run.kept_weights,
+        "warnings": [*run.warnings, *ending],
+        "ends_without_robustness": any(note.startswith("the run ends without robustness") for note in ending),
         "paths": {name: str(out / f"{name}.safetensors") for name in ("model", "best", "state")
                   if (out / f"{name}.safetensors").is_file()},
     }
