@@ -51,12 +51,17 @@ def base_parser(description: str, *, n: int, repeats: int, batch_size: int, out:
 def git_commit() -> str:
     """The commit the benchmark ran at, with "+dirty" if the working tree had uncommitted changes to tracked files."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE,
-                                check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE, check=True
+        ).stdout.strip()
         # Result files are what a run writes: only a change to the code makes the measured tree "dirty".
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
-                                ":(exclude,top)benchmarks/results"], capture_output=True, text=True, cwd=HERE,
-                               check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)benchmarks/results"],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
@@ -88,14 +93,21 @@ def machine_info() -> dict:
     except OSError:
         pass
     try:
-        memory = next(f"{int(line.split()[1]) / 2**20:.0f} GiB" for line in open("/proc/meminfo")
-                      if line.startswith("MemTotal"))
+        memory = next(
+            f"{int(line.split()[1]) / 2**20:.0f} GiB" for line in open("/proc/meminfo") if line.startswith("MemTotal")
+        )
     except (OSError, StopIteration, ValueError):
         memory = "unknown"
-    return {"cpu": model_name, "cores": os.cpu_count(), "memory": memory, "bf16": bf16_support(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "cpu": model_name,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "bf16": bf16_support(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def bf16_support() -> str:
@@ -104,8 +116,10 @@ def bf16_support() -> str:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return "CPU flags unknown"
-    return (f"avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
-            f"amx_bf16 {'yes' if 'amx_bf16' in flags else 'no'} (/proc/cpuinfo)")
+    return (
+        f"avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
+        f"amx_bf16 {'yes' if 'amx_bf16' in flags else 'no'} (/proc/cpuinfo)"
+    )
 
 
 def loadavg() -> list[float]:
@@ -155,8 +169,11 @@ def table(header: list[str], rows: list[list], *, align_left: int = 1) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     out = []
     for k, r in enumerate(cells):
-        out.append("| " + " | ".join(c.ljust(w) if i < align_left else c.rjust(w)
-                                     for i, (c, w) in enumerate(zip(r, widths))) + " |")
+        out.append(
+            "| "
+            + " | ".join(c.ljust(w) if i < align_left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            + " |"
+        )
         if k == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)

@@ -23,10 +23,9 @@ import _common as C  # noqa: E402
 
 C.add_stub_path()
 
+import bench_attacks as B  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-import bench_attacks as B  # noqa: E402
 
 LIBS = ["advlab", "torchattacks", "ART", "advlab bf16"]
 
@@ -45,13 +44,12 @@ def fgsm_rounding(model, x, y, x_a, x_b, bs) -> dict:
     worst = 0.0
     rows = diff.flatten(1).any(1).nonzero().squeeze(1)
     for i in range(0, len(rows), bs):
-        idx = rows[i:i + bs]
+        idx = rows[i : i + bs]
         xb = x[idx].double().requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(m64(xb), y[idx], reduction="sum"), xb)
         rel = g.abs() / g.abs().flatten(1).amax(1).clamp_min(1e-300).view(-1, 1, 1, 1)
         worst = max(worst, float(rel[diff[idx]].max()))
-    return dict(pixels_differing=count, of=x.numel(), images_differing=int(len(rows)),
-                max_relative_grad_at_diff=worst)
+    return dict(pixels_differing=count, of=x.numel(), images_differing=int(len(rows)), max_relative_grad_at_diff=worst)
 
 
 def agreement(model, x, y, bs, libs, only=None) -> tuple[list, list]:
@@ -71,21 +69,31 @@ def agreement(model, x, y, bs, libs, only=None) -> tuple[list, list]:
             for peer in [lib for lib in ("torchattacks", "ART") if lib in libs]:
                 extra[peer] = fgsm_rounding(model, x, y, outs["advlab"], outs[peer], bs)
         res.append(dict(config=c, robust_acc=acc, spread=spread, fgsm_rounding=extra))
-        note = "; ".join(f"{p}: {e['pixels_differing']} of {e['of']} pixels differ, fp64 |∇| there ≤ "
-                         f"{e['max_relative_grad_at_diff']:.1e} of the image max" for p, e in extra.items())
-        rows.append([c["name"]] + [f"{100 * acc[lib]:.2f}" if lib in acc else "-" for lib in LIBS]
-                    + [f"{100 * spread:.2f}", f"{100 * (acc['advlab bf16'] - acc['advlab']):+.2f}", note])
+        note = "; ".join(
+            f"{p}: {e['pixels_differing']} of {e['of']} pixels differ, fp64 |∇| there ≤ "
+            f"{e['max_relative_grad_at_diff']:.1e} of the image max"
+            for p, e in extra.items()
+        )
+        rows.append(
+            [c["name"]]
+            + [f"{100 * acc[lib]:.2f}" if lib in acc else "-" for lib in LIBS]
+            + [f"{100 * spread:.2f}", f"{100 * (acc['advlab bf16'] - acc['advlab']):+.2f}", note]
+        )
         print(rows[-1], flush=True)
     return rows, res
 
 
 def main() -> None:
-    p = C.base_parser(__doc__.splitlines()[0], n=10000, repeats=1, batch_size=500,
-                      out="benchmarks/results/agreement.json")
+    p = C.base_parser(
+        __doc__.splitlines()[0], n=10000, repeats=1, batch_size=500, out="benchmarks/results/agreement.json"
+    )
     p.add_argument("--robust", help="also an advlab run folder (adversarially trained model)")
     p.add_argument("--configs", help="comma-separated subset of the attacks, e.g. 'PGD-10 L2'")
-    p.add_argument("--robust-libs", default="advlab,advlab bf16",
-                   help="libraries to run on the robust model (default: advlab fp32 and bf16)")
+    p.add_argument(
+        "--robust-libs",
+        default="advlab,advlab bf16",
+        help="libraries to run on the robust model (default: advlab fp32 and bf16)",
+    )
     args = p.parse_args()
     if args.quick:
         args.n = min(args.n, 500)

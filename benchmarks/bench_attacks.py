@@ -30,12 +30,17 @@ EPS = {"linf": 0.1, "l2": 1.5}
 
 
 def configs(quick: bool) -> list[dict]:
-    out = [dict(name="FGSM L∞", norm="linf", steps=1, rs=False, fgsm=True),
-           dict(name="FGM L2", norm="l2", steps=1, rs=False, fgsm=True)]
-    for steps in ((10,) if quick else (10, 50)):
+    out = [
+        dict(name="FGSM L∞", norm="linf", steps=1, rs=False, fgsm=True),
+        dict(name="FGM L2", norm="l2", steps=1, rs=False, fgsm=True),
+    ]
+    for steps in (10,) if quick else (10, 50):
         for norm in ("linf", "l2"):
-            out.append(dict(name=f"PGD-{steps} {'L∞' if norm == 'linf' else 'L2'}", norm=norm, steps=steps,
-                            rs=True, fgsm=False))
+            out.append(
+                dict(
+                    name=f"PGD-{steps} {'L∞' if norm == 'linf' else 'L2'}", norm=norm, steps=steps, rs=True, fgsm=False
+                )
+            )
     # deterministic PGD (no random start): lets us compare the libraries' iterates exactly
     out.append(dict(name="PGD-10 L∞ no-rs", norm="linf", steps=10, rs=False, fgsm=False, check_only=True))
     out.append(dict(name="PGD-10 L2 no-rs", norm="l2", steps=10, rs=False, fgsm=False, check_only=True))
@@ -50,13 +55,27 @@ def run_advlab(model, x, y, c, bs, early_stop=False, gen_seed=0, channels_last=T
     g = torch.Generator().manual_seed(gen_seed)
     outs = []
     for i in range(0, len(x), bs):
-        xb, yb = x[i:i + bs], y[i:i + bs]
+        xb, yb = x[i : i + bs], y[i : i + bs]
         if c["fgsm"]:
-            outs.append(A.fgsm(model, xb, yb, eps=c["eps"], norm=c["norm"], early_stop=early_stop,
-                               channels_last=channels_last))
+            outs.append(
+                A.fgsm(model, xb, yb, eps=c["eps"], norm=c["norm"], early_stop=early_stop, channels_last=channels_last)
+            )
         else:
-            outs.append(A.pgd(model, xb, yb, eps=c["eps"], alpha=c["alpha"], steps=c["steps"], norm=c["norm"],
-                              random_start=c["rs"], generator=g, early_stop=early_stop, channels_last=channels_last))
+            outs.append(
+                A.pgd(
+                    model,
+                    xb,
+                    yb,
+                    eps=c["eps"],
+                    alpha=c["alpha"],
+                    steps=c["steps"],
+                    norm=c["norm"],
+                    random_start=c["rs"],
+                    generator=g,
+                    early_stop=early_stop,
+                    channels_last=channels_last,
+                )
+            )
     return torch.cat(outs)
 
 
@@ -78,11 +97,14 @@ def run_torchattacks(model, x, y, c, bs):
     import torchattacks
 
     if c["norm"] == "linf":
-        atk = (torchattacks.FGSM(model, eps=c["eps"]) if c["fgsm"] else
-               torchattacks.PGD(model, eps=c["eps"], alpha=c["alpha"], steps=c["steps"], random_start=c["rs"]))
+        atk = (
+            torchattacks.FGSM(model, eps=c["eps"])
+            if c["fgsm"]
+            else torchattacks.PGD(model, eps=c["eps"], alpha=c["alpha"], steps=c["steps"], random_start=c["rs"])
+        )
     else:  # torchattacks has no FGM-L2 class: PGDL2 with one step of size ε from x is exactly FGM-L2
         atk = torchattacks.PGDL2(model, eps=c["eps"], alpha=c["alpha"], steps=c["steps"], random_start=c["rs"])
-    return torch.cat([atk(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)])
+    return torch.cat([atk(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)])
 
 
 _ART_CLASSIFIERS: dict[int, object] = {}
@@ -93,8 +115,14 @@ def art_classifier(model):
 
     key = id(model)
     if key not in _ART_CLASSIFIERS:
-        _ART_CLASSIFIERS[key] = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
-                                                  nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
+        _ART_CLASSIFIERS[key] = PyTorchClassifier(
+            model=model,
+            loss=torch.nn.CrossEntropyLoss(),
+            input_shape=(1, 28, 28),
+            nb_classes=10,
+            clip_values=(0.0, 1.0),
+            device_type="cpu",
+        )
     return _ART_CLASSIFIERS[key]
 
 
@@ -106,8 +134,16 @@ def run_art(model, x, y, c, bs):
     if c["fgsm"]:
         atk = FastGradientMethod(clf, norm=norm, eps=c["eps"], eps_step=c["eps"], batch_size=bs)
     else:
-        atk = ProjectedGradientDescent(clf, norm=norm, eps=c["eps"], eps_step=c["alpha"], max_iter=c["steps"],
-                                       num_random_init=1 if c["rs"] else 0, batch_size=bs, verbose=False)
+        atk = ProjectedGradientDescent(
+            clf,
+            norm=norm,
+            eps=c["eps"],
+            eps_step=c["alpha"],
+            max_iter=c["steps"],
+            num_random_init=1 if c["rs"] else 0,
+            batch_size=bs,
+            verbose=False,
+        )
     return torch.from_numpy(atk.generate(x=x.numpy(), y=y.numpy()))
 
 
@@ -119,8 +155,8 @@ def run_limit(model, x, y, c, bs, layout="channels_last"):
     """
     with A.eval_mode(model):
         for i in range(0, len(x), bs):
-            with fast_layout(model, x[i:i + bs].clone(), enabled=layout == "channels_last") as (net, xb):
-                yb = y[i:i + bs]
+            with fast_layout(model, x[i : i + bs].clone(), enabled=layout == "channels_last") as (net, xb):
+                yb = y[i : i + bs]
                 for _ in range(c["steps"]):
                     xb.requires_grad_(True)
                     (g,) = torch.autograd.grad(F.cross_entropy(net(xb), yb, reduction="sum"), xb)
@@ -128,13 +164,18 @@ def run_limit(model, x, y, c, bs, layout="channels_last"):
     return None
 
 
-LIBS = {"advlab": run_advlab, "torchattacks": run_torchattacks, "ART": run_art, "limit": run_limit,
-        "limit NCHW": lambda m, x, y, c, bs: run_limit(m, x, y, c, bs, layout="nchw"),
-        "advlab early-stop": lambda m, x, y, c, bs: run_advlab(m, x, y, c, bs, early_stop=True),
-        "advlab NCHW": lambda m, x, y, c, bs: run_advlab(m, x, y, c, bs, channels_last=False),
-        "torchattacks CL": lambda m, x, y, c, bs: run_torchattacks(channels_last_copy(m), x, y, c, bs),
-        "ART CL": lambda m, x, y, c, bs: run_art(channels_last_copy(m), x, y, c, bs),
-        "advlab bf16": lambda m, x, y, c, bs: run_bf16(m, x, y, c, bs)}
+LIBS = {
+    "advlab": run_advlab,
+    "torchattacks": run_torchattacks,
+    "ART": run_art,
+    "limit": run_limit,
+    "limit NCHW": lambda m, x, y, c, bs: run_limit(m, x, y, c, bs, layout="nchw"),
+    "advlab early-stop": lambda m, x, y, c, bs: run_advlab(m, x, y, c, bs, early_stop=True),
+    "advlab NCHW": lambda m, x, y, c, bs: run_advlab(m, x, y, c, bs, channels_last=False),
+    "torchattacks CL": lambda m, x, y, c, bs: run_torchattacks(channels_last_copy(m), x, y, c, bs),
+    "ART CL": lambda m, x, y, c, bs: run_art(channels_last_copy(m), x, y, c, bs),
+    "advlab bf16": lambda m, x, y, c, bs: run_bf16(m, x, y, c, bs),
+}
 
 
 def run_bf16(model, x, y, c, bs):
@@ -150,13 +191,16 @@ def robust_acc(model, x_adv, y) -> float:
 
 def main() -> None:
     p = C.base_parser(__doc__.splitlines()[0], n=500, repeats=3, batch_size=250, out="benchmarks/results/attacks.json")
-    p.add_argument("--libs", default="advlab,torchattacks,ART,limit,limit NCHW,advlab NCHW,torchattacks CL,ART CL",
-                   help="comma-separated subset of " + ",".join(LIBS))
+    p.add_argument(
+        "--libs",
+        default="advlab,torchattacks,ART,limit,limit NCHW,advlab NCHW,torchattacks CL,ART CL",
+        help="comma-separated subset of " + ",".join(LIBS),
+    )
     args = p.parse_args()
     if args.quick:
         args.n, args.repeats = min(args.n, 250), min(args.repeats, 2)
     torch.set_num_threads(args.threads)
-    libs = [l for l in args.libs.split(",") if l]
+    libs = [lib for lib in args.libs.split(",") if lib]
     model = C.standard_model(args.model)
     x, y = C.test_data(args.n)
     print(C.machine_info(), "load", C.loadavg())
@@ -168,13 +212,13 @@ def main() -> None:
     # warm-up (first-call allocations, ART/torchattacks imports)
     warm = dict(cfgs[2], steps=1)
     for lib in libs:
-        LIBS[lib](model, x[:args.batch_size], y[:args.batch_size], warm, args.batch_size)
+        LIBS[lib](model, x[: args.batch_size], y[: args.batch_size], warm, args.batch_size)
 
-    times = {(c["name"], l): [] for c in cfgs for l in libs}
+    times = {(c["name"], lib): [] for c in cfgs for lib in libs}
     outputs: dict[tuple[str, str], torch.Tensor] = {}
     loads = [C.loadavg()]
     for r in range(args.repeats):
-        order = libs[r % len(libs):] + libs[:r % len(libs)]
+        order = libs[r % len(libs) :] + libs[: r % len(libs)]
         for c in cfgs:
             if c.get("check_only") and r > 0:
                 continue
@@ -192,44 +236,75 @@ def main() -> None:
     # ---------------------------------------------------------------- report
     rows, results = [], []
     for c in cfgs:
-        med = {l: C.median(times[(c["name"], l)]) for l in libs if times[(c["name"], l)]}
-        ips = {l: len(x) / t for l, t in med.items()}
-        acc = {l: robust_acc(model, outputs[(c["name"], l)], y) for l in libs if (c["name"], l) in outputs}
+        med = {lib: C.median(times[(c["name"], lib)]) for lib in libs if times[(c["name"], lib)]}
+        ips = {lib: len(x) / t for lib, t in med.items()}
+        acc = {lib: robust_acc(model, outputs[(c["name"], lib)], y) for lib in libs if (c["name"], lib) in outputs}
         diff = {}
         if "advlab" in libs:
-            for l in ("torchattacks", "ART"):
-                if (c["name"], l) in outputs:
-                    diff[l] = float((outputs[(c["name"], "advlab")] - outputs[(c["name"], l)]).abs().max())
-        res = dict(config=c, median_s=med, images_per_s=ips, robust_acc=acc, max_abs_diff_vs_advlab=diff,
-                   all_s=[times[(c["name"], l)] for l in libs])
+            for lib in ("torchattacks", "ART"):
+                if (c["name"], lib) in outputs:
+                    diff[lib] = float((outputs[(c["name"], "advlab")] - outputs[(c["name"], lib)]).abs().max())
+        res = dict(
+            config=c,
+            median_s=med,
+            images_per_s=ips,
+            robust_acc=acc,
+            max_abs_diff_vs_advlab=diff,
+            all_s=[times[(c["name"], lib)] for lib in libs],
+        )
         results.append(res)
         if c.get("check_only"):
             continue
         a = med.get("advlab")
-        rows.append([c["name"]] + [f"{ips[l]:.0f}" if l in ips else "-" for l in libs]
-                    + [f"{med['torchattacks'] / a:.2f}×" if a and "torchattacks" in med else "-",
-                       f"{med['ART'] / a:.2f}×" if a and "ART" in med else "-",
-                       f"{a / med['limit']:.2f}×" if a and "limit" in med else "-",
-                       f"{a / med['limit NCHW']:.2f}×" if a and "limit NCHW" in med else "-"])
-    print("\nThroughput, images/s (median of %d repeats; n=%d, batch %d, %d threads)" % (
-        args.repeats, len(x), args.batch_size, args.threads))
-    thr = C.table(["attack"] + libs + ["advlab speed-up vs torchattacks", "vs ART", "advlab time / limit", "/ limit NCHW"], rows)
+        rows.append(
+            [c["name"]]
+            + [f"{ips[lib]:.0f}" if lib in ips else "-" for lib in libs]
+            + [
+                f"{med['torchattacks'] / a:.2f}×" if a and "torchattacks" in med else "-",
+                f"{med['ART'] / a:.2f}×" if a and "ART" in med else "-",
+                f"{a / med['limit']:.2f}×" if a and "limit" in med else "-",
+                f"{a / med['limit NCHW']:.2f}×" if a and "limit NCHW" in med else "-",
+            ]
+        )
+    print(
+        "\nThroughput, images/s (median of %d repeats; n=%d, batch %d, %d threads)"
+        % (args.repeats, len(x), args.batch_size, args.threads)
+    )
+    thr = C.table(
+        ["attack"] + libs + ["advlab speed-up vs torchattacks", "vs ART", "advlab time / limit", "/ limit NCHW"], rows
+    )
     print(thr)
     arows = []
     for res in results:
         c = res["config"]
         acc = res["robust_acc"]
         spread = max(acc.values()) - min(acc.values()) if acc else 0
-        arows.append([c["name"]] + [f"{100 * acc[l]:.2f}" if l in acc else "-" for l in libs if not l.startswith("limit")]
-                     + [f"{100 * spread:.2f}"]
-                     + [f"{res['max_abs_diff_vs_advlab'].get(l, float('nan')):.2e}" for l in ("torchattacks", "ART")])
+        arows.append(
+            [c["name"]]
+            + [f"{100 * acc[lib]:.2f}" if lib in acc else "-" for lib in libs if not lib.startswith("limit")]
+            + [f"{100 * spread:.2f}"]
+            + [f"{res['max_abs_diff_vs_advlab'].get(lib, float('nan')):.2e}" for lib in ("torchattacks", "ART")]
+        )
     print("\nAgreement: robust accuracy % (ε = 0.1 L∞ / 1.5 L2), max |x_adv(advlab) − x_adv(other)|")
-    agr = C.table(["attack"] + [l for l in libs if not l.startswith("limit")] + ["spread (pt)", "maxdiff torchattacks",
-                                                                     "maxdiff ART"], arows)
+    agr = C.table(
+        ["attack"]
+        + [lib for lib in libs if not lib.startswith("limit")]
+        + ["spread (pt)", "maxdiff torchattacks", "maxdiff ART"],
+        arows,
+    )
     print(agr)
     print("load averages per repeat:", loads)
-    C.write_json(args.out, dict(machine=C.machine_info(), args=vars(args), clean_accuracy=clean, loads=loads,
-                                results=results, tables={"throughput": thr, "agreement": agr}))
+    C.write_json(
+        args.out,
+        dict(
+            machine=C.machine_info(),
+            args=vars(args),
+            clean_accuracy=clean,
+            loads=loads,
+            results=results,
+            tables={"throughput": thr, "agreement": agr},
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 from advlab.attacks import count_passes, parse_attack  # noqa: E402
@@ -42,8 +41,12 @@ def _advlab_suite(model, x, y, eps: float, seed: int) -> dict:
     attacks = suite_attacks("standard", norm="linf", classes=10)
     start = time.perf_counter()
     result = evaluate(model, (x, y), attacks=attacks, eps=[eps], chain=True, seed=seed, progress=False)
-    return {"robust_accuracy": result.worst_case[0], "seconds": time.perf_counter() - start,
-            "after_each": {label: values[0] for label, values in result.robust.items()}, "flags": result.flags}
+    return {
+        "robust_accuracy": result.worst_case[0],
+        "seconds": time.perf_counter() - start,
+        "after_each": {label: values[0] for label, values in result.robust.items()},
+        "flags": result.flags,
+    }
 
 
 def _reference(model, x, y, eps: float, seed: int, batch: int) -> dict:
@@ -65,11 +68,22 @@ def _passes(model, x, y, eps: float, seed: int) -> dict:
         for name in ("apgd-ce100", "pgd50x10"):
             attack = parse_attack(name)
             with count_passes(model) as passes:
-                result = evaluate(model, (x, y), attacks=[attack], eps=[eps], seed=seed, progress=False,
-                                  checks=False, early_stop=early_stop)
+                result = evaluate(
+                    model,
+                    (x, y),
+                    attacks=[attack],
+                    eps=[eps],
+                    seed=seed,
+                    progress=False,
+                    checks=False,
+                    early_stop=early_stop,
+                )
             found[f"{attack.label}, early exit {'on' if early_stop else 'off'}"] = {
-                "robust_accuracy": result.worst_case[0], "gradient_passes": passes.gradients,
-                "forward_passes": passes.forwards, "seconds": result.seconds}
+                "robust_accuracy": result.worst_case[0],
+                "gradient_passes": passes.gradients,
+                "forward_passes": passes.forwards,
+                "seconds": result.seconds,
+            }
     return found
 
 
@@ -82,9 +96,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=500, help="the reference's batch size")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--parts", default="advlab,reference,passes",
-                   help="comma-separated subset of advlab (the standard suite), reference (AutoAttack), "
-                        "passes (APGD-CE-100 against PGD-50x10)")
+    p.add_argument(
+        "--parts",
+        default="advlab,reference,passes",
+        help="comma-separated subset of advlab (the standard suite), reference (AutoAttack), "
+        "passes (APGD-CE-100 against PGD-50x10)",
+    )
     p.add_argument("--out", default="benchmarks/results/autoattack.json")
     args = p.parse_args()
     parts = set(args.parts.split(","))
@@ -113,8 +130,15 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         # rewritten after each model, so an interrupted run keeps what it measured
-        C.write_json(args.out, {"started_at_commit": started, "args": vars(args), "results": rows,
-                                "complete": len(rows) == len(args.models.split(","))})
+        C.write_json(
+            args.out,
+            {
+                "started_at_commit": started,
+                "args": vars(args),
+                "results": rows,
+                "complete": len(rows) == len(args.models.split(",")),
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 import advlab.evaluate as evaluation  # noqa: E402
@@ -47,18 +46,32 @@ def _no_recheck():
 
 def _measure(model, x, y, attacks, eps, seed, precision) -> dict:
     start = time.perf_counter()
-    result = evaluation.evaluate(model, (x, y), attacks=attacks, eps=[eps], seed=seed, progress=False,
-                                 runtime=Runtime(device="cpu", precision=precision), checks=False)
-    return {"robust": {label: values[0] for label, values in result.robust.items()},
-            "worst_case": result.worst_case[0], "seconds": time.perf_counter() - start}
+    result = evaluation.evaluate(
+        model,
+        (x, y),
+        attacks=attacks,
+        eps=[eps],
+        seed=seed,
+        progress=False,
+        runtime=Runtime(device="cpu", precision=precision),
+        checks=False,
+    )
+    return {
+        "robust": {label: values[0] for label, values in result.robust.items()},
+        "worst_case": result.worst_case[0],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/quick", help="a study's run folder (models/NAME/model.safetensors)")
     p.add_argument("--models", default="standard,fgsm,pgd,trades-b1,trades-b6", help="comma-separated model names")
-    p.add_argument("--attacks", default="fgsm,pgd20,apgd-ce100", help="comma-separated attacks (evaluate's default "
-                   "fgsm and pgd20, and APGD-CE)")
+    p.add_argument(
+        "--attacks",
+        default="fgsm,pgd20,apgd-ce100",
+        help="comma-separated attacks (evaluate's default fgsm and pgd20, and APGD-CE)",
+    )
     p.add_argument("--n", type=int, default=10000, help="first N test images")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -80,13 +93,17 @@ def main() -> None:
             row["bf16_without_recheck"] = _measure(model, x, y, attacks, args.eps, args.seed, "bf16")
         for key in ("bf16", "bf16_without_recheck"):
             row[f"{key}_minus_fp32_points"] = {
-                label: 100 * (row[key]["robust"][label] - row["fp32"]["robust"][label]) for label in row["fp32"]["robust"]}
+                label: 100 * (row[key]["robust"][label] - row["fp32"]["robust"][label])
+                for label in row["fp32"]["robust"]
+            }
             row[f"{key}_minus_fp32_points"]["worst case"] = 100 * (row[key]["worst_case"] - row["fp32"]["worst_case"])
         rows.append(row)
-        print(name, {k: row[k] for k in ("bf16_minus_fp32_points", "bf16_without_recheck_minus_fp32_points")},
-              flush=True)
-        C.write_json(args.out, {"args": vars(args), "results": rows,
-                                "complete": len(rows) == len(args.models.split(","))})
+        print(
+            name, {k: row[k] for k in ("bf16_minus_fp32_points", "bf16_without_recheck_minus_fp32_points")}, flush=True
+        )
+        C.write_json(
+            args.out, {"args": vars(args), "results": rows, "complete": len(rows) == len(args.models.split(","))}
+        )
 
 
 if __name__ == "__main__":

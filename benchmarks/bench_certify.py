@@ -22,7 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 from advlab.certify.smoothing import noise_generator, sample_counts  # noqa: E402
@@ -55,8 +54,7 @@ def throughput(model, x, *, sigma: float, batch_size: int, repeats: int) -> dict
 
     for i in range(repeats + 1):
         start = time.perf_counter()
-        sample_counts(model, x[i % len(x)], sigma, batch_size * 4, classes, batch_size=batch_size,
-                      generator=generator)
+        sample_counts(model, x[i % len(x)], sigma, batch_size * 4, classes, batch_size=batch_size, generator=generator)
         certify_rate = batch_size * 4 / (time.perf_counter() - start)
         rates = forward_rate(distinct), forward_rate(copies)
         if i:  # the first round warms up
@@ -64,12 +62,15 @@ def throughput(model, x, *, sigma: float, batch_size: int, repeats: int) -> dict
             times["forward"].append(rates[0])
             times["forward_one_image_repeated"].append(rates[1])
     median = {key: statistics.median(values) for key, values in times.items()}
-    return {"batch_size": batch_size, "noise_samples_per_second": median["certify"],
-            "forward_images_per_second": median["forward"],
-            "forward_one_image_repeated_per_second": median["forward_one_image_repeated"],
-            "ratio": median["certify"] / median["forward"],
-            "ratio_to_one_image_repeated": median["certify"] / median["forward_one_image_repeated"],
-            "all": times}
+    return {
+        "batch_size": batch_size,
+        "noise_samples_per_second": median["certify"],
+        "forward_images_per_second": median["forward"],
+        "forward_one_image_repeated_per_second": median["forward_one_image_repeated"],
+        "ratio": median["certify"] / median["forward"],
+        "ratio_to_one_image_repeated": median["certify"] / median["forward_one_image_repeated"],
+        "all": times,
+    }
 
 
 def main() -> None:
@@ -94,19 +95,37 @@ def main() -> None:
         sigma = args.sigma or float((record.get("config") or {}).get("sigma", 0.25))
         from advlab.data import load_dataset
 
-        x, _ = load_dataset(record.get("dataset", "fashion-mnist"), "test", download=False,
-                            progress=False).subset(args.batch_size).tensors()
+        x, _ = (
+            load_dataset(record.get("dataset", "fashion-mnist"), "test", download=False, progress=False)
+            .subset(args.batch_size)
+            .tensors()
+        )
         results["throughput"] = throughput(model, x, sigma=sigma, batch_size=args.batch_size, repeats=args.repeats)
         print("throughput", {k: v for k, v in results["throughput"].items() if k != "all"}, flush=True)
-        C.write_json(args.out, {"started_at_commit": started, "args": vars(args), "results": results,
-                                "complete": False})
+        C.write_json(
+            args.out, {"started_at_commit": started, "args": vars(args), "results": results, "complete": False}
+        )
     if "certify" in args.parts:
-        summary = certify_checkpoint(args.run, method="smoothing", sigma=args.sigma, n=args.n, n0=args.n0,
-                                     alpha=args.alpha, images=args.images, batch_size=args.batch_size,
-                                     progress=False)
+        summary = certify_checkpoint(
+            args.run,
+            method="smoothing",
+            sigma=args.sigma,
+            n=args.n,
+            n0=args.n0,
+            alpha=args.alpha,
+            images=args.images,
+            batch_size=args.batch_size,
+            progress=False,
+        )
         results["certify"] = summary
-        print("certify", {k: summary[k] for k in ("certified_accuracy", "average_certified_radius",
-                                                   "abstention_rate", "seconds_per_image")}, flush=True)
+        print(
+            "certify",
+            {
+                k: summary[k]
+                for k in ("certified_accuracy", "average_certified_radius", "abstention_rate", "seconds_per_image")
+            },
+            flush=True,
+        )
     C.write_json(args.out, {"started_at_commit": started, "args": vars(args), "results": results, "complete": True})
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 from advlab.models import create_model  # noqa: E402
@@ -66,19 +65,27 @@ def main() -> None:
                 start = time.perf_counter()
                 tensor_digests(tensors)
                 pooled.append(time.perf_counter() - start)
-            row = {"model": name, "file_mib": path.stat().st_size / 2**20,
-                   "sha256_one_thread_ms": 1000 * statistics.median(one),
-                   "sha256_one_thread_gb_per_s": len(weights) / statistics.median(one) / 1e9,
-                   "tensor_digests_ms": 1000 * statistics.median(pooled),
-                   "parameters": sum(p.numel() for p in model.parameters()),
-                   "verified_ms": 1000 * with_, "unverified_ms": 1000 * without, "ratio": with_ / without,
-                   "verified_ms_all": [1000 * t for t in times[True]],
-                   "unverified_ms_all": [1000 * t for t in times[False]]}
+            row = {
+                "model": name,
+                "file_mib": path.stat().st_size / 2**20,
+                "sha256_one_thread_ms": 1000 * statistics.median(one),
+                "sha256_one_thread_gb_per_s": len(weights) / statistics.median(one) / 1e9,
+                "tensor_digests_ms": 1000 * statistics.median(pooled),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "verified_ms": 1000 * with_,
+                "unverified_ms": 1000 * without,
+                "ratio": with_ / without,
+                "verified_ms_all": [1000 * t for t in times[True]],
+                "unverified_ms_all": [1000 * t for t in times[False]],
+            }
             rows.append(row)
-            print(f"{name}: {row['file_mib']:.1f} MiB, verified {row['verified_ms']:.1f} ms, unverified "
-                  f"{row['unverified_ms']:.1f} ms, ratio {row['ratio']:.3f}; SHA-256 alone "
-                  f"{row['sha256_one_thread_ms']:.1f} ms on one thread ({row['sha256_one_thread_gb_per_s']:.2f} GB/s), "
-                  f"{row['tensor_digests_ms']:.1f} ms as the loader hashes", flush=True)
+            print(
+                f"{name}: {row['file_mib']:.1f} MiB, verified {row['verified_ms']:.1f} ms, unverified "
+                f"{row['unverified_ms']:.1f} ms, ratio {row['ratio']:.3f}; SHA-256 alone "
+                f"{row['sha256_one_thread_ms']:.1f} ms on one thread ({row['sha256_one_thread_gb_per_s']:.2f} GB/s), "
+                f"{row['tensor_digests_ms']:.1f} ms as the loader hashes",
+                flush=True,
+            )
     C.write_json(args.out, {"args": vars(args), "results": rows})
 
 

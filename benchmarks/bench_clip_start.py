@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -39,18 +38,30 @@ def fgsm_point(model, x, y, *, eps: float, alpha: float, start: torch.Tensor | N
 
 
 def measure(dataset: str, *, n: int, eps: float, seed: int) -> dict:
-    from advlab.data import load_dataset
-    from advlab.train import TrainConfig, train
     import tempfile
 
+    from advlab.data import load_dataset
     from advlab.runs import load_checkpoint
+    from advlab.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # One epoch of Wong et al.'s recipe (their network, schedule and unclipped start) on this data set.
-        config = TrainConfig(dataset=dataset, method="fgsm", eps=eps, model="wong_mnist", optimizer="adam", lr=0.005,
-                             schedule="onecycle", epochs=10, batch_size=100, clip_start=False, eps_warmup_epochs=0,
-                             co_patience=10**6, seed=seed)
+        config = TrainConfig(
+            dataset=dataset,
+            method="fgsm",
+            eps=eps,
+            model="wong_mnist",
+            optimizer="adam",
+            lr=0.005,
+            schedule="onecycle",
+            epochs=10,
+            batch_size=100,
+            clip_start=False,
+            eps_warmup_epochs=0,
+            co_patience=10**6,
+            seed=seed,
+        )
         train(config, Path(tmp) / "run", progress=False, stop_after_epochs=1)
         model, _ = load_checkpoint(Path(tmp) / "run" / "model.safetensors")
     model.eval()
@@ -59,8 +70,14 @@ def measure(dataset: str, *, n: int, eps: float, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     start = (torch.rand(x.shape, generator=g) * 2 - 1) * eps
     plain = fgsm_point(model, x, y, eps=eps, alpha=alpha, start=None, clip_start=True)
-    result = {"dataset": dataset, "n": n, "eps": eps, "alpha": alpha,
-              "pixels_at_0": float((x == 0).float().mean()), "pixels_at_1": float((x == 1).float().mean())}
+    result = {
+        "dataset": dataset,
+        "n": n,
+        "eps": eps,
+        "alpha": alpha,
+        "pixels_at_0": float((x == 0).float().mean()),
+        "pixels_at_1": float((x == 1).float().mean()),
+    }
     kept = ((x + start).clamp(0, 1) - x).square().sum() / start.square().sum()
     result["start_energy_kept_by_clip"] = float(kept)
     for clip in (False, True):
@@ -90,13 +107,17 @@ def main() -> None:
     for dataset in ("mnist", "fashion-mnist"):
         r = measure(dataset, n=args.n, eps=args.eps, seed=args.seed)
         results.append(r)
-        print(f"{dataset}: pixels at 0 {100 * r['pixels_at_0']:.1f}%, start energy kept by the clip "
-              f"{100 * r['start_energy_kept_by_clip']:.1f}%")
+        print(
+            f"{dataset}: pixels at 0 {100 * r['pixels_at_0']:.1f}%, start energy kept by the clip "
+            f"{100 * r['start_energy_kept_by_clip']:.1f}%"
+        )
         for key in ("unclipped", "clipped"):
             v = r[key]
-            print(f"  {key:9s}: equal to FGSM from x {100 * v['equal_to_fgsm_from_x']:.1f}% (on pixels at 0: "
-                  f"{100 * v['equal_to_fgsm_from_x_on_zero_pixels']:.1f}%), strictly inside (0, ε) "
-                  f"{100 * v['strictly_inside']:.1f}%, mean |δ| {v['mean_abs']:.4f}")
+            print(
+                f"  {key:9s}: equal to FGSM from x {100 * v['equal_to_fgsm_from_x']:.1f}% (on pixels at 0: "
+                f"{100 * v['equal_to_fgsm_from_x_on_zero_pixels']:.1f}%), strictly inside (0, ε) "
+                f"{100 * v['strictly_inside']:.1f}%, mean |δ| {v['mean_abs']:.4f}"
+            )
     C.write_json(args.out, dict(started_at_commit=started, args=vars(args), results=results))
 
 

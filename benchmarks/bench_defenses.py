@@ -19,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 from advlab.attacks import parse_attack  # noqa: E402
@@ -34,9 +33,13 @@ DEFENSES = ("jpeg:quality=75", "bits:bits=4", "bits:bits=1", "median:size=3", "r
 def _evaluate(model, x, y, names, eps, seed) -> dict:
     start = time.perf_counter()
     result = evaluate(model, (x, y), attacks=[parse_attack(n) for n in names], eps=[eps], seed=seed, progress=False)
-    return {"clean": result.clean_accuracy, "robust": {k: v[0] for k, v in result.robust.items()},
-            "flags": sorted({f["flag"] for f in result.flags}), "verdict_draws": result.draws,
-            "seconds": time.perf_counter() - start}
+    return {
+        "clean": result.clean_accuracy,
+        "robust": {k: v[0] for k, v in result.robust.items()},
+        "flags": sorted({f["flag"] for f in result.flags}),
+        "verdict_draws": result.draws,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -44,8 +47,9 @@ def main() -> None:
     p.add_argument("--run", default="runs/quick", help="a study's run folder (models/NAME/model.safetensors)")
     p.add_argument("--models", default="standard,pgd")
     p.add_argument("--defenses", default=",".join(DEFENSES), help="comma-separated; ';' would split parameters")
-    p.add_argument("--attack", default="apgd-ce100", help="the gradient attack, naive and (with -bpda or -eot20) "
-                   "adaptive")
+    p.add_argument(
+        "--attack", default="apgd-ce100", help="the gradient attack, naive and (with -bpda or -eot20) adaptive"
+    )
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -70,15 +74,24 @@ def main() -> None:
             names = [args.attack, f"{args.attack}-eot20" if defense.randomized else f"{args.attack}-bpda"]
             row = {"model": name, "defense": defense.describe(), **_evaluate(guarded, x, y, names, args.eps, args.seed)}
             torch.manual_seed(args.seed)
-            oblivious = transfer_flags(guarded, model, (x, y), attack=parse_attack(args.attack), eps=args.eps,
-                                       seed=args.seed)
+            oblivious = transfer_flags(
+                guarded, model, (x, y), attack=parse_attack(args.attack), eps=args.eps, seed=args.seed
+            )
             row["oblivious"] = oblivious.float().mean().item()
             row["undefended_same_attack"] = bare["robust"]
             rows.append(row)
-            print(name, text, {k: round(v, 4) for k, v in row["robust"].items()}, "oblivious", round(row["oblivious"], 4),
-                  row["flags"], flush=True)
-            C.write_json(args.out, {"started_at_commit": started, "args": vars(args), "results": rows,
-                                    "complete": False})
+            print(
+                name,
+                text,
+                {k: round(v, 4) for k, v in row["robust"].items()},
+                "oblivious",
+                round(row["oblivious"], 4),
+                row["flags"],
+                flush=True,
+            )
+            C.write_json(
+                args.out, {"started_at_commit": started, "args": vars(args), "results": rows, "complete": False}
+            )
     C.write_json(args.out, {"started_at_commit": started, "args": vars(args), "results": rows, "complete": True})
 
 

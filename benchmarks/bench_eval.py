@@ -19,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 from advlab.attacks import AttackSpec  # noqa: E402
@@ -27,9 +26,11 @@ from advlab.evaluate import evaluate  # noqa: E402
 
 # "no early exit" is the naive evaluation: every example (even those misclassified clean), every PGD step
 # and every restart. advlab's default skips examples already broken at each of those levels.
-MODES = {"no early exit": dict(early_stop=False, chain=False),
-         "early_stop": dict(early_stop=True, chain=False),
-         "early_stop + chain": dict(early_stop=True, chain=True)}
+MODES = {
+    "no early exit": dict(early_stop=False, chain=False),
+    "early_stop": dict(early_stop=True, chain=False),
+    "early_stop + chain": dict(early_stop=True, chain=True),
+}
 
 
 def vm_kib(field: str) -> int:
@@ -48,11 +49,22 @@ def memory_child(n: int, model_path: str, batch_size: int, steps: int, threads: 
     model = C.standard_model(model_path)
     data = load_dataset("fashion-mnist", "test", download=False).subset(n)
     before = vm_kib("VmHWM")
-    r = evaluate(model, data, attacks=[AttackSpec(name="pgd", steps=steps)], eps=[0.1], batch_size=batch_size,
-                 progress=False)
+    r = evaluate(
+        model, data, attacks=[AttackSpec(name="pgd", steps=steps)], eps=[0.1], batch_size=batch_size, progress=False
+    )
     after = vm_kib("VmHWM")
-    print(json.dumps(dict(n=n, maxrss_before_eval_kib=before, maxrss_kib=after, seconds=r.seconds,
-                          robust=r.worst_case[0], clean=r.clean_accuracy)))
+    print(
+        json.dumps(
+            dict(
+                n=n,
+                maxrss_before_eval_kib=before,
+                maxrss_kib=after,
+                seconds=r.seconds,
+                robust=r.worst_case[0],
+                clean=r.clean_accuracy,
+            )
+        )
+    )
 
 
 def main() -> None:
@@ -86,9 +98,10 @@ def main() -> None:
     loads = [C.loadavg()]
     modes = list(MODES)
     for r in range(args.repeats):
-        for m in modes[r % 3:] + modes[:r % 3]:
-            out = evaluate(model, (x, y), attacks=attacks, eps=eps, batch_size=args.batch_size, progress=False, seed=r,
-                           **MODES[m])
+        for m in modes[r % 3 :] + modes[: r % 3]:
+            out = evaluate(
+                model, (x, y), attacks=attacks, eps=eps, batch_size=args.batch_size, progress=False, seed=r, **MODES[m]
+            )
             times[m].append(out.seconds)
             res.setdefault(m, []).append(out.to_dict())
         loads.append(C.loadavg())
@@ -100,36 +113,81 @@ def main() -> None:
         for m in modes:
             t = C.median(times[m])
             last = res[m][-1]
-            rows.append([m, f"{t:.1f}", f"{base / t:.1f}×", f"{100 * last['clean_accuracy']:.2f}"]
-                        + [f"{100 * last['robust_accuracy'][a.label][i]:.2f}" for i in range(len(eps)) for a in attacks]
-                        + [f"{100 * last['worst_case_accuracy'][i]:.2f}" for i in range(len(eps))])
-        hdr = (["mode", "seconds (median)", "speed-up", "clean %"]
-               + [f"{a.label} @{e:g} %" for e in eps for a in attacks] + [f"worst case @{e:g} %" for e in eps])
+            rows.append(
+                [m, f"{t:.1f}", f"{base / t:.1f}×", f"{100 * last['clean_accuracy']:.2f}"]
+                + [f"{100 * last['robust_accuracy'][a.label][i]:.2f}" for i in range(len(eps)) for a in attacks]
+                + [f"{100 * last['worst_case_accuracy'][i]:.2f}" for i in range(len(eps))]
+            )
+        hdr = (
+            ["mode", "seconds (median)", "speed-up", "clean %"]
+            + [f"{a.label} @{e:g} %" for e in eps for a in attacks]
+            + [f"worst case @{e:g} %" for e in eps]
+        )
         tbl = C.table(hdr, rows)
-        print(f"\nEvaluation of {args.n} images, FGSM + PGD-{args.steps}×{args.restarts} L∞, batch {args.batch_size}, "
-              f"{args.repeats} repeats (chain: per-attack numbers are cumulative)")
+        print(
+            f"\nEvaluation of {args.n} images, FGSM + PGD-{args.steps}×{args.restarts} L∞, batch {args.batch_size}, "
+            f"{args.repeats} repeats (chain: per-attack numbers are cumulative)"
+        )
         print(tbl)
 
     mem_rows, mem = [], []
     if not args.skip_memory:
         for n in [int(s) for s in args.memory_sizes.split(",")]:
-            cmd = [sys.executable, __file__, "--child", str(n), "--model", args.model, "--batch-size",
-                   str(args.batch_size), "--memory-steps", str(args.memory_steps), "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(n),
+                "--model",
+                args.model,
+                "--batch-size",
+                str(args.batch_size),
+                "--memory-steps",
+                str(args.memory_steps),
+                "--threads",
+                str(args.threads),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             d = json.loads(out)
             mem.append(d)
-            mem_rows.append([str(n), f"{d['maxrss_before_eval_kib'] / 1024:.0f}", f"{d['maxrss_kib'] / 1024:.0f}",
-                             f"{(d['maxrss_kib'] - d['maxrss_before_eval_kib']) / 1024:.0f}", f"{d['seconds']:.1f}",
-                             f"{100 * d['robust']:.2f}"])
+            mem_rows.append(
+                [
+                    str(n),
+                    f"{d['maxrss_before_eval_kib'] / 1024:.0f}",
+                    f"{d['maxrss_kib'] / 1024:.0f}",
+                    f"{(d['maxrss_kib'] - d['maxrss_before_eval_kib']) / 1024:.0f}",
+                    f"{d['seconds']:.1f}",
+                    f"{100 * d['robust']:.2f}",
+                ]
+            )
             print(mem_rows[-1], flush=True)
-        mtbl = C.table(["images", "peak RSS before eval (MiB)", "peak RSS after (MiB)", "growth during eval (MiB)",
-                        "seconds", f"PGD-{args.memory_steps} robust %"], mem_rows)
+        mtbl = C.table(
+            [
+                "images",
+                "peak RSS before eval (MiB)",
+                "peak RSS after (MiB)",
+                "growth during eval (MiB)",
+                "seconds",
+                f"PGD-{args.memory_steps} robust %",
+            ],
+            mem_rows,
+        )
         print(f"\nPeak memory, PGD-{args.memory_steps} evaluation (early_stop default), batch {args.batch_size}")
         print(mtbl)
     else:
         mtbl = ""
-    C.write_json(args.out, dict(machine=C.machine_info(), args=vars(args), loads=loads, times=times, results=res,
-                                memory=mem, tables={"eval": tbl, "memory": mtbl}))
+    C.write_json(
+        args.out,
+        dict(
+            machine=C.machine_info(),
+            args=vars(args),
+            loads=loads,
+            times=times,
+            results=res,
+            memory=mem,
+            tables={"eval": tbl, "memory": mtbl},
+        ),
+    )
 
 
 if __name__ == "__main__":

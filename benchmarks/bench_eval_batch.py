@@ -16,12 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 
 def main() -> None:
-    p = C.base_parser(__doc__.splitlines()[0], n=1000, repeats=3, batch_size=0, out="benchmarks/results/eval-batch.json")
+    p = C.base_parser(
+        __doc__.splitlines()[0], n=1000, repeats=3, batch_size=0, out="benchmarks/results/eval-batch.json"
+    )
     p.add_argument("--run", help="a training run folder to evaluate (default: the cached standard model)")
     p.add_argument("--sizes", default="500,256,128,100", help="comma list of batch sizes")
     args = p.parse_args()
@@ -41,14 +42,16 @@ def main() -> None:
     robust: dict[int, float] = {}
     print(C.machine_info(), "load", C.loadavg())
     for r in range(args.repeats):
-        for b in sizes[r % len(sizes):] + sizes[:r % len(sizes)]:
+        for b in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
             t0 = time.perf_counter()
             result = evaluate(model, test, attacks=attacks, eps=[0.1], batch_size=b, seed=0, progress=False)
             times[b].append(time.perf_counter() - t0)
             robust[b] = result.worst_case[0]
             print(f"  batch {b}: {times[b][-1]:.2f} s", flush=True)
-    rows = [[str(b), f"{C.median(times[b]):.2f}", " ".join(f"{t:.2f}" for t in times[b]), f"{100 * robust[b]:.2f}"]
-            for b in sizes]
+    rows = [
+        [str(b), f"{C.median(times[b]):.2f}", " ".join(f"{t:.2f}" for t in times[b]), f"{100 * robust[b]:.2f}"]
+        for b in sizes
+    ]
     tbl = C.table(["batch", "seconds (median)", "all repeats", "PGD-20 robust %"], rows)
     print(f"\nadvlab.evaluate, PGD-20 L∞ ε = 0.1, {args.n} images of {args.run or 'the standard model'}")
     print(tbl)

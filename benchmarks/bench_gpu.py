@@ -40,8 +40,9 @@ PYTHON = sys.executable
 def _run(command: list[str], timeout: float, env: dict | None = None) -> dict:
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        )
         code, tail = done.returncode, (done.stdout + done.stderr)[-1500:]
     except subprocess.TimeoutExpired:
         code, tail = "timeout", ""
@@ -63,9 +64,31 @@ def synthetic_cifar(folder: Path) -> None:
 
 def epoch_times(data: Path, preset: str, precision: str, epochs: int, timeout: float) -> dict:
     run = data.parent / f"{preset}-{precision}"
-    step = _run([PYTHON, "-m", "advlab", "train", "--preset", preset, "--epochs", str(epochs), "--data-dir", str(data),
-                 "--device", "cuda", "--precision", precision, "--out", str(run), "--overwrite", "--quiet",
-                 "--check-examples", "200"], timeout)
+    step = _run(
+        [
+            PYTHON,
+            "-m",
+            "advlab",
+            "train",
+            "--preset",
+            preset,
+            "--epochs",
+            str(epochs),
+            "--data-dir",
+            str(data),
+            "--device",
+            "cuda",
+            "--precision",
+            precision,
+            "--out",
+            str(run),
+            "--overwrite",
+            "--quiet",
+            "--check-examples",
+            "200",
+        ],
+        timeout,
+    )
     if step["returncode"] == 0:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         step["epoch_seconds"] = [row["seconds"] for row in rows]
@@ -83,21 +106,48 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: this script is for a machine with a GPU")
-    payload: dict = {**C.provenance(), "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-                     "torch_cuda": torch.version.cuda}
-    payload["cuda_tests"] = _run([PYTHON, "-m", "pytest", "-q", "-x", "-m", "not slow", "-k", "cuda", "tests"],
-                                 args.timeout)
+    payload: dict = {
+        **C.provenance(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "torch_cuda": torch.version.cuda,
+    }
+    payload["cuda_tests"] = _run(
+        [PYTHON, "-m", "pytest", "-q", "-x", "-m", "not slow", "-k", "cuda", "tests"], args.timeout
+    )
     work = Path(tempfile.mkdtemp(prefix="advlab-gpu-"))
     try:
         if torch.cuda.device_count() >= 2:
             payload["nccl_2_processes"] = _run(
-                [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "advlab", "train",
-                 "--method", "fgsm", "--train-size", "4000", "--epochs", "1", "--device", "cuda",
-                 "--out", str(work / "nccl"), "--quiet"], args.timeout)
+                [
+                    PYTHON,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    "--nproc_per_node=2",
+                    "-m",
+                    "advlab",
+                    "train",
+                    "--method",
+                    "fgsm",
+                    "--train-size",
+                    "4000",
+                    "--epochs",
+                    "1",
+                    "--device",
+                    "cuda",
+                    "--out",
+                    str(work / "nccl"),
+                    "--quiet",
+                ],
+                args.timeout,
+            )
         data = work / "cifar"
         synthetic_cifar(data)
-        payload["cifar10"] = {f"{preset} {precision}": epoch_times(data, preset, precision, args.epochs, args.timeout)
-                              for preset in ("cifar10-fast", "cifar10-pgd") for precision in ("bf16", "fp32")}
+        payload["cifar10"] = {
+            f"{preset} {precision}": epoch_times(data, preset, precision, args.epochs, args.timeout)
+            for preset in ("cifar10-fast", "cifar10-pgd")
+            for precision in ("bf16", "fp32")
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
         C.write_json(args.out, payload)

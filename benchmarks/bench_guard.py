@@ -26,7 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 CHECK_KEYS = ("epoch", "step", "within_epoch", "examples", "clean", "fgsm", "pgd", "falling_lr")
@@ -43,8 +42,13 @@ def replay(config, checks: list[dict], falling_step: float, *, patience: int | N
         config = dataclasses.replace(config, co_patience=patience)
     guard, fired = Guard(config, [], falling_step=falling_step), []
     for check in checks:
-        rule = guard.assess({k: check[k] for k in ("clean", "fgsm", "pgd")}, epoch=check["epoch"],
-                            step=check["step"], within=check["within_epoch"], examples=check["examples"])
+        rule = guard.assess(
+            {k: check[k] for k in ("clean", "fgsm", "pgd")},
+            epoch=check["epoch"],
+            step=check["step"],
+            within=check["within_epoch"],
+            examples=check["examples"],
+        )
         if rule is not None:
             fired.append({"epoch": check["epoch"], "step": check["step"], "rule": rule})
     return fired
@@ -68,13 +72,19 @@ def run(settings: dict, root: Path) -> dict:
     # The step from which the learning rate falls, as the run had it: the first check that says so.
     falling = min((c["step"] for c in checks if c["falling_lr"]), default=float("inf"))
     default = dataclasses.replace(watching, co_patience=TrainConfig.co_patience)
-    return {"name": name, "settings": settings, "recipe": watching.recipe, "seconds": round(seconds, 1),
-            "falling_step": falling if checks and falling != float("inf") else None,
-            "fires_at": replay(default, checks, falling)[:1],  # the first firing: the run then changes
-            "single_check_would_fire_at": replay(default, checks, falling, patience=1)[:1],
-            "ends_without_robustness": summary["ends_without_robustness"], "warnings": summary["warnings"],
-            "epochs": [{k: r[k] for k in ("epoch", "val_clean_acc", "val_fgsm_acc", "val_robust_acc")} for r in rows],
-            "checks": [{k: c[k] for k in CHECK_KEYS} for c in checks]}
+    return {
+        "name": name,
+        "settings": settings,
+        "recipe": watching.recipe,
+        "seconds": round(seconds, 1),
+        "falling_step": falling if checks and falling != float("inf") else None,
+        "fires_at": replay(default, checks, falling)[:1],  # the first firing: the run then changes
+        "single_check_would_fire_at": replay(default, checks, falling, patience=1)[:1],
+        "ends_without_robustness": summary["ends_without_robustness"],
+        "warnings": summary["warnings"],
+        "epochs": [{k: r[k] for k in ("epoch", "val_clean_acc", "val_fgsm_acc", "val_robust_acc")} for r in rows],
+        "checks": [{k: c[k] for k in CHECK_KEYS} for c in checks],
+    }
 
 
 def main() -> None:
@@ -93,15 +103,20 @@ def main() -> None:
             result = run(json.loads(text), Path(tmp))
         results.append(result)
         last = result["epochs"][-1] if result["epochs"] else {}
-        print(f"{result['name']}: fires at {result['fires_at'] or 'never'}; a single check would fire at "
-              f"{result['single_check_would_fire_at'] or 'never'}; last epoch clean/FGSM/PGD "
-              f"{100 * last.get('val_clean_acc', 0):.1f}/{100 * last.get('val_fgsm_acc', 0):.1f}/"
-              f"{100 * last.get('val_robust_acc', 0):.1f}%; {result['seconds']:.0f} s", flush=True)
+        print(
+            f"{result['name']}: fires at {result['fires_at'] or 'never'}; a single check would fire at "
+            f"{result['single_check_would_fire_at'] or 'never'}; last epoch clean/FGSM/PGD "
+            f"{100 * last.get('val_clean_acc', 0):.1f}/{100 * last.get('val_fgsm_acc', 0):.1f}/"
+            f"{100 * last.get('val_robust_acc', 0):.1f}%; {result['seconds']:.0f} s",
+            flush=True,
+        )
     C.write_json(args.out, dict(started_at_commit=started, args=vars(args), results=results))
     if args.fixture:
-        fixture = {"written_by": C.command_line(), "commit": started,
-                   "runs": [{k: r[k] for k in ("name", "settings", "falling_step", "fires_at", "checks")}
-                            for r in results]}
+        fixture = {
+            "written_by": C.command_line(),
+            "commit": started,
+            "runs": [{k: r[k] for k in ("name", "settings", "falling_step", "fires_at", "checks")} for r in results],
+        }
         Path(args.fixture).write_text(json.dumps(fixture, indent=1) + "\n")
         print(f"wrote {args.fixture}")
 

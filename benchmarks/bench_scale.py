@@ -45,33 +45,106 @@ def _epochs(run: Path) -> list[dict]:
 
 
 def train_and_evaluate(run: Path, precision: str, n: int, threads: int) -> dict:
-    wall = _run([PYTHON, "-m", "advlab", "train", "--preset", "quick", "--out", str(run), "--overwrite", "--quiet",
-                 "--device", "cpu", "--precision", precision, "--threads", str(threads)])
+    wall = _run(
+        [
+            PYTHON,
+            "-m",
+            "advlab",
+            "train",
+            "--preset",
+            "quick",
+            "--out",
+            str(run),
+            "--overwrite",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--precision",
+            precision,
+            "--threads",
+            str(threads),
+        ]
+    )
     rows = _epochs(run)
     result = run / "eval.json"
-    _run([PYTHON, "-m", "advlab", "evaluate", str(run), "--attack", "pgd20", "--eps", "0.1", "--n", str(n),
-          "--out", str(result), "--overwrite", "--quiet", "--device", "cpu", "--threads", str(threads)])
+    _run(
+        [
+            PYTHON,
+            "-m",
+            "advlab",
+            "evaluate",
+            str(run),
+            "--attack",
+            "pgd20",
+            "--eps",
+            "0.1",
+            "--n",
+            str(n),
+            "--out",
+            str(result),
+            "--overwrite",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--threads",
+            str(threads),
+        ]
+    )
     evaluation = json.loads(result.read_text())
-    return {"precision": precision, "wall_seconds": wall, "epoch_seconds": [r["seconds"] for r in rows],
-            "median_epoch_seconds": statistics.median(r["seconds"] for r in rows),
-            "val_clean": rows[-1]["val_clean_acc"], "val_pgd10": rows[-1]["val_robust_acc"],
-            "test_clean": evaluation["clean_accuracy"], "test_pgd20": next(iter(evaluation["robust_accuracy"].values()))[0],
-            "test_images": evaluation["n"]}
+    return {
+        "precision": precision,
+        "wall_seconds": wall,
+        "epoch_seconds": [r["seconds"] for r in rows],
+        "median_epoch_seconds": statistics.median(r["seconds"] for r in rows),
+        "val_clean": rows[-1]["val_clean_acc"],
+        "val_pgd10": rows[-1]["val_robust_acc"],
+        "test_clean": evaluation["clean_accuracy"],
+        "test_pgd20": next(iter(evaluation["robust_accuracy"].values()))[0],
+        "test_images": evaluation["n"],
+    }
 
 
 def ddp_epochs(run: Path, processes: int, epochs: int) -> dict:
-    common = ["train", "--preset", "quick", "--epochs", str(epochs), "--out", str(run), "--overwrite", "--quiet",
-              "--device", "cpu"]
+    common = [
+        "train",
+        "--preset",
+        "quick",
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(run),
+        "--overwrite",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     if processes == 1:
         wall = _run([PYTHON, "-m", "advlab", *common, "--threads", "2"])
     else:
-        wall = _run([PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                     "-m", "advlab", *common], env={"OMP_NUM_THREADS": "1"})
+        wall = _run(
+            [
+                PYTHON,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={processes}",
+                "-m",
+                "advlab",
+                *common,
+            ],
+            env={"OMP_NUM_THREADS": "1"},
+        )
     rows = _epochs(run)
-    return {"processes": processes, "threads_each": 2 // processes, "wall_seconds": wall,
-            "epoch_seconds": [r["seconds"] for r in rows], "val_seconds": [r["val_seconds"] for r in rows],
-            "median_epoch_seconds": statistics.median(r["seconds"] for r in rows),
-            "val_clean": rows[-1]["val_clean_acc"], "val_pgd10": rows[-1]["val_robust_acc"]}
+    return {
+        "processes": processes,
+        "threads_each": 2 // processes,
+        "wall_seconds": wall,
+        "epoch_seconds": [r["seconds"] for r in rows],
+        "val_seconds": [r["val_seconds"] for r in rows],
+        "median_epoch_seconds": statistics.median(r["seconds"] for r in rows),
+        "val_clean": rows[-1]["val_clean_acc"],
+        "val_pgd10": rows[-1]["val_robust_acc"],
+    }
 
 
 def main() -> None:
@@ -92,13 +165,17 @@ def main() -> None:
                 "runs": runs,
                 "epoch_speedup": fp32["median_epoch_seconds"] / bf16["median_epoch_seconds"],
                 "clean_points": 100 * (bf16["test_clean"] - fp32["test_clean"]),
-                "pgd20_points": 100 * (bf16["test_pgd20"] - fp32["test_pgd20"])}
+                "pgd20_points": 100 * (bf16["test_pgd20"] - fp32["test_pgd20"]),
+            }
             print(json.dumps(payload["precision"], indent=1))
         if args.part in ("all", "ddp"):
             one, two = (ddp_epochs(work / f"ddp{k}", k, args.ddp_epochs) for k in (1, 2))
-            payload["ddp"] = {"recipe": f"the quick recipe, {args.ddp_epochs} epochs", "one_process": one,
-                              "two_processes": two,
-                              "epoch_time_ratio": two["median_epoch_seconds"] / one["median_epoch_seconds"]}
+            payload["ddp"] = {
+                "recipe": f"the quick recipe, {args.ddp_epochs} epochs",
+                "one_process": one,
+                "two_processes": two,
+                "epoch_time_ratio": two["median_epoch_seconds"] / one["median_epoch_seconds"],
+            }
             print(json.dumps(payload["ddp"], indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)

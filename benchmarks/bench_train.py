@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 
@@ -41,8 +40,15 @@ def run_one(method: str, n: int, batch_size: int, root: Path) -> float:
     kwargs = dict(method="pgd", steps=int(m.group(1))) if m else dict(method=method)
     if method == "free":
         kwargs["epochs"] = 4  # free AT with m=4 replays: ⌈4/4⌉ = 1 pass, the gradient work of 4 epochs
-    cfg = TrainConfig(**{"epochs": 1, **kwargs}, train_size=n, batch_size=batch_size, val_size=1000,
-                      check_examples=50, check_steps=1, co_check_every=0)
+    cfg = TrainConfig(
+        **{"epochs": 1, **kwargs},
+        train_size=n,
+        batch_size=batch_size,
+        val_size=1000,
+        check_examples=50,
+        check_steps=1,
+        co_check_every=0,
+    )
     out = root / f"{method}"
     train(cfg, out, progress=False, overwrite=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -51,8 +57,11 @@ def run_one(method: str, n: int, batch_size: int, root: Path) -> float:
 
 def main() -> None:
     p = C.base_parser(__doc__.splitlines()[0], n=4000, repeats=2, batch_size=128, out="benchmarks/results/train.json")
-    p.add_argument("--methods", default="standard,fgsm,pgd3,pgd7",
-                   help="comma list: standard, fgsm, nfgsm, gradalign, pgdK (PGD-K training), trades, mart, free")
+    p.add_argument(
+        "--methods",
+        default="standard,fgsm,pgd3,pgd7",
+        help="comma list: standard, fgsm, nfgsm, gradalign, pgdK (PGD-K training), trades, mart, free",
+    )
     args = p.parse_args()
     if args.quick:
         args.n, args.repeats, args.methods = 1000, 1, "standard,fgsm,pgd3"
@@ -64,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="advlab_bench_train_") as tmp:
         run_one("standard", min(args.n, 256), args.batch_size, Path(tmp))  # warm-up
         for r in range(args.repeats):
-            for m in methods[r % len(methods):] + methods[:r % len(methods)]:
+            for m in methods[r % len(methods) :] + methods[: r % len(methods)]:
                 times[m].append(run_one(m, args.n, args.batch_size, Path(tmp)))
                 print(f"  {m}: {times[m][-1]:.1f} s", flush=True)
             loads.append(C.loadavg())
@@ -77,11 +86,14 @@ def main() -> None:
         ratio = t / base if base else None
         lim, label = target(m)
         verdict = "" if lim is None or ratio is None else ("PASS" if ratio <= lim else "FAIL")
-        rows.append([m, f"{t:.1f}", f"{ratio:.2f}×" if ratio else "-", f"{t / fgsm:.2f}×" if fgsm else "-", label,
-                     verdict])
+        rows.append(
+            [m, f"{t:.1f}", f"{ratio:.2f}×" if ratio else "-", f"{t / fgsm:.2f}×" if fgsm else "-", label, verdict]
+        )
     tbl = C.table(["method", "epoch seconds (median)", "× standard", "× fgsm", "target", ""], rows)
-    print(f"\nOne training epoch on {args.n} Fashion-MNIST images, batch {args.batch_size}, small_cnn, "
-          f"{args.repeats} repeats")
+    print(
+        f"\nOne training epoch on {args.n} Fashion-MNIST images, batch {args.batch_size}, small_cnn, "
+        f"{args.repeats} repeats"
+    )
     print(tbl)
     C.write_json(args.out, dict(machine=C.machine_info(), args=vars(args), loads=loads, times=times, table=tbl))
 

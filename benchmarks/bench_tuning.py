@@ -13,7 +13,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 import advlab.attacks as A  # noqa: E402
@@ -38,10 +37,11 @@ def frozen(model):
 def pgd_variant(model, x, y, *, eps, alpha, steps, norm="linf", generator=None, freeze=False, lean=False):
     """advlab.attacks.pgd (restarts=1, no early stop) with the two candidate changes switchable."""
     objective = attack_objective("ce", targeted=False)
-    with A.eval_mode(model), torch.enable_grad(), (frozen(model) if freeze else contextlib.nullcontext()):
+    with A.eval_mode(model), torch.enable_grad(), frozen(model) if freeze else contextlib.nullcontext():
         if not lean:
-            return A.perturb(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, objective=objective,
-                             generator=generator)
+            return A.perturb(
+                model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, objective=objective, generator=generator
+            )
         # lean: L∞ box precomputed once (x−ε and x+ε clipped to [0, 1]) so projection is one clamp
         x_adv = threat.random_start(x, eps, norm, generator)
         if norm == "linf":
@@ -87,8 +87,17 @@ def main() -> None:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         with ctx:
             for i in range(0, len(xs), batch):
-                pgd_variant(m, xs[i:i + batch], y[i:i + batch], eps=eps, alpha=alpha, steps=steps, generator=g,
-                            freeze=freeze, lean=lean)
+                pgd_variant(
+                    m,
+                    xs[i : i + batch],
+                    y[i : i + batch],
+                    eps=eps,
+                    alpha=alpha,
+                    steps=steps,
+                    generator=g,
+                    freeze=freeze,
+                    lean=lean,
+                )
 
     def record(name, fn, note=""):
         t = time_it(fn, args.repeats)
@@ -128,13 +137,18 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             pgd_all(m=cm)
-            record("torch.compile(model)", lambda: pgd_all(m=cm), note=f"compile+first run {time.perf_counter() - t0:.0f} s")
+            record(
+                "torch.compile(model)",
+                lambda: pgd_all(m=cm),
+                note=f"compile+first run {time.perf_counter() - t0:.0f} s",
+            )
         except Exception as err:  # noqa: BLE001
             rows.append(["torch.compile(model)", "failed", "", repr(err)[:80]])
     tbl = C.table(["variant", f"seconds ({len(x)} img × PGD-{steps})", "image-steps/s", "note"], rows)
     print(tbl)
-    C.write_json(args.out, dict(machine=C.machine_info(), args=vars(args), results=results, table=tbl,
-                                profile=prof_table))
+    C.write_json(
+        args.out, dict(machine=C.machine_info(), args=vars(args), results=results, table=tbl, profile=prof_table)
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -32,13 +31,30 @@ from advlab.data import load_dataset  # noqa: E402
 
 
 def wong_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
 
 
-def train(x: torch.Tensor, y: torch.Tensor, *, seed: int, clip_start: bool, eps: float = 0.3, alpha: float = 0.375,
-          epochs: int = 10, batch: int = 100, lr_max: float = 5e-3) -> nn.Module:
+def train(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    clip_start: bool,
+    eps: float = 0.3,
+    alpha: float = 0.375,
+    epochs: int = 10,
+    batch: int = 100,
+    lr_max: float = 5e-3,
+) -> nn.Module:
     torch.manual_seed(seed)
     model = wong_net()
     opt = torch.optim.Adam(model.parameters(), lr=lr_max)
@@ -49,7 +65,7 @@ def train(x: torch.Tensor, y: torch.Tensor, *, seed: int, clip_start: bool, eps:
             t = epoch + (i + 1) / steps
             lr = lr_max * (t / (epochs * 2 // 5) if t <= epochs * 2 // 5 else (epochs - t) / (epochs - epochs * 2 // 5))
             opt.param_groups[0]["lr"] = lr
-            index = order[i * batch:(i + 1) * batch]
+            index = order[i * batch : (i + 1) * batch]
             xb, yb = x[index], y[index]
             delta = torch.empty_like(xb).uniform_(-eps, eps)
             if clip_start:
@@ -86,13 +102,24 @@ def main() -> None:
         seconds = time.perf_counter() - start
         with torch.no_grad():
             clean = (model(test_x).argmax(1) == test_y).float().mean().item()
-        x_adv = pgd(model, test_x, test_y, eps=0.3, alpha=0.01, steps=50, restarts=args.restarts,
-                    generator=torch.Generator().manual_seed(seed))
+        x_adv = pgd(
+            model,
+            test_x,
+            test_y,
+            eps=0.3,
+            alpha=0.01,
+            steps=50,
+            restarts=args.restarts,
+            generator=torch.Generator().manual_seed(seed),
+        )
         with torch.no_grad():
             robust = (model(x_adv).argmax(1) == test_y).float().mean().item()
         rows.append({"seed": seed, "clean": clean, "pgd50": robust, "train_seconds": round(seconds, 1)})
-        print(f"seed {seed}: clean {100 * clean:.2f}%  PGD-50x{args.restarts} {100 * robust:.2f}%  "
-              f"({seconds:.0f} s training)", flush=True)
+        print(
+            f"seed {seed}: clean {100 * clean:.2f}%  PGD-50x{args.restarts} {100 * robust:.2f}%  "
+            f"({seconds:.0f} s training)",
+            flush=True,
+        )
     C.write_json(args.out, dict(machine=C.machine_info(), started_at_commit=started, args=vars(args), results=rows))
 
 

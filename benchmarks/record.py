@@ -51,17 +51,22 @@ def _run(command: list[str], log) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     usage="record.py NAME [--attach FILE ...] -- COMMAND [--then COMMAND ...]")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], usage="record.py NAME [--attach FILE ...] -- COMMAND [--then COMMAND ...]"
+    )
     parser.add_argument("name", help="result name: writes benchmarks/results/NAME.{log,json}")
-    parser.add_argument("--attach", action="append", default=[], help="a JSON(L) file the command writes, "
-                        "stored in the record (repeatable)")
+    parser.add_argument(
+        "--attach",
+        action="append",
+        default=[],
+        help="a JSON(L) file the command writes, stored in the record (repeatable)",
+    )
     argv = sys.argv[1:]
     if "--" not in argv:
         parser.error("give the command after --, e.g. record.py NAME -- .venv/bin/advlab ...")
     split = argv.index("--")
     args = parser.parse_args(argv[:split])
-    words = argv[split + 1:]
+    words = argv[split + 1 :]
     commands, current = [], []
     for word in words:
         if word == "--then":
@@ -92,8 +97,7 @@ def main() -> None:
         else:
             attached[path] = json.loads(file.read_text())
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-    record = {"provenance": provenance, "runs": runs, "peak_rss_mib_of_children": round(peak, 1),
-              "attached": attached}
+    record = {"provenance": provenance, "runs": runs, "peak_rss_mib_of_children": round(peak, 1), "attached": attached}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
     print(f"wrote {RESULTS / args.name}.{{log,json}}")
     sys.exit(max(run["exit_status"] for run in runs))

@@ -30,8 +30,10 @@ def have_fashion_mnist() -> bool:
 
 def _require_fashion_mnist() -> None:
     if not have_fashion_mnist():
-        pytest.skip("Fashion-MNIST not found: apt-get install dataset-fashion-mnist (scripts/setup.sh does), "
-                    "or point $ADVLAB_DATA at its files")
+        pytest.skip(
+            "Fashion-MNIST not found: apt-get install dataset-fashion-mnist (scripts/setup.sh does), "
+            "or point $ADVLAB_DATA at its files"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -68,31 +70,65 @@ def trained_checkpoint(trained_model, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("run")
     normalize = trained_model[0]
-    record = {"model": "small_cnn", "dataset": "fashion-mnist",
-              "model_args": {"dataset": "fashion-mnist", "mean": normalize.mean.flatten().tolist(),
-                             "std": normalize.std.flatten().tolist()}}
+    record = {
+        "model": "small_cnn",
+        "dataset": "fashion-mnist",
+        "model_args": {
+            "dataset": "fashion-mnist",
+            "mean": normalize.mean.flatten().tolist(),
+            "std": normalize.std.flatten().tolist(),
+        },
+    }
     save_checkpoint(run / "model.safetensors", trained_model, record)
     return run
 
 
 # ------------------------------------------------------------------------------ a tiny study, run once
 
-TINY_TRAIN = {"model": "small_cnn", "optimizer": "adam", "lr": 0.003, "schedule": "constant", "batch_size": 64,
-              "epochs": 1, "train_size": 600, "val_size": 100, "check_examples": 50, "check_steps": 3}
-TINY_MODELS = {"standard": {"method": "standard", "label": "standard"},
-               "fgsm": {"method": "fgsm", "label": "fast FGSM AT"},
-               "trades": {"method": "trades", "label": "TRADES β=6", "steps": 2, "beta": 6.0},
-               "gauss": {"method": "gaussian", "label": "Gaussian σ=0.25", "sigma": 0.25}}
+TINY_TRAIN = {
+    "model": "small_cnn",
+    "optimizer": "adam",
+    "lr": 0.003,
+    "schedule": "constant",
+    "batch_size": 64,
+    "epochs": 1,
+    "train_size": 600,
+    "val_size": 100,
+    "check_examples": 50,
+    "check_steps": 3,
+}
+TINY_MODELS = {
+    "standard": {"method": "standard", "label": "standard"},
+    "fgsm": {"method": "fgsm", "label": "fast FGSM AT"},
+    "trades": {"method": "trades", "label": "TRADES β=6", "steps": 2, "beta": 6.0},
+    "gauss": {"method": "gaussian", "label": "Gaussian σ=0.25", "sigma": 0.25},
+}
 
 
 def tiny_config(**changes):
     from advlab.study import StudyConfig
 
-    values = dict(preset="tiny", eps_grid=(0.0, 0.1, 0.5), attacks=("fgsm", "pgd5"), n_eval=60, gallery_size=3,
-                  train=TINY_TRAIN, models=TINY_MODELS, check_dlr="apgd-dlr20", check_square="square300",
-                  suite="quick", defenses=("bits:bits=4", "resize-pad:min_scale=0.8"), arms_race_attack="pgd10",
-                  arms_race_eot=4, arms_race_n=40, smoothing_n=300, smoothing_n0=20, smoothing_alpha=0.01,
-                  smoothing_images=12, explorer_size=12)
+    values = dict(
+        preset="tiny",
+        eps_grid=(0.0, 0.1, 0.5),
+        attacks=("fgsm", "pgd5"),
+        n_eval=60,
+        gallery_size=3,
+        train=TINY_TRAIN,
+        models=TINY_MODELS,
+        check_dlr="apgd-dlr20",
+        check_square="square300",
+        suite="quick",
+        defenses=("bits:bits=4", "resize-pad:min_scale=0.8"),
+        arms_race_attack="pgd10",
+        arms_race_eot=4,
+        arms_race_n=40,
+        smoothing_n=300,
+        smoothing_n0=20,
+        smoothing_alpha=0.01,
+        smoothing_images=12,
+        explorer_size=12,
+    )
     return StudyConfig(**{**values, **changes})
 
 

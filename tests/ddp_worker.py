@@ -7,9 +7,11 @@
 ``train``: trains CONFIG_JSON (TrainConfig values) into OUT/run and writes each rank's returned summary to
 OUT/rank{R}.json, so that a test can check that the ranks took the same decisions (the guard's, the best
 epoch). ``evaluate``: evaluates CHECKPOINT on 300 test images with deterministic and random attacks and
-writes each rank's per-example flags to OUT/rank{R}.pt. ``methods``: trains every other method briefly (CONFIG_JSON: the shared settings) and writes the summaries.
+writes each rank's per-example flags to OUT/rank{R}.pt. ``methods``: trains every other method briefly (CONFIG_JSON:
+the shared settings) and writes the summaries.
 ``study``: runs the tests' tiny study (conftest's
-``tiny_config``, with CHANGES_JSON's changes) into OUT/study and writes each rank's returned metrics to OUT/rank{R}.json. Without
+``tiny_config``, with CHANGES_JSON's changes) into OUT/study and writes each rank's returned metrics to
+OUT/rank{R}.json. Without
 torchrun it runs as one process (rank 0).
 """
 
@@ -41,9 +43,17 @@ def main(task: str, out: str, arg: str) -> None:
         from advlab.train import TrainConfig, train
 
         base = json.loads(arg)
-        methods = {"pgd": {"steps": 2}, "trades": {"steps": 2}, "mart": {"steps": 2}, "nfgsm": {},
-                   "gradalign": {}, "free": {"replays": 2}, "gradreg": {}, "gaussian": {},
-                   "ibp": {"model": "wong_mnist", "clean_epochs": 0.0, "eps_warmup_epochs": 0.0}}
+        methods = {
+            "pgd": {"steps": 2},
+            "trades": {"steps": 2},
+            "mart": {"steps": 2},
+            "nfgsm": {},
+            "gradalign": {},
+            "free": {"replays": 2},
+            "gradreg": {},
+            "gaussian": {},
+            "ibp": {"model": "wong_mnist", "clean_epochs": 0.0, "eps_warmup_epochs": 0.0},
+        }
         summaries = {}
         for method, extra in methods.items():
             config = TrainConfig.from_dict({**base, "method": method, **extra})
@@ -64,12 +74,30 @@ def main(task: str, out: str, arg: str) -> None:
 
         model = load_checkpoint(arg)[0]
         data = load_dataset("fashion-mnist", "test", download=False, progress=False).subset(300)
-        attacks = [AttackSpec("fgsm"), AttackSpec("pgd", steps=5, random_start=False),
-                   AttackSpec("pgd", steps=3, random_start=True)]
-        result = evaluate(model, data, attacks=attacks, eps=[0.05, 0.1], batch_size=64, runtime=runtime,
-                          progress=False, keep_per_example=True)
-        torch.save({"per_example": result.per_example, "robust": result.robust, "clean": result.clean_accuracy,
-                    "worst": result.worst_case}, out / f"rank{rank}.pt")
+        attacks = [
+            AttackSpec("fgsm"),
+            AttackSpec("pgd", steps=5, random_start=False),
+            AttackSpec("pgd", steps=3, random_start=True),
+        ]
+        result = evaluate(
+            model,
+            data,
+            attacks=attacks,
+            eps=[0.05, 0.1],
+            batch_size=64,
+            runtime=runtime,
+            progress=False,
+            keep_per_example=True,
+        )
+        torch.save(
+            {
+                "per_example": result.per_example,
+                "robust": result.robust,
+                "clean": result.clean_accuracy,
+                "worst": result.worst_case,
+            },
+            out / f"rank{rank}.pt",
+        )
     stop()
 
 

@@ -32,6 +32,7 @@ def _seed(seed: int = 0) -> torch.Generator:
 
 # --- exact answers on linear classifiers -----------------------------------------------------------------------
 
+
 def _linear(classes: int, norm: str, dim: int = 20, n: int = 200) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     g = _seed(0)
     model = nn.Linear(dim, classes)
@@ -59,12 +60,15 @@ def _best_margin(model: nn.Linear, x: torch.Tensor, y: torch.Tensor, eps: float,
     return best.scatter(1, y[:, None], float("-inf")).amax(1)
 
 
-@pytest.mark.parametrize("attack, classes, norm, eps", [
-    (apgd_ce, 2, "linf", 0.08),  # two classes: cross-entropy is monotone in the margin, so APGD-CE is exact
-    (apgd_ce, 2, "l2", 0.3),
-    (apgd_t, 10, "linf", 0.05),  # the targeted DLR loss of each target is the margin to it, up to a positive factor
-    (apgd_t, 10, "l2", 0.1),
-])
+@pytest.mark.parametrize(
+    "attack, classes, norm, eps",
+    [
+        (apgd_ce, 2, "linf", 0.08),  # two classes: cross-entropy is monotone in the margin, so APGD-CE is exact
+        (apgd_ce, 2, "l2", 0.3),
+        (apgd_t, 10, "linf", 0.05),  # the targeted DLR loss of each target is the margin to it, up to a positive factor
+        (apgd_t, 10, "l2", 0.1),
+    ],
+)
 def test_breaks_exactly_the_breakable_examples_of_a_linear_model(attack, classes, norm, eps):
     model, x, y = _linear(classes, norm)
     margin = _best_margin(model, x, y, eps, norm)
@@ -90,6 +94,7 @@ def test_apgd_ce_on_ten_classes_finds_nearly_all_breakable_examples():
 
 
 # --- step size -------------------------------------------------------------------------------------------------
+
 
 def test_checkpoints_follow_the_paper():
     p = [Fraction(0), Fraction(22, 100)]
@@ -133,8 +138,18 @@ def test_halving_steps_home_in_on_an_interior_maximum():
     x_adv = apgd_ce(model, x, y, eps=eps, generator=_seed())
     assert (x_adv - centre).abs().max() < 0.05 * eps
     with torch.enable_grad():
-        *_, step = apgd_run(model, x, y, y, apgd_start(x, eps, "linf", _seed()), eps=eps, norm="linf", steps=100,
-                            objective=lambda logits, labels, goals: cross_entropy(logits, labels), early_stop=False)
+        *_, step = apgd_run(
+            model,
+            x,
+            y,
+            y,
+            apgd_start(x, eps, "linf", _seed()),
+            eps=eps,
+            norm="linf",
+            steps=100,
+            objective=lambda logits, labels, goals: cross_entropy(logits, labels),
+            early_stop=False,
+        )
     assert (step < 2 * eps).all()
 
 
@@ -151,8 +166,18 @@ def test_iterates_follow_the_momentum_update_and_restart_from_the_best_point():
     bowl.register_forward_hook(lambda module, args, output: seen.append(args[0].detach().clone()))
     y = torch.zeros(1, dtype=torch.long)
     with torch.enable_grad():
-        apgd_run(bowl, x, y, y, x, eps=eps, norm="linf", steps=100, early_stop=False,
-                 objective=lambda logits, labels, goals: cross_entropy(logits, labels))
+        apgd_run(
+            bowl,
+            x,
+            y,
+            y,
+            x,
+            eps=eps,
+            norm="linf",
+            steps=100,
+            early_stop=False,
+            objective=lambda logits, labels, goals: cross_entropy(logits, labels),
+        )
 
     def project(point):
         return torch.minimum(torch.maximum(point, x - eps), x + eps).clamp(0, 1)
@@ -174,9 +199,19 @@ def test_a_loss_that_never_rises_halves_at_every_checkpoint():
         model[1].weight.zero_()  # constant logits: no step moves x, the loss never rises (condition 1)
     x, y = torch.full((5, 4), 0.5), torch.zeros(5, dtype=torch.long)
     with torch.enable_grad():
-        *_, step = apgd_run(model, x, y, y, x, eps=0.1, norm="linf", steps=100,
-                            objective=lambda logits, labels, goals: cross_entropy(logits, labels), early_stop=False)
-    assert torch.allclose(step, torch.full((5,), 0.2 / 2 ** 8))
+        *_, step = apgd_run(
+            model,
+            x,
+            y,
+            y,
+            x,
+            eps=0.1,
+            norm="linf",
+            steps=100,
+            objective=lambda logits, labels, goals: cross_entropy(logits, labels),
+            early_stop=False,
+        )
+    assert torch.allclose(step, torch.full((5,), 0.2 / 2**8))
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -188,6 +223,7 @@ def test_random_start_lies_on_the_balls_edge_as_the_reference_draws_it(norm):
 
 
 # --- the DLR losses --------------------------------------------------------------------------------------------
+
 
 def test_dlr_values_on_hand_computed_logits():
     logits = torch.tensor([[3.0, 1.0, 2.0, 0.0], [3.0, 1.0, 2.0, 0.0]])
@@ -213,6 +249,7 @@ def test_dlr_needs_enough_classes():
 
 
 # --- a small trained model -------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def trained_mlp():
@@ -303,6 +340,7 @@ def test_bad_arguments_raise_clear_errors(trained_mlp):
 
 # --- names -----------------------------------------------------------------------------------------------------
 
+
 def test_attack_names():
     assert parse_attack("apgd-ce100x2") == AttackSpec("apgd-ce", steps=100, restarts=2)
     assert parse_attack("apgd-t") == AttackSpec("apgd-t", steps=100, restarts=1)
@@ -328,6 +366,7 @@ def test_spec_runs_the_attack(trained_mlp):
 
 
 # --- cost ------------------------------------------------------------------------------------------------------
+
 
 def test_count_passes_counts_forward_backward_passes(trained_mlp):
     model, x, y = trained_mlp

@@ -85,21 +85,31 @@ def test_imports_run_one_way(path):
         other_rank, other_unit = _rank(imported)
         assert other_rank < rank or other_unit == unit, (
             f"{module} ({LAYERS[rank][0]}) imports {imported} ({LAYERS[other_rank][0]}), which stands "
-            "above it or beside it: see docs/architecture.md")
+            "above it or beside it: see docs/architecture.md"
+        )
 
 
 def test_measurement_never_imports_presentation():
     """The issue's own words, checked directly: attacks, evaluate, train, data and models import no report."""
     for path in MODULES:
-        if _module_name(path).split(".")[1:2] in (["attacks"], ["evaluate"], ["train"], ["data"], ["models"],
-                                                 ["checks"], ["runs"]):
+        if _module_name(path).split(".")[1:2] in (
+            ["attacks"],
+            ["evaluate"],
+            ["train"],
+            ["data"],
+            ["models"],
+            ["checks"],
+            ["runs"],
+        ):
             assert not any(i.startswith(("advlab.report", "advlab.cli", "advlab.study")) for i in _imports(path)), path
 
 
 def test_no_module_outgrows_a_room():
     """At most about 400 lines, unless docs/architecture.md names the module and says why."""
     allowed = set(re.findall(r"`src/advlab/([\w/]+\.py)` \(\d+ lines\)", ARCHITECTURE.read_text(encoding="utf-8")))
-    too_big = {str(p.relative_to(SRC)): n for p in MODULES if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    too_big = {
+        str(p.relative_to(SRC)): n for p in MODULES if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400
+    }
     assert set(too_big) <= allowed, f"over 400 lines without a reason in docs/architecture.md: {too_big}"
 
 

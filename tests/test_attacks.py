@@ -37,11 +37,15 @@ def test_registry_attacks_stay_in_ball_and_range(name, norm, tiny_cnn, batch):
     assert parse_attack(f"{name}-{norm}") == spec  # every registered attack can be named
     hyper = spec.hyperparameters(eps)
     assert (hyper["attack"], hyper["norm"], hyper["eps"]) == (name, norm, eps)
-    noise = _loss(tiny_cnn, random_noise(tiny_cnn, x, y, eps=eps, norm=norm, generator=torch.Generator().manual_seed(1)),
-                  y)
+    noise = _loss(
+        tiny_cnn, random_noise(tiny_cnn, x, y, eps=eps, norm=norm, generator=torch.Generator().manual_seed(1)), y
+    )
     if name == "noise":  # the noise baseline itself: as large as ε allows
-        assert (x_adv - x).flatten(1).norm(dim=1).gt(0.5 * eps).all() if norm == "l2" else \
-            (x_adv - x).abs().amax(dim=(1, 2, 3)).gt(0.5 * eps).all()
+        assert (
+            (x_adv - x).flatten(1).norm(dim=1).gt(0.5 * eps).all()
+            if norm == "l2"
+            else (x_adv - x).abs().amax(dim=(1, 2, 3)).gt(0.5 * eps).all()
+        )
     elif ATTACKS[name].black_box:  # it stops at the first wrong prediction: it fools what noise cannot
         with torch.no_grad():
             wrong = [int((tiny_cnn(v).argmax(1) != y).sum()) for v in (x, x_adv)]
@@ -71,8 +75,18 @@ def test_pgd_properties(n, channels, size, norm, eps_fraction, steps, restarts, 
     y = torch.randint(0, 4, (n,), generator=generator)
     max_eps = 1.0 if norm == "linf" else math.sqrt(channels * size * size)
     eps = eps_fraction * max_eps
-    x_adv = pgd(model, x, y, eps=eps, steps=steps, norm=norm, restarts=restarts, targeted=targeted,
-                early_stop=early_stop, generator=generator)
+    x_adv = pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        restarts=restarts,
+        targeted=targeted,
+        early_stop=early_stop,
+        generator=generator,
+    )
     assert not torch.isnan(x_adv).any()
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     linf, l2 = _norms(x_adv - x)
@@ -108,8 +122,9 @@ def test_fgsm_matches_analytic_answer_on_linear_model():
 
 def test_same_seed_gives_identical_examples(tiny_cnn, batch):
     x, y = batch
-    runs = [pgd(tiny_cnn, x, y, eps=0.1, steps=3, restarts=2, generator=torch.Generator().manual_seed(7))
-            for _ in range(2)]
+    runs = [
+        pgd(tiny_cnn, x, y, eps=0.1, steps=3, restarts=2, generator=torch.Generator().manual_seed(7)) for _ in range(2)
+    ]
     assert torch.equal(runs[0], runs[1])
     torch.manual_seed(3)
     a = pgd(tiny_cnn, x, y, eps=0.1, steps=3)
@@ -178,7 +193,7 @@ def test_early_exit_keeps_each_examples_first_success(tiny_cnn):
 
     run = dict(eps=0.2, alpha=0.02, steps=15, random_start=False, objective=ce, success=fooled)
     together = perturb(tiny_cnn, x, y, **run)
-    alone = torch.cat([perturb(tiny_cnn, x[i:i + 1], y[i:i + 1], **run) for i in range(len(y))])
+    alone = torch.cat([perturb(tiny_cnn, x[i : i + 1], y[i : i + 1], **run) for i in range(len(y))])
     with torch.no_grad():
         first_step = fooled(tiny_cnn(x), y)
     assert 0 < int(first_step.sum()) < 90  # some leave at once, most later: the buckets are exercised
@@ -207,8 +222,17 @@ def test_restarts_draw_new_starts_and_keep_the_best():
         y = model(x).argmax(1)  # every example starts correct
     fooled = []
     for restarts in (1, 8):
-        x_adv = pgd(model, x, y, eps=0.2, alpha=0.0, steps=1, restarts=restarts, early_stop=True,
-                    generator=torch.Generator().manual_seed(3))
+        x_adv = pgd(
+            model,
+            x,
+            y,
+            eps=0.2,
+            alpha=0.0,
+            steps=1,
+            restarts=restarts,
+            early_stop=True,
+            generator=torch.Generator().manual_seed(3),
+        )
         with torch.no_grad():
             fooled.append(int((model(x_adv).argmax(1) != y).sum()))
     assert 0 < fooled[0] < fooled[1]
@@ -278,12 +302,17 @@ def test_parse_attack_rejects_unknown(text):
         parse_attack(text)
 
 
-@pytest.mark.parametrize("spec, label, alpha", [
-    (AttackSpec("fgsm"), "FGSM L∞", 0.1), (AttackSpec("noise", norm="l2"), "noise L2", None),
-    (AttackSpec("pgd"), "PGD-20 L∞", 0.0125), (AttackSpec("pgd", steps=50, restarts=10), "PGD-50×10 L∞", 0.005),
-    (AttackSpec("pgd", steps=10, step_ratio=0.1, loss="margin"), "PGD-10 L∞ margin", 0.01),
-    (AttackSpec("pgd", targeted=True, targets=3), "PGD-20 L∞ top-3 targeted", 0.0125),
-])
+@pytest.mark.parametrize(
+    "spec, label, alpha",
+    [
+        (AttackSpec("fgsm"), "FGSM L∞", 0.1),
+        (AttackSpec("noise", norm="l2"), "noise L2", None),
+        (AttackSpec("pgd"), "PGD-20 L∞", 0.0125),
+        (AttackSpec("pgd", steps=50, restarts=10), "PGD-50×10 L∞", 0.005),
+        (AttackSpec("pgd", steps=10, step_ratio=0.1, loss="margin"), "PGD-10 L∞ margin", 0.01),
+        (AttackSpec("pgd", targeted=True, targets=3), "PGD-20 L∞ top-3 targeted", 0.0125),
+    ],
+)
 def test_labels_and_step_sizes_come_from_the_registry(spec, label, alpha):
     assert spec.label == label
     assert spec.alpha(0.1) == pytest.approx(alpha) if alpha is not None else spec.alpha(0.1) is None

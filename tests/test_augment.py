@@ -58,7 +58,7 @@ def test_every_output_is_a_shifted_copy_with_zeros_only_in_the_border():
         padded = torch.nn.functional.pad(x[i], (padding,) * 4)
         for dy in range(2 * padding + 1):
             for dx in range(2 * padding + 1):
-                crop = padded[:, dy:dy + h, dx:dx + w]
+                crop = padded[:, dy : dy + h, dx : dx + w]
                 for flip in (False, True):
                     if torch.equal(out[i], crop.flip(-1) if flip else crop):
                         matches.append((dy, dx, flip))
@@ -67,7 +67,7 @@ def test_every_output_is_a_shifted_copy_with_zeros_only_in_the_border():
         dy, dx, flip = matches[0]
         zeros = out[i] == 0
         expected = torch.ones(h, w, dtype=torch.bool)  # zero exactly where the crop window left the image
-        expected[max(0, padding - dy):h + padding - dy, max(0, padding - dx):w + padding - dx] = False
+        expected[max(0, padding - dy) : h + padding - dy, max(0, padding - dx) : w + padding - dx] = False
         assert torch.equal(zeros, (expected.flip(-1) if flip else expected).expand(c, h, w))
     assert len(seen) > 4  # examples drew their own offsets, not one shared crop
 

@@ -56,12 +56,12 @@ def test_bounds_hold_at_thousands_of_points_of_the_ball(seed, eps, pooling):
         margins["crown-ibp"] = margin_bounds(net, x, y, eps, method="crown-ibp")
         assert (margins["crown-ibp"] >= margins["ibp"]).all()  # the larger of two sound bounds
     for i in range(3):
-        points = _samples(x[i:i + 1], eps, 2000, g)
+        points = _samples(x[i : i + 1], eps, 2000, g)
         with torch.no_grad():
             logits = net(points)
         tol = 1e-4 * (1 + logits.abs().max())
         assert (logits >= lower[i] - tol).all() and (logits <= upper[i] + tol).all()
-        true_margins = logits[:, y[i]:y[i] + 1] - logits
+        true_margins = logits[:, y[i] : y[i] + 1] - logits
         for name, bound in margins.items():
             assert (true_margins >= bound[i] - tol).all(), name
 
@@ -98,10 +98,10 @@ def test_provably_stable_relus_give_exact_bounds_with_crown_ibp():
         for j in range(3):
             if j == y[i]:
                 continue
-            probe = x[i:i + 1].clone().requires_grad_(True)
+            probe = x[i : i + 1].clone().requires_grad_(True)
             z = net(probe)
             (grad,) = torch.autograd.grad(z[0, y[i]] - z[0, j], probe)  # the margin is affine on the box
-            corner = torch.where(grad > 0, lower[i:i + 1], upper[i:i + 1])
+            corner = torch.where(grad > 0, lower[i : i + 1], upper[i : i + 1])
             with torch.no_grad():
                 z = net(corner)[0]
             assert float(z[y[i]] - z[j]) == pytest.approx(float(bound[i, j].detach()), abs=1e-5)
@@ -164,8 +164,9 @@ def test_smoothing_certifies_at_most_the_distance_to_the_boundary_and_close_to_i
     x0 = x0 - (w @ x0) / (w @ w) * w  # on the boundary
     for distance in (0.2, 0.5):
         x = (x0 + distance * w / w.norm()).view(1, 4, 4)  # class 1, this far from the boundary
-        label, radius = certify(model, x, 0.5, 100, 100_000, 0.001, classes=2, batch_size=20_000,
-                                generator=torch.Generator().manual_seed(0))
+        label, radius = certify(
+            model, x, 0.5, 100, 100_000, 0.001, classes=2, batch_size=20_000, generator=torch.Generator().manual_seed(0)
+        )
         # The smoothed classifier's true radius is the distance itself: σ·Φ⁻¹(Φ(d/σ)) = d.
         assert label == 1 and 0.9 * distance <= radius <= distance
 
@@ -176,17 +177,22 @@ def test_smoothing_abstains_on_a_tie():
     w = torch.ones(4)
     model = _binary_linear(w, -2.0)
     x = torch.full((1, 2, 2), 0.5)  # w·x + b = 0: each class wins half the noise draws
-    assert certify(model, x, 0.25, 100, 10_000, 0.001, classes=2, generator=torch.Generator().manual_seed(0)) == \
-        (ABSTAIN, 0.0)
+    assert certify(model, x, 0.25, 100, 10_000, 0.001, classes=2, generator=torch.Generator().manual_seed(0)) == (
+        ABSTAIN,
+        0.0,
+    )
     assert predict(model, x, 0.25, 10_000, 0.001, classes=2, generator=torch.Generator().manual_seed(0)) == ABSTAIN
 
 
-@pytest.mark.parametrize("sigma, n, n0, alpha, match", [
-    (0.0, 1000, 100, 0.001, "--sigma must be above 0"),
-    (0.25, 50, 100, 0.001, r"--n \(50\) must be at least --n0 \(100\)"),
-    (0.25, 5, 1, 0.001, "no radius can be certified"),
-    (0.25, 1000, 100, 0.5, r"--alpha must be in \(0, 0.5\)"),
-])
+@pytest.mark.parametrize(
+    "sigma, n, n0, alpha, match",
+    [
+        (0.0, 1000, 100, 0.001, "--sigma must be above 0"),
+        (0.25, 50, 100, 0.001, r"--n \(50\) must be at least --n0 \(100\)"),
+        (0.25, 5, 1, 0.001, "no radius can be certified"),
+        (0.25, 1000, 100, 0.5, r"--alpha must be in \(0, 0.5\)"),
+    ],
+)
 def test_bad_smoothing_settings_are_one_line(sigma, n, n0, alpha, match):
     from advlab.certify.smoothing import check_settings
 
@@ -197,13 +203,30 @@ def test_bad_smoothing_settings_are_one_line(sigma, n, n0, alpha, match):
 # ------------------------------------------------------------------------------------------- training and CLI
 
 
-
-
 # ------------------------------------------------------------------------------------------- training and CLI
 
-IBP_TRAIN = ["train", "--method", "ibp", "--eps", "0.1", "--epochs", "3", "--clean-epochs", "0.25",
-             "--eps-warmup-epochs", "1", "--train-size", "6000", "--val-size", "300", "--check-examples", "200",
-             "--threads", "1", "--quiet"]
+IBP_TRAIN = [
+    "train",
+    "--method",
+    "ibp",
+    "--eps",
+    "0.1",
+    "--epochs",
+    "3",
+    "--clean-epochs",
+    "0.25",
+    "--eps-warmup-epochs",
+    "1",
+    "--train-size",
+    "6000",
+    "--val-size",
+    "300",
+    "--check-examples",
+    "200",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -228,35 +251,88 @@ def test_ibp_training_logs_and_earns_verified_accuracy(ibp_run, trained_checkpoi
     assert rows[0]["eps"] == pytest.approx(0.075, abs=0.01)  # a quarter clean epoch, then the ramp
     assert "val_verified_acc" in (ibp_run / "metrics.csv").read_text().splitlines()[0]
     capsys.readouterr()
-    assert main(["certify", str(ibp_run), "--eps", "0.1", "--images", "300", "--quiet",
-                 "--out", str(tmp_path / "ibp.json")]) == 0
+    assert (
+        main(
+            ["certify", str(ibp_run), "--eps", "0.1", "--images", "300", "--quiet", "--out", str(tmp_path / "ibp.json")]
+        )
+        == 0
+    )
     ibp = json.loads((tmp_path / "ibp.json").read_text())
-    assert main(["certify", str(trained_checkpoint), "--method", "crown-ibp", "--eps", "0.1", "--images", "300",
-                 "--quiet", "--out", str(tmp_path / "standard.json")]) == 2  # small_cnn pools: crown-ibp refuses
-    assert main(["certify", str(trained_checkpoint), "--eps", "0.1", "--images", "300", "--quiet",
-                 "--out", str(tmp_path / "standard.json")]) == 0
+    assert (
+        main(
+            [
+                "certify",
+                str(trained_checkpoint),
+                "--method",
+                "crown-ibp",
+                "--eps",
+                "0.1",
+                "--images",
+                "300",
+                "--quiet",
+                "--out",
+                str(tmp_path / "standard.json"),
+            ]
+        )
+        == 2
+    )  # small_cnn pools: crown-ibp refuses
+    assert (
+        main(
+            [
+                "certify",
+                str(trained_checkpoint),
+                "--eps",
+                "0.1",
+                "--images",
+                "300",
+                "--quiet",
+                "--out",
+                str(tmp_path / "standard.json"),
+            ]
+        )
+        == 0
+    )
     standard = json.loads((tmp_path / "standard.json").read_text())
     # Certified training earns what standard training never has: proofs at ε = 0.1.
     assert ibp["verified_accuracy"] >= 0.08 and standard["verified_accuracy"] <= 0.02
     assert ibp["verified_accuracy"] <= ibp["clean_accuracy"]
     # Certified below empirical: PGD on the same images leaves at least as many standing.
-    assert main(["evaluate", str(ibp_run), "--attack", "pgd20", "--eps", "0.1", "--n", "300", "--quiet",
-                 "--out", str(tmp_path / "pgd.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(ibp_run),
+                "--attack",
+                "pgd20",
+                "--eps",
+                "0.1",
+                "--n",
+                "300",
+                "--quiet",
+                "--out",
+                str(tmp_path / "pgd.json"),
+            ]
+        )
+        == 0
+    )
     pgd = json.loads((tmp_path / "pgd.json").read_text())
     assert ibp["verified_accuracy"] <= pgd["worst_case_accuracy"][0]
     out = capsys.readouterr().out
     assert "ibp at eps = 0.1 on 300 images" in out
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--method", "dp"], "unknown certify method 'dp'"),
-    (["--method", "ibp"], "needs --eps"),
-    (["--eps", "1.5"], "--eps must be"),
-    (["--method", "smoothing", "--sigma", "0"], "--sigma must be above 0"),
-    (["--method", "smoothing", "--sigma", "0.25", "--n", "50"], "must be at least --n0"),
-    (["--method", "smoothing", "--sigma", "0.25", "--alpha", "0.7"], "--alpha must be in (0, 0.5)"),
-    (["--method", "smoothing"], "was not trained with --method gaussian"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--method", "dp"], "unknown certify method 'dp'"),
+        (["--method", "ibp"], "needs --eps"),
+        (["--eps", "1.5"], "--eps must be"),
+        (["--method", "smoothing", "--sigma", "0"], "--sigma must be above 0"),
+        (["--method", "smoothing", "--sigma", "0.25", "--n", "50"], "must be at least --n0"),
+        (["--method", "smoothing", "--sigma", "0.25", "--alpha", "0.7"], "--alpha must be in (0, 0.5)"),
+        (["--method", "smoothing"], "was not trained with --method gaussian"),
+    ],
+)
 def test_bad_certify_input_is_one_line(trained_checkpoint, capsys, argv, match):
     from test_cli import _fails_cleanly
 
@@ -266,9 +342,21 @@ def test_bad_certify_input_is_one_line(trained_checkpoint, capsys, argv, match):
 def test_ibp_training_refuses_a_network_it_cannot_bound(capsys, tmp_path):
     from test_cli import _fails_cleanly
 
-    _fails_cleanly(capsys, ["train", "--method", "ibp", "--dataset", "cifar10", "--model", "preact_resnet18",
-                            "--out", str(tmp_path / "r")],
-                   match="--method ibp cannot train preact_resnet18")
+    _fails_cleanly(
+        capsys,
+        [
+            "train",
+            "--method",
+            "ibp",
+            "--dataset",
+            "cifar10",
+            "--model",
+            "preact_resnet18",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        match="--method ibp cannot train preact_resnet18",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -281,10 +369,51 @@ def test_gaussian_training_and_smoothing_certify_from_the_cli(tmp_path, capsys):
 
     _require_fashion_mnist()
     out = tmp_path / "gauss"
-    assert main(["train", "--method", "gaussian", "--sigma", "0.25", "--epochs", "1", "--train-size", "3000",
-                 "--val-size", "100", "--check-examples", "50", "--quiet", "--out", str(out)]) == 0
-    assert main(["certify", str(out), "--method", "smoothing", "--n", "500", "--n0", "50", "--alpha", "0.01",
-                 "--images", "20", "--quiet", "--out", str(tmp_path / "smooth.json")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "gaussian",
+                "--sigma",
+                "0.25",
+                "--epochs",
+                "1",
+                "--train-size",
+                "3000",
+                "--val-size",
+                "100",
+                "--check-examples",
+                "50",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "certify",
+                str(out),
+                "--method",
+                "smoothing",
+                "--n",
+                "500",
+                "--n0",
+                "50",
+                "--alpha",
+                "0.01",
+                "--images",
+                "20",
+                "--quiet",
+                "--out",
+                str(tmp_path / "smooth.json"),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "smooth.json").read_text())
     assert result["sigma"] == 0.25 and result["images"] == 20 and len(result["radii"]) == 20
     accuracies = list(result["certified_accuracy"].values())

@@ -55,12 +55,15 @@ def test_a_healthy_model_raises_no_flag(trained_model, fashion_test):
     assert model_flags(trained_model, x, y, training=False) == []
 
 
-@pytest.mark.parametrize("wrap, flag", [
-    (lambda m: Quantized(m), "zero-gradients"),
-    (lambda m: Scaled(m), "zero-gradients"),
-    (lambda m: nn.Sequential(m, nn.Softmax(dim=1)), "probabilities"),
-    (lambda m: Noisy(m), "randomized"),
-])
+@pytest.mark.parametrize(
+    "wrap, flag",
+    [
+        (lambda m: Quantized(m), "zero-gradients"),
+        (lambda m: Scaled(m), "zero-gradients"),
+        (lambda m: nn.Sequential(m, nn.Softmax(dim=1)), "probabilities"),
+        (lambda m: Noisy(m), "randomized"),
+    ],
+)
 def test_model_checks_flag_what_masks_gradients(trained_model, fashion_test, wrap, flag):
     x, y = fashion_test.tensors()
     flags = model_flags(wrap(trained_model).eval(), x, y, training=False)
@@ -84,12 +87,14 @@ def test_train_mode_and_few_classes_are_flagged_and_the_mode_comes_back(fashion_
 def test_black_box_beating_white_box_is_flagged(trained_model, fashion_test):
     model = Quantized(trained_model).eval()
     data = fashion_test.subset(100)
-    result = evaluate(model, data, attacks=[parse_attack("pgd20"), parse_attack("square500")], eps=[0.1],
-                      progress=False)
+    result = evaluate(
+        model, data, attacks=[parse_attack("pgd20"), parse_attack("square500")], eps=[0.1], progress=False
+    )
     flag = next(f for f in result.flags if f["flag"] == "black-box-beats-white-box")
     assert flag["numbers"]["images"] > 10
-    healthy = evaluate(trained_model, data, attacks=[parse_attack("pgd20"), parse_attack("square500")], eps=[0.1],
-                       progress=False)
+    healthy = evaluate(
+        trained_model, data, attacks=[parse_attack("pgd20"), parse_attack("square500")], eps=[0.1], progress=False
+    )
     assert "black-box-beats-white-box" not in _names(healthy.flags)
 
 
@@ -102,15 +107,26 @@ def _study_checks(model: nn.Module, surrogate: nn.Module, data, eps: float = 0.1
     result = evaluate(model, data, attacks=attacks, eps=GRID, progress=False, keep_per_example=True)
     i = GRID.index(eps)
     survivors = (result.per_example[f"PGD-20 L∞@{eps:g}"] & result.per_example[f"FGSM L∞@{eps:g}"]).nonzero().squeeze(1)
-    numbers = measure_checks(model, surrogate, data, base=attacks[1], eps=eps, survivors=survivors,
-                             dlr=parse_attack("apgd-dlr50"), square=parse_attack("square500"))
+    numbers = measure_checks(
+        model,
+        surrogate,
+        data,
+        base=attacks[1],
+        eps=eps,
+        survivors=survivors,
+        dlr=parse_attack("apgd-dlr50"),
+        square=parse_attack("square500"),
+    )
     numbers.pop("robust_after_all")
     numbers["transfer"]["surrogate"] = "surrogate"
     numbers["eps"] = eps
     numbers["pgd"] = {"label": "PGD-20 L∞", "accuracy": result.robust["PGD-20 L∞"][i]}
     numbers["worst_case"] = {"accuracy": result.worst_case[i]}
-    metrics = {"eps_grid": GRID, "chance_accuracy": 0.1,
-               "models": {"m": {"robust_accuracy": result.robust, "worst_case_accuracy": result.worst_case}}}
+    metrics = {
+        "eps_grid": GRID,
+        "chance_accuracy": 0.1,
+        "models": {"m": {"robust_accuracy": result.robust, "worst_case_accuracy": result.worst_case}},
+    }
     return {row["check"]: row for row in sanity_checks(metrics, {"m": numbers})}
 
 
@@ -141,14 +157,23 @@ def test_a_check_with_nothing_to_test_is_not_applicable(trained_model, check_dat
 
 
 def _metrics(fgsm, pgd, worst):
-    return {"eps_grid": GRID, "chance_accuracy": 0.1,
-            "models": {"m": {"robust_accuracy": {"FGSM L∞": fgsm, "PGD-20 L∞": pgd}, "worst_case_accuracy": worst}}}
+    return {
+        "eps_grid": GRID,
+        "chance_accuracy": 0.1,
+        "models": {"m": {"robust_accuracy": {"FGSM L∞": fgsm, "PGD-20 L∞": pgd}, "worst_case_accuracy": worst}},
+    }
 
 
 def _numbers(pgd, worst, n=100):
-    return {"eps": 0.1, "n": n, "pgd": {"label": "PGD-20 L∞", "accuracy": pgd}, "worst_case": {"accuracy": worst},
-            "pgd_doubled": {"label": "PGD-40×2 L∞", "accuracy": worst},
-            "noise": {"label": "noise L∞", "accuracy": 0.8}, "transfer": {"accuracy": 0.7, "surrogate": "s"}}
+    return {
+        "eps": 0.1,
+        "n": n,
+        "pgd": {"label": "PGD-20 L∞", "accuracy": pgd},
+        "worst_case": {"accuracy": worst},
+        "pgd_doubled": {"label": "PGD-40×2 L∞", "accuracy": worst},
+        "noise": {"label": "noise L∞", "accuracy": 0.8},
+        "transfer": {"accuracy": 0.7, "surrogate": "s"},
+    }
 
 
 def test_a_tie_between_pgd_and_fgsm_fails():
@@ -159,13 +184,17 @@ def test_a_tie_between_pgd_and_fgsm_fails():
 
 def test_a_flat_curve_does_not_fall():
     curve = [0.8, 0.7, 0.6, 0.6, 0.6]  # never rises, but keeps most of its value: no real fall
-    rows = {r["check"]: r for r in sanity_checks(_metrics([0.8, 0.75, 0.7, 0.65, 0.6], curve, curve),
-                                                  {"m": _numbers(0.6, 0.6)})}
+    rows = {
+        r["check"]: r
+        for r in sanity_checks(_metrics([0.8, 0.75, 0.7, 0.65, 0.6], curve, curve), {"m": _numbers(0.6, 0.6)})
+    }
     assert rows["accuracy falls as ε grows"]["status"] == "fail"
     assert rows["reaches zero at large ε"]["status"] == "fail"  # 60% at the largest ε
     falling = [0.8, 0.5, 0.3, 0.05, 0.0]
-    rows = {r["check"]: r for r in sanity_checks(_metrics([0.8, 0.6, 0.5, 0.2, 0.1], falling, falling),
-                                                  {"m": _numbers(0.3, 0.3)})}
+    rows = {
+        r["check"]: r
+        for r in sanity_checks(_metrics([0.8, 0.6, 0.5, 0.2, 0.1], falling, falling), {"m": _numbers(0.3, 0.3)})
+    }
     assert rows["accuracy falls as ε grows"]["status"] == "pass"
     assert rows["reaches zero at large ε"]["status"] == "pass"
     assert rows["iterative beats single-step"]["status"] == "pass"

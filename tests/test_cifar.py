@@ -12,11 +12,40 @@ from test_data import make_cifar_dir
 def test_cifar10_fast_preset_trains_with_crop_flip_in_bf16(tmp_path):
     make_cifar_dir(tmp_path / "data", n=200)  # 1,000 training and 200 test images
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "advlab", "train", "--preset", "cifar10-fast", "--data-dir",
-                           str(tmp_path / "data"), "--train-size", "256", "--epochs", "1", "--val-size", "100",
-                           "--check-examples", "16", "--check-steps", "2", "--co-check-every", "0",
-                           "--precision", "bf16", "--device", "cpu", "--quiet", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "advlab",
+            "train",
+            "--preset",
+            "cifar10-fast",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--train-size",
+            "256",
+            "--epochs",
+            "1",
+            "--val-size",
+            "100",
+            "--check-examples",
+            "16",
+            "--check-steps",
+            "2",
+            "--co-check-every",
+            "0",
+            "--precision",
+            "bf16",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())["config"]
     assert config["recipe"] == "cifar10-wong" and config["model"] == "preact_resnet18"

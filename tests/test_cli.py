@@ -37,8 +37,23 @@ def test_parse_numbers():
 
 def test_evaluate_writes_json_and_prints_table(trained_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    code = main(["evaluate", str(trained_checkpoint), "--attack", "fgsm", "--attack", "pgd5", "--eps", "0.05,0.1",
-                 "--n", "100", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "evaluate",
+            str(trained_checkpoint),
+            "--attack",
+            "fgsm",
+            "--attack",
+            "pgd5",
+            "--eps",
+            "0.05,0.1",
+            "--n",
+            "100",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
@@ -50,8 +65,24 @@ def test_evaluate_writes_json_and_prints_table(trained_checkpoint, tmp_path, cap
 
 def test_evaluate_runs_a_suite_as_a_chain(trained_checkpoint, tmp_path, capsys):
     out = tmp_path / "quick.json"
-    assert main(["evaluate", str(trained_checkpoint), "--suite", "quick", "--eps", "0.05", "--n", "40", "--out",
-                 str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained_checkpoint),
+                "--suite",
+                "quick",
+                "--eps",
+                "0.05",
+                "--n",
+                "40",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     saved = json.loads(out.read_text())
     assert saved["suite"] == "quick" and saved["chain"] and saved["model_flags"] == []
     assert list(saved["robust_accuracy"]) == ["APGD-CE-50 L∞", "APGD-T-50 L∞ top-3"]
@@ -62,8 +93,24 @@ def test_evaluate_runs_a_suite_as_a_chain(trained_checkpoint, tmp_path, capsys):
 
 def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys):
     out = tmp_path / "attack"
-    assert main(["attack", str(trained_checkpoint), "--attack", "pgd10", "--eps", "0.1", "--n", "16",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "attack",
+                str(trained_checkpoint),
+                "--attack",
+                "pgd10",
+                "--eps",
+                "0.1",
+                "--n",
+                "16",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (out / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "attack.json").read_text())
     assert summary["n"] == 16 and summary["steps"] == 10
@@ -77,8 +124,26 @@ def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys
 
 def test_targeted_attack_reaches_its_target(trained_checkpoint, tmp_path, capsys):
     out = tmp_path / "targeted"
-    assert main(["attack", str(trained_checkpoint), "--attack", "pgd50", "--eps", "0.2", "--n", "12",
-                 "--target", "8", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "attack",
+                str(trained_checkpoint),
+                "--attack",
+                "pgd50",
+                "--eps",
+                "0.2",
+                "--n",
+                "12",
+                "--target",
+                "8",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "reached the target" in capsys.readouterr().out
     from advlab.runs import load_tensors
 
@@ -100,8 +165,10 @@ def test_targeted_attack_reaches_its_target(trained_checkpoint, tmp_path, capsys
         (["evaluate", "{tmp}/missing.safetensors", "--eps", "0.1"], "does not exist"),
         (["evaluate", "{tmp}/corrupt.safetensors", "--eps", "0.1"], "corrupt"),
         (["evaluate", "{ckpt}", "--eps", "abc"], "not a number"),
-        (["evaluate", "{ckpt}", "--eps", "0.1", "--n", "5", "--precision", "fp16", "--device", "cpu"],
-         "needs a CUDA device"),
+        (
+            ["evaluate", "{ckpt}", "--eps", "0.1", "--n", "5", "--precision", "fp16", "--device", "cpu"],
+            "needs a CUDA device",
+        ),
         (["evaluate", "{ckpt}", "--eps", "0.1", "--device", "tpu"], "device"),
         (["evaluate", "{ckpt}", "--eps", "7", "--n", "5"], "eps"),
         (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "pgd-hinge"], "unknown attack option"),
@@ -133,14 +200,16 @@ def test_bad_input_exits_2_with_one_line(argv, match, trained_checkpoint, tmp_pa
 def test_existing_outputs_are_never_overwritten(trained_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval.json"
     out.write_text("precious")
-    _fails_cleanly(capsys, ["evaluate", str(trained_checkpoint), "--eps", "0.1", "--out", str(out)],
-                   match="already exists")
+    _fails_cleanly(
+        capsys, ["evaluate", str(trained_checkpoint), "--eps", "0.1", "--out", str(out)], match="already exists"
+    )
     assert out.read_text() == "precious"
     folder = tmp_path / "attack"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
-    err = _fails_cleanly(capsys, ["attack", str(trained_checkpoint), "--eps", "0.1", "--out", str(folder)],
-                         match="already exists")
+    err = _fails_cleanly(
+        capsys, ["attack", str(trained_checkpoint), "--eps", "0.1", "--out", str(folder)], match="already exists"
+    )
     assert "--resume" not in err  # the refusal names only options the command has
     err = _fails_cleanly(capsys, ["study", "--out", str(folder)], match="already exists")
     assert "--resume" not in err and "--overwrite" in err
@@ -159,12 +228,15 @@ def test_console_script_help_and_error_exit_codes():
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no CUDA")
-@pytest.mark.parametrize("command", [
-    ["evaluate", "{ckpt}", "--eps", "0.1"],
-    ["attack", "{ckpt}", "--eps", "0.1", "--out", "{tmp}/attack"],
-    ["train", "--out", "{tmp}/run"],
-    ["study", "--out", "{tmp}/study"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "{ckpt}", "--eps", "0.1"],
+        ["attack", "{ckpt}", "--eps", "0.1", "--out", "{tmp}/attack"],
+        ["train", "--out", "{tmp}/run"],
+        ["study", "--out", "{tmp}/study"],
+    ],
+)
 def test_device_cuda_without_cuda_exits_2_with_one_line(command, trained_checkpoint, tmp_path, capsys):
     argv = [a.format(ckpt=trained_checkpoint, tmp=tmp_path) for a in command] + ["--device", "cuda"]
     _fails_cleanly(capsys, argv, match="no CUDA device is available here")
@@ -196,8 +268,21 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoin
     import advlab.evaluate
 
     def argv(eps: str, out: str) -> list[str]:
-        return ["evaluate", str(trained_checkpoint), "--attack", "pgd5", "--eps", eps, "--n", "60", "--batch-size",
-                "32", "--quiet", "--out", str(tmp_path / out)]
+        return [
+            "evaluate",
+            str(trained_checkpoint),
+            "--attack",
+            "pgd5",
+            "--eps",
+            eps,
+            "--n",
+            "60",
+            "--batch-size",
+            "32",
+            "--quiet",
+            "--out",
+            str(tmp_path / out),
+        ]
 
     assert main(argv("0.1", "whole.json")) == 0
     whole = json.loads((tmp_path / "whole.json").read_text())

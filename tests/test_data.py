@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 import torch
 
-from advlab.data import formats
 from advlab.data import (
     DATASETS,
     FileSpec,
     cache_dir,
     download_dataset,
+    formats,
     get_info,
     list_datasets,
     load_dataset,
@@ -55,7 +55,9 @@ def isolated(tmp_path, monkeypatch):
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    return bytes((0, 0, 8, array.ndim)) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    return (
+        bytes((0, 0, 8, array.ndim)) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    )
 
 
 def coded_images(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -96,11 +98,32 @@ def py2_pickle(batch: dict) -> bytes:
     for key, value in batch.items():
         out.append(_py2_str(key))
         if isinstance(value, np.ndarray):  # 2-D uint8 only
-            out += [b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n", _py2_int(0), b"\x85",
-                    _py2_str(b"b"), b"\x87R(", _py2_int(1), _py2_int(value.shape[0]), _py2_int(value.shape[1]),
-                    b"\x86cnumpy\ndtype\n", _py2_str(b"u1"), _py2_int(0), _py2_int(1), b"\x87R(", _py2_int(3),
-                    _py2_str(b"|"), b"NNN", _py2_int(-1), _py2_int(-1), _py2_int(0), b"tb\x89",
-                    b"T", struct.pack("<I", value.nbytes), value.tobytes(), b"tb"]
+            out += [
+                b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n",
+                _py2_int(0),
+                b"\x85",
+                _py2_str(b"b"),
+                b"\x87R(",
+                _py2_int(1),
+                _py2_int(value.shape[0]),
+                _py2_int(value.shape[1]),
+                b"\x86cnumpy\ndtype\n",
+                _py2_str(b"u1"),
+                _py2_int(0),
+                _py2_int(1),
+                b"\x87R(",
+                _py2_int(3),
+                _py2_str(b"|"),
+                b"NNN",
+                _py2_int(-1),
+                _py2_int(-1),
+                _py2_int(0),
+                b"tb\x89",
+                b"T",
+                struct.pack("<I", value.nbytes),
+                value.tobytes(),
+                b"tb",
+            ]
         elif isinstance(value, list):
             out.append(b"](" + b"".join(_py2_int(v) for v in value) + b"e")
         else:
@@ -146,8 +169,10 @@ def first_pixel_index(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------- real data set
 
 
-@pytest.mark.skipif(not (SYSTEM_FASHION / "train-images-idx3-ubyte.gz").exists(),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (SYSTEM_FASHION / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_real_fashion_mnist_from_system_location():
     assert locate_dataset("fashion-mnist") == (SYSTEM_FASHION, "system")
     train = load_dataset("fashion-mnist", "train", download=False, progress=False)
@@ -176,10 +201,17 @@ def test_real_fashion_mnist_from_system_location():
 # ----------------------------------------------------------------------------------------- names
 
 
-@pytest.mark.parametrize(("alias", "name"), [
-    ("fashion_mnist", "fashion-mnist"), ("FashionMNIST", "fashion-mnist"), ("Fashion-MNIST", "fashion-mnist"),
-    ("MNIST", "mnist"), ("cifar-10", "cifar10"), ("CIFAR10", "cifar10"),
-])
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [
+        ("fashion_mnist", "fashion-mnist"),
+        ("FashionMNIST", "fashion-mnist"),
+        ("Fashion-MNIST", "fashion-mnist"),
+        ("MNIST", "mnist"),
+        ("cifar-10", "cifar10"),
+        ("CIFAR10", "cifar10"),
+    ],
+)
 def test_get_info_accepts_aliases(alias, name):
     assert get_info(alias).name == name
 
@@ -196,7 +228,9 @@ def test_dataset_info_is_consistent():
     for info in DATASETS.values():
         assert len(info.classes) == 10 and len(info.mean) == len(info.std) == info.channels
         assert all(len(spec.sha256) == 64 and spec.size > 0 for spec in info.downloads)
-    assert get_info("fashion-mnist").classes[0] == "T-shirt/top" and get_info("fashion-mnist").classes[-1] == "Ankle boot"
+    assert (
+        get_info("fashion-mnist").classes[0] == "T-shirt/top" and get_info("fashion-mnist").classes[-1] == "Ankle boot"
+    )
 
 
 def test_cache_dir_follows_xdg(tmp_path, monkeypatch):
@@ -280,8 +314,10 @@ def test_val_split(tmp_path):
 def test_cifar_folder_and_archive(tmp_path):
     members = make_cifar_dir(tmp_path / "folder")
     make_cifar_tar(tmp_path / "archive" / "cifar-10-python.tar.gz", members)
-    for root, where in ((tmp_path / "folder", tmp_path / "folder" / "cifar-10-batches-py"),
-                        (tmp_path / "archive", tmp_path / "archive")):
+    for root, where in (
+        (tmp_path / "folder", tmp_path / "folder" / "cifar-10-batches-py"),
+        (tmp_path / "archive", tmp_path / "archive"),
+    ):
         assert locate_dataset("cifar10", root) == (where, "--data-dir")
         train = load_dataset("cifar10", "train", data_dir=root)
         test = load_dataset("cifar10", "test", data_dir=root)
@@ -356,8 +392,14 @@ def test_pickle_with_forbidden_global_is_refused(tmp_path):
     assert "refused" in message and "system" in message and not marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"not a pickle at all", pickle.dumps([1, 2, 3], protocol=2),
-                                     pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]})])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not a pickle at all",
+        pickle.dumps([1, 2, 3], protocol=2),
+        pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]}),
+    ],
+)
 def test_corrupt_cifar_batch(tmp_path, content):
     make_cifar_dir(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(content)
@@ -375,8 +417,12 @@ def test_corrupt_cifar_archive(tmp_path):
 def test_search_order(tmp_path, monkeypatch):
     info = dataclasses.replace(DATASETS["mnist"], system_dir=str(tmp_path / "system"))
     monkeypatch.setitem(DATASETS, "mnist", info)
-    places = {"system": tmp_path / "system", "cache": cache_dir() / "mnist",
-              "$ADVLAB_DATA": tmp_path / "env", "--data-dir": tmp_path / "explicit"}
+    places = {
+        "system": tmp_path / "system",
+        "cache": cache_dir() / "mnist",
+        "$ADVLAB_DATA": tmp_path / "env",
+        "--data-dir": tmp_path / "explicit",
+    }
     for n, (source, folder) in enumerate(places.items(), start=10):
         make_idx(folder, n_train=n)
     monkeypatch.setenv("ADVLAB_DATA", str(places["$ADVLAB_DATA"]))
@@ -407,8 +453,13 @@ def test_list_datasets(tmp_path):
     make_idx(tmp_path / "mnist")
     rows = {row["name"]: row for row in list_datasets(tmp_path)}
     assert set(rows) == set(DATASETS)
-    assert rows["mnist"] == {"name": "mnist", "classes": 10, "shape": (1, 28, 28),
-                             "location": str(tmp_path / "mnist"), "source": "--data-dir"}
+    assert rows["mnist"] == {
+        "name": "mnist",
+        "classes": 10,
+        "shape": (1, 28, 28),
+        "location": str(tmp_path / "mnist"),
+        "source": "--data-dir",
+    }
     assert rows["cifar10"]["location"] is None and rows["cifar10"]["source"] == "missing"
 
 
@@ -436,8 +487,10 @@ def server(tmp_path):
 def pin(monkeypatch, name: str, folder: Path, **changes) -> None:
     """Make DATASETS[name] expect the files in ``folder`` (sizes and hashes of those small files)."""
     info = DATASETS[name]
-    specs = tuple(FileSpec(s.name, (folder / s.name).stat().st_size,
-                           hashlib.sha256((folder / s.name).read_bytes()).hexdigest()) for s in info.downloads)
+    specs = tuple(
+        FileSpec(s.name, (folder / s.name).stat().st_size, hashlib.sha256((folder / s.name).read_bytes()).hexdigest())
+        for s in info.downloads
+    )
     monkeypatch.setitem(DATASETS, name, dataclasses.replace(info, downloads=specs, **changes))
 
 

@@ -15,19 +15,22 @@ from advlab.errors import AdvlabError
 from advlab.evaluate import evaluate
 
 
-@pytest.mark.parametrize("text, message", [
-    ("blur", "unknown defense 'blur'"),
-    ("jpeg:quality=0", "quality must be from 1 to 100, got 0"),
-    ("jpeg:quality=101", "quality must be from 1 to 100, got 101"),
-    ("jpeg:quality=high", "quality must be an integer"),
-    ("bits:bits=9", "bits must be from 1 to 8, got 9"),
-    ("bits:bits=0", "bits must be from 1 to 8, got 0"),
-    ("median:size=4", "size must be odd"),
-    ("median:size=0", "size must be at least 1, got 0"),
-    ("jpeg:colour=1", "defense jpeg has no parameter colour; it takes: quality"),
-    ("jpeg:75", "write its parameters as key=value"),
-    ("resize-pad:min_scale=0", "min_scale must be in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("blur", "unknown defense 'blur'"),
+        ("jpeg:quality=0", "quality must be from 1 to 100, got 0"),
+        ("jpeg:quality=101", "quality must be from 1 to 100, got 101"),
+        ("jpeg:quality=high", "quality must be an integer"),
+        ("bits:bits=9", "bits must be from 1 to 8, got 9"),
+        ("bits:bits=0", "bits must be from 1 to 8, got 0"),
+        ("median:size=4", "size must be odd"),
+        ("median:size=0", "size must be at least 1, got 0"),
+        ("jpeg:colour=1", "defense jpeg has no parameter colour; it takes: quality"),
+        ("jpeg:75", "write its parameters as key=value"),
+        ("resize-pad:min_scale=0", "min_scale must be in (0, 1]"),
+    ],
+)
 def test_bad_defenses_are_one_line(text, message):
     with pytest.raises(AdvlabError) as err:
         parse_defense(text)
@@ -77,12 +80,14 @@ def test_bpda_without_a_defense_is_the_plain_attack(tiny_cnn, batch):
 
 def test_bpda_breaks_bit_depth_and_jpeg_where_the_naive_attack_cannot(trained_model, fashion_test):
     x, y = fashion_test.subset(200).tensors()
-    undefended = evaluate(trained_model, (x, y), attacks=[parse_attack("pgd20")], eps=[0.1], progress=False,
-                          checks=False).worst_case[0]
+    undefended = evaluate(
+        trained_model, (x, y), attacks=[parse_attack("pgd20")], eps=[0.1], progress=False, checks=False
+    ).worst_case[0]
     for text in ("bits:bits=4", "jpeg:quality=75"):
         model = defend(trained_model, [parse_defense(text)])
-        result = evaluate(model, (x, y), attacks=[parse_attack("pgd20"), parse_attack("pgd20-bpda")], eps=[0.1],
-                          progress=False)
+        result = evaluate(
+            model, (x, y), attacks=[parse_attack("pgd20"), parse_attack("pgd20-bpda")], eps=[0.1], progress=False
+        )
         naive, adaptive = result.robust["PGD-20 L∞"][0], result.robust["PGD-20 L∞ BPDA"][0]
         assert naive >= adaptive + 0.3, (text, naive, adaptive)  # the defense only hid the gradient
         assert adaptive <= undefended + 0.05, (text, adaptive, undefended)

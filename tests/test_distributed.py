@@ -17,17 +17,26 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import have_fashion_mnist
 
-pytestmark = pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST not found ($ADVLAB_DATA, cache, "
-                                "or Debian's dataset-fashion-mnist)")
+pytestmark = pytest.mark.skipif(
+    not have_fashion_mnist(), reason="Fashion-MNIST not found ($ADVLAB_DATA, cache, or Debian's dataset-fashion-mnist)"
+)
 
 WORKER = str(Path(__file__).with_name("ddp_worker.py"))
 # Small runs: 1,000 training images in batches of 64 (16 steps an epoch, the last batch 40), no within-epoch
 # checks (co_check_every 0), 200 validation images checked each epoch.
-SMALL = {"dataset": "fashion-mnist", "train_size": 1000, "batch_size": 64, "epochs": 2, "val_size": 400,
-         "check_examples": 100, "check_steps": 3, "co_check_every": 0, "seed": 0}
+SMALL = {
+    "dataset": "fashion-mnist",
+    "train_size": 1000,
+    "batch_size": 64,
+    "epochs": 2,
+    "val_size": 400,
+    "check_examples": 100,
+    "check_steps": 3,
+    "co_check_every": 0,
+    "seed": 0,
+}
 
 
 def _env() -> dict[str, str]:
@@ -40,8 +49,9 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 300, extra: tuple[str,
 
 
 def advlab(*args: str, timeout: float = 300):
-    return subprocess.run([sys.executable, "-m", "advlab", *args], capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+    return subprocess.run(
+        [sys.executable, "-m", "advlab", *args], capture_output=True, text=True, timeout=timeout, env=_env()
+    )
 
 
 def _one_process(config: dict, out: Path) -> dict:
@@ -119,8 +129,13 @@ def test_sharded_evaluation_equals_one_process(tmp_path, trained_checkpoint):
     result = torchrun(WORKER, "evaluate", str(tmp_path / "ddp"), str(trained_checkpoint))
     assert result.returncode == 0, result.stderr[-3000:]
     (tmp_path / "one").mkdir()
-    one = subprocess.run([sys.executable, WORKER, "evaluate", str(tmp_path / "one"), str(trained_checkpoint)],
-                         capture_output=True, text=True, timeout=300, env=_env())
+    one = subprocess.run(
+        [sys.executable, WORKER, "evaluate", str(tmp_path / "one"), str(trained_checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     ddp, single = (torch.load(tmp_path / d / "rank0.pt") for d in ("ddp", "one"))
     rank1 = torch.load(tmp_path / "ddp" / "rank1.pt")
@@ -140,16 +155,46 @@ def test_sharded_evaluation_equals_one_process(tmp_path, trained_checkpoint):
 def test_killed_run_resumes_under_ddp(tmp_path):
     """SIGKILL to the whole job after its first epoch; ``--resume`` under torchrun ends with the very weights
     of a job never interrupted (each rank's random streams are in the state)."""
-    args = ["-m", "advlab", "train", "--method", "fgsm", "--train-size", "1000", "--batch-size", "64",
-            "--epochs", "3", "--val-size", "400", "--check-examples", "100", "--check-steps", "3",
-            "--co-check-every", "0", "--device", "cpu", "--quiet"]
+    args = [
+        "-m",
+        "advlab",
+        "train",
+        "--method",
+        "fgsm",
+        "--train-size",
+        "1000",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "3",
+        "--val-size",
+        "400",
+        "--check-examples",
+        "100",
+        "--check-steps",
+        "3",
+        "--co-check-every",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     whole = torchrun(*args, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
     run = tmp_path / "killed"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
-               "--out", str(run)]
-    job = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *args,
+        "--out",
+        str(run),
+    ]
+    job = subprocess.Popen(
+        command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     while not (run / "metrics.jsonl").is_file() or len(_rows(run)) < 1:
         assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first epoch"
@@ -175,13 +220,32 @@ def _free_port() -> int:
 def test_two_nodes_meet_through_c10d(tmp_path):
     """Two torchrun launches of one process each, meeting through c10d rendezvous on 127.0.0.1, train one
     model together (as two machines would, each with its own torchrun)."""
-    rendezvous = ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
-                  "--rdzv-id", "advlab-test"]
+    rendezvous = [
+        "--nnodes",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--rdzv-id",
+        "advlab-test",
+    ]
     config = json.dumps({**SMALL, "method": "fgsm", "epochs": 1})
-    command = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc_per_node=1", WORKER, "train",
-               str(tmp_path), config]
-    nodes = [subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *rendezvous,
+        "--nproc_per_node=1",
+        WORKER,
+        "train",
+        str(tmp_path),
+        config,
+    ]
+    nodes = [
+        subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert all(node.returncode == 0 for node in nodes), [err[-2000:] for _, err in outputs]
     summaries = [_decisions(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
@@ -200,25 +264,58 @@ def _one_line_error(stderr: str, words: str) -> None:
 def test_bad_distributed_input_exits_2(tmp_path, trained_checkpoint):
     rank_env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     common = ["train", "--train-size", "200", "--epochs", "1", "--out", str(tmp_path / "x")]
-    for extra, words in ((["--dist-backend", "nccl", "--device", "cpu"], "nccl needs CUDA GPUs"),
-                         (["--device", "cuda"], "no CUDA device")):
+    for extra, words in (
+        (["--dist-backend", "nccl", "--device", "cpu"], "nccl needs CUDA GPUs"),
+        (["--device", "cuda"], "no CUDA device"),
+    ):
         if "cuda" in extra and torch.cuda.is_available():
             continue
-        done = subprocess.run([sys.executable, "-m", "advlab", *common, *extra], capture_output=True, text=True,
-                              timeout=120, env={**_env(), **rank_env})
+        done = subprocess.run(
+            [sys.executable, "-m", "advlab", *common, *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**_env(), **rank_env},
+        )
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         _one_line_error(done.stderr, words)
     # attack and certify are one process's work: refused under torchrun, before any rank waits for another
-    done = subprocess.run([sys.executable, "-m", "advlab", "attack", str(trained_checkpoint), "--eps", "0.1", "--out",
-                           str(tmp_path / "adv")], capture_output=True, text=True, timeout=120, env={**_env(), **rank_env})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "advlab",
+            "attack",
+            str(trained_checkpoint),
+            "--eps",
+            "0.1",
+            "--out",
+            str(tmp_path / "adv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**_env(), **rank_env},
+    )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     _one_line_error(done.stderr, "advlab attack runs in one process; start it without torchrun")
     done = advlab(*common, "--dist-backend", "gloo")  # not under torchrun
     assert done.returncode == 2 and "needs several processes" in done.stderr
     assert not (tmp_path / "x").exists()
     # More processes than examples in a batch: every rank refuses, before any training.
-    done = torchrun("-m", "advlab", "train", "--train-size", "1", "--epochs", "1", "--device", "cpu",
-                    "--out", str(tmp_path / "tiny"))
+    done = torchrun(
+        "-m",
+        "advlab",
+        "train",
+        "--train-size",
+        "1",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "tiny"),
+    )
     assert done.returncode != 0
     assert done.stderr.count("advlab: error: 2 processes but a batch of 1") == 2, done.stderr[-2000:]
     assert not (tmp_path / "tiny").exists()
@@ -226,8 +323,24 @@ def test_bad_distributed_input_exits_2(tmp_path, trained_checkpoint):
 
 def test_resume_with_another_world_size_is_refused(tmp_path):
     run = tmp_path / "run"
-    done = torchrun("-m", "advlab", "train", "--train-size", "300", "--epochs", "2", "--val-size", "200",
-                    "--check-examples", "50", "--device", "cpu", "--quiet", "--out", str(run))
+    done = torchrun(
+        "-m",
+        "advlab",
+        "train",
+        "--train-size",
+        "300",
+        "--epochs",
+        "2",
+        "--val-size",
+        "200",
+        "--check-examples",
+        "50",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(run),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     # The state of a finished 2-process run, resumed by one process: refused in one line, files untouched.
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -243,8 +356,12 @@ def test_study_under_torchrun(tmp_path):
     from conftest import TINY_MODELS
 
     # Two models and the stages that run on rank 0 alone, the arms race and the explorer left out for time.
-    changes = {"models": {name: TINY_MODELS[name] for name in ("standard", "fgsm")}, "defenses": [],
-               "explorer_size": 0, "certify": False}
+    changes = {
+        "models": {name: TINY_MODELS[name] for name in ("standard", "fgsm")},
+        "defenses": [],
+        "explorer_size": 0,
+        "certify": False,
+    }
     result = torchrun(WORKER, "study", str(tmp_path), json.dumps(changes), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -282,8 +399,19 @@ def test_every_method_trains_under_ddp(tmp_path):
 def test_evaluate_command_under_torchrun(tmp_path, trained_checkpoint):
     """README's `torchrun ... -m advlab evaluate ... --images N`: rank 0 writes the one result file, whose
     FGSM figures (no random start) equal one process's."""
-    args = ["evaluate", str(trained_checkpoint), "--attack", "fgsm", "--eps", "0.05,0.1", "--images", "300",
-            "--device", "cpu", "--quiet"]
+    args = [
+        "evaluate",
+        str(trained_checkpoint),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.05,0.1",
+        "--images",
+        "300",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     done = torchrun("-m", "advlab", *args, "--out", str(tmp_path / "ddp.json"))
     assert done.returncode == 0, done.stderr[-2000:]
     one = advlab(*args, "--out", str(tmp_path / "one.json"))

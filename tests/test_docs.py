@@ -13,8 +13,13 @@ import pytest
 from advlab.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md")),
-        *sorted((ROOT / "src" / "advlab").rglob("*.py")), *sorted((ROOT / "src" / "advlab" / "presets").rglob("*.toml"))]
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "BENCHMARKS.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "src" / "advlab").rglob("*.py")),
+    *sorted((ROOT / "src" / "advlab" / "presets").rglob("*.toml")),
+]
 COMMAND = re.compile(r"\badvlab ((?:data )?[a-z]+)((?: +(?:--?[\w-]+|[^\s`#|;&()]+))*)")
 
 
@@ -23,8 +28,11 @@ def _texts():
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".py":  # docstrings and comments only: code is checked by running it
             tree = ast.parse(text)
-            strings = [ast.get_docstring(node) or "" for node in ast.walk(tree)
-                       if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))]
+            strings = [
+                ast.get_docstring(node) or ""
+                for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+            ]
             text = "\n".join(strings + [line for line in text.splitlines() if line.lstrip().startswith("#")])
         yield path.relative_to(ROOT), text
 
@@ -66,8 +74,11 @@ def test_every_documented_import_imports():
             except ImportError as err:
                 problems.append(f"{where}: {module} ({err})")
                 continue
-            problems += [f"{where}: from {module} import {n}" for n in map(str.strip, names.split(","))
-                         if n and not hasattr(imported, n) and not _is_module(f"{module}.{n}")]
+            problems += [
+                f"{where}: from {module} import {n}"
+                for n in map(str.strip, names.split(","))
+                if n and not hasattr(imported, n) and not _is_module(f"{module}.{n}")
+            ]
     assert not problems, "\n".join(problems)
 
 
@@ -83,6 +94,9 @@ def _is_module(name: str) -> bool:
 def test_documented_paths_exist(path):
     """Files and folders a document points at (`src/...`, `benchmarks/...`, `docs/...`, `scripts/...`)."""
     text = path.read_text(encoding="utf-8")
-    missing = [p for p in re.findall(r"`((?:src|benchmarks|docs|scripts|tests)/[\w./-]+)`", text)
-               if not any((ROOT / p).exists() for p in (p, p.rstrip("/")))]
+    missing = [
+        p
+        for p in re.findall(r"`((?:src|benchmarks|docs|scripts|tests)/[\w./-]+)`", text)
+        if not any((ROOT / p).exists() for p in (p, p.rstrip("/")))
+    ]
     assert not missing, missing

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-
-import dataclasses
 
 from advlab.attacks import ATTACKS, AttackSpec, fgsm, parse_attack, pgd
 from advlab.errors import AdvlabError
@@ -39,8 +39,15 @@ def test_targeted_pgd_reaches_target(trained_model, fashion_test):
     x, y = fashion_test.subset(200).tensors()
     target = torch.full_like(y, 8)  # "Bag"
     keep = y != 8
-    x_adv = pgd(trained_model, x[keep], target[keep], eps=0.2, steps=50, targeted=True,
-                generator=torch.Generator().manual_seed(0))
+    x_adv = pgd(
+        trained_model,
+        x[keep],
+        target[keep],
+        eps=0.2,
+        steps=50,
+        targeted=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         reached = (trained_model(x_adv).argmax(1) == 8).float().mean().item()
     assert reached > 0.8
@@ -80,8 +87,9 @@ def test_same_seed_same_result(trained_model, fashion_test):
 def test_per_example_flags_are_the_models_own_verdicts(trained_model, fashion_test, early_stop, chain):
     """Recomputed independently with FGSM (deterministic): robust = correct clean and at FGSM's point."""
     x, y = fashion_test.subset(300).tensors()
-    result = _run(trained_model, (x, y), ["fgsm"], keep_per_example=True, early_stop=early_stop, chain=chain,
-                  batch_size=128)
+    result = _run(
+        trained_model, (x, y), ["fgsm"], keep_per_example=True, early_stop=early_stop, chain=chain, batch_size=128
+    )
     with torch.no_grad():
         clean = trained_model(x).argmax(1) == y
         expected = clean & (trained_model(fgsm(trained_model, x, y, eps=0.1)).argmax(1) == y)
@@ -137,8 +145,9 @@ def test_bf16_attacks_are_judged_in_full_precision(trained_model, fashion_test, 
         return pgd(*args, **kwargs)
 
     monkeypatch.setitem(ATTACKS, "pgd", dataclasses.replace(ATTACKS["pgd"], function=spy))
-    low = evaluate(trained_model, fashion_test, attacks=attacks, eps=[0.1], progress=False,
-                   runtime=Runtime(precision="bf16"))
+    low = evaluate(
+        trained_model, fashion_test, attacks=attacks, eps=[0.1], progress=False, runtime=Runtime(precision="bf16")
+    )
     assert seen and seen[0]  # the attack runs under autocast (a re-attack in fp32 may follow, see below)
     assert low.clean_accuracy == ref.clean_accuracy  # the clean pass is not under autocast
     assert abs(low.worst_case[0] - ref.worst_case[0]) <= 0.05  # a few examples at most
@@ -181,13 +190,16 @@ def test_targeted_evaluation_attacks_the_wrong_classes(trained_model, fashion_te
     (which would descend the true class's loss and leave robust accuracy at the clean one)."""
     data = fashion_test.subset(200)
     result = _run(trained_model, data, ["pgd10-targeted1", "pgd10-targeted", "pgd10"], eps=(0.1,))
-    one, every, untargeted = (result.robust[label][0] for label in
-                              ("PGD-10 L∞ top-1 targeted", "PGD-10 L∞ targeted", "PGD-10 L∞"))
+    one, every, untargeted = (
+        result.robust[label][0] for label in ("PGD-10 L∞ top-1 targeted", "PGD-10 L∞ targeted", "PGD-10 L∞")
+    )
     assert one < result.clean_accuracy - 0.2  # it attacks: far below clean
     assert every <= one  # more targets, fewer survivors (per example: a survivor survives every target)
     assert every <= untargeted + 0.05
-    assert result.attacks["PGD-10 L∞ targeted"]["targeted"] and parse_attack("pgd10-targeted").hyperparameters(
-        0.1)["targets"] == "all others"
+    assert (
+        result.attacks["PGD-10 L∞ targeted"]["targeted"]
+        and parse_attack("pgd10-targeted").hyperparameters(0.1)["targets"] == "all others"
+    )
 
 
 def test_a_bad_eps_is_refused_before_any_attack_runs(trained_model, fashion_test):

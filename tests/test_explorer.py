@@ -17,8 +17,9 @@ from advlab.study.explorer import explorer_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
-                                                else None)
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+)
 
 
 def test_explorer_images_cover_the_classes():
@@ -67,8 +68,10 @@ def test_the_explorer_stores_what_its_models_do_on_its_images(tiny_study):
 
 # ------------------------------------------------------------------------------------------ the browser
 
-needs_browser = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                                   reason="needs Debian's chromium and chromium-driver (scripts/setup.sh --test)")
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (scripts/setup.sh --test)",
+)
 
 
 @pytest.fixture
@@ -81,8 +84,15 @@ def browser(tmp_path):
 
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path}/p"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        f"--user-data-dir={tmp_path}/p",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -98,11 +108,19 @@ def _shown(driver) -> dict:
     from selenium.webdriver.common.by import By
 
     bars = driver.find_elements(By.CSS_SELECTOR, "#ex-bars li")
-    return {"prediction": driver.find_element(By.ID, "ex-prediction").text,
-            "eps": driver.find_element(By.ID, "ex-eps-value").text,
-            "bars": [(b.get_attribute("data-class"), float(b.get_attribute("data-p")),
-                      b.find_element(By.CLASS_NAME, "value").text, "true" in b.get_attribute("class").split())
-                     for b in bars]}
+    return {
+        "prediction": driver.find_element(By.ID, "ex-prediction").text,
+        "eps": driver.find_element(By.ID, "ex-eps-value").text,
+        "bars": [
+            (
+                b.get_attribute("data-class"),
+                float(b.get_attribute("data-p")),
+                b.find_element(By.CLASS_NAME, "value").text,
+                "true" in b.get_attribute("class").split(),
+            )
+            for b in bars
+        ],
+    }
 
 
 def _expected(metrics: dict, top_classes: list, top_probs: list, label: int) -> list:
@@ -139,8 +157,9 @@ def test_the_explorer_in_chromium_shows_the_stored_numbers(tiny_study, browser, 
                 stored = explorer["models"][name]
                 shown = _shown(browser)
                 assert shown["eps"] == f"ε = {eps:g}"
-                assert shown["bars"] == _expected(metrics, stored["top_classes"][i][image],
-                                                  stored["top_probs"][i][image], label), (name, image, eps)
+                assert shown["bars"] == _expected(
+                    metrics, stored["top_classes"][i][image], stored["top_probs"][i][image], label
+                ), (name, image, eps)
                 predicted = metrics["classes"][stored["predictions"][i][image]]
                 assert shown["prediction"] == predicted
                 flips += previous is not None and predicted != previous
@@ -152,7 +171,8 @@ def test_the_explorer_in_chromium_shows_the_stored_numbers(tiny_study, browser, 
     spread = browser.execute_script(
         "const c = document.getElementById('ex-delta'); const d = c.getContext('2d')"
         ".getImageData(0, 0, c.width, c.height).data; let lo = 255, hi = 0;"
-        "for (let k = 0; k < d.length; k += 4) { lo = Math.min(lo, d[k]); hi = Math.max(hi, d[k]); } return hi - lo;")
+        "for (let k = 0; k < d.length; k += 4) { lo = Math.min(lo, d[k]); hi = Math.max(hi, d[k]); } return hi - lo;"
+    )
     assert spread > 50
     # The targeted view: any image driven towards any class.
     Select(browser.find_element(By.ID, "ex-mode")).select_by_value("targeted")
@@ -160,8 +180,9 @@ def test_the_explorer_in_chromium_shows_the_stored_numbers(tiny_study, browser, 
     for target in (0, 5):
         Select(browser.find_element(By.ID, "ex-target")).select_by_index(target)
         shown = _shown(browser)
-        assert shown["bars"] == _expected(metrics, targeted["top_classes"][7][target], targeted["top_probs"][7][target],
-                                          explorer["labels"][7])
+        assert shown["bars"] == _expected(
+            metrics, targeted["top_classes"][7][target], targeted["top_probs"][7][target], explorer["labels"][7]
+        )
     browser.save_screenshot(str(tmp_path / "explorer.png"))  # what docs/explorer_screenshot.py commits
     assert (tmp_path / "explorer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     Select(browser.find_element(By.ID, "ex-mode")).select_by_value("untargeted")
@@ -169,7 +190,8 @@ def test_the_explorer_in_chromium_shows_the_stored_numbers(tiny_study, browser, 
     browser.set_window_size(390, 844)
     overflow = browser.execute_script(
         "const w = window.innerWidth; return [...document.querySelectorAll('#explorer *')]"
-        ".filter((e) => e.getBoundingClientRect().right > w + 1).map((e) => e.tagName + '#' + e.id);")
+        ".filter((e) => e.getBoundingClientRect().right > w + 1).map((e) => e.tagName + '#' + e.id);"
+    )
     assert not overflow, overflow
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors

@@ -5,17 +5,28 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import have_fashion_mnist
+from test_data import make_idx
 
 from advlab.cli import main
 from advlab.runs import read_json
 from advlab.train import TrainConfig, find_recipe
 from advlab.train.methods import NFGSM, FastFGSM, GradAlign, gradient_alignment
-from conftest import have_fashion_mnist
-from test_data import make_idx
 
 needs_fashion = pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST not found")
-TINY = dict(train_size=1200, val_size=200, check_examples=100, check_steps=5, batch_size=50, epochs=3, steps=2,
-            schedule="constant", lr=3e-3, eps=0.15, co_check_every=0)
+TINY = dict(
+    train_size=1200,
+    val_size=200,
+    check_examples=100,
+    check_steps=5,
+    batch_size=50,
+    epochs=3,
+    steps=2,
+    schedule="constant",
+    lr=3e-3,
+    eps=0.15,
+    co_check_every=0,
+)
 
 
 # --------------------------------------------------------------------------- N-FGSM and GradAlign
@@ -70,10 +81,21 @@ def test_grad_align_loss_is_fgsm_plus_lambda_times_the_regularizer(tiny_cnn, bat
 def test_recipes_fill_what_the_user_leaves_out():
     fashion = TrainConfig(method="fgsm")
     assert (fashion.recipe, fashion.model, fashion.lr, fashion.epochs, fashion.steps) == (
-        "fashion-mnist", "small_cnn", 0.002, 10, 7)  # issue 3's measured defaults, unchanged
+        "fashion-mnist",
+        "small_cnn",
+        0.002,
+        10,
+        7,
+    )  # issue 3's measured defaults, unchanged
     wong = TrainConfig(dataset="mnist", method="fgsm", eps=0.3)
     assert (wong.recipe, wong.model, wong.optimizer, wong.lr, wong.batch_size, wong.epochs) == (
-        "mnist-wong", "wong_mnist", "adam", 0.005, 100, 10)
+        "mnist-wong",
+        "wong_mnist",
+        "adam",
+        0.005,
+        100,
+        10,
+    )
     assert wong.step_size == pytest.approx(0.375)  # Wong et al.'s α at ε = 0.3
     madry = TrainConfig(dataset="mnist", method="pgd", eps=0.3)
     assert (madry.model, madry.steps, madry.batch_size, madry.lr) == ("madry_cnn", 40, 50, 1e-4)
@@ -134,14 +156,17 @@ def test_a_resolved_config_round_trips():
     assert TrainConfig.from_dict(config.to_dict()) == config
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--co-remedy", "retry"], "unknown co remedy 'retry'"),
-    (["--method", "gradalign", "--grad-align-lambda", "-0.5"], "grad_align_lambda"),
-    (["--method", "nfgsm", "--nfgsm-noise", "0"], "nfgsm_noise"),
-    (["--fallback-method", "magic"], "unknown fallback method"),
-    (["--fallback-method", "standard"], "fallback_method must be an adversarial method"),
-    (["--method", "free", "--co-remedy", "fallback"], "free adversarial training cannot"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--co-remedy", "retry"], "unknown co remedy 'retry'"),
+        (["--method", "gradalign", "--grad-align-lambda", "-0.5"], "grad_align_lambda"),
+        (["--method", "nfgsm", "--nfgsm-noise", "0"], "nfgsm_noise"),
+        (["--fallback-method", "magic"], "unknown fallback method"),
+        (["--fallback-method", "standard"], "fallback_method must be an adversarial method"),
+        (["--method", "free", "--co-remedy", "fallback"], "free adversarial training cannot"),
+    ],
+)
 def test_bad_fast_training_settings_exit_2_with_one_line(tmp_path, capsys, flags, message):
     assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
@@ -151,13 +176,40 @@ def test_bad_fast_training_settings_exit_2_with_one_line(tmp_path, capsys, flags
 def test_mnist_trains_with_its_recipe_from_small_files(tmp_path, capsys):
     """The MNIST path end to end on idx files the test writes: the recipe picks Wong et al.'s network."""
     make_idx(tmp_path / "mnist", n_train=120, n_test=20)
-    assert main(["train", "--dataset", "mnist", "--method", "fgsm", "--eps", "0.3", "--epochs", "1",
-                 "--val-size", "20", "--data-dir", str(tmp_path / "mnist"), "--out", str(tmp_path / "run"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--method",
+                "fgsm",
+                "--eps",
+                "0.3",
+                "--epochs",
+                "1",
+                "--val-size",
+                "20",
+                "--data-dir",
+                str(tmp_path / "mnist"),
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "recipe: mnist-wong" in capsys.readouterr().out
     saved = read_json(tmp_path / "run" / "config.json")["config"]
-    assert (saved["recipe"], saved["model"], saved["batch_size"], saved["lr"]) == ("mnist-wong", "wong_mnist", 100, 0.005)
-    assert saved["clip_start"] is False and saved["co_remedy"] == "fallback"  # Wong et al.'s start; PGD-10 if it collapses
+    assert (saved["recipe"], saved["model"], saved["batch_size"], saved["lr"]) == (
+        "mnist-wong",
+        "wong_mnist",
+        100,
+        0.005,
+    )
+    assert (
+        saved["clip_start"] is False and saved["co_remedy"] == "fallback"
+    )  # Wong et al.'s start; PGD-10 if it collapses
     assert read_json(tmp_path / "run" / "summary.json")["recipe"] == "mnist-wong"
     assert read_json(tmp_path / "run" / "model.json")["model"] == "wong_mnist"
 
@@ -165,7 +217,16 @@ def test_mnist_trains_with_its_recipe_from_small_files(tmp_path, capsys):
 def test_list_recipes_names_every_source(capsys):
     assert main(["train", "--list-recipes"]) == 0
     text = capsys.readouterr().out
-    for name in ("mnist-wong", "mnist-nfgsm", "mnist-madry", "mnist-ibp", "cifar10-rice", "cifar10-gradalign",
-                 "cifar10-nfgsm", "cifar10-cohen", "cifar10-ibp"):
+    for name in (
+        "mnist-wong",
+        "mnist-nfgsm",
+        "mnist-madry",
+        "mnist-ibp",
+        "cifar10-rice",
+        "cifar10-gradalign",
+        "cifar10-nfgsm",
+        "cifar10-cohen",
+        "cifar10-ibp",
+    ):
         assert name in text
     assert "mnist_challenge" in text and "train_mnist.py" in text

@@ -17,12 +17,31 @@ import pytest
 
 from advlab.runs import load_tensors
 
-pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir()
-                                and not os.environ.get("ADVLAB_DATA"), reason="needs Fashion-MNIST")
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("ADVLAB_DATA"),
+    reason="needs Fashion-MNIST",
+)
 
 # Two short epochs of fast FGSM training: about 3 s of work on one thread, 40 batches per epoch.
-TRAIN = ["train", "--method", "fgsm", "--eps", "0.1", "--epochs", "2", "--train-size", "2560", "--batch-size", "64",
-         "--val-size", "100", "--check-examples", "50", "--threads", "1"]
+TRAIN = [
+    "train",
+    "--method",
+    "fgsm",
+    "--eps",
+    "0.1",
+    "--epochs",
+    "2",
+    "--train-size",
+    "2560",
+    "--batch-size",
+    "64",
+    "--val-size",
+    "100",
+    "--check-examples",
+    "50",
+    "--threads",
+    "1",
+]
 
 
 def _advlab(*args: str) -> list[str]:
@@ -49,8 +68,13 @@ def _same_run(a: Path, b: Path) -> None:
         assert ta.keys() == tb.keys()
         for key in ta:
             assert ta[key].dtype == tb[key].dtype and ta[key].equal(tb[key]), f"{name}: {key} differs"
-    rows = [[{k: v for k, v in json.loads(line).items() if "seconds" not in k}
-             for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
+    rows = [
+        [
+            {k: v for k, v in json.loads(line).items() if "seconds" not in k}
+            for line in (run / "metrics.jsonl").read_text().splitlines()
+        ]
+        for run in (a, b)
+    ]
     assert rows[0] == rows[1]
 
 
@@ -58,9 +82,13 @@ def _stop_mid_training(out: Path, sig: int, *extra: str) -> subprocess.Popen:
     """Start the training and send ``sig`` once it is well into its batches."""
     # SIGINT back to its default in the child: a shell that starts the tests in the background (`cmd &`)
     # ignores it, the child would inherit that, and Python would never raise KeyboardInterrupt.
-    process = subprocess.Popen(_advlab(*TRAIN, "--out", str(out), *extra), stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "COLUMNS": "80"},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        _advlab(*TRAIN, "--out", str(out), *extra),
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for line in process.stderr:  # the bars and the log go to stderr; training starts after the recipe line
         if line.startswith("recipe "):
             break
@@ -122,10 +150,13 @@ def test_truncated_and_flipped_checkpoints_are_refused(tmp_path, reference):
         assert verify.returncode == 1 and "damaged" in verify.stdout
 
 
-@pytest.mark.parametrize("name, content", [
-    ("config.json", "{not json"),
-    ("summary.json", json.dumps({"finished": "yes"})),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("config.json", "{not json"),
+        ("summary.json", json.dumps({"finished": "yes"})),
+    ],
+)
 def test_malformed_files_of_a_run_are_one_line(tmp_path, reference, name, content):
     run = tmp_path / "run"
     shutil.copytree(reference, run)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import have_fashion_mnist
 
 import advlab.train.methods as methods
 from advlab.cli import main
@@ -17,7 +18,6 @@ from advlab.runtime import Runtime
 from advlab.train import CatastrophicOverfittingWarning, Guard, TrainConfig, collapse_signature, train
 from advlab.train.guard import end_of_run_warnings, falling_from, probe
 from advlab.train.optim import SCHEDULES
-from conftest import have_fashion_mnist
 
 needs_fashion = pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST not found")
 TRAJECTORIES = Path(__file__).with_name("guard_trajectories.json")
@@ -25,9 +25,22 @@ TRAJECTORIES = Path(__file__).with_name("guard_trajectories.json")
 # FGSM from x with α = 2ε at ε = 0.3 on 5,000 Fashion-MNIST images: the single-step attack is defeated within
 # the first epoch while PGD breaks the model (the signature from about step 60 on). A constant learning rate
 # "falls" from half-way, so the guard may fire from epoch 2 on.
-PROVOKED = dict(method="fgsm", eps=0.3, alpha=0.6, random_start=False, eps_warmup_epochs=0, epochs=2,
-                train_size=5000, batch_size=64, val_size=300, check_examples=300, co_check_every=20,
-                co_check_examples=200, schedule="constant", lr=2e-3)
+PROVOKED = dict(
+    method="fgsm",
+    eps=0.3,
+    alpha=0.6,
+    random_start=False,
+    eps_warmup_epochs=0,
+    epochs=2,
+    train_size=5000,
+    batch_size=64,
+    val_size=300,
+    check_examples=300,
+    co_check_every=20,
+    co_check_examples=200,
+    schedule="constant",
+    lr=2e-3,
+)
 
 
 def checks(folder: Path) -> list[dict]:
@@ -42,8 +55,13 @@ def _replay(run: dict, **changes) -> list[tuple[int, int, str]]:
     guard = Guard(config, [], falling_step=run["falling_step"] if run["falling_step"] is not None else float("inf"))
     fired = []
     for check in run["checks"]:
-        rule = guard.assess({k: check[k] for k in ("clean", "fgsm", "pgd")}, epoch=check["epoch"], step=check["step"],
-                            within=check["within_epoch"], examples=check["examples"])
+        rule = guard.assess(
+            {k: check[k] for k in ("clean", "fgsm", "pgd")},
+            epoch=check["epoch"],
+            step=check["step"],
+            within=check["within_epoch"],
+            examples=check["examples"],
+        )
         if rule:
             fired.append((check["epoch"], check["step"], rule))
     return fired
@@ -90,7 +108,9 @@ def test_the_rules_on_their_own():
     reading = lambda fgsm, pgd: {"clean": 0.9, "fgsm": fgsm, "pgd": pgd}  # noqa: E731
     guard = Guard(config, [], falling_step=100)
     # The signature before the learning rate falls: recorded, never fired on.
-    assert [guard.assess(reading(0.8, 0.1), epoch=1, step=s, within=True, examples=256) for s in (20, 40, 60)] == [None] * 3
+    assert [guard.assess(reading(0.8, 0.1), epoch=1, step=s, within=True, examples=256) for s in (20, 40, 60)] == [
+        None
+    ] * 3
     assert not guard.good
     # After it, two in a row fire; a good check in between starts the count again.
     assert guard.assess(reading(0.8, 0.1), epoch=1, step=100, within=False, examples=1000) is None
@@ -107,7 +127,9 @@ def test_the_rules_on_their_own():
 
 def test_the_end_of_a_run_is_judged():
     config = TrainConfig(method="fgsm", eps=0.3)
-    assert end_of_run_warnings(config, {"clean": 0.9, "fgsm": 0.7, "pgd": 0.6}, classes=10, robust=True, where="x") == []
+    assert (
+        end_of_run_warnings(config, {"clean": 0.9, "fgsm": 0.7, "pgd": 0.6}, classes=10, robust=True, where="x") == []
+    )
     (line,) = end_of_run_warnings(config, {"clean": 0.9, "fgsm": 0.9, "pgd": 0.05}, classes=10, robust=True, where="x")
     assert line.startswith("the run ends without robustness")
     # Near zero without the signature (FGSM low too): still no robustness.
@@ -116,7 +138,9 @@ def test_the_end_of_a_run_is_judged():
     (line,) = end_of_run_warnings(config, {"clean": 0.11, "fgsm": 0.1, "pgd": 0.1}, classes=10, robust=True, where="x")
     assert "at chance" in line
     # Standard training aims at no robustness: only "at chance" concerns it.
-    assert end_of_run_warnings(config, {"clean": 0.9, "fgsm": 0.1, "pgd": 0.0}, classes=10, robust=False, where="x") == []
+    assert (
+        end_of_run_warnings(config, {"clean": 0.9, "fgsm": 0.1, "pgd": 0.0}, classes=10, robust=False, where="x") == []
+    )
 
 
 # ------------------------------------------------------------------------------- real training runs
@@ -152,16 +176,38 @@ def test_a_provoked_collapse_is_caught_once_the_learning_rate_falls(provoked):
     # ... and they pass the guard's test again, where the collapsed weights failed it.
     model, _ = load_checkpoint(folder / "model.safetensors")
     data = load_dataset("fashion-mnist", "val", val_size=300, download=False)
-    reading = probe(model, data.subset(200 if record.get("partial_epoch") else 300), eps=0.3, steps=10, seed=0,
-                    runtime=Runtime(device="cpu"))
+    reading = probe(
+        model,
+        data.subset(200 if record.get("partial_epoch") else 300),
+        eps=0.3,
+        steps=10,
+        seed=0,
+        runtime=Runtime(device="cpu"),
+    )
     assert not collapse_signature(reading["fgsm"], reading["pgd"], 0.3)
 
 
 @needs_fashion
 def test_evaluate_says_a_collapsed_run_collapsed(provoked, tmp_path, capsys):
     folder, _ = provoked
-    assert main(["evaluate", str(folder), "--attack", "fgsm", "--eps", "0.1", "--n", "50", "--quiet",
-                 "--out", str(tmp_path / "eval.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(folder),
+                "--attack",
+                "fgsm",
+                "--eps",
+                "0.1",
+                "--n",
+                "50",
+                "--quiet",
+                "--out",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     assert "warning: the guard caught catastrophic overfitting" in capsys.readouterr().out
     training = read_json(tmp_path / "eval.json")["training"]
     assert training["collapsed"] and "at epoch 2, step" in training["message"]
@@ -173,7 +219,9 @@ def test_remedies_go_on_from_the_last_good_weights(tmp_path, monkeypatch, remedy
     """fallback is the Fashion-MNIST recipe's own remedy at ε = 0.3 (left to the recipe here)."""
     batches = []
     original = methods.PGDTraining.loss
-    monkeypatch.setattr(methods.PGDTraining, "loss", lambda self, *a, **k: batches.append(self.name) or original(self, *a, **k))
+    monkeypatch.setattr(
+        methods.PGDTraining, "loss", lambda self, *a, **k: batches.append(self.name) or original(self, *a, **k)
+    )
     config = TrainConfig(**PROVOKED, **({} if remedy == "fallback" else {"co_remedy": remedy}))
     assert config.co_remedy == remedy
     with pytest.warns(CatastrophicOverfittingWarning, match="at epoch 2, step"):
@@ -210,16 +258,55 @@ def test_a_run_that_ends_without_robustness_is_flagged(tmp_path, capsys):
     summary = train(config, tmp_path / "run", progress=False)
     assert not summary["catastrophic_overfitting"] and summary["ends_without_robustness"]
     assert any(w.startswith("the run ends without robustness") for w in summary["warnings"])
-    assert main(["evaluate", str(tmp_path / "run"), "--attack", "fgsm", "--eps", "0.3", "--n", "50", "--quiet",
-                 "--out", str(tmp_path / "eval.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run"),
+                "--attack",
+                "fgsm",
+                "--eps",
+                "0.3",
+                "--n",
+                "50",
+                "--quiet",
+                "--out",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     assert "warning: this model's training says: the run ends without robustness" in capsys.readouterr().out
     assert read_json(tmp_path / "eval.json")["training"]["ends_without_robustness"]
 
 
 @needs_fashion
 def test_a_model_at_chance_after_its_first_epoch_says_so(tmp_path, capsys):
-    assert main(["train", "--method", "fgsm", "--eps", "0.1", "--lr", "1e-9", "--train-size", "500", "--epochs", "1",
-                 "--val-size", "200", "--check-examples", "100", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "fgsm",
+                "--eps",
+                "0.1",
+                "--lr",
+                "1e-9",
+                "--train-size",
+                "500",
+                "--epochs",
+                "1",
+                "--val-size",
+                "200",
+                "--check-examples",
+                "100",
+                "--quiet",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "still at chance on clean validation images" in out.err + out.out
     summary = read_json(tmp_path / "run" / "summary.json")
@@ -228,8 +315,11 @@ def test_a_model_at_chance_after_its_first_epoch_says_so(tmp_path, capsys):
 
 @needs_fashion
 def test_standard_training_has_no_guard(tmp_path):
-    summary = train(TrainConfig(method="standard", train_size=500, epochs=1, val_size=100, check_examples=50),
-                    tmp_path / "run", progress=False)
+    summary = train(
+        TrainConfig(method="standard", train_size=500, epochs=1, val_size=100, check_examples=50),
+        tmp_path / "run",
+        progress=False,
+    )
     assert not (tmp_path / "run" / "guard.jsonl").exists() and not summary["catastrophic_overfitting"]
 
 

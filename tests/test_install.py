@@ -13,7 +13,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from conftest import have_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +37,29 @@ def venv(tmp_path_factory):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = tmp / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", wheels, source], cwd=tmp)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            wheels,
+            source,
+        ],
+        cwd=tmp,
+    )
     (wheel,) = wheels.glob("advlab-*.whl")
     env_dir = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", env_dir], cwd=tmp)
     python = env_dir / "bin" / "python"
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp)
-                .stdout.strip())
+    site = Path(
+        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp).stdout.strip()
+    )
     # torch, numpy, ... from this environment, without its editable advlab (a plain path, no nested .pth).
     (site / "zz_advlab_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel], cwd=tmp)
@@ -56,11 +70,22 @@ def venv(tmp_path_factory):
 
 def test_the_wheel_is_what_runs(venv):
     advlab, python, work = venv
-    where = _run([python, "-c", "import advlab, advlab.presets as p; print(advlab.__file__); "
-                  "print(p.preset_names('study'), p.preset_names('train'))"], cwd=work).stdout.splitlines()
+    where = _run(
+        [
+            python,
+            "-c",
+            "import advlab, advlab.presets as p; print(advlab.__file__); "
+            "print(p.preset_names('study'), p.preset_names('train'))",
+        ],
+        cwd=work,
+    ).stdout.splitlines()
     assert str(python.parents[1]) in where[0] and str(ROOT / "src") not in where[0]
-    shipped = {kind: sorted(f.stem for f in (ROOT / "src/advlab/presets" / kind).glob("*.toml")) for kind in ("study", "train")}
-    assert "madry-mnist" in shipped["train"] and where[1] == f"{shipped['study']} {shipped['train']}"  # all of them ship
+    shipped = {
+        kind: sorted(f.stem for f in (ROOT / "src/advlab/presets" / kind).glob("*.toml")) for kind in ("study", "train")
+    }
+    assert (
+        "madry-mnist" in shipped["train"] and where[1] == f"{shipped['study']} {shipped['train']}"
+    )  # all of them ship
 
 
 def test_presets_ship_inside_the_wheel(venv):
@@ -74,14 +99,36 @@ def test_presets_ship_inside_the_wheel(venv):
     refused = _run([advlab, "study", "--preset", "quick", "--out", work / "taken"], cwd=work, check=False)
     assert refused.returncode == 2 and "already exists" in refused.stderr, refused.stderr
     unknown = _run([advlab, "study", "--preset", "huge", "--out", work / "new"], cwd=work, check=False)
-    assert unknown.returncode == 2 and "unknown study preset 'huge'; choose one of: cifar10, full, quick" in unknown.stderr
+    assert (
+        unknown.returncode == 2 and "unknown study preset 'huge'; choose one of: cifar10, full, quick" in unknown.stderr
+    )
 
 
 @needs_data
 def test_train_preset_from_the_wheel(venv):
     advlab, _, work = venv
-    _run([advlab, "train", "--preset", "quick", "--epochs", "1", "--train-size", "300", "--val-size", "100",
-          "--check-examples", "50", "--check-steps", "2", "--out", work / "quick", "--quiet"], cwd=work)
+    _run(
+        [
+            advlab,
+            "train",
+            "--preset",
+            "quick",
+            "--epochs",
+            "1",
+            "--train-size",
+            "300",
+            "--val-size",
+            "100",
+            "--check-examples",
+            "50",
+            "--check-steps",
+            "2",
+            "--out",
+            work / "quick",
+            "--quiet",
+        ],
+        cwd=work,
+    )
     import json
 
     config = json.loads((work / "quick" / "config.json").read_text())["config"]

@@ -93,11 +93,17 @@ def test_a_file_without_checksums_loads_with_a_note(tmp_path):
     assert torch.equal(loaded(x), model(x))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: {**t, "1.linear.weight": torch.full_like(t["1.linear.weight"], float("nan"))}, "NaN or infinite"),
-    (lambda t: {**t, "1.linear.bias": t["1.linear.bias"].to(torch.int32)}, "stored as int32 but the model declares float32"),
-    (lambda t: {**t, "1.linear.bias": torch.zeros(5)}, "shape"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: {**t, "1.linear.weight": torch.full_like(t["1.linear.weight"], float("nan"))}, "NaN or infinite"),
+        (
+            lambda t: {**t, "1.linear.bias": t["1.linear.bias"].to(torch.int32)},
+            "stored as int32 but the model declares float32",
+        ),
+        (lambda t: {**t, "1.linear.bias": torch.zeros(5)}, "shape"),
+    ],
+)
 def test_weights_the_model_does_not_declare_are_refused(tmp_path, change, message):
     model = create_model("linear", **ARGS)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -170,8 +176,10 @@ def _hold_lock(target):
     import subprocess
     import sys
 
-    code = ("import sys, time\nfrom advlab.files import run_lock\nwith run_lock(sys.argv[1]):\n"
-            "    print('held', flush=True)\n    time.sleep(120)\n")
+    code = (
+        "import sys, time\nfrom advlab.files import run_lock\nwith run_lock(sys.argv[1]):\n"
+        "    print('held', flush=True)\n    time.sleep(120)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
@@ -190,8 +198,9 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, cap
             with run_lock(run):
                 pass
         if have_fashion_mnist():  # the real command, refused after its checks and before any training
-            code = main(["train", "--out", str(run), "--epochs", "1", "--train-size", "64", "--val-size", "32",
-                         "--quiet"])
+            code = main(
+                ["train", "--out", str(run), "--epochs", "1", "--train-size", "64", "--val-size", "32", "--quiet"]
+            )
             err = capsys.readouterr().err
             assert code == 2 and "is writing to" in err and err.count("\n") == 1
             assert [p.name for p in run.iterdir()] == [".advlab.lock"]  # nothing of the refused run written
@@ -211,9 +220,11 @@ def _fashion_linear(tmp_path, **args):
         pytest.skip("needs Fashion-MNIST (Debian's dataset-fashion-mnist)")
     args = {"in_channels": 1, "num_classes": 10, "height": 28, "width": 28, **args}
     model = create_model("linear", **args)
-    save_checkpoint(tmp_path / "model.safetensors", model, {"model": "linear", "model_args": args,
-                                                           "dataset": "fashion-mnist", "epoch": 1,
-                                                           "config": {"epochs": 1}})
+    save_checkpoint(
+        tmp_path / "model.safetensors",
+        model,
+        {"model": "linear", "model_args": args, "dataset": "fashion-mnist", "epoch": 1, "config": {"epochs": 1}},
+    )
     return tmp_path
 
 
@@ -230,11 +241,14 @@ def test_a_refused_command_leaves_no_new_folder(tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    ({"in_channels": 3, "height": 32, "width": 32}, "takes 3-channel images but fashion-mnist has 1×28×28"),
-    ({"height": 32, "width": 32}, "cannot take fashion-mnist's 1×28×28 images"),
-    ({"num_classes": 4}, "gives (4,) outputs per image but fashion-mnist has 10 classes"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"in_channels": 3, "height": 32, "width": 32}, "takes 3-channel images but fashion-mnist has 1×28×28"),
+        ({"height": 32, "width": 32}, "cannot take fashion-mnist's 1×28×28 images"),
+        ({"num_classes": 4}, "gives (4,) outputs per image but fashion-mnist has 10 classes"),
+    ],
+)
 def test_a_model_built_for_other_images_is_refused_before_work(tmp_path, capsys, args, message):
     run = _fashion_linear(tmp_path, **args)
     assert main(["evaluate", str(run), "--eps", "0.1", "--n", "8", "--quiet"]) == 2
@@ -254,12 +268,20 @@ def test_seeds_beyond_the_generator_are_one_line(tmp_path, capsys):
     assert exit_.value.code == 2 and "a seed must be from 0 to 2^63 - 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[study]\ntrain_eps = 0.1\n[models.standard]\nmethod = 'standard'\n[models]\npgd = 5\n",
-     "study setting models must be a table"),
-    ("[study]\neps_grid = [0.0, 'a lot']\n", "study setting eps_grid must be a list of numbers, got [0.0, 'a lot']"),
-    ("[study]\nn_eval = '500'\n", "study setting n_eval must be an integer, got '500'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "[study]\ntrain_eps = 0.1\n[models.standard]\nmethod = 'standard'\n[models]\npgd = 5\n",
+            "study setting models must be a table",
+        ),
+        (
+            "[study]\neps_grid = [0.0, 'a lot']\n",
+            "study setting eps_grid must be a list of numbers, got [0.0, 'a lot']",
+        ),
+        ("[study]\nn_eval = '500'\n", "study setting n_eval must be an integer, got '500'"),
+    ],
+)
 def test_study_config_errors_name_the_setting(tmp_path, text, message):
     from advlab.study import load_study_config
 
@@ -278,15 +300,30 @@ def test_training_config_errors_name_the_setting():
         TrainConfig.from_dict({"epoch": 3})
 
 
-@pytest.mark.parametrize("cls, values, message", [
-    ("Evaluation", {"n": 10, "clean_accuracy": 0.9, "eps": [0.1], "robust_accuracy": {"PGD-20": "high"},
-                    "worst_case_accuracy": [0.5]}, r"robust_accuracy must be a table"),
-    ("Evaluation", {"n": "10", "clean_accuracy": 0.9, "eps": [0.1], "robust_accuracy": {},
-                    "worst_case_accuracy": [0.5]}, r"field n must be an integer, got '10'"),
-    ("AttackOutput", {"classes": "cat,dog"}, r"field classes must be a list of strings"),
-    ("RunSummary", {"epochs_completed": 1.5}, r"field epochs_completed must be an integer"),
-    ("CheckMeasurements", {"eps": 0.1, "n": 10}, r"field worst_case_all is missing"),
-])
+@pytest.mark.parametrize(
+    "cls, values, message",
+    [
+        (
+            "Evaluation",
+            {
+                "n": 10,
+                "clean_accuracy": 0.9,
+                "eps": [0.1],
+                "robust_accuracy": {"PGD-20": "high"},
+                "worst_case_accuracy": [0.5],
+            },
+            r"robust_accuracy must be a table",
+        ),
+        (
+            "Evaluation",
+            {"n": "10", "clean_accuracy": 0.9, "eps": [0.1], "robust_accuracy": {}, "worst_case_accuracy": [0.5]},
+            r"field n must be an integer, got '10'",
+        ),
+        ("AttackOutput", {"classes": "cat,dog"}, r"field classes must be a list of strings"),
+        ("RunSummary", {"epochs_completed": 1.5}, r"field epochs_completed must be an integer"),
+        ("CheckMeasurements", {"eps": 0.1, "n": 10}, r"field worst_case_all is missing"),
+    ],
+)
 def test_files_read_back_are_checked_against_their_declaration(tmp_path, cls, values, message):
     from advlab import schema
 
@@ -300,8 +337,11 @@ def test_files_read_back_are_checked_against_their_declaration(tmp_path, cls, va
 def test_nested_declarations_name_the_dotted_path():
     from advlab.schema import check_metrics
 
-    metrics = {"eps_grid": [0.0, 0.1], "models": {"pgd": {"clean_accuracy": 0.8, "robust_accuracy": {"PGD": [0.8, 0.6]}}},
-               "sanity_checks": [{"check": "falls with ε", "status": "pass"}, {"check": "x", "passed": "yes"}]}
+    metrics = {
+        "eps_grid": [0.0, 0.1],
+        "models": {"pgd": {"clean_accuracy": 0.8, "robust_accuracy": {"PGD": [0.8, 0.6]}}},
+        "sanity_checks": [{"check": "falls with ε", "status": "pass"}, {"check": "x", "passed": "yes"}],
+    }
     with pytest.raises(AdvlabError, match=r"sanity_checks\[1\]\.passed must be true or false"):
         check_metrics(metrics, "metrics.json")
     metrics["sanity_checks"][1] = {"check": "x", "status": "maybe"}

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from report_fixture import make_fake_run
 
 from advlab.errors import AdvlabError
 from advlab.report import build_report, save_gallery, story
 from advlab.results import pareto_frontier, percent, points
 from advlab.runs import write_json
-from report_fixture import make_fake_run
 
 FIGURES = ("robust_vs_eps", "tradeoff", "training_curves", "gallery", "gallery_targeted", "arms_race")
 DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -136,9 +136,10 @@ def test_results_tables_parse_back_to_metrics(built):
     assert next(body, None) is None
 
     i = grid.index(metrics["train_eps"])
-    scores = {n: (m["clean_accuracy"], (m.get("worst_case_all_attacks") or {}).get("accuracy",
-                                                                               m["worst_case_accuracy"][i]))
-              for n, m in metrics["models"].items()}
+    scores = {
+        n: (m["clean_accuracy"], (m.get("worst_case_all_attacks") or {}).get("accuracy", m["worst_case_accuracy"][i]))
+        for n, m in metrics["models"].items()
+    }
     assert scores["pgd"][1] < metrics["models"]["pgd"]["worst_case_accuracy"][i]  # the fixture has both kinds
     summary = _table(text, "model", "on the frontier")[1:]
     for row, (name, model) in zip(summary, metrics["models"].items(), strict=True):
@@ -159,20 +160,43 @@ def test_every_percentage_in_the_report_comes_from_metrics(built):
 def test_report_lists_every_attack_hyperparameter(built):
     _, metrics, text = built
     rows = _table(text, "attack", "α (step size)")
-    assert rows[0] == ["attack", "kind", "norm", "steps", "restarts", "random start", "loss", "targeted", "α / ε",
-                       "ε", "α (step size)"]
+    assert rows[0] == [
+        "attack",
+        "kind",
+        "norm",
+        "steps",
+        "restarts",
+        "random start",
+        "loss",
+        "targeted",
+        "α / ε",
+        "ε",
+        "α (step size)",
+    ]
     body = iter(rows[1:])
     for label, settings in metrics["attack_hyperparameters"].items():
         for k, h in enumerate(settings):
             row = next(body)
             if k == 0:
-                assert row[:6] == [label, h["attack"], h["norm"], str(h["steps"]), str(h["restarts"]),
-                                   "yes" if h["random_start"] else "no"]
+                assert row[:6] == [
+                    label,
+                    h["attack"],
+                    h["norm"],
+                    str(h["steps"]),
+                    str(h["restarts"]),
+                    "yes" if h["random_start"] else "no",
+                ]
             assert float(row[-2]) == pytest.approx(h["eps"]) and float(row[-1]) == pytest.approx(h["alpha"], rel=1e-3)
     for label, h in metrics["check_attacks"].items():  # the sanity checks' attacks, at the training ε only
         row = next(body)
-        assert row[:6] == [label, h["attack"], h["norm"], str(h["steps"]), str(h["restarts"]),
-                           "yes" if h["random_start"] else "no"]
+        assert row[:6] == [
+            label,
+            h["attack"],
+            h["norm"],
+            str(h["steps"]),
+            str(h["restarts"]),
+            "yes" if h["random_start"] else "no",
+        ]
         assert float(row[-2]) == pytest.approx(h["eps"])
         assert row[-1] == "—" if h["alpha"] is None else float(row[-1]) == pytest.approx(h["alpha"], rel=1e-3)
     assert next(body, None) is None
@@ -232,16 +256,19 @@ def test_report_tolerates_missing_and_null_numbers(tmp_path):
     assert "<td>—</td>" in text and "? test images" in text
 
 
-@pytest.mark.parametrize("corrupt, where", [
-    (lambda m: m["models"]["pgd"]["robust_accuracy"]["FGSM L∞"].pop(), "models.pgd.robust_accuracy['FGSM L∞']"),
-    (lambda m: m["models"]["pgd"].update(clean_accuracy="high"), "models.pgd.clean_accuracy"),
-    (lambda m: m["models"]["standard"].update(worst_case_accuracy=[None, "0.1"]), "models.standard.worst_case"),
-    (lambda m: m.update(eps_grid=[]), "eps_grid"),
-    (lambda m: m.update(models=["standard"]), "models"),
-    (lambda m: m.update(sanity_checks="all good"), "sanity_checks"),
-    (lambda m: m.update(attack_hyperparameters={"FGSM": 0.1}), "attack_hyperparameters"),
-    (lambda m: m.update(attacks={"FGSM L∞": "fgsm"}), "attacks"),
-])
+@pytest.mark.parametrize(
+    "corrupt, where",
+    [
+        (lambda m: m["models"]["pgd"]["robust_accuracy"]["FGSM L∞"].pop(), "models.pgd.robust_accuracy['FGSM L∞']"),
+        (lambda m: m["models"]["pgd"].update(clean_accuracy="high"), "models.pgd.clean_accuracy"),
+        (lambda m: m["models"]["standard"].update(worst_case_accuracy=[None, "0.1"]), "models.standard.worst_case"),
+        (lambda m: m.update(eps_grid=[]), "eps_grid"),
+        (lambda m: m.update(models=["standard"]), "models"),
+        (lambda m: m.update(sanity_checks="all good"), "sanity_checks"),
+        (lambda m: m.update(attack_hyperparameters={"FGSM": 0.1}), "attack_hyperparameters"),
+        (lambda m: m.update(attacks={"FGSM L∞": "fgsm"}), "attacks"),
+    ],
+)
 def test_malformed_metrics_raise_a_one_line_advlab_error(tmp_path, corrupt, where):
     metrics = make_fake_run(tmp_path, gallery=False)
     corrupt(metrics)
@@ -304,16 +331,27 @@ def test_pareto_frontier():
 
 def test_save_gallery_still_writes_a_png(tmp_path):
     x = torch.rand(2, 1, 28, 28)
-    path = save_gallery(tmp_path / "g.png", x, (x + 0.1).clamp(0, 1), torch.tensor([0, 1]), torch.randn(2, 10),
-                        torch.randn(2, 10), classes=[str(i) for i in range(10)], eps=0.1, title="t")
+    path = save_gallery(
+        tmp_path / "g.png",
+        x,
+        (x + 0.1).clamp(0, 1),
+        torch.tensor([0, 1]),
+        torch.randn(2, 10),
+        torch.randn(2, 10),
+        classes=[str(i) for i in range(10)],
+        eps=0.1,
+        title="t",
+    )
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
 # ------------------------------------------------------------------------------------------- real browser
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium); "
-                                    "the report's browser check needs a real headless browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium on PATH (apt-get install chromium); the report's browser check needs a real headless browser",
+)
 
 
 class _DevTools:
@@ -329,11 +367,27 @@ class _DevTools:
             os.dup2(from_browser, 4)
 
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={user_data_dir}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=False, preexec_fn=wire_fds, start_new_session=True)  # own group: killed as one in close()
+            [
+                CHROMIUM,
+                "--headless",
+                "--remote-debugging-pipe",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={user_data_dir}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=False,
+            preexec_fn=wire_fds,
+            start_new_session=True,
+        )  # own group: killed as one in close()
         os.close(to_browser)
         os.close(from_browser)
 
@@ -399,10 +453,16 @@ def load_in_chromium(page: Path, tmp_path: Path) -> tuple[list[int], list[str], 
             browser.call(f"{domain}.enable", session=session)
         browser.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
         browser.wait_for("Page.loadEventFired")
-        widths = browser.call("Runtime.evaluate", {
-            "expression": "Promise.all(Array.from(document.images).filter(i => !i.closest('#explorer')).map("
-                          "i => i.decode().then(() => i.complete ? i.naturalWidth : 0, () => 0)))",
-            "awaitPromise": True, "returnByValue": True}, session=session)["result"]["value"]
+        widths = browser.call(
+            "Runtime.evaluate",
+            {
+                "expression": "Promise.all(Array.from(document.images).filter(i => !i.closest('#explorer')).map("
+                "i => i.decode().then(() => i.complete ? i.naturalWidth : 0, () => 0)))",
+                "awaitPromise": True,
+                "returnByValue": True,
+            },
+            session=session,
+        )["result"]["value"]
         errors, fetched = [], []
         for event in browser.events:
             method, params = event.get("method"), event.get("params", {})
@@ -432,8 +492,11 @@ def test_report_renders_in_chromium(built, tmp_path):
 def test_chromium_check_catches_broken_pages(tmp_path):
     """The harness itself: a console error, a thrown exception and an image that fails to load are all seen."""
     page = tmp_path / "broken.html"
-    page.write_text("<!DOCTYPE html><img src='missing.png'><img src='data:image/png;base64,AAAA'>"
-                    "<script>console.error('boom'); throw new Error('bang')</script>", encoding="utf-8")
+    page.write_text(
+        "<!DOCTYPE html><img src='missing.png'><img src='data:image/png;base64,AAAA'>"
+        "<script>console.error('boom'); throw new Error('bang')</script>",
+        encoding="utf-8",
+    )
     widths, errors, _ = load_in_chromium(page, tmp_path)
     assert widths == [0, 0]
     assert any("boom" in e for e in errors) and any("bang" in e or "Uncaught" in e for e in errors)
@@ -442,29 +505,39 @@ def test_chromium_check_catches_broken_pages(tmp_path):
 def test_story_repeats_the_model_checks_warnings(tmp_path):
     metrics = make_fake_run(tmp_path, gallery=False)
     assert "model checks warn" not in story(metrics)
-    metrics["models"]["fgsm"]["model_flags"] = [{"flag": "zero-gradients", "numbers": {"images": 7, "of": 400},
-                                                "message": "the input gradient is zero on 7 of 400 images"}]
-    assert ("The model checks warn about fast FGSM AT: the input gradient is zero on 7 of 400 images."
-            in story(metrics))
+    metrics["models"]["fgsm"]["model_flags"] = [
+        {
+            "flag": "zero-gradients",
+            "numbers": {"images": 7, "of": 400},
+            "message": "the input gradient is zero on 7 of 400 images",
+        }
+    ]
+    assert "The model checks warn about fast FGSM AT: the input gradient is zero on 7 of 400 images." in story(metrics)
 
 
 def test_the_arms_race_section_shows_the_collapse_and_what_resists(tmp_path):
     metrics = make_fake_run(tmp_path, gallery=False)
     text = build_report(tmp_path).read_text(encoding="utf-8")
     assert (tmp_path / "figures" / "arms_race.png").is_file()
-    section = text[text.index("7. The arms race"):]
+    section = text[text.index("7. The arms race") :]
     # JPEG looked 88.7% robust to the naive attack; BPDA brings it to 5.7%, 3.3 points from the undefended 2.4%.
-    assert "no real gain: the adaptive attack brings it to 5.7%, 3.3 points from the undefended model at 2.4%; " \
-           "the naive evaluation overstated it by 83.0 points" in section
+    assert (
+        "no real gain: the adaptive attack brings it to 5.7%, 3.3 points from the undefended model at 2.4%; "
+        "the naive evaluation overstated it by 83.0 points" in section
+    )
     assert "unreliable: the checks find zero or non-finite gradients through the defense" in section
     # 1-bit binarization really resists at ε = 0.1: said so, with the reason, not forced.
-    assert "resists the adaptive attack: 47.3 points above the undefended model. Why: only 3.1% of the " \
-           "pixels of these images lie within ε = 0.1 of a rounding threshold" in section
+    assert (
+        "resists the adaptive attack: 47.3 points above the undefended model. Why: only 3.1% of the "
+        "pixels of these images lie within ε = 0.1 of a rounding threshold" in section
+    )
     assert "the price is 9.4 points of clean accuracy" in section
     # The trained model: the wrapper adds only noise to its adaptive robust accuracy.
     assert "PGD-10 AT's adaptive robust accuracy differs from its undefended self's by +0.7 to +0.7 points" in section
-    assert "Behind jpeg quality=75, the standard model looks 88.7% robust to a naive attack, but an adaptive one " \
-           "(PGD-20 L∞ BPDA) brings it to 5.7%" in story(metrics)
+    assert (
+        "Behind jpeg quality=75, the standard model looks 88.7% robust to a naive attack, but an adaptive one "
+        "(PGD-20 L∞ BPDA) brings it to 5.7%" in story(metrics)
+    )
     # Strings from the file are escaped here too.
     metrics["arms_race"]["rows"][1]["adaptive_attack"] = "<script>alert(1)</script>"
     write_json(tmp_path / "metrics.json", metrics)

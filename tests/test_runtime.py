@@ -158,9 +158,17 @@ def test_cuda_evaluation_matches_its_fp32_judgement(trained_model, fashion_test)
 
     model = trained_model.to("cuda")
     try:
-        results = {precision: evaluate(model, fashion_test, attacks=[parse_attack("pgd10")], eps=[0.1], progress=False,
-                                       runtime=Runtime(device="cuda", precision=precision))
-                   for precision in ("fp32", "bf16", "fp16")}
+        results = {
+            precision: evaluate(
+                model,
+                fashion_test,
+                attacks=[parse_attack("pgd10")],
+                eps=[0.1],
+                progress=False,
+                runtime=Runtime(device="cuda", precision=precision),
+            )
+            for precision in ("fp32", "bf16", "fp16")
+        }
     finally:
         trained_model.to("cpu")
     assert len({r.clean_accuracy for r in results.values()}) == 1  # judged in fp32 every time

@@ -113,8 +113,15 @@ class _Spy(nn.Module):
 def test_every_l2_query_lies_on_the_ball_in_range():
     spy, x = _Spy(), _images(6, 3, 10, seed=3)
     eps = 1.0
-    square(spy, x, torch.zeros(6, dtype=torch.long), eps=eps, norm="l2", steps=30,
-           generator=torch.Generator().manual_seed(0))
+    square(
+        spy,
+        x,
+        torch.zeros(6, dtype=torch.long),
+        eps=eps,
+        norm="l2",
+        steps=30,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(spy.seen) == 2 + 30  # the clean pass, the start, one query per step
     for query in spy.seen[1:]:
         verify_adversarial(x, query, eps, "l2")
@@ -129,7 +136,7 @@ def _square_fits(change: torch.Tensor, perturbation: torch.Tensor, side: int, ep
     for top in range(h - side + 1):
         for left in range(w - side + 1):
             window = torch.zeros(h, w, dtype=torch.bool)
-            window[top:top + side, left:left + side] = True
+            window[top : top + side, left : left + side] = True
             inside = perturbation[:, :, window]  # (N, C, side²)
             constant = (inside - inside[:, :, :1]).abs().amax(dim=(1, 2)) < 1e-6
             full = ((inside.abs() - eps).abs() < 1e-6).flatten(1).all(dim=1)
@@ -164,7 +171,7 @@ def test_p_schedule_halves_at_the_reference_points():
         assert p_schedule(0, queries) == P_INIT
         for halvings, point in enumerate([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000]):
             last = max(i for i in range(queries) if int(i / queries * 10_000) <= point)  # rescales to ≤ point
-            assert p_schedule(last, queries) == P_INIT / 2 ** halvings
+            assert p_schedule(last, queries) == P_INIT / 2**halvings
             assert p_schedule(last + 1, queries) == P_INIT / 2 ** (halvings + 1)
         assert p_schedule(queries - 1, queries) == P_INIT / 512
     assert p_schedule(1, 1000) == 0.8 and p_schedule(2, 1000) == 0.4 and p_schedule(801, 1000) == 0.8 / 512
@@ -187,11 +194,19 @@ def test_same_seed_same_result(norm, eps):
     assert not torch.equal(first, x)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"steps": 0}, "steps"), ({"steps": -5}, "steps"), ({"restarts": 0}, "restarts"),
-    ({"targeted": True}, "untargeted"), ({"loss": "hinge"}, "loss"), ({"p_init": 0.0}, "p_init"),
-    ({"eps": 2.0}, "eps"), ({"flat": True}, "shape"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": -5}, "steps"),
+        ({"restarts": 0}, "restarts"),
+        ({"targeted": True}, "untargeted"),
+        ({"loss": "hinge"}, "loss"),
+        ({"p_init": 0.0}, "p_init"),
+        ({"eps": 2.0}, "eps"),
+        ({"flat": True}, "shape"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     model, x = _linear(0), _images(4, 1, 8, seed=0)
     y = _predict(model, x)

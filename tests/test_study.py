@@ -5,15 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY_MODELS, tiny_config
 
 from advlab.cli import main
 from advlab.errors import AdvlabError
 from advlab.study import collect_metrics, load_study_config, run_study
-from conftest import TINY_MODELS, tiny_config
+
 
 def _accuracies(metrics: dict) -> dict:
-    return {name: (m["clean_accuracy"], m["robust_accuracy"], m["worst_case_accuracy"],
-                   [e.get("val_robust_acc") for e in m["epochs"]]) for name, m in metrics["models"].items()}
+    return {
+        name: (
+            m["clean_accuracy"],
+            m["robust_accuracy"],
+            m["worst_case_accuracy"],
+            [e.get("val_robust_acc") for e in m["epochs"]],
+        )
+        for name, m in metrics["models"].items()
+    }
 
 
 def test_study_writes_everything(tiny_study):
@@ -35,12 +43,19 @@ def test_study_writes_everything(tiny_study):
         assert model["worst_case_all_attacks"]["accuracy"] <= model["worst_case_accuracy"][1]
     # Every extra attack is stated with its hyperparameters; doubled PGD keeps the step size of PGD-5.
     extra = metrics["check_attacks"]
-    assert {"PGD-10×2 L∞ (sanity check)", "APGD-DLR-20 L∞ (sanity check)", "Square-300 L∞ (sanity check)",
-            "noise L∞ (sanity check)", "PGD-5 L∞ transfer (sanity check)", "PGD-50 L∞ targeted (gallery)",
-            "APGD-CE-50 L∞ (suite, on what the study's attacks left)",
-            "APGD-T-50 L∞ top-3 (suite, on what the study's attacks left)"} == set(extra)
-    assert extra["PGD-10×2 L∞ (sanity check)"]["alpha"] == pytest.approx(metrics["attack_hyperparameters"]
-                                                                        ["PGD-5 L∞"][1]["alpha"])
+    assert {
+        "PGD-10×2 L∞ (sanity check)",
+        "APGD-DLR-20 L∞ (sanity check)",
+        "Square-300 L∞ (sanity check)",
+        "noise L∞ (sanity check)",
+        "PGD-5 L∞ transfer (sanity check)",
+        "PGD-50 L∞ targeted (gallery)",
+        "APGD-CE-50 L∞ (suite, on what the study's attacks left)",
+        "APGD-T-50 L∞ top-3 (suite, on what the study's attacks left)",
+    } == set(extra)
+    assert extra["PGD-10×2 L∞ (sanity check)"]["alpha"] == pytest.approx(
+        metrics["attack_hyperparameters"]["PGD-5 L∞"][1]["alpha"]
+    )
     assert metrics["n_eval"] == 60
 
 
@@ -220,13 +235,24 @@ def _check_inputs(fgsm=(0.9, 0.5, 0.05), pgd=(0.9, 0.4, 0.0), before=0.4, double
     from advlab.checks import sanity_checks
 
     worst = [min(a, b) for a, b in zip(fgsm, pgd)]
-    metrics = {"eps_grid": [0.0, 0.1, 0.3], "chance_accuracy": 0.1,
-               "models": {"m": {"robust_accuracy": {"FGSM L∞": list(fgsm), "PGD-20 L∞": list(pgd)},
-                                "worst_case_accuracy": worst}}}
-    checks = {"m": {"eps": 0.1, "n": 500, "pgd": {"label": "PGD-20 L∞", "accuracy": pgd[1]},
-                    "worst_case": {"accuracy": before}, "pgd_doubled": {"label": "PGD-40×2 L∞", "accuracy": doubled},
-                    "noise": {"label": "noise L∞", "accuracy": noise},
-                    "transfer": {"surrogate": "standard", "label": "PGD-20 L∞", "accuracy": transfer}}}
+    metrics = {
+        "eps_grid": [0.0, 0.1, 0.3],
+        "chance_accuracy": 0.1,
+        "models": {
+            "m": {"robust_accuracy": {"FGSM L∞": list(fgsm), "PGD-20 L∞": list(pgd)}, "worst_case_accuracy": worst}
+        },
+    }
+    checks = {
+        "m": {
+            "eps": 0.1,
+            "n": 500,
+            "pgd": {"label": "PGD-20 L∞", "accuracy": pgd[1]},
+            "worst_case": {"accuracy": before},
+            "pgd_doubled": {"label": "PGD-40×2 L∞", "accuracy": doubled},
+            "noise": {"label": "noise L∞", "accuracy": noise},
+            "transfer": {"surrogate": "standard", "label": "PGD-20 L∞", "accuracy": transfer},
+        }
+    }
     return {row["check"]: row for row in sanity_checks(metrics, checks)}
 
 
@@ -259,15 +285,23 @@ def test_the_most_robust_model_is_chosen_by_the_worst_case_over_every_attack():
     from advlab.results import best_robust_model
 
     def model(clean, pgd, worst, everything=None):
-        entry = {"clean_accuracy": clean, "robust_accuracy": {"PGD-20 L∞": [clean, pgd]},
-                 "worst_case_accuracy": [clean, worst]}
+        entry = {
+            "clean_accuracy": clean,
+            "robust_accuracy": {"PGD-20 L∞": [clean, pgd]},
+            "worst_case_accuracy": [clean, worst],
+        }
         return {**entry, "worst_case_all_attacks": {"accuracy": everything}} if everything is not None else entry
 
-    metrics = {"eps_grid": [0.0, 0.1], "train_eps": 0.1, "models": {
-        "standard": model(0.92, 0.9, 0.9, 0.9),  # an impossible standard model that "wins": still not chosen
-        "a": model(0.90, 0.70, 0.60, 0.50),  # best PGD-20 and clean, but the checks' attacks break it
-        "b": model(0.85, 0.65, 0.62, 0.58),  # the best worst case over every attack
-        "c": model(0.80, 0.66, 0.55)}}  # no check attacks recorded: its study worst case counts
+    metrics = {
+        "eps_grid": [0.0, 0.1],
+        "train_eps": 0.1,
+        "models": {
+            "standard": model(0.92, 0.9, 0.9, 0.9),  # an impossible standard model that "wins": still not chosen
+            "a": model(0.90, 0.70, 0.60, 0.50),  # best PGD-20 and clean, but the checks' attacks break it
+            "b": model(0.85, 0.65, 0.62, 0.58),  # the best worst case over every attack
+            "c": model(0.80, 0.66, 0.55),
+        },
+    }  # no check attacks recorded: its study worst case counts
     assert best_robust_model(metrics) == "b"
     metrics["models"]["c"]["worst_case_accuracy"][1] = 0.61  # now above b's 0.58 over every attack
     assert best_robust_model(metrics) == "c"

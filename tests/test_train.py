@@ -7,19 +7,30 @@ import json
 
 import pytest
 import torch
+from conftest import have_fashion_mnist
 
 from advlab.errors import AdvlabError
-from conftest import have_fashion_mnist
 from advlab.evaluate import clean_accuracy
 from advlab.runs import load_checkpoint, load_tensors, read_json
 from advlab.train import METHODS, TrainConfig, load_config, train
 
-pytestmark = pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST not found ($ADVLAB_DATA, cache, "
-                                "or Debian's dataset-fashion-mnist)")
+pytestmark = pytest.mark.skipif(
+    not have_fashion_mnist(), reason="Fashion-MNIST not found ($ADVLAB_DATA, cache, or Debian's dataset-fashion-mnist)"
+)
 
 # Tiny but real: 1,200 Fashion-MNIST images, 2 passes, short attacks. Seconds per method on 2 cores.
-TINY = dict(train_size=1200, val_size=200, check_examples=100, check_steps=5, batch_size=50, epochs=2, steps=2,
-            schedule="constant", lr=3e-3, eps=0.15)
+TINY = dict(
+    train_size=1200,
+    val_size=200,
+    check_examples=100,
+    check_steps=5,
+    batch_size=50,
+    epochs=2,
+    steps=2,
+    schedule="constant",
+    lr=3e-3,
+    eps=0.15,
+)
 
 
 def tiny(method: str = "standard", **changes) -> TrainConfig:
@@ -71,7 +82,9 @@ def test_every_method_learns(trained, method):
         assert 0 <= r["val_robust_acc"] <= r["val_clean_acc"] + 0.05  # robust ≤ clean, up to sampling
         no_bound = certified and r["eps"] == 0  # ibp's clean warm-up has no bounds to be verified by
         assert (r["train_adv_acc"] is None) == (method in ("standard", "gradreg", "gaussian") or no_bound)
-        assert (r["train_clean_acc"] is None) == (method in ("fgsm", "nfgsm", "gradalign", "pgd", "free"))  # no extra forward pass
+        assert (r["train_clean_acc"] is None) == (
+            method in ("fgsm", "nfgsm", "gradalign", "pgd", "free")
+        )  # no extra forward pass
 
 
 def test_adversarial_training_beats_standard(trained):
@@ -107,8 +120,17 @@ def test_free_perturbation_stays_in_the_ball(trained):
 
 def test_run_folder_and_checkpoints(trained):
     folder, summary = trained["pgd"]
-    for name in ("config.json", "model.safetensors", "model.json", "best.safetensors", "best.json",
-                 "metrics.jsonl", "metrics.csv", "state.safetensors", "summary.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "model.json",
+        "best.safetensors",
+        "best.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "state.safetensors",
+        "summary.json",
+    ):
         assert (folder / name).is_file(), name
     with open(folder / "metrics.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
@@ -130,7 +152,7 @@ def test_run_folder_and_checkpoints(trained):
     # ... and the same logits as the weights in the resume state.
     state = tensors(folder / "state.safetensors")
     twin, _ = load_checkpoint(folder / "model.safetensors")
-    twin.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    twin.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(x), twin(x))
@@ -144,8 +166,15 @@ def test_run_folder_and_checkpoints(trained):
 
 @pytest.mark.parametrize("method, optimizer", [("fgsm", "adam"), ("free", "sgd"), ("trades", "sgd")])
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, method, optimizer):
-    config = tiny(method, optimizer=optimizer, lr=0.02 if optimizer == "sgd" else 3e-3, train_size=200, epochs=3,
-                  schedule="onecycle", eps_warmup_epochs=1.5 if method != "free" else 3.0)
+    config = tiny(
+        method,
+        optimizer=optimizer,
+        lr=0.02 if optimizer == "sgd" else 3e-3,
+        train_size=200,
+        epochs=3,
+        schedule="onecycle",
+        eps_warmup_epochs=1.5 if method != "free" else 3.0,
+    )
     whole = train(config, tmp_path / "whole", progress=False)
     part = train(config, tmp_path / "part", progress=False, stop_after_epochs=1)
     assert part["epochs_completed"] == 1 and not part["finished"]
@@ -165,14 +194,29 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, method, optimize
 # -------------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("change, words", [
-    (dict(eps=-0.1), "eps"), (dict(eps=1.5), "eps"), (dict(alpha=-0.01), "alpha"), (dict(steps=0), "steps"),
-    (dict(beta=-1.0), "beta"), (dict(method="nope"), "unknown method"), (dict(optimizer="lbfgs"), "optimizer"),
-    (dict(schedule="cosine"), "schedule"), (dict(model="vgg"), "unknown model"), (dict(epochs=0), "epochs"),
-    (dict(batch_size=0), "batch_size"), (dict(lr=0.0), "lr"), (dict(steps=2.5), "steps"),
-    (dict(eps="0.1"), "eps"), (dict(replays=0), "replays"), (dict(dataset="imagenet"), "data set"),
-    (dict(eps_warmup_epochs=20.0), "eps_warmup_epochs"), (dict(random_start=1), "random_start"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(eps=-0.1), "eps"),
+        (dict(eps=1.5), "eps"),
+        (dict(alpha=-0.01), "alpha"),
+        (dict(steps=0), "steps"),
+        (dict(beta=-1.0), "beta"),
+        (dict(method="nope"), "unknown method"),
+        (dict(optimizer="lbfgs"), "optimizer"),
+        (dict(schedule="cosine"), "schedule"),
+        (dict(model="vgg"), "unknown model"),
+        (dict(epochs=0), "epochs"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=0.0), "lr"),
+        (dict(steps=2.5), "steps"),
+        (dict(eps="0.1"), "eps"),
+        (dict(replays=0), "replays"),
+        (dict(dataset="imagenet"), "data set"),
+        (dict(eps_warmup_epochs=20.0), "eps_warmup_epochs"),
+        (dict(random_start=1), "random_start"),
+    ],
+)
 def test_bad_options_fail_with_one_line(change, words):
     with pytest.raises(AdvlabError, match=words) as info:
         TrainConfig(**change)
@@ -210,7 +254,11 @@ def test_shipped_recipes_load():
     assert (madry.model, madry.steps, madry.alpha, madry.eps, madry.batch_size) == ("madry_cnn", 40, 0.01, 0.3, 50)
     assert (mnist_quick.method, mnist_quick.model, mnist_quick.dataset) == ("fgsm", "wong_mnist", "mnist")
     assert mnist_quick.clip_start is False and mnist_quick.epochs == 10  # Wong et al.'s recipe as their code has it
-    with pytest.raises(AdvlabError, match="unknown train preset 'huge'; choose one of: cifar10-fast, cifar10-pgd, full, madry-mnist, mnist-quick, quick"):
+    with pytest.raises(
+        AdvlabError,
+        match="unknown train preset 'huge'; choose one of: cifar10-fast, cifar10-pgd, full, madry-mnist, mnist-quick, "
+        "quick",
+    ):
         load_config(preset="huge")
 
 
@@ -227,8 +275,10 @@ def test_run_folder_refusals_come_before_training(tmp_path):
     # --overwrite starts afresh; the same seed gives the same weights.
     again = train(config, tmp_path / "run", progress=False, overwrite=True)
     assert again["val_clean_accuracy"] == first["val_clean_accuracy"]
-    assert same_tensors(tensors(tmp_path / "run" / "model.safetensors"),
-                        {k: v for k, v in load_tensors_from(before["model.safetensors"]).items()})
+    assert same_tensors(
+        tensors(tmp_path / "run" / "model.safetensors"),
+        {k: v for k, v in load_tensors_from(before["model.safetensors"]).items()},
+    )
     # A folder with nothing in it resumes by starting afresh.
     assert train(config, tmp_path / "empty", progress=False, resume=True)["epochs_completed"] == 1
 

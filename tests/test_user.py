@@ -23,7 +23,7 @@ from advlab.data.user import load_user_data
 ROOT = Path(__file__).resolve().parents[1]
 ADVLAB = Path(sys.executable).parent / "advlab"
 
-NETS = '''
+NETS = """
 import torch
 from torch import nn
 
@@ -55,7 +55,7 @@ class Noisy(nn.Sequential):
 
 def noisy(width=4):  # build's layers and keys, and a random forward pass
     return Noisy(nn.Conv2d(3, width, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3))
-'''
+"""
 
 
 def _readme_blocks() -> tuple[str, str, str]:
@@ -74,8 +74,9 @@ def test_the_readme_example_runs_and_measures_the_model_on_those_images(tmp_path
     subprocess.run([sys.executable, "make.py"], cwd=tmp_path, check=True, capture_output=True, timeout=300)
     command = shell.replace("\\\n", " ").strip()
     assert command.startswith("advlab evaluate ")
-    done = subprocess.run(f"{ADVLAB}{command[len('advlab'):]}", shell=True, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        f"{ADVLAB}{command[len('advlab') :]}", shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     saved = json.loads((tmp_path / "eval.json").read_text())
     source = saved["model_source"]
@@ -159,8 +160,9 @@ def _evaluate(*extra):
 
 def test_a_user_model_on_a_folder_and_on_the_same_images_as_npz(user, capsys):
     folder, package, model = user
-    base = _evaluate("--model-from", f"{package}.nets:build", "--weights", "w.safetensors", "--model-args",
-                     '{"width": 4}')
+    base = _evaluate(
+        "--model-from", f"{package}.nets:build", "--weights", "w.safetensors", "--model-args", '{"width": 4}'
+    )
     code, _, err = _run([*base, "--data", "folder:img", "--out", "a.json"], capsys)
     assert code == 0, err
     first = json.loads((folder / "a.json").read_text())
@@ -176,8 +178,9 @@ def test_a_user_model_on_a_folder_and_on_the_same_images_as_npz(user, capsys):
         assert again["clean_accuracy"] == first["clean_accuracy"]
         assert again["robust_accuracy"] == first["robust_accuracy"]  # the same pixels, the same seed: the same numbers
     # A .py path works as well as a dotted module.
-    code, _, err = _run(_evaluate("--model-from", "nets.py:build", "--weights", "w.safetensors", "--data", "folder:img"),
-                        capsys)
+    code, _, err = _run(
+        _evaluate("--model-from", "nets.py:build", "--weights", "w.safetensors", "--data", "folder:img"), capsys
+    )
     assert code == 0, err
 
 
@@ -192,8 +195,9 @@ def test_normalize_puts_the_users_normalization_in_front(user, capsys):
     save_file(shifted, folder / "n.safetensors")
     base = _evaluate("--model-from", f"{package}.nets:build", "--data", "folder:img")
     code, _, _ = _run([*base, "--weights", "w.safetensors", "--out", "plain.json"], capsys)
-    code2, _, err = _run([*base, "--weights", "n.safetensors", "--normalize", "0.2,0.5,0.8,0.25,0.5,0.25",
-                          "--out", "norm.json"], capsys)
+    code2, _, err = _run(
+        [*base, "--weights", "n.safetensors", "--normalize", "0.2,0.5,0.8,0.25,0.5,0.25", "--out", "norm.json"], capsys
+    )
     assert code == code2 == 0, err
     plain, norm = (json.loads((folder / f).read_text()) for f in ("plain.json", "norm.json"))
     assert norm["clean_accuracy"] == plain["clean_accuracy"] == 1.0
@@ -204,22 +208,31 @@ def test_normalize_puts_the_users_normalization_in_front(user, capsys):
     _refused([*base, "--weights", "n.safetensors", "--normalize", "0.5,0.5,0.5,0.5"], capsys, "cannot take")
 
 
-@pytest.mark.parametrize("flags, needles", [
-    (["--model-from", "{pkg}.nets:probabilities", "--weights", "prob.safetensors"],
-     ["returns probabilities", "drop the final softmax"]),
-    (["--model-from", "{pkg}.nets:flat", "--model-args", '{{"size": 6}}', "--weights", "flat6.safetensors"],
-     ["cannot take", "3×8×8 images", "--image-size"]),
-    (["--model-from", "{pkg}.nets:broken"], ["raised ValueError: width must be even"]),
-    (["--model-from", "{pkg}.nets:missing"], ["has no 'missing'"]),
-    (["--model-from", "{pkg}.nets:not_a_model"], ["returned int, not a torch.nn.Module"]),
-    (["--model-from", "nowhere_at_all.nets:build"], ["cannot import nowhere_at_all.nets", "ModuleNotFoundError"]),
-    (["--model-from", "{pkg}.nets:build", "--model-args", "{{width: 4}}"], ["--model-args must be a JSON object"]),
-    (["--model-from", "{pkg}.nets:build", "--model-args", '{{"width": 5}}'],
-     ["0.bias has shape (4,) but the model declares (5,)", "--model-args"]),
-    (["--model-from", "{pkg}.nets:build", "--normalize", "0.5"], ["--normalize takes MEAN,STD"]),
-    (["--model-from", "{pkg}.nets:build", "--normalize", "0.5,0"], ["every std must be above 0"]),
-    (["--model-from", "{pkg}.nets"], ["--model-from must be MODULE:FACTORY"]),
-])
+@pytest.mark.parametrize(
+    "flags, needles",
+    [
+        (
+            ["--model-from", "{pkg}.nets:probabilities", "--weights", "prob.safetensors"],
+            ["returns probabilities", "drop the final softmax"],
+        ),
+        (
+            ["--model-from", "{pkg}.nets:flat", "--model-args", '{{"size": 6}}', "--weights", "flat6.safetensors"],
+            ["cannot take", "3×8×8 images", "--image-size"],
+        ),
+        (["--model-from", "{pkg}.nets:broken"], ["raised ValueError: width must be even"]),
+        (["--model-from", "{pkg}.nets:missing"], ["has no 'missing'"]),
+        (["--model-from", "{pkg}.nets:not_a_model"], ["returned int, not a torch.nn.Module"]),
+        (["--model-from", "nowhere_at_all.nets:build"], ["cannot import nowhere_at_all.nets", "ModuleNotFoundError"]),
+        (["--model-from", "{pkg}.nets:build", "--model-args", "{{width: 4}}"], ["--model-args must be a JSON object"]),
+        (
+            ["--model-from", "{pkg}.nets:build", "--model-args", '{{"width": 5}}'],
+            ["0.bias has shape (4,) but the model declares (5,)", "--model-args"],
+        ),
+        (["--model-from", "{pkg}.nets:build", "--normalize", "0.5"], ["--normalize takes MEAN,STD"]),
+        (["--model-from", "{pkg}.nets:build", "--normalize", "0.5,0"], ["every std must be above 0"]),
+        (["--model-from", "{pkg}.nets"], ["--model-from must be MODULE:FACTORY"]),
+    ],
+)
 def test_bad_user_models_are_refused_in_one_line(user, capsys, flags, needles):
     folder, package, _ = user
     flags = [f.format(pkg=package) for f in flags]
@@ -273,10 +286,14 @@ def test_image_folders_convert_or_refuse_as_documented(tmp_path, capsys):
     assert resized.tensors()[0].shape == (2, 3, 12, 12)
     cases = {
         "empty class": (lambda r: (_image(r / "a" / "0.png", "RGB"), (r / "b").mkdir()), "has no images"),
-        "corrupt": (lambda r: (r / "a").mkdir(parents=True) or (r / "a" / "0.png").write_bytes(b"\x89PNG broken"),
-                    "cannot read image"),
-        "stray file": (lambda r: (_image(r / "a" / "0.png", "RGB"), (r / "a" / "notes.txt").write_text("hi")),
-                       "not a PNG or JPEG"),
+        "corrupt": (
+            lambda r: (r / "a").mkdir(parents=True) or (r / "a" / "0.png").write_bytes(b"\x89PNG broken"),
+            "cannot read image",
+        ),
+        "stray file": (
+            lambda r: (_image(r / "a" / "0.png", "RGB"), (r / "a" / "notes.txt").write_text("hi")),
+            "not a PNG or JPEG",
+        ),
         "transparent": (lambda r: _image(r / "a" / "0.png", "RGBA"), "transparent pixels"),
         "16-bit": (lambda r: _image(r / "a" / "0.png", "I;16"), "more than 8 bits"),
         "no classes": (lambda r: r.mkdir(), "no class subfolders"),
@@ -307,8 +324,7 @@ def test_npz_files_convert_or_refuse_as_documented(tmp_path, capsys):
         np.savez(tmp_path / f"{name}.npz", **arrays)
         _refused(["evaluate", "runs/none", "--data", f"npz:{tmp_path / name}.npz", "--eps", "0.1"], capsys, needle)
     (tmp_path / "text.npz").write_text("hello")
-    _refused(["evaluate", "runs/none", "--data", f"npz:{tmp_path / 'text.npz'}", "--eps", "0.1"], capsys,
-             "cannot read")
+    _refused(["evaluate", "runs/none", "--data", f"npz:{tmp_path / 'text.npz'}", "--eps", "0.1"], capsys, "cannot read")
     _refused(["evaluate", "runs/none", "--data", "csv:x", "--eps", "0.1"], capsys, "folder:PATH or npz:PATH")
     _refused(["evaluate", "runs/none", "--data", "folder:x", "--dataset", "mnist", "--eps", "0.1"], capsys, "not both")
 
@@ -331,7 +347,9 @@ def test_attack_and_certify_run_the_model_checks_on_a_user_model_first(user, cap
     # The same model without the noise: no note that it is random.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, _, err = _run(["attack", *base[:1], f"{package}.nets:build", *base[2:], "--eps", "0.1", "--n", "4",
-                             "--out", "adv2"], capsys)
+        code, _, err = _run(
+            ["attack", *base[:1], f"{package}.nets:build", *base[2:], "--eps", "0.1", "--n", "4", "--out", "adv2"],
+            capsys,
+        )
     notes = [str(w.message) for w in caught if w.category is ModelFlagWarning]
     assert code == 0 and len(notes) == 1 and "differ" not in notes[0], notes

@@ -50,14 +50,29 @@ def strongest_pgd(attacks: Sequence[AttackSpec]) -> AttackSpec:
 
 def doubled(base: AttackSpec, eps: float) -> AttackSpec:
     """``base`` with twice the steps and restarts at the same step size α: more search, not a finer one."""
-    return dataclasses.replace(base, steps=2 * base.steps, restarts=2 * base.restarts,
-                               step_ratio=base.alpha(eps) / eps if eps > 0 else base.step_ratio)
+    return dataclasses.replace(
+        base,
+        steps=2 * base.steps,
+        restarts=2 * base.restarts,
+        step_ratio=base.alpha(eps) / eps if eps > 0 else base.step_ratio,
+    )
 
 
-def measure_checks(model: nn.Module, surrogate: nn.Module, data, *, base: AttackSpec, eps: float,
-                   survivors: torch.Tensor, suite: Sequence[AttackSpec] = (), dlr: AttackSpec | None = None,
-                   square: AttackSpec | None = None, seed: int = 0, runtime: Runtime | None = None,
-                   progress: bool = False) -> dict:
+def measure_checks(
+    model: nn.Module,
+    surrogate: nn.Module,
+    data,
+    *,
+    base: AttackSpec,
+    eps: float,
+    survivors: torch.Tensor,
+    suite: Sequence[AttackSpec] = (),
+    dlr: AttackSpec | None = None,
+    square: AttackSpec | None = None,
+    seed: int = 0,
+    runtime: Runtime | None = None,
+    progress: bool = False,
+) -> dict:
     """The extra attacks of the checks at ``eps``, on the images of ``data`` (an ImageData).
 
     ``survivors`` are the indices of the images the caller's own attacks left robust. The ``suite``'s
@@ -76,13 +91,27 @@ def measure_checks(model: nn.Module, surrogate: nn.Module, data, *, base: Attack
     if suite:
         start = time.perf_counter()
         if len(survivors):
-            result = evaluate(model, (x_all[survivors], y_all[survivors]), attacks=list(suite), eps=[eps], chain=True,
-                              seed=seed + 1, progress=progress, keep_per_example=True, runtime=runtime, checks=False)
+            result = evaluate(
+                model,
+                (x_all[survivors], y_all[survivors]),
+                attacks=list(suite),
+                eps=[eps],
+                chain=True,
+                seed=seed + 1,
+                progress=progress,
+                keep_per_example=True,
+                runtime=runtime,
+                checks=False,
+            )
             for attack in suite:
                 robust[survivors] &= result.per_example[f"{attack.label}@{eps:g}"]
-        numbers["suite"] = {"labels": [a.label for a in suite], "accuracy": robust.float().mean().item(),
-                            "hyperparameters": {a.label: a.hyperparameters(eps) for a in suite},
-                            "images": len(survivors), "seconds": time.perf_counter() - start}
+        numbers["suite"] = {
+            "labels": [a.label for a in suite],
+            "accuracy": robust.float().mean().item(),
+            "hyperparameters": {a.label: a.hyperparameters(eps) for a in suite},
+            "images": len(survivors),
+            "seconds": time.perf_counter() - start,
+        }
         survivors = robust.nonzero().squeeze(1)
     for key, attack in (("pgd_doubled", doubled(base, eps)), ("dlr", dlr), ("square", square)):
         if attack is None:
@@ -90,25 +119,55 @@ def measure_checks(model: nn.Module, surrogate: nn.Module, data, *, base: Attack
         kept = torch.zeros(n, dtype=torch.bool)
         start = time.perf_counter()
         if len(survivors):
-            result = evaluate(model, (x_all[survivors], y_all[survivors]), attacks=[attack], eps=[eps], seed=seed + 1,
-                              progress=progress, keep_per_example=True, runtime=runtime, checks=False)
+            result = evaluate(
+                model,
+                (x_all[survivors], y_all[survivors]),
+                attacks=[attack],
+                eps=[eps],
+                seed=seed + 1,
+                progress=progress,
+                keep_per_example=True,
+                runtime=runtime,
+                checks=False,
+            )
             kept[survivors] = result.per_example[f"{attack.label}@{eps:g}"]
         robust &= kept
-        numbers[key] = {"label": attack.label, "accuracy": kept.float().mean().item(),
-                        "hyperparameters": attack.hyperparameters(eps), "images": len(survivors),
-                        "seconds": time.perf_counter() - start}
+        numbers[key] = {
+            "label": attack.label,
+            "accuracy": kept.float().mean().item(),
+            "hyperparameters": attack.hyperparameters(eps),
+            "images": len(survivors),
+            "seconds": time.perf_counter() - start,
+        }
     noise = AttackSpec("noise", norm=base.norm)
-    result = evaluate(model, data, attacks=[noise], eps=[eps], seed=seed + 1, progress=progress,
-                      keep_per_example=True, runtime=runtime, checks=False)
+    result = evaluate(
+        model,
+        data,
+        attacks=[noise],
+        eps=[eps],
+        seed=seed + 1,
+        progress=progress,
+        keep_per_example=True,
+        runtime=runtime,
+        checks=False,
+    )
     noise_flags = result.per_example[f"{noise.label}@{eps:g}"]
     transfer = transfer_flags(model, surrogate, data, attack=base, eps=eps, seed=seed, runtime=runtime)
     robust &= noise_flags & transfer
-    return {**numbers,
-            "noise": {"label": noise.label, "accuracy": noise_flags.float().mean().item(),
-                      "hyperparameters": noise.hyperparameters(eps)},
-            "transfer": {"label": base.label, "accuracy": transfer.float().mean().item(),
-                         "hyperparameters": base.hyperparameters(eps)},
-            "robust_after_all": robust}
+    return {
+        **numbers,
+        "noise": {
+            "label": noise.label,
+            "accuracy": noise_flags.float().mean().item(),
+            "hyperparameters": noise.hyperparameters(eps),
+        },
+        "transfer": {
+            "label": base.label,
+            "accuracy": transfer.float().mean().item(),
+            "hyperparameters": base.hyperparameters(eps),
+        },
+        "robust_after_all": robust,
+    }
 
 
 # The bars of the checks, each with its reason.
@@ -140,8 +199,16 @@ def sanity_checks(metrics: dict, checks: dict[str, dict]) -> list[dict]:
 
         def add(check: str, passed: bool | None, detail: str, values: dict) -> None:
             status = "not applicable" if passed is None else "pass" if passed else "fail"
-            rows.append({"model": name, "check": check, "status": status,
-                         "passed": None if passed is None else bool(passed), "detail": detail, "numbers": values})
+            rows.append(
+                {
+                    "model": name,
+                    "check": check,
+                    "status": status,
+                    "passed": None if passed is None else bool(passed),
+                    "detail": detail,
+                    "numbers": values,
+                }
+            )
 
         def images(v: float) -> int:
             return round(v * n) if n else v
@@ -152,52 +219,86 @@ def sanity_checks(metrics: dict, checks: dict[str, dict]) -> list[dict]:
 
         # Strict: a tie means PGD found nothing FGSM did not, which a working gradient never allows; with
         # FGSM already at 0% there is nothing to beat.
-        add("iterative beats single-step", None if fgsm_acc == 0 else pgd_acc < fgsm_acc,
-            f"{pgd} {pct(pgd_acc)} < {fgsm} {pct(fgsm_acc)} at ε = {eps:g}" if fgsm_acc > 0 else
-            f"{fgsm} already breaks every image at ε = {eps:g}: nothing for PGD to beat", {pgd: pgd_acc, fgsm: fgsm_acc})
+        add(
+            "iterative beats single-step",
+            None if fgsm_acc == 0 else pgd_acc < fgsm_acc,
+            f"{pgd} {pct(pgd_acc)} < {fgsm} {pct(fgsm_acc)} at ε = {eps:g}"
+            if fgsm_acc > 0
+            else f"{fgsm} already breaks every image at ε = {eps:g}: nothing for PGD to beat",
+            {pgd: pgd_acc, fgsm: fgsm_acc},
+        )
         # Stronger attacks on what the study's attacks left robust: how far does the worst case still fall?
-        for key, check in (("pgd_doubled", "more steps and restarts change little"),
-                           ("dlr", "another loss (DLR) finds little more"),
-                           ("square", "the gradient-free attack finds little more")):
+        for key, check in (
+            ("pgd_doubled", "more steps and restarts change little"),
+            ("dlr", "another loss (DLR) finds little more"),
+            ("square", "the gradient-free attack finds little more"),
+        ):
             if key not in numbers:
                 continue
             after = numbers[key]["accuracy"]
             label = numbers[key]["label"]
             if before == 0:
-                add(check, None, f"the worst case is already 0% at ε = {eps:g}: nothing left to find", {"worst case": 0.0})
+                add(
+                    check,
+                    None,
+                    f"the worst case is already 0% at ε = {eps:g}: nothing left to find",
+                    {"worst case": 0.0},
+                )
                 continue
-            add(check, lost_to(after) < CHANGE_LITTLE - 1e-9,
+            add(
+                check,
+                lost_to(after) < CHANGE_LITTLE - 1e-9,
                 f"adding {label} takes the worst case from {pct(before)} to {pct(after)}: {points(before, after)} "
-                f"points (< {100 * CHANGE_LITTLE:g} needed)", {"worst case": before, f"+ {label}": after})
+                f"points (< {100 * CHANGE_LITTLE:g} needed)",
+                {"worst case": before, f"+ {label}": after},
+            )
         # Every attack's curve and the worst case: none may rise (a single-step attack whose accuracy rises with
         # ε overshoots into a flat region: masking), and the worst case must really fall.
         worst = model["worst_case_accuracy"]
         curves = {**model["robust_accuracy"], "worst case": worst}
-        rises = [(what, j) for what, curve in curves.items() for j in range(len(curve) - 1)
-                 if curve[j + 1] > curve[j] + 1e-9]
+        rises = [
+            (what, j) for what, curve in curves.items() for j in range(len(curve) - 1) if curve[j + 1] > curve[j] + 1e-9
+        ]
         values = {f"worst case at ε = {e:g}": w for e, w in zip(grid, worst)}
         if worst[0] == 0:
             add("accuracy falls as ε grows", None, f"the worst case is 0% already at ε = {grid[0]:g}", values)
         elif rises:
             what, j = rises[0]
             values.update({f"{what} at ε = {grid[k]:g}": curves[what][k] for k in (j, j + 1)})
-            add("accuracy falls as ε grows", False,
+            add(
+                "accuracy falls as ε grows",
+                False,
                 f"{what} rises from {pct(curves[what][j])} at ε = {grid[j]:g} to {pct(curves[what][j + 1])} at "
-                f"ε = {grid[j + 1]:g}" + (f" (and {len(rises) - 1} more rises)" if len(rises) > 1 else ""), values)
+                f"ε = {grid[j + 1]:g}" + (f" (and {len(rises) - 1} more rises)" if len(rises) > 1 else ""),
+                values,
+            )
         else:
             fell = worst[-1] <= (1 - REAL_FALL) * worst[0] + 1e-9
-            add("accuracy falls as ε grows", fell,
+            add(
+                "accuracy falls as ε grows",
+                fell,
                 f"the worst case goes from {pct(worst[0])} at ε = {grid[0]:g} to {pct(worst[-1])} at ε = {grid[-1]:g}, "
-                f"never rising" + ("" if fell else f"; a real fall loses at least {100 * REAL_FALL:g}% of it"), values)
-        add("reaches zero at large ε", worst[-1] <= NEAR_ZERO + 1e-9,
+                f"never rising" + ("" if fell else f"; a real fall loses at least {100 * REAL_FALL:g}% of it"),
+                values,
+            )
+        add(
+            "reaches zero at large ε",
+            worst[-1] <= NEAR_ZERO + 1e-9,
             f"{pct(worst[-1])} at ε = {grid[-1]:g} (at most {pct(NEAR_ZERO)} needed: almost every image broken)",
-            {"accuracy": worst[-1]})
+            {"accuracy": worst[-1]},
+        )
         noise = numbers["noise"]
-        add("random noise hurts less than PGD", noise["accuracy"] >= pgd_acc,
+        add(
+            "random noise hurts less than PGD",
+            noise["accuracy"] >= pgd_acc,
             f"{noise['label']} {pct(noise['accuracy'])} ≥ {pgd} {pct(pgd_acc)} at ε = {eps:g}",
-            {noise["label"]: noise["accuracy"], pgd: pgd_acc})
+            {noise["label"]: noise["accuracy"], pgd: pgd_acc},
+        )
         transfer = numbers["transfer"]
-        add("transfer attack weaker than white-box", transfer["accuracy"] >= pgd_acc,
+        add(
+            "transfer attack weaker than white-box",
+            transfer["accuracy"] >= pgd_acc,
             f"{pgd} from {transfer['surrogate']} {pct(transfer['accuracy'])} ≥ white-box {pct(pgd_acc)}",
-            {"transfer": transfer["accuracy"], "white-box": pgd_acc})
+            {"transfer": transfer["accuracy"], "white-box": pgd_acc},
+        )
     return rows

@@ -115,8 +115,10 @@ def start(device: str = "auto", backend: str = "auto") -> tuple[World | None, st
         raise AdvlabError(f"unknown --dist-backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not launched():
         if backend != "auto":
-            raise AdvlabError(f"--dist-backend {backend} needs several processes: start advlab with torchrun "
-                              "(torchrun --nproc_per_node=2 -m advlab ...)")
+            raise AdvlabError(
+                f"--dist-backend {backend} needs several processes: start advlab with torchrun "
+                "(torchrun --nproc_per_node=2 -m advlab ...)"
+            )
         return None, device
     try:
         rank, size, local_rank = (int(os.environ[key]) for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
@@ -125,16 +127,21 @@ def start(device: str = "auto", backend: str = "auto") -> tuple[World | None, st
     text = (device or "auto").strip().lower()
     wants_cuda = text.startswith("cuda") or (text == "auto" and torch.cuda.is_available() and backend != "gloo")
     if backend == "nccl" and not wants_cuda:
-        raise AdvlabError("--dist-backend nccl needs CUDA GPUs" + ("" if torch.cuda.is_available() else
-                          " and none is available here") + "; use --dist-backend gloo (or auto) on CPU")
+        raise AdvlabError(
+            "--dist-backend nccl needs CUDA GPUs"
+            + ("" if torch.cuda.is_available() else " and none is available here")
+            + "; use --dist-backend gloo (or auto) on CPU"
+        )
     if wants_cuda:
         if not torch.cuda.is_available():
             raise AdvlabError(f"--device {text}: no CUDA device is available here; use --device cpu (gloo)")
         if ":" in text:
             raise AdvlabError(f"--device {text}: under torchrun each rank takes cuda:LOCAL_RANK; say --device cuda")
         if local_rank >= torch.cuda.device_count():
-            raise AdvlabError(f"local rank {local_rank} but only {torch.cuda.device_count()} CUDA device(s) here: "
-                              "start at most that many processes per node (--nproc_per_node)")
+            raise AdvlabError(
+                f"local rank {local_rank} but only {torch.cuda.device_count()} CUDA device(s) here: "
+                "start at most that many processes per node (--nproc_per_node)"
+            )
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
         backend = "nccl" if backend == "auto" else backend

@@ -57,39 +57,61 @@ class EvalState:
         try:
             record = json.loads(metadata[self.KEY])
         except (KeyError, json.JSONDecodeError):
-            raise AdvlabError(f"{self.path} is not an evaluation state; delete it to start the evaluation "
-                              "afresh") from None
+            raise AdvlabError(
+                f"{self.path} is not an evaluation state; delete it to start the evaluation afresh"
+            ) from None
         check_fields(record, EvalProgress, what="evaluation state field", where=str(self.path))
         if record["fingerprint"] != self.fingerprint:
-            changed = sorted(k for k in set(record["fingerprint"]) | set(self.fingerprint)
-                             if record["fingerprint"].get(k) != self.fingerprint.get(k))
-            raise AdvlabError(f"{self.path} holds the state of another evaluation (its {', '.join(changed)} "
-                              "differ); delete it or choose another --out")
+            changed = sorted(
+                k
+                for k in set(record["fingerprint"]) | set(self.fingerprint)
+                if record["fingerprint"].get(k) != self.fingerprint.get(k)
+            )
+            raise AdvlabError(
+                f"{self.path} holds the state of another evaluation (its {', '.join(changed)} "
+                "differ); delete it or choose another --out"
+            )
         sizes = record["sizes"]
         flags = {name: t for name, t in tensors.items() if name != "generator"}
-        if (len(sizes) != record["batches"] or "generator" not in tensors or "clean" not in flags
-                or any(t.dtype != torch.bool or t.dim() != 1 or t.numel() != sum(sizes) for t in flags.values())):
-            raise AdvlabError(f"{self.path} is inconsistent (its flags do not match its {record['batches']} "
-                              "batches); delete it to start the evaluation afresh")
+        if (
+            len(sizes) != record["batches"]
+            or "generator" not in tensors
+            or "clean" not in flags
+            or any(t.dtype != torch.bool or t.dim() != 1 or t.numel() != sum(sizes) for t in flags.values())
+        ):
+            raise AdvlabError(
+                f"{self.path} is inconsistent (its flags do not match its {record['batches']} "
+                "batches); delete it to start the evaluation afresh"
+            )
         split = {name: list(t.split(sizes)) for name, t in flags.items()}
-        return {"batches": record["batches"], "seconds": record["seconds"], "draws": record["draws"],
-                "flags": record["flags"], "generator": tensors["generator"], "clean": split.pop("clean"),
-                "worst": {int(name.removeprefix("worst.")): v for name, v in split.items()
-                          if name.startswith("worst.")},
-                "robust": {name.removeprefix("robust."): v for name, v in split.items() if name.startswith("robust.")},
-                "white_robust": {int(k): v for k, v in record["white_robust"].items()},
-                "black_broke": record["black_broke"]}
+        return {
+            "batches": record["batches"],
+            "seconds": record["seconds"],
+            "draws": record["draws"],
+            "flags": record["flags"],
+            "generator": tensors["generator"],
+            "clean": split.pop("clean"),
+            "worst": {int(name.removeprefix("worst.")): v for name, v in split.items() if name.startswith("worst.")},
+            "robust": {name.removeprefix("robust."): v for name, v in split.items() if name.startswith("robust.")},
+            "white_robust": {int(k): v for k, v in record["white_robust"].items()},
+            "black_broke": record["black_broke"],
+        }
 
     def save(self, progress: dict) -> None:
         cat = torch.cat
         tensors = {"generator": progress["generator"], "clean": cat(progress["clean"])}
         tensors |= {f"worst.{i}": cat(flags) for i, flags in progress["worst"].items()}
         tensors |= {f"robust.{key}": cat(flags) for key, flags in progress["robust"].items()}
-        record = {"fingerprint": self.fingerprint, "batches": progress["batches"],
-                  "sizes": [len(t) for t in progress["clean"]], "seconds": progress["seconds"],
-                  "draws": progress["draws"], "flags": progress["flags"],
-                  "white_robust": {str(k): v for k, v in progress["white_robust"].items()},
-                  "black_broke": progress["black_broke"]}
+        record = {
+            "fingerprint": self.fingerprint,
+            "batches": progress["batches"],
+            "sizes": [len(t) for t in progress["clean"]],
+            "seconds": progress["seconds"],
+            "draws": progress["draws"],
+            "flags": progress["flags"],
+            "white_robust": {str(k): v for k, v in progress["white_robust"].items()},
+            "black_broke": progress["black_broke"],
+        }
         save_tensors(self.path, tensors, metadata={self.KEY: json.dumps(record, default=_json_default)})
 
     def remove(self) -> None:

@@ -33,8 +33,15 @@ from advlab.errors import AdvlabError, check_range
 from advlab.model_checks import black_box_flag, is_randomized, model_flags
 from advlab.runtime import Runtime, release_freed_memory, same_device
 
-__all__ = ["DEFAULT_BATCH", "EvalResult", "IntegrityError", "clean_accuracy", "evaluate", "transfer_flags",
-           "verify_adversarial"]
+__all__ = [
+    "DEFAULT_BATCH",
+    "EvalResult",
+    "IntegrityError",
+    "clean_accuracy",
+    "evaluate",
+    "transfer_flags",
+    "verify_adversarial",
+]
 
 # Images per evaluation batch. On the 2-core CPU of BENCHMARKS.md (benchmarks/bench_eval_batch.py), PGD-20
 # on 1,000 images of a robust small_cnn took 3.4 s at 256 against 4.2 s at 500 and 3.4–3.6 s at 100–128
@@ -59,9 +66,17 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """JSON-ready summary (per-example flags left out)."""
-        return {"n": self.n, "clean_accuracy": self.clean_accuracy, "eps": self.eps, "attacks": self.attacks,
-                "robust_accuracy": self.robust, "worst_case_accuracy": self.worst_case, "seconds": self.seconds,
-                "model_flags": self.flags, "verdict_draws": self.draws}
+        return {
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "eps": self.eps,
+            "attacks": self.attacks,
+            "robust_accuracy": self.robust,
+            "worst_case_accuracy": self.worst_case,
+            "seconds": self.seconds,
+            "model_flags": self.flags,
+            "verdict_draws": self.draws,
+        }
 
     def table(self) -> str:
         """A plain-text table: one row per ε, one column per attack, then the worst case."""
@@ -85,7 +100,9 @@ def _batches(data, batch_size: int, device) -> Iterable[tuple[torch.Tensor, torc
         return data.batches(batch_size, device=device)
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
-        return ((x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size))
+        return (
+            (x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)
+        )
     return data  # an iterable of (x, y) batches, e.g. a DataLoader
 
 
@@ -131,8 +148,19 @@ def verdict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) 
     return held.clone()  # outside inference mode: a normal tensor, which callers may update in place
 
 
-def _survivors(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor, todo: torch.Tensor, eps: float,
-               *, runtime: Runtime, generator: torch.Generator, early_stop: bool, draws: int = 1) -> torch.Tensor:
+def _survivors(
+    model: nn.Module,
+    attack: AttackSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    todo: torch.Tensor,
+    eps: float,
+    *,
+    runtime: Runtime,
+    generator: torch.Generator,
+    early_stop: bool,
+    draws: int = 1,
+) -> torch.Tensor:
     """Per example: classified correctly (in fp32; a randomized model by the majority of ``draws`` passes)
     after ``attack`` at ``eps``; False outside ``todo``. On a randomized model an attack never lets an example
     go on one draw's say: its own early exit is off, and between targets only the verdict counts."""
@@ -148,20 +176,46 @@ def _survivors(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.T
         if rows.numel() == 0:
             break
         with runtime.autocast():
-            x_adv = attack(model, xs[rows], goal[rows], eps=eps, generator=generator,
-                           early_stop=early_stop and draws == 1, channels_last=runtime.channels_last)
+            x_adv = attack(
+                model,
+                xs[rows],
+                goal[rows],
+                eps=eps,
+                generator=generator,
+                early_stop=early_stop and draws == 1,
+                channels_last=runtime.channels_last,
+            )
         verify_adversarial(xs[rows], x_adv, eps, attack.norm, what=attack.label)
         held = verdict(model, x_adv.float(), ys[rows], draws)  # a normal tensor: updated below
         if early_stop and draws == 1 and runtime.precision != "fp32" and bool(held.any()):
-            held[held.clone()] = _recheck_in_fp32(model, attack, xs[rows][held], goal[rows][held], ys[rows][held],
-                                                  x_adv[held], eps, runtime=runtime, generator=generator)
+            held[held.clone()] = _recheck_in_fp32(
+                model,
+                attack,
+                xs[rows][held],
+                goal[rows][held],
+                ys[rows][held],
+                x_adv[held],
+                eps,
+                runtime=runtime,
+                generator=generator,
+            )
         survived[rows] &= held
     robust[index] = survived
     return robust
 
 
-def _recheck_in_fp32(model: nn.Module, attack: AttackSpec, x: torch.Tensor, goal: torch.Tensor, y: torch.Tensor,
-                     x_adv: torch.Tensor, eps: float, *, runtime: Runtime, generator: torch.Generator) -> torch.Tensor:
+def _recheck_in_fp32(
+    model: nn.Module,
+    attack: AttackSpec,
+    x: torch.Tensor,
+    goal: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    eps: float,
+    *,
+    runtime: Runtime,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Reduced precision must not overstate: an example the attack let go early because its low-precision
     logits looked fooled, but that fp32 judges robust, was never attacked to the end. Those few are attacked
     again in fp32, and the fp32 verdict on that attack decides. Returns, per row, robust in fp32."""
@@ -171,8 +225,15 @@ def _recheck_in_fp32(model: nn.Module, attack: AttackSpec, x: torch.Tensor, goal
     robust = torch.ones(len(y), dtype=torch.bool, device=y.device)
     if not bool(fooled_low.any()):
         return robust
-    again = attack(model, x[fooled_low], goal[fooled_low], eps=eps, generator=generator, early_stop=True,
-                   channels_last=runtime.channels_last)
+    again = attack(
+        model,
+        x[fooled_low],
+        goal[fooled_low],
+        eps=eps,
+        generator=generator,
+        early_stop=True,
+        channels_last=runtime.channels_last,
+    )
     verify_adversarial(x[fooled_low], again, eps, attack.norm, what=attack.label)
     with torch.no_grad():
         robust[fooled_low] = model(again.float()).argmax(1) == y[fooled_low]
@@ -184,8 +245,10 @@ def _runtime_for(model: nn.Module, runtime: Runtime | None) -> Runtime:
         return Runtime.for_model(model)
     device = next((p.device for p in model.parameters()), runtime.device)
     if not same_device(device, runtime.device):
-        raise AdvlabError(f"the model is on {device} but the evaluation runs on {runtime.device}; "
-                          "move the model there first (model.to(device))")
+        raise AdvlabError(
+            f"the model is on {device} but the evaluation runs on {runtime.device}; "
+            "move the model there first (model.to(device))"
+        )
     return runtime
 
 
@@ -208,7 +271,8 @@ def evaluate(
     """Clean accuracy, and robust accuracy for each attack and ε, with the per-example worst case.
 
     ``data`` is an :class:`advlab.data.ImageData`, an ``(x, y)`` pair of tensors or an iterable of
-    batches (under torchrun, the same batches in the same order on every rank: each keeps every world-th). ``early_stop`` (the default) attacks only the examples still correct and lets each attack
+    batches (under torchrun, the same batches in the same order on every rank: each keeps every world-th).
+    ``early_stop`` (the default) attacks only the examples still correct and lets each attack
     and restart drop an example as soon as it is fooled (exactly as strong, much faster on weak models);
     ``early_stop=False`` is the naive baseline that attacks every example with every step and restart.
     ``chain=True`` runs each attack only on the examples that all earlier attacks left robust (AutoAttack
@@ -240,7 +304,9 @@ def evaluate(
     generator = runtime.generator(seed)
     start = time.perf_counter()
     clean_flags: list[torch.Tensor] = []
-    robust_flags: dict[tuple[str, int], list[torch.Tensor]] = {(a.label, i): [] for a in attacks for i in range(len(eps))}
+    robust_flags: dict[tuple[str, int], list[torch.Tensor]] = {
+        (a.label, i): [] for a in attacks for i in range(len(eps))
+    }
     worst_flags: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(eps))}
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
     bar = _progress(total, progress and runtime.main, "evaluate")
@@ -254,8 +320,10 @@ def evaluate(
     if saved is not None:
         clean_flags, worst_flags, raised = saved["clean"], saved["worst"], saved["flags"]
         robust_flags = {(label, i): saved["robust"][f"{i}:{label}"] for label, i in robust_flags}
-        white_robust, black_broke = saved["white_robust"], {key: saved["black_broke"][f"{key[1]}:{key[0]}"]
-                                                            for key in black_broke}
+        white_robust, black_broke = (
+            saved["white_robust"],
+            {key: saved["black_broke"][f"{key[1]}:{key[0]}"] for key in black_broke},
+        )
         generator.set_state(saved["generator"])
         start -= saved["seconds"]
     done = saved["batches"] if saved is not None else 0
@@ -285,8 +353,21 @@ def evaluate(
                     # Only clean-correct examples can be robust; chained attacks also skip the broken ones.
                     # Without early exit every example is attacked, as a naive evaluation would.
                     todo = still_robust if chain else correct if early_stop else torch.ones_like(correct)
-                    robust = _survivors(model, attack, x, y, todo, e, runtime=runtime, generator=generator,
-                                        early_stop=early_stop, draws=draws) & correct
+                    robust = (
+                        _survivors(
+                            model,
+                            attack,
+                            x,
+                            y,
+                            todo,
+                            e,
+                            runtime=runtime,
+                            generator=generator,
+                            early_stop=early_stop,
+                            draws=draws,
+                        )
+                        & correct
+                    )
                     robust_flags[(attack.label, i)].append((robust & still_robust if chain else robust).cpu())
                     still_robust &= robust
                     if attack.kind.black_box:
@@ -300,19 +381,31 @@ def evaluate(
             bar.update(len(y))
             release_freed_memory()
             if state is not None:
-                state.save({"batches": index + 1, "clean": clean_flags, "worst": worst_flags, "flags": raised,
-                            "robust": {f"{i}:{label}": flags for (label, i), flags in robust_flags.items()},
-                            "white_robust": white_robust,
-                            "black_broke": {f"{i}:{label}": count for (label, i), count in black_broke.items()},
-                            "generator": generator.get_state(), "seconds": time.perf_counter() - start,
-                            "draws": draws})
+                state.save(
+                    {
+                        "batches": index + 1,
+                        "clean": clean_flags,
+                        "worst": worst_flags,
+                        "flags": raised,
+                        "robust": {f"{i}:{label}": flags for (label, i), flags in robust_flags.items()},
+                        "white_robust": white_robust,
+                        "black_broke": {f"{i}:{label}": count for (label, i), count in black_broke.items()},
+                        "generator": generator.get_state(),
+                        "seconds": time.perf_counter() - start,
+                        "draws": draws,
+                    }
+                )
     bar.close()
     if world is not None:  # every rank's flags, back in batch order: the numbers of one process
         clean_flags, robust_flags, worst_flags, raised, white_robust, black_broke, draws = _gathered(
-            world, ran_batches, clean_flags, robust_flags, worst_flags, raised, white_robust, black_broke, draws)
+            world, ran_batches, clean_flags, robust_flags, worst_flags, raised, white_robust, black_broke, draws
+        )
     if checks and len(black_box) < len(attacks):
-        raised += [black_box_flag(broken, white_robust[i], eps[i], label)
-                  for (label, i), broken in black_broke.items() if broken]
+        raised += [
+            black_box_flag(broken, white_robust[i], eps[i], label)
+            for (label, i), broken in black_broke.items()
+            if broken
+        ]
     clean = torch.cat(clean_flags) if clean_flags else torch.zeros(0, dtype=torch.bool)
     n = int(clean.numel())
     if n == 0:
@@ -325,17 +418,33 @@ def evaluate(
         per_example[f"{label}@{eps[i]:g}"] = flags_all
     worst = [torch.cat(worst_flags[i]).float().mean().item() for i in range(len(eps))]
     return EvalResult(
-        n=n, clean_accuracy=clean.float().mean().item(), eps=[float(e) for e in eps],
-        attacks={a.label: a.to_dict() for a in attacks}, robust=robust_acc, worst_case=worst,
-        seconds=time.perf_counter() - start, per_example=per_example if keep_per_example else {}, flags=raised,
+        n=n,
+        clean_accuracy=clean.float().mean().item(),
+        eps=[float(e) for e in eps],
+        attacks={a.label: a.to_dict() for a in attacks},
+        robust=robust_acc,
+        worst_case=worst,
+        seconds=time.perf_counter() - start,
+        per_example=per_example if keep_per_example else {},
+        flags=raised,
         draws=draws or 1,
     )
 
 
 def _gathered(world, ran, clean, robust, worst, raised, white_robust, black_broke, draws):
     """Every rank's per-batch flags and counts, merged in batch order; model flags from batch 0 (rank 0's)."""
-    parts = world.gather({"batches": ran, "clean": clean, "robust": robust, "worst": worst, "raised": raised,
-                          "white": white_robust, "black": black_broke, "draws": draws})
+    parts = world.gather(
+        {
+            "batches": ran,
+            "clean": clean,
+            "robust": robust,
+            "worst": worst,
+            "raised": raised,
+            "white": white_robust,
+            "black": black_broke,
+            "draws": draws,
+        }
+    )
     order = sorted((b, r, k) for r, part in enumerate(parts) for k, b in enumerate(part["batches"]))
     clean = [parts[r]["clean"][k] for _, r, k in order]
     robust = {key: [parts[r]["robust"][key][k] for _, r, k in order] for key in robust}

@@ -50,8 +50,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         os.replace(tmp, path)
     except OSError as err:  # a full disk, a quota, a vanished folder: name the file, leave nothing behind
         Path(tmp).unlink(missing_ok=True)
-        raise AdvlabError(f"cannot write {path}: {err.strerror or err}; free some space or choose another "
-                          "folder") from None
+        raise AdvlabError(
+            f"cannot write {path}: {err.strerror or err}; free some space or choose another folder"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -89,8 +90,9 @@ def run_lock(target: str | Path) -> Iterator[None]:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
             who = f" (pid {holder})" if holder.isdigit() else ""
-            raise AdvlabError(f"another advlab process{who} is writing to {target}; wait for it to finish or "
-                              "choose another --out") from None
+            raise AdvlabError(
+                f"another advlab process{who} is writing to {target}; wait for it to finish or choose another --out"
+            ) from None
         try:  # the previous holder may have removed the file between our open and our lock: lock the new one
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -115,8 +117,11 @@ def check_writable(path: str | Path, what: str = "--out") -> Path:
     while not ancestor.exists():
         ancestor = ancestor.parent
     target = path if path.exists() else ancestor
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK) or (
-            path.exists() and not os.access(target, os.W_OK)):
+    if (
+        not ancestor.is_dir()
+        or not os.access(ancestor, os.W_OK | os.X_OK)
+        or (path.exists() and not os.access(target, os.W_OK))
+    ):
         raise AdvlabError(f"cannot write {path}: {ancestor} is not a writable folder; choose another {what}")
     return path
 

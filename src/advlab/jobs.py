@@ -36,8 +36,8 @@ from advlab.defenses import defend, describe, parse_defense
 from advlab.errors import AdvlabError, check_range
 from advlab.eval_state import EvalState
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
-from advlab.model_checks import ModelFlagWarning, model_flags, returns_probabilities
 from advlab.files import check_writable, run_lock
+from advlab.model_checks import ModelFlagWarning, model_flags, returns_probabilities
 from advlab.runs import check_run_dir, prepare_run_dir, save_tensors, write_json
 from advlab.runtime import Runtime
 from advlab.user_model import UserModel, open_model, provenance, training_record, weights_digest
@@ -63,8 +63,9 @@ def _open(source: Source, dataset: str | None, image_size, classes, device):
     return (*open_model(source, device=device), images)
 
 
-def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None, data_dir, progress: bool,
-                    images=None):
+def _load_test_data(
+    record: dict, dataset: str | None, split: str, n: int | None, data_dir, progress: bool, images=None
+):
     """The user's ``images`` (from :func:`_open`), else ``split`` of a built-in set: ``dataset``, by default
     the one the checkpoint was trained on; the first ``n`` examples."""
     from advlab.data import load_dataset
@@ -80,8 +81,15 @@ def _load_test_data(record: dict, dataset: str | None, split: str, n: int | None
     return data
 
 
-def check_compatible(model: nn.Module, record: dict, data, where: str, *,
-                     budgets: Sequence[tuple[AttackSpec, float]] = (), warn_flags: bool = True) -> None:
+def check_compatible(
+    model: nn.Module,
+    record: dict,
+    data,
+    where: str,
+    *,
+    budgets: Sequence[tuple[AttackSpec, float]] = (),
+    warn_flags: bool = True,
+) -> None:
     """Refuse, before any attack, a data set whose images or classes the model was not built for: its
     channels and classes against the record, then one image through the model (any other size mismatch);
     and each (attack, ε) of ``budgets`` whose ε the images cannot hold (above 1 in L∞). A user's model
@@ -91,8 +99,10 @@ def check_compatible(model: nn.Module, record: dict, data, where: str, *,
     args = record.get("model_args", {})
     shape = f"{info.channels}×{info.height}×{info.width}"
     if isinstance(args.get("in_channels"), int) and args["in_channels"] != info.channels:
-        raise AdvlabError(f"{where} takes {args['in_channels']}-channel images but {info.name} has {shape}; "
-                          "evaluate it on the data set it was trained on (--dataset)")
+        raise AdvlabError(
+            f"{where} takes {args['in_channels']}-channel images but {info.name} has {shape}; "
+            "evaluate it on the data set it was trained on (--dataset)"
+        )
     x, _ = data.subset(1).tensors(next((p.device for p in model.parameters()), torch.device("cpu")))
     for attack, eps in budgets:
         check_range(f"--eps for {attack.label}", eps, 0.0, max_eps(attack.norm, x))
@@ -101,17 +111,23 @@ def check_compatible(model: nn.Module, record: dict, data, where: str, *,
             logits = model(x)
     except (RuntimeError, ValueError, TypeError) as err:
         hint = "; resize them with --image-size HxW" if info.kind == "user" else ""
-        raise AdvlabError(f"{where} cannot take {info.name}'s {shape} images: {str(err).splitlines()[0]}{hint}") from None
+        raise AdvlabError(
+            f"{where} cannot take {info.name}'s {shape} images: {str(err).splitlines()[0]}{hint}"
+        ) from None
     if logits.dim() != 2 or logits.shape[1] != len(info.classes):
-        raise AdvlabError(f"{where} gives {tuple(logits.shape[1:])} outputs per image but {info.name} has "
-                          f"{len(info.classes)} classes; evaluate it on the data set it was trained on (--dataset)")
+        raise AdvlabError(
+            f"{where} gives {tuple(logits.shape[1:])} outputs per image but {info.name} has "
+            f"{len(info.classes)} classes; evaluate it on the data set it was trained on (--dataset)"
+        )
     if record.get("source") is not None:  # a user's model: the model checks before any attack
         xs, ys = data.subset(min(64, len(data))).tensors(x.device)
         with torch.inference_mode():
             if returns_probabilities(model(xs)):
-                raise AdvlabError(f"{where} returns probabilities (every row in [0, 1], summing to 1): return the "
-                                  "logits instead (drop the final softmax), or the attacks' gradients vanish and "
-                                  "the robustness measured is overstated")
+                raise AdvlabError(
+                    f"{where} returns probabilities (every row in [0, 1], summing to 1): return the "
+                    "logits instead (drop the final softmax), or the attacks' gradients vanish and "
+                    "the robustness measured is overstated"
+                )
         for flag in model_flags(model, xs, ys, training=False) if warn_flags else ():  # evaluate runs its own
             warnings.warn(f"{where}: {flag['message']}", ModelFlagWarning, stacklevel=2)
 
@@ -158,8 +174,9 @@ def evaluate_checkpoint(
     if suite is not None:
         attacks = suite_attacks(suite, norm=norm, classes=len(data.info.classes)) + list(attacks)
         chain = True
-    check_compatible(model, record, data, _where(checkpoint), budgets=[(a, e) for a in attacks for e in eps],
-                     warn_flags=False)
+    check_compatible(
+        model, record, data, _where(checkpoint), budgets=[(a, e) for a in attacks for e in eps], warn_flags=False
+    )
     # One writer per output: a second evaluate --out on the same file is refused (the lock sits beside it,
     # when its folder exists; a new folder is made only when the results are written).
     writes = out is not None and runtime.main  # under torchrun rank 0 writes the result
@@ -167,23 +184,56 @@ def evaluate_checkpoint(
     with locked:
         state = None
         if writes and runtime.world is None:  # resumable: the progress is saved beside the output after every batch
-            state = EvalState(out, {"checkpoint_sha256": weights_digest(checkpoint),
-                                    "dataset": data.info.name, "split": split, "n": len(data),
-                                    "defenses": describe(guards),
-                                    "attacks": [a.hyperparameters(e) for a in attacks for e in eps],
-                                    "eps": list(eps), "seed": seed, "batch_size": batch_size, "chain": chain,
-                                    "early_stop": early_stop, "runtime": runtime.to_dict()})
-        result = evaluate(model, data, attacks=attacks, eps=eps, batch_size=batch_size, chain=chain,
-                          early_stop=early_stop, seed=seed, progress=progress, runtime=runtime, state=state)
+            state = EvalState(
+                out,
+                {
+                    "checkpoint_sha256": weights_digest(checkpoint),
+                    "dataset": data.info.name,
+                    "split": split,
+                    "n": len(data),
+                    "defenses": describe(guards),
+                    "attacks": [a.hyperparameters(e) for a in attacks for e in eps],
+                    "eps": list(eps),
+                    "seed": seed,
+                    "batch_size": batch_size,
+                    "chain": chain,
+                    "early_stop": early_stop,
+                    "runtime": runtime.to_dict(),
+                },
+            )
+        result = evaluate(
+            model,
+            data,
+            attacks=attacks,
+            eps=eps,
+            batch_size=batch_size,
+            chain=chain,
+            early_stop=early_stop,
+            seed=seed,
+            progress=progress,
+            runtime=runtime,
+            state=state,
+        )
         if writes:
-            write_json(out, {**provenance(checkpoint), "dataset": data.info.name, "split": split,
-                             "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
-                             "attack_precision": runtime.precision, "runtime": runtime.to_dict(),
-                             "batch_size": batch_size, "seed": seed,
-                             "early_stop": early_stop, "chain": chain,  # the random starts depend on these
-                             "suite": suite, "defenses": describe(guards),
-                             **training_record(checkpoint),  # a collapsed or unfinished run says so here too
-                             **result.to_dict()})
+            write_json(
+                out,
+                {
+                    **provenance(checkpoint),
+                    "dataset": data.info.name,
+                    "split": split,
+                    "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
+                    "attack_precision": runtime.precision,
+                    "runtime": runtime.to_dict(),
+                    "batch_size": batch_size,
+                    "seed": seed,
+                    "early_stop": early_stop,
+                    "chain": chain,  # the random starts depend on these
+                    "suite": suite,
+                    "defenses": describe(guards),
+                    **training_record(checkpoint),  # a collapsed or unfinished run says so here too
+                    **result.to_dict(),
+                },
+            )
             if state is not None:
                 state.remove()
     return result
@@ -217,8 +267,10 @@ def attack_checkpoint(
     import dataclasses
 
     if attack.targeted and target is None:
-        raise AdvlabError(f"{attack.label} is targeted: name the class with --target CLASS (advlab evaluate "
-                          "tries the most likely wrong classes itself)")
+        raise AdvlabError(
+            f"{attack.label} is targeted: name the class with --target CLASS (advlab evaluate "
+            "tries the most likely wrong classes itself)"
+        )
     if attack.targeted and attack.targets is not None:
         raise AdvlabError(f"{attack.label}: a number of target classes means nothing here; use --target CLASS")
     check_run_dir(out, overwrite=overwrite)  # refused before any work; created only when the files are written
@@ -246,19 +298,35 @@ def attack_checkpoint(
         logits_clean, logits_adv = model(x), model(x_adv)
     prediction = logits_adv.argmax(1)
     success = prediction == goal if target is not None else prediction != y
-    tensors = {"x": x, "x_adv": x_adv, "labels": y, "logits_clean": logits_clean, "logits_adv": logits_adv,
-               "prediction_clean": logits_clean.argmax(1), "prediction_adv": prediction}
+    tensors = {
+        "x": x,
+        "x_adv": x_adv,
+        "labels": y,
+        "logits_clean": logits_clean,
+        "logits_adv": logits_adv,
+        "prediction_clean": logits_clean.argmax(1),
+        "prediction_adv": prediction,
+    }
     if target is not None:
         tensors["targets"] = goal
     out = prepare_run_dir(out, overwrite=overwrite)
     save_tensors(out / "adversarial.safetensors", tensors)
-    summary = {**provenance(checkpoint), "dataset": data.info.name, "split": split, "n": len(y),
-               "training_status": training_record(checkpoint)["training_status"], "defenses": describe(guards),
-               **attack.hyperparameters(eps), "label": attack.label, "target": target, "classes": list(classes),
-               "runtime": runtime.to_dict(),
-               "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),
-               "success_rate": float(success.float().mean()),
-               "files": ["adversarial.safetensors", "attack.json"]}
+    summary = {
+        **provenance(checkpoint),
+        "dataset": data.info.name,
+        "split": split,
+        "n": len(y),
+        "training_status": training_record(checkpoint)["training_status"],
+        "defenses": describe(guards),
+        **attack.hyperparameters(eps),
+        "label": attack.label,
+        "target": target,
+        "classes": list(classes),
+        "runtime": runtime.to_dict(),
+        "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),
+        "success_rate": float(success.float().mean()),
+        "files": ["adversarial.safetensors", "attack.json"],
+    }
     write_json(out / "attack.json", summary)
     return summary
 
@@ -317,29 +385,52 @@ def certify_checkpoint(
         sigma = float(trained["sigma"])
         check_settings(sigma, n, n0, alpha)
     default_images = 500 if method == "smoothing" else None  # CERTIFY costs n forward passes per image
-    data = _load_test_data(record, dataset, split, images if images is not None else default_images, data_dir,
-                           progress, own)
+    data = _load_test_data(
+        record, dataset, split, images if images is not None else default_images, data_dir, progress, own
+    )
     check_compatible(model, record, data, _where(checkpoint))
     x, y = data.tensors()
     start = time.perf_counter()
-    summary: dict = {**provenance(checkpoint), "dataset": data.info.name, "split": split, "method": method,
-                     "training_status": training_record(checkpoint)["training_status"], "runtime": runtime.to_dict(),
-                     "seed": seed}
+    summary: dict = {
+        **provenance(checkpoint),
+        "dataset": data.info.name,
+        "split": split,
+        "method": method,
+        "training_status": training_record(checkpoint)["training_status"],
+        "runtime": runtime.to_dict(),
+        "seed": seed,
+    }
     if method == "smoothing":
-        result = certify_dataset(model, x, y, sigma=sigma, n=n, n0=n0, alpha=alpha, classes=len(data.info.classes),
-                                 batch_size=batch_size, seed=seed, progress=progress)
+        result = certify_dataset(
+            model,
+            x,
+            y,
+            sigma=sigma,
+            n=n,
+            n0=n0,
+            alpha=alpha,
+            classes=len(data.info.classes),
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
         summary.update(result.to_dict())
     else:
         with torch.inference_mode():
-            correct = torch.cat([model(x[i:i + batch_size].to(runtime.device)).argmax(1).cpu() == y[i:i + batch_size]
-                                 for i in range(0, len(y), batch_size)])
+            correct = torch.cat(
+                [
+                    model(x[i : i + batch_size].to(runtime.device)).argmax(1).cpu() == y[i : i + batch_size]
+                    for i in range(0, len(y), batch_size)
+                ]
+            )
         summary.update(images=len(y), eps=eps, clean_accuracy=float(correct.float().mean()))
         for bound in ("ibp", "crown-ibp") if method == "crown-ibp" else ("ibp",):
             flags = verified_flags(model, (x, y), eps, method=bound, batch_size=batch_size, device=runtime.device)
             if (flags & ~correct).any():
                 raise AdvlabError(f"internal: {bound} verified an example the model misclassifies; please report it")
-            summary[f"verified_accuracy_{bound.replace('-', '_')}" if bound != method else "verified_accuracy"] = \
-                float(flags.float().mean())
+            summary[f"verified_accuracy_{bound.replace('-', '_')}" if bound != method else "verified_accuracy"] = float(
+                flags.float().mean()
+            )
         summary["seconds"] = time.perf_counter() - start
     if out is not None:
         write_json(out, summary)

@@ -43,8 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FLAGS: tuple[str, ...] = ("train-mode", "probabilities", "zero-gradients", "randomized", "few-classes",
-                          "black-box-beats-white-box")
+FLAGS: tuple[str, ...] = (
+    "train-mode",
+    "probabilities",
+    "zero-gradients",
+    "randomized",
+    "few-classes",
+    "black-box-beats-white-box",
+)
 CHECK_IMAGES = 256  # images of the first batch the checks look at: enough to see a share of 1%, and cheap
 PROBABILITY_TOLERANCE = 1e-4  # |row sum − 1| below this, for every row, means the outputs are probabilities
 RANDOM_TOLERANCE = 1e-5  # two passes differing by more than this (relative to the logits' scale) are random
@@ -57,8 +63,10 @@ class ModelFlagWarning(UserWarning):
 def returns_probabilities(outputs: torch.Tensor) -> bool:
     """Every row in [0, 1] and summing to 1: the model ends in a softmax (the ``probabilities`` flag)."""
     outputs = outputs.float()
-    return bool(((outputs >= 0) & (outputs <= 1)).all()) and \
-        float((outputs.sum(dim=1) - 1).abs().max()) < PROBABILITY_TOLERANCE
+    return (
+        bool(((outputs >= 0) & (outputs <= 1)).all())
+        and float((outputs.sum(dim=1) - 1).abs().max()) < PROBABILITY_TOLERANCE
+    )
 
 
 def _flag(name: str, message: str, **numbers) -> dict:
@@ -87,8 +95,13 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training:
     """
     flags = []
     if training:
-        flags.append(_flag("train-mode", "the model was given in train mode; it was attacked and judged in eval "
-                           "mode (dropout off, BatchNorm running statistics), the mode it got back afterwards"))
+        flags.append(
+            _flag(
+                "train-mode",
+                "the model was given in train mode; it was attacked and judged in eval "
+                "mode (dropout off, BatchNorm running statistics), the mode it got back afterwards",
+            )
+        )
     x, y = x[:CHECK_IMAGES].detach(), y[:CHECK_IMAGES]
     if x.shape[0] == 0:
         return flags
@@ -96,18 +109,36 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training:
         first, second = model(x).float(), model(x).float()
     classes = first.shape[1]
     if classes < 4:
-        flags.append(_flag("few-classes", f"the model has {classes} classes: the DLR loss needs 3 and APGD-T 4, "
-                           "so attacks using them are left out or refused", classes=classes))
+        flags.append(
+            _flag(
+                "few-classes",
+                f"the model has {classes} classes: the DLR loss needs 3 and APGD-T 4, "
+                "so attacks using them are left out or refused",
+                classes=classes,
+            )
+        )
     if returns_probabilities(first):
         rows = first.sum(dim=1)
-        flags.append(_flag("probabilities", "the outputs are probabilities (each row in [0, 1], summing to 1), "
-                           "not logits: the cross-entropy of their softmax saturates and gradient attacks weaken; "
-                           "remove the final softmax", max_row_error=float((rows - 1).abs().max())))
+        flags.append(
+            _flag(
+                "probabilities",
+                "the outputs are probabilities (each row in [0, 1], summing to 1), "
+                "not logits: the cross-entropy of their softmax saturates and gradient attacks weaken; "
+                "remove the final softmax",
+                max_row_error=float((rows - 1).abs().max()),
+            )
+        )
     difference = float((first - second).abs().max())
     if _differ(first, second):
-        flags.append(_flag("randomized", f"two forward passes of the same images differ (by up to {difference:.3g} "
-                           "in the logits): the model is random, and one attack run sees one draw; evaluate it with "
-                           "--suite rand (EOT over draws)", max_difference=difference))
+        flags.append(
+            _flag(
+                "randomized",
+                f"two forward passes of the same images differ (by up to {difference:.3g} "
+                "in the logits): the model is random, and one attack run sees one draw; evaluate it with "
+                "--suite rand (EOT over draws)",
+                max_difference=difference,
+            )
+        )
     correct = first.argmax(1) == y
     if bool(correct.any()):
         xs = x[correct].clone().requires_grad_(True)
@@ -117,18 +148,31 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training:
         dead = ~torch.isfinite(flat).all(dim=1) | (flat.abs().amax(dim=1) == 0)
         count = int(dead.sum())
         if count:
-            flags.append(_flag("zero-gradients", f"the loss's input gradient is zero or not finite on {count} of "
-                               f"{len(xs)} correctly classified images: a gradient attack cannot move them; run the "
-                               "gradient-free attack (--suite standard includes square) before trusting the number",
-                               images=count, of=len(xs)))
+            flags.append(
+                _flag(
+                    "zero-gradients",
+                    f"the loss's input gradient is zero or not finite on {count} of "
+                    f"{len(xs)} correctly classified images: a gradient attack cannot move them; run the "
+                    "gradient-free attack (--suite standard includes square) before trusting the number",
+                    images=count,
+                    of=len(xs),
+                )
+            )
     return flags
 
 
 def black_box_flag(broken: int, of: int, eps: float, attack: str) -> dict:
     """``broken`` of ``of`` images that every gradient attack left robust at ``eps`` fell to ``attack``."""
-    return _flag("black-box-beats-white-box", f"at ε = {eps:g} the gradient-free {attack} broke {broken} of {of} "
-                 "images that every gradient attack left robust: the gradients mislead (masking); trust the worst "
-                 "case and try an adaptive attack", eps=eps, images=broken, of=of, attack=attack)
+    return _flag(
+        "black-box-beats-white-box",
+        f"at ε = {eps:g} the gradient-free {attack} broke {broken} of {of} "
+        "images that every gradient attack left robust: the gradients mislead (masking); trust the worst "
+        "case and try an adaptive attack",
+        eps=eps,
+        images=broken,
+        of=of,
+        attack=attack,
+    )
 
 
 __all__ = ["CHECK_IMAGES", "FLAGS", "ModelFlagWarning", "black_box_flag", "model_flags", "returns_probabilities"]

@@ -35,11 +35,11 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, description: str, input_size: tuple[int, int] | None = None,
-                   raw_pixels: bool = False):
+def register_model(name: str, *, description: str, input_size: tuple[int, int] | None = None, raw_pixels: bool = False):
     """Class (or function) decorator: make an architecture available as ``create_model(name)`` and
     ``advlab train --model name``. The constructor takes ``in_channels`` and ``num_classes``.
     ``raw_pixels``: the network's paper fed it pixels in [0, 1]; a data set then gives it no normalization."""
+
     def decorate(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
@@ -71,16 +71,21 @@ class Normalize(nn.Module):
 # convolutions (issue 4). tests/test_attacks.py checks the equivalence.
 
 
-@register_model("small_cnn", input_size=(28, 28),
-                description="fast 2-conv CNN for 28×28 images (default for (Fashion-)MNIST)")
+@register_model(
+    "small_cnn", input_size=(28, 28), description="fast 2-conv CNN for 28×28 images (default for (Fashion-)MNIST)"
+)
 class SmallCNN(nn.Module):
     """A fast two-conv network for 28×28 grey images: ≥ 90% on Fashion-MNIST in a couple of CPU epochs."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, hidden: int = 128) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
         )  # pool, then ReLU: see the note above SmallCNN
         # LazyLinear would make the input size free, but breaks loading weights before a first forward.
         self.classifier = nn.Sequential(
@@ -95,16 +100,24 @@ class SmallCNN(nn.Module):
         return [*self.features, *self.classifier]
 
 
-@register_model("madry_cnn", input_size=(28, 28), raw_pixels=True,
-                description="conv32-conv64-fc1024 network of Madry et al. 2018 for 28×28 images (raw pixels)")
+@register_model(
+    "madry_cnn",
+    input_size=(28, 28),
+    raw_pixels=True,
+    description="conv32-conv64-fc1024 network of Madry et al. 2018 for 28×28 images (raw pixels)",
+)
 class MadryCNN(nn.Module):
     """The MNIST network of Madry et al. 2018 (arXiv:1706.06083): conv32-conv64 (5×5) and a 1024-unit layer."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 32, 5, padding=2),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
         )  # pool, then ReLU: see the note above SmallCNN
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(inplace=True), nn.Linear(1024, num_classes)
@@ -118,8 +131,12 @@ class MadryCNN(nn.Module):
         return [*self.features, *self.classifier]
 
 
-@register_model("wong_mnist", input_size=(28, 28), raw_pixels=True,
-                description="conv16-conv32 (stride 2) and fc100: Wong et al.'s fast-AT MNIST network (raw pixels)")
+@register_model(
+    "wong_mnist",
+    input_size=(28, 28),
+    raw_pixels=True,
+    description="conv16-conv32 (stride 2) and fc100: Wong et al.'s fast-AT MNIST network (raw pixels)",
+)
 class WongMNIST(nn.Module):
     """The MNIST network of Wong, Rice & Kolter 2020 (arXiv:2001.03994, ``MNIST/mnist_net.py``): two 4×4
     convolutions of stride 2 (16 and 32 channels), a 100-unit layer; no pooling, no BatchNorm."""
@@ -127,8 +144,10 @@ class WongMNIST(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 4, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 16, 4, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 4, stride=2, padding=1),
+            nn.ReLU(inplace=True),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(inplace=True), nn.Linear(100, num_classes)
@@ -163,7 +182,9 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-@register_model("preact_resnet18", input_size=(32, 32), description="PreActResNet-18 for 32×32 colour images (CIFAR-10)")
+@register_model(
+    "preact_resnet18", input_size=(32, 32), description="PreActResNet-18 for 32×32 colour images (CIFAR-10)"
+)
 class PreActResNet18(nn.Module):
     """PreActResNet-18 for 32×32 images, the standard model of fast adversarial training (Wong et al. 2020)."""
 
@@ -184,8 +205,9 @@ class PreActResNet18(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-@register_model("ibp_large",
-                description="conv64-conv64-conv128 (stride 2)-conv128-conv128, fc512: Gowal et al.'s large IBP network")
+@register_model(
+    "ibp_large", description="conv64-conv64-conv128 (stride 2)-conv128-conv128, fc512: Gowal et al.'s large IBP network"
+)
 class IBPLarge(nn.Module):
     """The large network of Gowal et al. 2018 (arXiv:1810.12715, Table 1; CROWN-IBP's ``IBP_large``): five
     3×3 convolutions (64, 64, 128 of stride 2, 128, 128 channels), a 512-unit layer; no pooling, so CROWN-IBP
@@ -195,14 +217,23 @@ class IBPLarge(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, height: int = 28, width: int = 28) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1),
+            nn.ReLU(inplace=True),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128 * ((height + 1) // 2) * ((width + 1) // 2), 512),
-                                        nn.ReLU(inplace=True), nn.Linear(512, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(128 * ((height + 1) // 2) * ((width + 1) // 2), 512),
+            nn.ReLU(inplace=True),
+            nn.Linear(512, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

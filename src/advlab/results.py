@@ -44,8 +44,11 @@ def attack_labels(metrics: dict) -> list[str]:
 
 def pareto_frontier(points_: dict[str, tuple[float, float]]) -> list[str]:
     """Names whose (clean, robust) no other point beats on both counts, by increasing clean accuracy."""
-    frontier = [a for a, (c, r) in points_.items()
-                if not any(c2 >= c and r2 >= r and (c2, r2) != (c, r) for b, (c2, r2) in points_.items() if b != a)]
+    frontier = [
+        a
+        for a, (c, r) in points_.items()
+        if not any(c2 >= c and r2 >= r and (c2, r2) != (c, r) for b, (c2, r2) in points_.items() if b != a)
+    ]
     return sorted(frontier, key=lambda n: points_[n][0])
 
 

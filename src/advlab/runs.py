@@ -42,10 +42,27 @@ from advlab.files import (
 )
 from advlab.schema import RunSummary, check_record, read_checked
 
-__all__ = ["UncheckedFileWarning", "atomic_write_bytes", "atomic_write_text", "check_run_dir", "check_weights",
-           "damaged_parts", "load_checkpoint", "load_tensors", "prepare_run_dir", "read_json", "resolve_checkpoint",
-           "save_checkpoint", "save_tensors", "start_digests", "tensor_digests", "training_status", "unfinished_message", "versions",
-           "write_json"]
+__all__ = [
+    "UncheckedFileWarning",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_run_dir",
+    "check_weights",
+    "damaged_parts",
+    "load_checkpoint",
+    "load_tensors",
+    "prepare_run_dir",
+    "read_json",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "save_tensors",
+    "start_digests",
+    "tensor_digests",
+    "training_status",
+    "unfinished_message",
+    "versions",
+    "write_json",
+]
 
 CHECKPOINT_FORMAT = 1  # bump when the record's layout changes incompatibly
 CHECKSUM_KEY = "advlab_sha256"  # metadata entry: JSON {tensor name: SHA-256 of its bytes, METADATA_DIGEST: ...}
@@ -70,10 +87,14 @@ def _hash_pool() -> ThreadPoolExecutor:
 def start_digests(tensors: dict[str, torch.Tensor]) -> Callable[[], dict[str, str]]:
     """Start hashing ``tensors`` on the hashing threads and return the function that waits for
     :func:`tensor_digests`' result, so the caller can work meanwhile (hashlib releases the GIL)."""
-    views = {name: t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-             for name, t in tensors.items()}
-    chunks = [(name, view[start:start + CHUNK]) for name, view in views.items()
-              for start in range(0, max(len(view), 1), CHUNK)]
+    views = {
+        name: t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy() for name, t in tensors.items()
+    }
+    chunks = [
+        (name, view[start : start + CHUNK])
+        for name, view in views.items()
+        for start in range(0, max(len(view), 1), CHUNK)
+    ]
     pool = _hash_pool()
     futures = [(name, pool.submit(_sha256, chunk)) for name, chunk in chunks]
 
@@ -104,8 +125,9 @@ def _metadata_digest(metadata: dict[str, str]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                  resume_option: str | None = None) -> Path:
+def check_run_dir(
+    path: str | Path, *, overwrite: bool = False, resume: bool = False, resume_option: str | None = None
+) -> Path:
     """What :func:`prepare_run_dir` refuses, checked without creating anything: call it before the work,
     and ``prepare_run_dir`` when the first file is written."""
     path = Path(path)
@@ -113,13 +135,16 @@ def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = F
         raise AdvlabError(f"{path} exists and is not a folder; choose another --out")
     if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()) and not (overwrite or resume):
         to_resume = f"{resume_option} to continue it, " if resume_option else ""
-        raise AdvlabError(f"run folder {path} already exists and is not empty; use {to_resume}"
-                          "--overwrite to replace its files, or choose another --out")
+        raise AdvlabError(
+            f"run folder {path} already exists and is not empty; use {to_resume}"
+            "--overwrite to replace its files, or choose another --out"
+        )
     return check_writable(path)
 
 
-def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                    resume_option: str | None = None) -> Path:
+def prepare_run_dir(
+    path: str | Path, *, overwrite: bool = False, resume: bool = False, resume_option: str | None = None
+) -> Path:
     """Create the run folder, refusing to touch an existing non-empty one unless asked.
 
     ``resume`` accepts an existing folder (the caller checks it holds the same run); ``overwrite``
@@ -153,8 +178,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     return atomic_write_bytes(path, save(flat, metadata=metadata))
 
 
-def damaged_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                  digests: Callable[[], dict[str, str]] | None = None) -> list[str] | None:
+def damaged_parts(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], digests: Callable[[], dict[str, str]] | None = None
+) -> list[str] | None:
     """The names of the tensors (and ``metadata``) whose bytes differ from the file's own checksums; ``[]``
     when all agree, ``None`` when the file has no checksums. ``digests``: a :func:`start_digests` already
     running on ``tensors``."""
@@ -184,16 +210,19 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise AdvlabError(f"checkpoint {path} is corrupt or not a safetensors file ({err}); "
-                          "retrain or restore it") from None
+        raise AdvlabError(
+            f"checkpoint {path} is corrupt or not a safetensors file ({err}); retrain or restore it"
+        ) from None
     return tensors, metadata
 
 
 def _refuse_damaged(path: Path, damaged: list[str] | None) -> None:
     if damaged:
         shown = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
-        raise AdvlabError(f"{path} is damaged: the bytes of {shown} do not match the checksums written with "
-                          "the file; restore it from a copy or retrain")
+        raise AdvlabError(
+            f"{path} is damaged: the bytes of {shown} do not match the checksums written with "
+            "the file; restore it from a copy or retrain"
+        )
 
 
 def load_tensors(path: str | Path, *, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -245,13 +274,15 @@ def training_outcome(path: str | Path) -> dict[str, Any] | None:
     summary = read_checked(summary_path, RunSummary)
     if summary.get("catastrophic_overfitting") is None:
         return None
-    return {"collapsed": bool(summary["catastrophic_overfitting"]),
-            "message": summary.get("catastrophic_overfitting_message"),
-            "stopped_by_guard": bool(summary.get("stopped_by_guard", summary["catastrophic_overfitting"])),
-            "recipe": summary.get("recipe"),
-            # A run that ends without robustness, or a model at chance: flagged even where the guard never fired.
-            "ends_without_robustness": bool(summary.get("ends_without_robustness")),
-            "warnings": list(summary.get("warnings") or [])}
+    return {
+        "collapsed": bool(summary["catastrophic_overfitting"]),
+        "message": summary.get("catastrophic_overfitting_message"),
+        "stopped_by_guard": bool(summary.get("stopped_by_guard", summary["catastrophic_overfitting"])),
+        "recipe": summary.get("recipe"),
+        # A run that ends without robustness, or a model at chance: flagged even where the guard never fired.
+        "ends_without_robustness": bool(summary.get("ends_without_robustness")),
+        "warnings": list(summary.get("warnings") or []),
+    }
 
 
 def training_status(path: str | Path) -> dict[str, Any] | None:
@@ -262,8 +293,12 @@ def training_status(path: str | Path) -> dict[str, Any] | None:
     summary_path = path.parent / "summary.json"
     summary = read_checked(summary_path, RunSummary) if summary_path.is_file() else None
     if summary is not None and summary.get("finished") is not None:
-        return {"finished": summary["finished"], "epoch": summary.get("epochs_completed"),
-                "epochs": summary.get("epochs_planned"), "run_dir": str(path.parent)}
+        return {
+            "finished": summary["finished"],
+            "epoch": summary.get("epochs_completed"),
+            "epochs": summary.get("epochs_planned"),
+            "run_dir": str(path.parent),
+        }
     record_path = path.with_suffix(".json")
     record = read_json(record_path) if record_path.is_file() else None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
@@ -278,12 +313,15 @@ def unfinished_message(status: dict[str, Any] | None) -> str | None:
     """One line for a checkpoint whose training did not finish, else None."""
     if not status or status["finished"]:
         return None
-    return (f"this model's training did not finish (epoch {status['epoch']} of {status['epochs']}); "
-            f"resume it with `advlab train --resume --out {status['run_dir']}`")
+    return (
+        f"this model's training did not finish (epoch {status['epoch']} of {status['epochs']}); "
+        f"resume it with `advlab train --resume --out {status['run_dir']}`"
+    )
 
 
-def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
-                    verify: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path, *, device: torch.device | str = "cpu", verify: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved at ``path`` (a ``.safetensors`` file or a run folder) in eval mode.
 
     Returns ``(model, record)``. Only tensors and JSON are read: nothing is unpickled. ``verify=False``
@@ -295,8 +333,12 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
     if not verify:
         return _rebuild(path, tensors, metadata, device)
     if CHECKSUM_KEY not in metadata:
-        warnings.warn(f"{path} has no checksums (written before advlab had them): its weights cannot be checked "
-                      "for damage; `advlab verify` says more", UncheckedFileWarning, stacklevel=2)
+        warnings.warn(
+            f"{path} has no checksums (written before advlab had them): its weights cannot be checked "
+            "for damage; `advlab verify` says more",
+            UncheckedFileWarning,
+            stacklevel=2,
+        )
     # The checksums are computed on the hashing threads while the model is built and filled (hashlib and torch
     # both release the GIL), so verifying costs little wall time (benchmarks/bench_checkpoint.py). The model is
     # returned only once they agree, and damage is named in preference to what it may have caused (a NaN).
@@ -310,8 +352,9 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu",
     return built
 
 
-def _rebuild(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-             device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
+def _rebuild(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], device: torch.device | str
+) -> tuple[nn.Module, dict[str, Any]]:
     from advlab.models import create_model
 
     try:
@@ -351,13 +394,19 @@ def check_weights(path: Path, tensors: dict[str, torch.Tensor], expected: dict[s
         if want is None:
             continue  # load_state_dict names unexpected and missing keys
         if tensor.dtype != want.dtype:
-            raise AdvlabError(f"checkpoint {path}: {name} is stored as {str(tensor.dtype).removeprefix('torch.')} but "
-                              f"the model declares {str(want.dtype).removeprefix('torch.')}; it was not written by "
-                              "advlab for this model")
+            raise AdvlabError(
+                f"checkpoint {path}: {name} is stored as {str(tensor.dtype).removeprefix('torch.')} but "
+                f"the model declares {str(want.dtype).removeprefix('torch.')}; it was not written by "
+                "advlab for this model"
+            )
         if tensor.shape != want.shape:
-            raise AdvlabError(f"checkpoint {path}: {name} has shape {tuple(tensor.shape)} but the model declares "
-                              f"{tuple(want.shape)}")
+            raise AdvlabError(
+                f"checkpoint {path}: {name} has shape {tuple(tensor.shape)} but the model declares {tuple(want.shape)}"
+            )
         # A sum is finite unless a value is NaN or infinite (or it overflows): the cheap test first.
-        if tensor.is_floating_point() and not (bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())):
-            raise AdvlabError(f"checkpoint {path}: {name} holds NaN or infinite values; the training diverged or "
-                              "the file is damaged")
+        if tensor.is_floating_point() and not (
+            bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+        ):
+            raise AdvlabError(
+                f"checkpoint {path}: {name} holds NaN or infinite values; the training diverged or the file is damaged"
+            )

@@ -45,9 +45,11 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if device.type != "cuda":
         raise AdvlabError(f"unsupported device {spec!r}; choose {DEVICE_HELP}")
     if not torch.cuda.is_available():
-        raise AdvlabError(f"--device {text}: no CUDA device is available here (this torch "
-                          f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}); "
-                          "use --device cpu or auto")
+        raise AdvlabError(
+            f"--device {text}: no CUDA device is available here (this torch "
+            f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}); "
+            "use --device cpu or auto"
+        )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise AdvlabError(f"--device {text}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
@@ -114,8 +116,9 @@ class Runtime:
     def uses_channels_last(self) -> bool:
         """Whether training keeps its model and batches channels-last: on CPU (oneDNN runs NHWC faster), and on
         CUDA under reduced precision (tensor cores run NHWC convolutions; fp32 gains nothing there)."""
-        return self.channels_last and (self.device.type == "cpu" or
-                                       (self.device.type == "cuda" and self.precision != "fp32"))
+        return self.channels_last and (
+            self.device.type == "cpu" or (self.device.type == "cuda" and self.precision != "fp32")
+        )
 
     def to_dict(self) -> dict:
         values = {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last}
@@ -137,8 +140,7 @@ def same_device(a: torch.device | str, b: torch.device | str) -> bool:
 
 def _conv_weights(model: nn.Module) -> list[torch.Tensor]:
     """The initialized 4-D (convolution) weights of ``model``; lazy ones not yet shaped are left out."""
-    return [p for p in model.parameters()
-            if not isinstance(p, nn.parameter.UninitializedParameter) and p.dim() == 4]
+    return [p for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter) and p.dim() == 4]
 
 
 def _plain(module: nn.Module) -> bool:
@@ -180,8 +182,9 @@ def channels_last_twin(model: nn.Module) -> nn.Module | None:
             twins[id(module)] = twin
             # Straight into the twin's __dict__: never through a __setattr__ that could reach the caller.
             twin.__dict__["_parameters"] = {name: laid_out(p) for name, p in module._parameters.items()}
-            twin.__dict__["_modules"] = {name: None if child is None else twin_of(child)
-                                         for name, child in module._modules.items()}
+            twin.__dict__["_modules"] = {
+                name: None if child is None else twin_of(child) for name, child in module._modules.items()
+            }
         return twins[id(module)]
 
     try:

@@ -70,8 +70,11 @@ def _fits(value, hint) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and (isinstance(value, int) or math.isfinite(value)))
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (isinstance(value, int) or math.isfinite(value))
+        )
     if hint is str:
         return isinstance(value, str)
     if origin in (list, tuple):
@@ -92,8 +95,9 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def check_fields(values: Any, cls, *, what: str, where: str = "", known_only: bool = True,
-                 _path: str = "") -> dict[str, Any]:
+def check_fields(
+    values: Any, cls, *, what: str, where: str = "", known_only: bool = True, _path: str = ""
+) -> dict[str, Any]:
     """``values`` (a dict read from a file) against the fields of dataclass ``cls``: unknown keys (with
     ``known_only``) and wrongly typed values are refused with one line, ``where`` (a file) first, the field
     named by its dotted path (``models.pgd.clean_accuracy``). Dataclass fields, and the values of
@@ -367,6 +371,7 @@ class StudyMetrics:
 def check_metrics(metrics: Any, where: str) -> dict[str, Any]:
     """``metrics.json`` checked: every field's type (:class:`StudyMetrics`), then what types cannot say: at
     least one ε and one model, one accuracy per ε in every series, a known check status."""
+
     def bad(message: str) -> AdvlabError:
         return AdvlabError(f"{where} is not a study's metrics file: {message}; rerun `advlab study`")
 
@@ -403,6 +408,21 @@ def read_checked(path: str | Path, cls, *, what: str = "field") -> dict[str, Any
     return check_fields(values, cls, what=what, where=str(path), known_only=False)
 
 
-__all__ = ["ArmsRace", "ArmsRaceRow", "AttackOutput", "Certified", "CheckMeasurements", "CheckpointRecord", "Evaluation", "ModelArgs", "ModelResults",
-           "RunSummary", "SanityCheck", "StudyMetrics", "check_fields", "check_metrics", "check_record",
-           "read_checked"]
+__all__ = [
+    "ArmsRace",
+    "ArmsRaceRow",
+    "AttackOutput",
+    "Certified",
+    "CheckMeasurements",
+    "CheckpointRecord",
+    "Evaluation",
+    "ModelArgs",
+    "ModelResults",
+    "RunSummary",
+    "SanityCheck",
+    "StudyMetrics",
+    "check_fields",
+    "check_metrics",
+    "check_record",
+    "read_checked",
+]

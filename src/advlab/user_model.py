@@ -65,8 +65,10 @@ def parse_normalize(text: str | None) -> tuple[tuple[float, ...], tuple[float, .
     except ValueError:
         values = []
     if not values or len(values) % 2 or any(v != v for v in values):
-        raise AdvlabError(f"--normalize takes MEAN,STD or one mean and one std per channel, means first "
-                          f"(e.g. 0.5,0.25 or 0.49,0.48,0.45,0.25,0.24,0.26), got {text!r}")
+        raise AdvlabError(
+            f"--normalize takes MEAN,STD or one mean and one std per channel, means first "
+            f"(e.g. 0.5,0.25 or 0.49,0.48,0.45,0.25,0.24,0.26), got {text!r}"
+        )
     half = len(values) // 2
     mean, std = tuple(values[:half]), tuple(values[half:])
     if any(s <= 0 for s in std):
@@ -92,16 +94,20 @@ class UserModel:
         an advlab checkpoint's (no data set, no model_args of ours) with ``source`` saying where it came from."""
         weights = Path(self.weights)
         if weights.suffix != ".safetensors":
-            raise AdvlabError(f"--weights {weights}: only .safetensors files are read (nothing is unpickled); "
-                              "save yours with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
+            raise AdvlabError(
+                f"--weights {weights}: only .safetensors files are read (nothing is unpickled); "
+                "save yours with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+            )
         if not weights.is_file():
             raise AdvlabError(f"--weights {weights} does not exist")
         build = _import_factory(self.factory)
         try:
             model = build(**self.model_args)
         except Exception as err:  # the user's code: any failure is theirs to fix, said on one line
-            raise AdvlabError(f"the factory {self.factory}({_show_args(self.model_args)}) raised "
-                              f"{type(err).__name__}: {_first_line(err)}") from None
+            raise AdvlabError(
+                f"the factory {self.factory}({_show_args(self.model_args)}) raised "
+                f"{type(err).__name__}: {_first_line(err)}"
+            ) from None
         if not isinstance(model, nn.Module):
             raise AdvlabError(f"the factory {self.factory} returned {type(model).__name__}, not a torch.nn.Module")
         _fill(model, weights)
@@ -113,21 +119,31 @@ class UserModel:
 
     def describe(self, weights: Path | None = None) -> dict[str, Any]:
         weights = Path(weights or self.weights)
-        return {"kind": "factory", "factory": self.factory, "module_file": _module_file(self.factory),
-                "model_args": self.model_args, "weights": str(weights), "weights_sha256": file_sha256(weights),
-                "normalize": None if self.normalize is None else {"mean": list(self.normalize[0]),
-                                                                  "std": list(self.normalize[1])}}
+        return {
+            "kind": "factory",
+            "factory": self.factory,
+            "module_file": _module_file(self.factory),
+            "model_args": self.model_args,
+            "weights": str(weights),
+            "weights_sha256": file_sha256(weights),
+            "normalize": None
+            if self.normalize is None
+            else {"mean": list(self.normalize[0]), "std": list(self.normalize[1])},
+        }
 
 
 def _import_factory(spec: str):
     module_name, sep, name = spec.rpartition(":")
     if not sep or not module_name or not name.isidentifier():
-        raise AdvlabError(f"--model-from must be MODULE:FACTORY (e.g. my_pkg.nets:build or nets.py:build), got {spec!r}")
+        raise AdvlabError(
+            f"--model-from must be MODULE:FACTORY (e.g. my_pkg.nets:build or nets.py:build), got {spec!r}"
+        )
     module = _import(module_name)
     factory = getattr(module, name, None)
     if factory is None:
-        raise AdvlabError(f"module {module_name} has no {name!r}; --model-from names a function in it that "
-                          "returns the model")
+        raise AdvlabError(
+            f"module {module_name} has no {name!r}; --model-from names a function in it that returns the model"
+        )
     if not callable(factory):
         raise AdvlabError(f"{spec} is a {type(factory).__name__}, not a function that returns the model")
     return factory
@@ -149,8 +165,10 @@ def _import(module_name: str):
     except AdvlabError:
         raise
     except Exception as err:
-        raise AdvlabError(f"cannot import {module_name}: {type(err).__name__}: {_first_line(err)} (run advlab "
-                          "from the folder that holds your package, or give the .py file's path)") from None
+        raise AdvlabError(
+            f"cannot import {module_name}: {type(err).__name__}: {_first_line(err)} (run advlab "
+            "from the folder that holds your package, or give the .py file's path)"
+        ) from None
 
 
 def _module_file(spec: str) -> str | None:
@@ -175,8 +193,10 @@ def _fill(model: nn.Module, weights: Path) -> None:
             parts.append(f"lacks {_few(missing)} that the model has")
         if unexpected:
             parts.append(f"holds {_few(unexpected)} that the model lacks")
-        raise AdvlabError(f"--weights {weights} {' and '.join(parts)}: save model.state_dict() of the model the "
-                          "factory builds (same class and --model-args)")
+        raise AdvlabError(
+            f"--weights {weights} {' and '.join(parts)}: save model.state_dict() of the model the "
+            "factory builds (same class and --model-args)"
+        )
     for key, tensor in tensors.items():  # user files may hold half precision: cast floats, refuse the rest
         want = expected[key]
         if tensor.is_floating_point() and want.is_floating_point() and tensor.dtype != want.dtype:
@@ -184,8 +204,9 @@ def _fill(model: nn.Module, weights: Path) -> None:
     try:
         check_weights(weights, tensors, expected)
     except AdvlabError as err:
-        raise AdvlabError(f"{err}; save model.state_dict() of the model the factory builds (same class and "
-                          "--model-args)") from None
+        raise AdvlabError(
+            f"{err}; save model.state_dict() of the model the factory builds (same class and --model-args)"
+        ) from None
     model.load_state_dict(tensors, strict=True)
 
 
@@ -212,8 +233,11 @@ def open_model(source: str | Path | UserModel, device: torch.device | str) -> tu
 
 def provenance(source: str | Path | UserModel) -> dict[str, Any]:
     """What an output records of its model: the checkpoint's path, or the factory, arguments and weights."""
-    return {"checkpoint": None, "model_source": source.describe()} if isinstance(source, UserModel) else \
-        {"checkpoint": str(source)}
+    return (
+        {"checkpoint": None, "model_source": source.describe()}
+        if isinstance(source, UserModel)
+        else {"checkpoint": str(source)}
+    )
 
 
 def weights_digest(source: str | Path | UserModel) -> str:
@@ -231,5 +255,12 @@ def training_record(source: str | Path | UserModel) -> dict[str, Any]:
     return {"training": training_outcome(source), "training_status": training_status(source)}
 
 
-__all__ = ["UserModel", "open_model", "parse_model_args", "parse_normalize", "provenance",
-           "training_record", "weights_digest"]
+__all__ = [
+    "UserModel",
+    "open_model",
+    "parse_model_args",
+    "parse_normalize",
+    "provenance",
+    "training_record",
+    "weights_digest",
+]

@@ -66,8 +66,9 @@ def verify_path(path: str | Path) -> list[Finding]:
         if message:
             findings.append(Finding(str(folder), "unfinished", message))
         elif status:
-            findings.append(Finding(str(folder), "ok", f"training finished ({status['epoch']} of {status['epochs']} "
-                                                       "epochs)"))
+            findings.append(
+                Finding(str(folder), "ok", f"training finished ({status['epoch']} of {status['epochs']} epochs)")
+            )
     return findings
 
 

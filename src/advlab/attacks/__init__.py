@@ -21,10 +21,32 @@ Command line: ``advlab attack RUN_DIR --attack pgd20 --eps 0.1 --out OUT``.
 from advlab.attacks.apgd import apgd_ce, apgd_dlr, apgd_t, count_passes
 from advlab.attacks.gradient import fgsm, madry_alpha, pgd, random_noise
 from advlab.attacks.loop import LOSSES, bucket_size, eval_mode, margin_loss, perturb
-from advlab.attacks.square import square
 from advlab.attacks.registry import ATTACKS, AttackKind, AttackSpec, parse_attack, register_attack
+from advlab.attacks.square import square
 from advlab.attacks.threat import NORMS, IntegrityError, project, verify_adversarial
 
-__all__ = ["apgd_ce", "apgd_dlr", "apgd_t", "count_passes", "ATTACKS", "AttackKind", "AttackSpec", "IntegrityError", "LOSSES", "NORMS", "bucket_size", "eval_mode",
-           "fgsm", "madry_alpha", "margin_loss", "parse_attack", "perturb", "pgd", "project", "random_noise",
-           "register_attack", "square", "verify_adversarial"]
+__all__ = [
+    "apgd_ce",
+    "apgd_dlr",
+    "apgd_t",
+    "count_passes",
+    "ATTACKS",
+    "AttackKind",
+    "AttackSpec",
+    "IntegrityError",
+    "LOSSES",
+    "NORMS",
+    "bucket_size",
+    "eval_mode",
+    "fgsm",
+    "madry_alpha",
+    "margin_loss",
+    "parse_attack",
+    "perturb",
+    "pgd",
+    "project",
+    "random_noise",
+    "register_attack",
+    "square",
+    "verify_adversarial",
+]

@@ -49,8 +49,10 @@ def targeted_dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch
     2020 (arXiv:2003.01690), π sorting the logits in decreasing order: positive once the target ``t``
     outscores the label ``y``. Shapes: ``logits`` (N, C) with C ≥ 4, ``labels`` and ``targets`` (N,)."""
     if logits.shape[1] < 4:
-        raise AdvlabError(f"the targeted DLR loss of APGD-T needs at least 4 classes (it divides by "
-                          f"z_π1 − (z_π3 + z_π4)/2), but the model gives {logits.shape[1]}; use apgd-ce instead")
+        raise AdvlabError(
+            f"the targeted DLR loss of APGD-T needs at least 4 classes (it divides by "
+            f"z_π1 − (z_π3 + z_π4)/2), but the model gives {logits.shape[1]}; use apgd-ce instead"
+        )
     top = logits.topk(4, dim=1).values
     gap = logits.gather(1, targets[:, None]).squeeze(1) - logits.gather(1, labels[:, None]).squeeze(1)
     return gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
@@ -80,8 +82,14 @@ def checkpoints(steps: int) -> list[int]:
     return points
 
 
-def halve_step(increases: torch.Tensor, interval: int, best_loss: torch.Tensor, best_loss_before: torch.Tensor,
-               halved_before: torch.Tensor, rho: float = RHO) -> torch.Tensor:
+def halve_step(
+    increases: torch.Tensor,
+    interval: int,
+    best_loss: torch.Tensor,
+    best_loss_before: torch.Tensor,
+    halved_before: torch.Tensor,
+    rho: float = RHO,
+) -> torch.Tensor:
     """Per example, whether APGD halves its step at a checkpoint (Croce & Hein 2020, Sec. 3.2): (1) fewer
     than ``rho·interval`` of the ``interval`` steps since the last checkpoint raised the loss, or (2) the
     step was not halved at the last checkpoint and the best loss has not risen since. Shapes: (N,).
@@ -129,8 +137,15 @@ def count_passes(model: nn.Module) -> Iterator[PassCount]:
         handle.remove()
 
 
-def _loss_and_grad(model: nn.Module, x_adv: torch.Tensor, labels: torch.Tensor, goals: torch.Tensor,
-                   objective: Objective, need_grad: bool, eot: int = 1):
+def _loss_and_grad(
+    model: nn.Module,
+    x_adv: torch.Tensor,
+    labels: torch.Tensor,
+    goals: torch.Tensor,
+    objective: Objective,
+    need_grad: bool,
+    eot: int = 1,
+):
     """Logits, per-example objective and (with ``need_grad``) its input gradient at ``x_adv``. With
     ``eot`` > 1 (Expectation over Transformation, Athalye et al. 2018, for randomized models) the objective
     and its gradient are averaged over that many forward-backward passes, as AutoAttack's ``rand`` version
@@ -150,8 +165,20 @@ def _loss_and_grad(model: nn.Module, x_adv: torch.Tensor, labels: torch.Tensor, 
     return logits.detach(), loss_sum / eot, grad_sum / eot
 
 
-def apgd_run(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, goals: torch.Tensor, start: torch.Tensor, *,
-             eps: float, norm: str, steps: int, objective: Objective, early_stop: bool, eot: int = 1):
+def apgd_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    goals: torch.Tensor,
+    start: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    steps: int,
+    objective: Objective,
+    early_stop: bool,
+    eot: int = 1,
+):
     """One APGD run of ``steps`` iterations from ``start`` (Croce & Hein 2020, Algorithm 1), low level: no
     checks, no eval mode. ``objective(logits, labels, goals)`` is ascended; success is a wrong prediction.
 
@@ -167,19 +194,33 @@ def apgd_run(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, goals: tor
     marks = [k for k in checkpoints(steps) if k < steps]  # a checkpoint after the last step changes nothing
     logits, loss, grad = _loss_and_grad(model, start, labels, goals, objective, steps > 0, eot)
     # Per-row state of the rows still in the batch; with early exit, fooled rows leave it.
-    s = {"row": torch.arange(n, device=x.device), "x": x, "labels": labels, "goals": goals,
-         "cur": start, "prev": start, "grad": grad, "loss": loss,
-         "best": start.clone(), "best_loss": loss.clone(), "best_grad": grad,  # x_max, its loss and gradient
-         "best_loss_before": loss.clone(), "halved_before": torch.ones(n, dtype=torch.bool, device=x.device),
-         "increases": torch.zeros(n, dtype=torch.long, device=x.device),
-         "step": torch.full((n,), 2.0 * eps, device=x.device), "fooled": torch.zeros(n, dtype=torch.bool, device=x.device)}
+    s = {
+        "row": torch.arange(n, device=x.device),
+        "x": x,
+        "labels": labels,
+        "goals": goals,
+        "cur": start,
+        "prev": start,
+        "grad": grad,
+        "loss": loss,
+        "best": start.clone(),
+        "best_loss": loss.clone(),
+        "best_grad": grad,  # x_max, its loss and gradient
+        "best_loss_before": loss.clone(),
+        "halved_before": torch.ones(n, dtype=torch.bool, device=x.device),
+        "increases": torch.zeros(n, dtype=torch.long, device=x.device),
+        "step": torch.full((n,), 2.0 * eps, device=x.device),
+        "fooled": torch.zeros(n, dtype=torch.bool, device=x.device),
+    }
     bcast = (-1, *([1] * (x.dim() - 1)))
     last_mark = 0
     for k in range(steps + 1):
         if k > 0:  # x^(k) from x^(k−1): a projected step, then momentum (none on the first step)
             cur, prev, eta = s["cur"], s["prev"], s["step"].view(bcast)
             z = project(cur + eta * step_direction(s["grad"], norm), s["x"], eps, norm)
-            new = z if k == 1 else project(cur + MOMENTUM * (z - cur) + (1 - MOMENTUM) * (cur - prev), s["x"], eps, norm)
+            new = (
+                z if k == 1 else project(cur + MOMENTUM * (z - cur) + (1 - MOMENTUM) * (cur - prev), s["x"], eps, norm)
+            )
             logits, loss, grad = _loss_and_grad(model, new, s["labels"], s["goals"], objective, k < steps, eot)
             s["increases"] += loss > s["loss"]
             s["prev"], s["cur"], s["grad"], s["loss"] = cur, new, grad, loss
@@ -221,15 +262,34 @@ def apgd_run(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, goals: tor
     return out_x, out_fooled, out_loss, out_step
 
 
-def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, title: str, loss: str, targets: int, eps: float,
-          norm: str, steps: int, restarts: int, random_start: bool, targeted: bool, spec_loss: str,
-          generator: torch.Generator | None, early_stop: bool, channels_last: bool, eot: int = 1) -> torch.Tensor:
+def _apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    title: str,
+    loss: str,
+    targets: int,
+    eps: float,
+    norm: str,
+    steps: int,
+    restarts: int,
+    random_start: bool,
+    targeted: bool,
+    spec_loss: str,
+    generator: torch.Generator | None,
+    early_stop: bool,
+    channels_last: bool,
+    eot: int = 1,
+) -> torch.Tensor:
     """The driver behind the three registered attacks: checks, eval mode, runs per target and restart."""
     check_attack_inputs(model, x, y, eps, norm)
     eot = check_count("eot", eot)
     if targeted or spec_loss != "ce":
-        raise AdvlabError(f"{title} chooses its own loss and target classes and attacks the true labels; "
-                          f"call it with targeted=False and loss='ce' (got targeted={targeted!r}, loss={spec_loss!r})")
+        raise AdvlabError(
+            f"{title} chooses its own loss and target classes and attacks the true labels; "
+            f"call it with targeted=False and loss='ce' (got targeted={targeted!r}, loss={spec_loss!r})"
+        )
     steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
     objective = _OBJECTIVES[loss]
     x = x.detach()
@@ -254,9 +314,19 @@ def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, title: str, los
                 todo = (~fooled).nonzero().squeeze(1) if early_stop else torch.arange(len(y), device=y.device)
                 if todo.numel() == 0:
                     break
-                cand, cand_fooled, cand_loss, _ = apgd_run(net, x_fast[todo], y[todo], goal[todo], start[todo],
-                                                           eps=eps, norm=norm, steps=steps, objective=objective,
-                                                           early_stop=early_stop, eot=eot)
+                cand, cand_fooled, cand_loss, _ = apgd_run(
+                    net,
+                    x_fast[todo],
+                    y[todo],
+                    goal[todo],
+                    start[todo],
+                    eps=eps,
+                    norm=norm,
+                    steps=steps,
+                    objective=objective,
+                    early_stop=early_stop,
+                    eot=eot,
+                )
                 was = fooled[todo]
                 better = (cand_fooled & ~was) | ((cand_fooled == was) & (cand_loss > best_loss[todo]))
                 best[todo[better]] = cand[better]
@@ -269,13 +339,33 @@ _COUNTS = r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?"
 _OPTIONS = ("steps", "restarts", "random_start", "eot")
 
 
-@register_attack("apgd-ce", title="APGD-CE", summary="Auto-PGD on cross-entropy (Croce & Hein 2020): apgd-ce = "
-                 "apgd-ce100, apgd-ceSTEPS, apgd-ceSTEPSxRESTARTS", counts=_COUNTS,
-                 syntax="apgd-ce[STEPS][xRESTARTS]", default_steps=100, step_ratio=None, options=_OPTIONS)
-def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "linf", steps: int = 100,
-            restarts: int = 1, random_start: bool = True, targeted: bool = False, loss: str = "ce",
-            generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True,
-            eot: int = 1) -> torch.Tensor:
+@register_attack(
+    "apgd-ce",
+    title="APGD-CE",
+    summary="Auto-PGD on cross-entropy (Croce & Hein 2020): apgd-ce = apgd-ce100, apgd-ceSTEPS, apgd-ceSTEPSxRESTARTS",
+    counts=_COUNTS,
+    syntax="apgd-ce[STEPS][xRESTARTS]",
+    default_steps=100,
+    step_ratio=None,
+    options=_OPTIONS,
+)
+def apgd_ce(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: Norm = "linf",
+    steps: int = 100,
+    restarts: int = 1,
+    random_start: bool = True,
+    targeted: bool = False,
+    loss: str = "ce",
+    generator: torch.Generator | None = None,
+    early_stop: bool = False,
+    channels_last: bool = True,
+    eot: int = 1,
+) -> torch.Tensor:
     """APGD-CE: Auto-PGD on the cross-entropy loss (Croce & Hein 2020, "Reliable evaluation of adversarial
     robustness with an ensemble of diverse parameter-free attacks", arXiv:2003.01690), AutoAttack's first attack.
 
@@ -293,39 +383,129 @@ def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
 
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
-    return _apgd(model, x, y, title="APGD-CE", loss="ce", targets=0, eps=eps, norm=norm, steps=steps,
-                 restarts=restarts, random_start=random_start, targeted=targeted, spec_loss=loss, generator=generator,
-                 early_stop=early_stop, channels_last=channels_last, eot=eot)
+    return _apgd(
+        model,
+        x,
+        y,
+        title="APGD-CE",
+        loss="ce",
+        targets=0,
+        eps=eps,
+        norm=norm,
+        steps=steps,
+        restarts=restarts,
+        random_start=random_start,
+        targeted=targeted,
+        spec_loss=loss,
+        generator=generator,
+        early_stop=early_stop,
+        channels_last=channels_last,
+        eot=eot,
+    )
 
 
-@register_attack("apgd-dlr", title="APGD-DLR", summary="Auto-PGD on the DLR loss (Croce & Hein 2020; 3+ classes): "
-                 "apgd-dlr = apgd-dlr100, apgd-dlrSTEPS[xRESTARTS]", counts=_COUNTS,
-                 syntax="apgd-dlr[STEPS][xRESTARTS]", default_steps=100, step_ratio=None, options=_OPTIONS)
-def apgd_dlr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "linf", steps: int = 100,
-             restarts: int = 1, random_start: bool = True, targeted: bool = False, loss: str = "ce",
-             generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True,
-             eot: int = 1) -> torch.Tensor:
+@register_attack(
+    "apgd-dlr",
+    title="APGD-DLR",
+    summary="Auto-PGD on the DLR loss (Croce & Hein 2020; 3+ classes): "
+    "apgd-dlr = apgd-dlr100, apgd-dlrSTEPS[xRESTARTS]",
+    counts=_COUNTS,
+    syntax="apgd-dlr[STEPS][xRESTARTS]",
+    default_steps=100,
+    step_ratio=None,
+    options=_OPTIONS,
+)
+def apgd_dlr(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: Norm = "linf",
+    steps: int = 100,
+    restarts: int = 1,
+    random_start: bool = True,
+    targeted: bool = False,
+    loss: str = "ce",
+    generator: torch.Generator | None = None,
+    early_stop: bool = False,
+    channels_last: bool = True,
+    eot: int = 1,
+) -> torch.Tensor:
     """APGD-DLR: Auto-PGD on the difference of logits ratio (Croce & Hein 2020, arXiv:2003.01690;
     :func:`advlab.attacks.loop.dlr_loss`), which shifting or rescaling the logits does not change. Needs 3
     classes. Arguments, threat model and shapes as :func:`apgd_ce`."""
-    return _apgd(model, x, y, title="APGD-DLR", loss="dlr", targets=0, eps=eps, norm=norm, steps=steps,
-                 restarts=restarts, random_start=random_start, targeted=targeted, spec_loss=loss, generator=generator,
-                 early_stop=early_stop, channels_last=channels_last, eot=eot)
+    return _apgd(
+        model,
+        x,
+        y,
+        title="APGD-DLR",
+        loss="dlr",
+        targets=0,
+        eps=eps,
+        norm=norm,
+        steps=steps,
+        restarts=restarts,
+        random_start=random_start,
+        targeted=targeted,
+        spec_loss=loss,
+        generator=generator,
+        early_stop=early_stop,
+        channels_last=channels_last,
+        eot=eot,
+    )
 
 
-@register_attack("apgd-t", title="APGD-T", summary="Auto-PGD on the targeted DLR loss against the 9 most likely wrong "
-                 "classes (Croce & Hein 2020; 4+ classes): apgd-t = apgd-t100, apgd-tSTEPS[xRESTARTS] per target",
-                 counts=_COUNTS, syntax="apgd-t[STEPS][xRESTARTS][-topK]", default_steps=100, step_ratio=None,
-                 options=(*_OPTIONS, "targets"))
-def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: Norm = "linf", steps: int = 100,
-           restarts: int = 1, random_start: bool = True, targeted: bool = False, loss: str = "ce", targets: int = TARGETS,
-           generator: torch.Generator | None = None, early_stop: bool = False, channels_last: bool = True,
-           eot: int = 1) -> torch.Tensor:
+@register_attack(
+    "apgd-t",
+    title="APGD-T",
+    summary="Auto-PGD on the targeted DLR loss against the 9 most likely wrong "
+    "classes (Croce & Hein 2020; 4+ classes): apgd-t = apgd-t100, apgd-tSTEPS[xRESTARTS] per target",
+    counts=_COUNTS,
+    syntax="apgd-t[STEPS][xRESTARTS][-topK]",
+    default_steps=100,
+    step_ratio=None,
+    options=(*_OPTIONS, "targets"),
+)
+def apgd_t(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: Norm = "linf",
+    steps: int = 100,
+    restarts: int = 1,
+    random_start: bool = True,
+    targeted: bool = False,
+    loss: str = "ce",
+    targets: int = TARGETS,
+    generator: torch.Generator | None = None,
+    early_stop: bool = False,
+    channels_last: bool = True,
+    eot: int = 1,
+) -> torch.Tensor:
     """APGD-T: Auto-PGD on the targeted DLR loss (:func:`targeted_dlr_loss`; Croce & Hein 2020,
     arXiv:2003.01690), AutoAttack's second attack: in turn against each of the ``targets`` (default 9, at
     most C − 1) most likely wrong classes by the clean logits, each with ``restarts`` runs of ``steps``
     iterations on the examples still standing. Success is any wrong prediction, not only the target's.
     Needs 4 classes. Other arguments, threat model and shapes as :func:`apgd_ce`."""
-    return _apgd(model, x, y, title="APGD-T", loss="dlr-targeted", targets=check_count("targets", targets), eps=eps,
-                 norm=norm, steps=steps, restarts=restarts, random_start=random_start, targeted=targeted,
-                 spec_loss=loss, generator=generator, early_stop=early_stop, channels_last=channels_last, eot=eot)
+    return _apgd(
+        model,
+        x,
+        y,
+        title="APGD-T",
+        loss="dlr-targeted",
+        targets=check_count("targets", targets),
+        eps=eps,
+        norm=norm,
+        steps=steps,
+        restarts=restarts,
+        random_start=random_start,
+        targeted=targeted,
+        spec_loss=loss,
+        generator=generator,
+        early_stop=early_stop,
+        channels_last=channels_last,
+        eot=eot,
+    )

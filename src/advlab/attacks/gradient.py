@@ -37,11 +37,16 @@ def madry_alpha(eps: float, steps: int) -> float:
     return MADRY_STEP_FACTOR * eps / steps
 
 
-@register_attack("pgd", title="PGD", summary="projected gradient descent (Madry et al. 2018): pgd = pgd20, "
-                 "pgdSTEPS, pgdSTEPSxRESTARTS", counts=r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?",
-                 syntax="pgd[STEPS][xRESTARTS]",
-                 default_steps=20, step_ratio=lambda steps: madry_alpha(1.0, steps),
-                 options=("steps", "restarts", "random_start", "alpha", "step_ratio", "loss", "targeted", "eot"))
+@register_attack(
+    "pgd",
+    title="PGD",
+    summary="projected gradient descent (Madry et al. 2018): pgd = pgd20, pgdSTEPS, pgdSTEPSxRESTARTS",
+    counts=r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?",
+    syntax="pgd[STEPS][xRESTARTS]",
+    default_steps=20,
+    step_ratio=lambda steps: madry_alpha(1.0, steps),
+    options=("steps", "restarts", "random_start", "alpha", "step_ratio", "loss", "targeted", "eot"),
+)
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -85,8 +90,17 @@ def pgd(
     x = x.detach()
     y = y.detach().to(device=x.device, dtype=torch.long)
     objective, success = attack_objective(loss, targeted), attack_success(targeted)
-    run = dict(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start, objective=objective,
-               success=success if early_stop else None, generator=generator, eot=eot)
+    run = dict(
+        eps=eps,
+        alpha=alpha,
+        steps=steps,
+        norm=norm,
+        random_start=random_start,
+        objective=objective,
+        success=success if early_stop else None,
+        generator=generator,
+        eot=eot,
+    )
     with eval_mode(model), torch.enable_grad(), fast_layout(model, x, channels_last) as (net, x_fast):
         best = perturb(net, x_fast, y, **run)
         if restarts > 1:
@@ -94,8 +108,17 @@ def pgd(
     return best.contiguous()
 
 
-def _keep_strongest(model: nn.Module, x: torch.Tensor, y: torch.Tensor, best: torch.Tensor, run: dict,
-                    more: int, objective, success, early_stop: bool) -> torch.Tensor:
+def _keep_strongest(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    best: torch.Tensor,
+    run: dict,
+    more: int,
+    objective,
+    success,
+    early_stop: bool,
+) -> torch.Tensor:
     """``more`` further random starts, each example keeping its strongest result (a success first, then
     the higher objective); with ``early_stop`` a restart runs only on the examples not yet fooled."""
     with torch.no_grad():
@@ -117,8 +140,14 @@ def _keep_strongest(model: nn.Module, x: torch.Tensor, y: torch.Tensor, best: to
     return best
 
 
-@register_attack("fgsm", title="FGSM", summary="fast gradient sign method (Goodfellow et al. 2015); one step of ε",
-                 default_steps=1, step_ratio=lambda steps: 1.0, options=("loss", "targeted", "eot"))
+@register_attack(
+    "fgsm",
+    title="FGSM",
+    summary="fast gradient sign method (Goodfellow et al. 2015); one step of ε",
+    default_steps=1,
+    step_ratio=lambda steps: 1.0,
+    options=("loss", "targeted", "eot"),
+)
 def fgsm(
     model: nn.Module,
     x: torch.Tensor,
@@ -140,9 +169,23 @@ def fgsm(
     Identical to ``pgd(..., steps=1, alpha=eps, random_start=False)``. ``generator`` is accepted for a
     uniform signature and unused. Shapes: ``x`` (N, C, H, W) in [0, 1], ``y`` (N,); returns ``x``'s shape.
     """
-    return pgd(model, x, y, eps=eps, alpha=eps, steps=1, norm=norm, random_start=False, restarts=1,
-               targeted=targeted, loss=loss, generator=generator, early_stop=early_stop, channels_last=channels_last,
-               eot=eot)
+    return pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        alpha=eps,
+        steps=1,
+        norm=norm,
+        random_start=False,
+        restarts=1,
+        targeted=targeted,
+        loss=loss,
+        generator=generator,
+        early_stop=early_stop,
+        channels_last=channels_last,
+        eot=eot,
+    )
 
 
 @register_attack("noise", title="noise", summary="random noise of size ε (a baseline, not an attack)")

@@ -57,8 +57,10 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     the top logits: positive exactly when misclassified, and unchanged when the logits are shifted or scaled.
     """
     if logits.shape[1] < 3:
-        raise AdvlabError(f"the DLR loss needs at least 3 classes (it divides by z_π1 − z_π3), "
-                          f"but the model gives {logits.shape[1]}; use cross-entropy instead")
+        raise AdvlabError(
+            f"the DLR loss needs at least 3 classes (it divides by z_π1 − z_π3), "
+            f"but the model gives {logits.shape[1]}; use cross-entropy instead"
+        )
     top = logits.topk(3, dim=1).values
     return margin_loss(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
@@ -136,8 +138,7 @@ def perturb(
     """
     if not clip_start and success is not None:
         raise ValueError("an unclipped random start is for training, not for an attack that keeps its iterates")
-    x_adv = (random_point_in_ball(x, eps, norm, generator, clip=clip_start) if random_start and eps > 0
-             else x.clone())
+    x_adv = random_point_in_ball(x, eps, norm, generator, clip=clip_start) if random_start and eps > 0 else x.clone()
     early_stop = success is not None
     result = x_adv.clone() if early_stop else x_adv
     active = torch.arange(x.shape[0], device=x.device)  # the examples still in the loop (rows of x)
@@ -169,10 +170,10 @@ def perturb(
                     # Unfinished rows first, then finished ones to fill the bucket, in their old order.
                     keep = torch.argsort(finished.to(torch.uint8), stable=True)[:size].sort().values
                     active, x_act, t_act, x_adv, grad, finished = (
-                        t[keep] for t in (active, x_act, t_act, x_adv, grad, finished))
+                        t[keep] for t in (active, x_act, t_act, x_adv, grad, finished)
+                    )
         x_adv = project(x_adv + alpha * step_direction(grad, norm), x_act, eps, norm)
     if early_stop:
         result[active[~finished]] = x_adv[~finished]
         return result
     return x_adv
-

@@ -55,16 +55,35 @@ class AttackKind:
 ATTACKS: dict[str, AttackKind] = {}
 
 
-def register_attack(name: str, *, title: str, summary: str, counts: str = "", syntax: str = "", default_steps: int = 0,
-                    step_ratio: Callable[[int], float] | None = None, options: tuple[str, ...] = (),
-                    black_box: bool = False) -> Callable[[AttackFn], AttackFn]:
+def register_attack(
+    name: str,
+    *,
+    title: str,
+    summary: str,
+    counts: str = "",
+    syntax: str = "",
+    default_steps: int = 0,
+    step_ratio: Callable[[int], float] | None = None,
+    options: tuple[str, ...] = (),
+    black_box: bool = False,
+) -> Callable[[AttackFn], AttackFn]:
     """Decorator: make the attack function findable by ``name`` (see :class:`AttackKind`)."""
+
     def decorate(function: AttackFn) -> AttackFn:
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} is registered twice")
-        ATTACKS[name] = AttackKind(name=name, function=function, title=title, summary=summary, counts=counts,
-                                   syntax=syntax or name, default_steps=default_steps, step_ratio=step_ratio,
-                                   options=frozenset(options), black_box=black_box)
+        ATTACKS[name] = AttackKind(
+            name=name,
+            function=function,
+            title=title,
+            summary=summary,
+            counts=counts,
+            syntax=syntax or name,
+            default_steps=default_steps,
+            step_ratio=step_ratio,
+            options=frozenset(options),
+            black_box=black_box,
+        )
         return function
 
     return decorate
@@ -77,8 +96,13 @@ def get_attack_kind(name: str) -> AttackKind:
         raise AdvlabError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS))}") from None
 
 
-_OPTION_WORDS = {"random_start": "random start", "step_ratio": "step size", "loss": "choice of loss",
-                 "targeted": "target classes", "eot": "EOT (it averages no gradients)"}
+_OPTION_WORDS = {
+    "random_start": "random start",
+    "step_ratio": "step size",
+    "loss": "choice of loss",
+    "targeted": "target classes",
+    "eot": "EOT (it averages no gradients)",
+}
 
 
 @dataclass(frozen=True)
@@ -107,15 +131,24 @@ class AttackSpec:
             raise AdvlabError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
         if self.loss not in LOSSES:
             raise AdvlabError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
-        neutral = {"steps": kind.default_steps, "restarts": 1, "random_start": False, "step_ratio": None,
-                   "loss": "ce", "targeted": False, "eot": 1}
+        neutral = {
+            "steps": kind.default_steps,
+            "restarts": 1,
+            "random_start": False,
+            "step_ratio": None,
+            "loss": "ce",
+            "targeted": False,
+            "eot": 1,
+        }
         for option, value in neutral.items():
             given = getattr(self, option)
             if not kind.takes(option) and given is not None and given != value:
                 raise AdvlabError(f"attack {self.name} takes no {_OPTION_WORDS.get(option, option)} (got {given!r})")
-        resolved = {"steps": kind.default_steps if self.steps is None else self.steps,
-                    "restarts": 1 if self.restarts is None else self.restarts,
-                    "random_start": kind.takes("random_start") if self.random_start is None else self.random_start}
+        resolved = {
+            "steps": kind.default_steps if self.steps is None else self.steps,
+            "restarts": 1 if self.restarts is None else self.restarts,
+            "random_start": kind.takes("random_start") if self.random_start is None else self.random_start,
+        }
         for key, value in resolved.items():
             object.__setattr__(self, key, value)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or (kind.takes("steps") and self.steps < 1):
@@ -129,8 +162,9 @@ class AttackSpec:
         if isinstance(self.eot, bool) or not isinstance(self.eot, int) or self.eot < 1:
             raise AdvlabError(f"eot must be an integer of at least 1, got {self.eot!r}")
         if not isinstance(self.bpda, bool) or (self.bpda and (kind.black_box or kind.name == "noise")):
-            raise AdvlabError(f"BPDA approximates a gradient, and {self.name} uses none; use it with fgsm, pgd or "
-                              "apgd attacks")
+            raise AdvlabError(
+                f"BPDA approximates a gradient, and {self.name} uses none; use it with fgsm, pgd or apgd attacks"
+            )
         if self.targets is not None and (not (self.targeted or kind.takes("targets")) or self.targets < 1):
             raise AdvlabError(f"targets must be at least 1 and needs a targeted attack, got {self.targets!r}")
 
@@ -149,8 +183,12 @@ class AttackSpec:
             text += f" top-{self.targets} targeted" if self.targets else " targeted"
         elif self.targets:  # an attack that picks its own targets (APGD-T): how many it tries
             text += f" top-{self.targets}"
-        return (text + (f" {self.loss}" if self.loss != "ce" else "") + (f" EOT-{self.eot}" if self.eot > 1 else "")
-                + (" BPDA" if self.bpda else ""))
+        return (
+            text
+            + (f" {self.loss}" if self.loss != "ce" else "")
+            + (f" EOT-{self.eot}" if self.eot > 1 else "")
+            + (" BPDA" if self.bpda else "")
+        )
 
     def alpha(self, eps: float) -> float | None:
         """The step size at ``eps`` in pixel units; None for an attack without steps."""
@@ -164,25 +202,59 @@ class AttackSpec:
 
     def hyperparameters(self, eps: float) -> dict:
         """Everything needed to rerun this attack at ``eps``: for reports and metrics files."""
-        return {"attack": self.name, "norm": self.norm, "eps": eps, "alpha": self.alpha(eps), "steps": self.steps,
-                "restarts": self.restarts, "random_start": self.random_start, "loss": self.loss,
-                "targeted": self.targeted, **({"targets": self.targets or "all others"} if self.targeted else {}),
-                **({"targets": self.targets} if not self.targeted and self.targets else {}),
-                **({"eot": self.eot} if self.eot > 1 else {}), **({"bpda": True} if self.bpda else {})}
+        return {
+            "attack": self.name,
+            "norm": self.norm,
+            "eps": eps,
+            "alpha": self.alpha(eps),
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "random_start": self.random_start,
+            "loss": self.loss,
+            "targeted": self.targeted,
+            **({"targets": self.targets or "all others"} if self.targeted else {}),
+            **({"targets": self.targets} if not self.targeted and self.targets else {}),
+            **({"eot": self.eot} if self.eot > 1 else {}),
+            **({"bpda": True} if self.bpda else {}),
+        }
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                 generator: torch.Generator | None = None, early_stop: bool = False,
-                 channels_last: bool = True) -> torch.Tensor:
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        generator: torch.Generator | None = None,
+        early_stop: bool = False,
+        channels_last: bool = True,
+    ) -> torch.Tensor:
         """Attack ``x`` (labels ``y``, or with ``targeted`` the target labels) at ``eps``."""
         kind = self.kind
-        settings = {"alpha": self.alpha(eps), "steps": self.steps, "restarts": self.restarts,
-                    "random_start": self.random_start, "eot": self.eot}
+        settings = {
+            "alpha": self.alpha(eps),
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "random_start": self.random_start,
+            "eot": self.eot,
+        }
         if self.targets is not None and not self.targeted:
             settings["targets"] = self.targets  # an attack that picks its own targets: how many
         options = {key: value for key, value in settings.items() if kind.takes(key)}
         with straight_through(model, self.bpda):
-            return kind.function(model, x, y, eps=eps, norm=self.norm, targeted=self.targeted, loss=self.loss,
-                                 generator=generator, early_stop=early_stop, channels_last=channels_last, **options)
+            return kind.function(
+                model,
+                x,
+                y,
+                eps=eps,
+                norm=self.norm,
+                targeted=self.targeted,
+                loss=self.loss,
+                generator=generator,
+                early_stop=early_stop,
+                channels_last=channels_last,
+                **options,
+            )
 
 
 _MODIFIERS = r"(?P<modifiers>(?:-[a-z0-9]+)*)"
@@ -211,28 +283,49 @@ def parse_attack(text: str, *, norm: str | None = None, step_ratio: float | None
         if match:
             break
     else:
-        raise AdvlabError(f"unknown attack {text!r}; known: {attack_syntax()} (e.g. pgd50x10), each optionally "
-                          "with -l2 or -linf, -margin or -ce, -targeted")
+        raise AdvlabError(
+            f"unknown attack {text!r}; known: {attack_syntax()} (e.g. pgd50x10), each optionally "
+            "with -l2 or -linf, -margin or -ce, -targeted"
+        )
     counts = {key: int(value) for key, value in match.groupdict().items() if key != "modifiers" and value}
     settings: dict = {"norm": None, "loss": None, "targeted": None, "eot": None, "top": None, "bpda": None}
     for word in filter(None, match["modifiers"].split("-")):
         targeted, eot, top = _TARGETED.fullmatch(word), _EOT.fullmatch(word), _TOP.fullmatch(word)
-        key, value = (("norm", _NORM_WORDS[word]) if word in _NORM_WORDS else ("loss", _LOSS_WORDS[word])
-                      if word in _LOSS_WORDS else ("targeted", int(targeted[1] or 0)) if targeted
-                      else ("eot", int(eot[1])) if eot else ("top", int(top[1])) if top
-                      else _WORDS.get(word, (None, None)))
+        key, value = (
+            ("norm", _NORM_WORDS[word])
+            if word in _NORM_WORDS
+            else ("loss", _LOSS_WORDS[word])
+            if word in _LOSS_WORDS
+            else ("targeted", int(targeted[1] or 0))
+            if targeted
+            else ("eot", int(eot[1]))
+            if eot
+            else ("top", int(top[1]))
+            if top
+            else _WORDS.get(word, (None, None))
+        )
         if key is None:
-            raise AdvlabError(f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin, -dlr, "
-                              "-targeted, -eotK, -bpda or (apgd-t) -topK")
+            raise AdvlabError(
+                f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin, -dlr, "
+                "-targeted, -eotK, -bpda or (apgd-t) -topK"
+            )
         if settings[key] is not None:
             raise AdvlabError(f"attack {text!r} gives its {key} twice")
         settings[key] = value
     targeted, top = settings["targeted"], settings["top"]
     if top is not None and not kind.takes("targets"):
-        raise AdvlabError(f"attack {text!r}: -top{top} is for an attack that picks its own targets (apgd-t); "
-                          "use -targeted{top} to try the most likely wrong classes in turn")
-    return AttackSpec(name=kind.name, norm=settings["norm"] or norm or "linf", loss=settings["loss"] or "ce",
-                      targeted=targeted is not None, targets=targeted or top or None,
-                      eot=1 if settings["eot"] is None else settings["eot"],
-                      step_ratio=step_ratio if kind.takes("step_ratio") else None,
-                      bpda=bool(settings["bpda"]), **counts)
+        raise AdvlabError(
+            f"attack {text!r}: -top{top} is for an attack that picks its own targets (apgd-t); "
+            "use -targeted{top} to try the most likely wrong classes in turn"
+        )
+    return AttackSpec(
+        name=kind.name,
+        norm=settings["norm"] or norm or "linf",
+        loss=settings["loss"] or "ce",
+        targeted=targeted is not None,
+        targets=targeted or top or None,
+        eot=1 if settings["eot"] is None else settings["eot"],
+        step_ratio=step_ratio if kind.takes("step_ratio") else None,
+        bpda=bool(settings["bpda"]),
+        **counts,
+    )

@@ -72,8 +72,9 @@ def _signs(shape: tuple[int, ...], generator: torch.Generator | None, like: torc
     return torch.randint(0, 2, shape, generator=generator, device=like.device).to(like.dtype) * 2 - 1
 
 
-def _corners(n: int, side: int, height: int, width: int, generator: torch.Generator | None,
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _corners(
+    n: int, side: int, height: int, width: int, generator: torch.Generator | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each example's own top-left corner, uniform over every position where the square fits.
 
     The reference draws from [0, H − side), so its squares never touch the last row or column; every
@@ -142,8 +143,9 @@ def _linf_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) 
     return (x + eps * _signs((n, c, 1, w), generator, x)).clamp(0.0, 1.0)
 
 
-def _linf_candidate(x: torch.Tensor, best: torch.Tensor, eps: float, side: int,
-                    generator: torch.Generator | None) -> torch.Tensor:
+def _linf_candidate(
+    x: torch.Tensor, best: torch.Tensor, eps: float, side: int, generator: torch.Generator | None
+) -> torch.Tensor:
     """``best`` with one square per example set to x ± ε, a sign per channel, in [0, 1]."""
     n, c, h, w = x.shape
     rows, cols = _corners(n, side, h, w, generator, x.device)
@@ -171,12 +173,13 @@ def _l2_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) ->
         for left in range(start, min(w, start + (w // side) * side), side):
             block = _bump(side, generator, x) * _signs((n, c, 1, 1), generator, x)
             rows, cols = min(side, h - top), min(side, w - left)
-            delta[:, :, top:top + rows, left:left + cols] += block[:, :, :rows, :cols]
+            delta[:, :, top : top + rows, left : left + cols] += block[:, :, :rows, :cols]
     return (x + _on_sphere(delta, eps)).clamp(0.0, 1.0)
 
 
-def _l2_candidate(x: torch.Tensor, best: torch.Tensor, eps: float, side: int,
-                  generator: torch.Generator | None) -> torch.Tensor:
+def _l2_candidate(
+    x: torch.Tensor, best: torch.Tensor, eps: float, side: int, generator: torch.Generator | None
+) -> torch.Tensor:
     """Move the perturbation's mass in two random windows into the first, plus a new bump, per channel,
     then back onto the sphere of radius ε, in [0, 1] (the reference's L2 step)."""
     n, c, h, w = x.shape
@@ -193,7 +196,7 @@ def _l2_candidate(x: torch.Tensor, best: torch.Tensor, eps: float, side: int,
     # result is put back on the sphere below either way, so this only shifts mass towards the window.
     windows_size = per_example_norm(delta * both, "l2").view(n, 1, 1, 1)
     new = _bump(side, generator, x) * _signs((n, c, 1, 1), generator, x) + window / (window_size + 1e-12)
-    budget = ((eps ** 2 - image_size ** 2).clamp_min(0.0) / c + windows_size ** 2).sqrt()
+    budget = ((eps**2 - image_size**2).clamp_min(0.0) / c + windows_size**2).sqrt()
     new = new / (new.square().sum(dim=(2, 3), keepdim=True).sqrt() + 1e-12) * budget
     delta = delta.masked_fill(second, 0.0)
     delta[first[0], :, first[1], first[2]] = new.permute(0, 2, 3, 1)
@@ -206,16 +209,26 @@ def _margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -margin_loss(logits.float(), labels)
 
 
-def _single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
-                p_init: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _single_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    steps: int,
+    p_init: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One run of ``steps`` queries from a fresh start: each example's best point and its margin.
 
     Only examples not yet fooled are queried (the reference's ``idx_to_fool``); the rows still in play
     are gathered again only when some example is fooled.
     """
     h, w = x.shape[-2:]
-    start, candidate_for, side_for = ((_l2_start, _l2_candidate, l2_side) if norm == "l2"
-                                      else (_linf_start, _linf_candidate, linf_side))
+    start, candidate_for, side_for = (
+        (_l2_start, _l2_candidate, l2_side) if norm == "l2" else (_linf_start, _linf_candidate, linf_side)
+    )
     best = start(x, eps, generator)
     margin = _margin(model(best), y)
     active = (margin >= 0).nonzero().squeeze(1)
@@ -238,10 +251,18 @@ def _single_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
     return best, margin
 
 
-@register_attack("square", title="Square", summary="Square Attack (Andriushchenko et al. 2020), black-box random "
-                 "search on the margin: square = square5000, squareQUERIES, squareQUERIESxRESTARTS",
-                 counts=r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?", syntax="square[QUERIES][xRESTARTS]",
-                 default_steps=5000, step_ratio=None, options=("steps", "restarts"), black_box=True)
+@register_attack(
+    "square",
+    title="Square",
+    summary="Square Attack (Andriushchenko et al. 2020), black-box random "
+    "search on the margin: square = square5000, squareQUERIES, squareQUERIESxRESTARTS",
+    counts=r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?",
+    syntax="square[QUERIES][xRESTARTS]",
+    default_steps=5000,
+    step_ratio=None,
+    options=("steps", "restarts"),
+    black_box=True,
+)
 def square(
     model: nn.Module,
     x: torch.Tensor,
@@ -299,8 +320,9 @@ def square(
             todo = (margin >= 0).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            found, value = _single_run(net, x_fast[todo], y[todo], eps=eps, norm=norm, steps=steps,
-                                       p_init=p_init, generator=generator)
+            found, value = _single_run(
+                net, x_fast[todo], y[todo], eps=eps, norm=norm, steps=steps, p_init=p_init, generator=generator
+            )
             better = value < margin[todo]
             best[todo[better]], margin[todo[better]] = found[better], value[better]
     return best.contiguous()

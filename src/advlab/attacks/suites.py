@@ -40,15 +40,27 @@ class Suite:
     summary: str
 
 
-SUITES: dict[str, Suite] = {suite.name: suite for suite in (
-    Suite("standard", ("apgd-ce100", "apgd-t100", "square5000"),
-          "AutoAttack's standard attacks without FAB-T: APGD-CE, APGD-T (9 targets), Square (5,000 queries)"),
-    Suite("quick", ("apgd-ce50", "apgd-t50-top3"),
-          "a cheaper APGD-CE (50 iterations) and APGD-T (3 targets × 50 iterations), for an ε grid"),
-    Suite("rand", ("apgd-ce100-eot20", "apgd-dlr100-eot20"),
-          "AutoAttack's version for randomized models: APGD-CE and APGD-DLR, each gradient averaged over 20 "
-          "passes (EOT)"),
-)}
+SUITES: dict[str, Suite] = {
+    suite.name: suite
+    for suite in (
+        Suite(
+            "standard",
+            ("apgd-ce100", "apgd-t100", "square5000"),
+            "AutoAttack's standard attacks without FAB-T: APGD-CE, APGD-T (9 targets), Square (5,000 queries)",
+        ),
+        Suite(
+            "quick",
+            ("apgd-ce50", "apgd-t50-top3"),
+            "a cheaper APGD-CE (50 iterations) and APGD-T (3 targets × 50 iterations), for an ε grid",
+        ),
+        Suite(
+            "rand",
+            ("apgd-ce100-eot20", "apgd-dlr100-eot20"),
+            "AutoAttack's version for randomized models: APGD-CE and APGD-DLR, each gradient averaged over 20 "
+            "passes (EOT)",
+        ),
+    )
+}
 
 
 def suite_attacks(name: str, *, norm: str = "linf", classes: int | None = None) -> list[AttackSpec]:

@@ -79,8 +79,9 @@ def step_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / _bcast(per_example_norm(grad, "l2").clamp_min(1e-12), grad)
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None, *,
-                 clip: bool = True) -> torch.Tensor:
+def random_start(
+    x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None, *, clip: bool = True
+) -> torch.Tensor:
     """A uniform draw from the ε-ball (L∞: the cube; L2: the ball), clipped to [0, 1] unless ``clip`` is
     False. An unclipped start (pixels may leave [0, 1]) is for training only, where a paper's code takes the
     first gradient there (Wong et al.'s MNIST fast FGSM); an attack's result is always projected.

@@ -22,5 +22,15 @@ from advlab.certify.ibp import (
     worst_case_logits,
 )
 
-__all__ = ["UnsupportedLayer", "input_box", "interval_bounds", "margin_bounds", "mixed_margin_bounds", "sequence",
-           "verified", "verified_accuracy", "verified_flags", "worst_case_logits"]
+__all__ = [
+    "UnsupportedLayer",
+    "input_box",
+    "interval_bounds",
+    "margin_bounds",
+    "mixed_margin_bounds",
+    "sequence",
+    "verified",
+    "verified_accuracy",
+    "verified_flags",
+    "worst_case_logits",
+]

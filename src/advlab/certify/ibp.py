@@ -7,7 +7,8 @@ with their absolute values; ReLU and max-pooling are monotone, so they map the e
 is folded into the margins ``z_y − z_j`` (Gowal et al.'s elision), which is exact for a linear classifier.
 CROWN-IBP keeps IBP's bounds on every ReLU's input and goes backward once from the margins, bounding each
 ReLU by a line (CROWN's relaxation): exact whenever every ReLU is provably active or inactive; advlab
-keeps, per margin, the larger of the two bounds, so it is never looser than IBP. Both are sound: the true margins are never below the bounds (tests/test_certify.py checks it with hypothesis).
+keeps, per margin, the larger of the two bounds, so it is never looser than IBP. Both are sound: the true margins are
+never below the bounds (tests/test_certify.py checks it with hypothesis).
 
 Python::
 
@@ -52,15 +53,19 @@ def sequence(model: nn.Module, path: str = "model") -> list[tuple[str, nn.Module
     if isinstance(model, (*_AFFINE, *_MONOTONE, Normalize)):
         _check_supported(model, path)
         return [(path, model)]
-    raise UnsupportedLayer(f"interval bounds cannot go through {path} ({type(model).__name__}): supported are "
-                           "Normalize, Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten, BatchNorm (eval mode), "
-                           "Identity and Dropout (eval mode), in a sequence")
+    raise UnsupportedLayer(
+        f"interval bounds cannot go through {path} ({type(model).__name__}): supported are "
+        "Normalize, Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten, BatchNorm (eval mode), "
+        "Identity and Dropout (eval mode), in a sequence"
+    )
 
 
 def _check_supported(layer: nn.Module, path: str) -> None:
     if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)) and layer.training:
-        raise UnsupportedLayer(f"{path} ({type(layer).__name__}) is in train mode: its output depends on the "
-                               "batch, so no bound holds per example; put the model in eval mode")
+        raise UnsupportedLayer(
+            f"{path} ({type(layer).__name__}) is in train mode: its output depends on the "
+            "batch, so no bound holds per example; put the model in eval mode"
+        )
     if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
         raise UnsupportedLayer(f"{path} (Conv2d) pads with {layer.padding_mode!r}; only zero padding is supported")
     if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)) and getattr(layer, "ceil_mode", False):
@@ -119,13 +124,17 @@ def interval_bounds(model: nn.Module, x: torch.Tensor, eps: float) -> tuple[torc
 def _margin_rows(last: nn.Linear, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The margins z_y − z_j as rows on the last layer's input: weights (N, C, D) and biases (N, C)."""
     weight = last.weight[y].unsqueeze(1) - last.weight.unsqueeze(0)
-    bias = last.bias[y].unsqueeze(1) - last.bias.unsqueeze(0) if last.bias is not None else \
-        torch.zeros(weight.shape[:2], device=weight.device, dtype=weight.dtype)
+    bias = (
+        last.bias[y].unsqueeze(1) - last.bias.unsqueeze(0)
+        if last.bias is not None
+        else torch.zeros(weight.shape[:2], device=weight.device, dtype=weight.dtype)
+    )
     return weight, bias
 
 
-def margin_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-                  method: str = "ibp") -> torch.Tensor:
+def margin_bounds(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, method: str = "ibp"
+) -> torch.Tensor:
     """Lower bounds on ``z_y − z_j`` over the ball, shape (N, classes) (0 at j = y): an example is verified
     when every other entry is positive. ``method``: ``ibp`` or ``crown-ibp`` (tighter, no pooling layers)."""
     if method not in ("ibp", "crown-ibp"):
@@ -144,14 +153,15 @@ def _ibp_margins(layers, lower, upper, y) -> torch.Tensor:
         *_, (_, lower, upper) = _propagate(layers[:-1], lower, upper)
         weight, bias = _margin_rows(last, y)
         mid, rad = (upper + lower) / 2, (upper - lower) / 2
-        return (torch.einsum("ncd,nd->nc", weight, mid) - torch.einsum("ncd,nd->nc", weight.abs(), rad) + bias)
+        return torch.einsum("ncd,nd->nc", weight, mid) - torch.einsum("ncd,nd->nc", weight.abs(), rad) + bias
     *_, (_, lower, upper) = _propagate(layers, lower, upper)
     margins = lower.gather(1, y[:, None]) - upper
     return margins.scatter(1, y[:, None], 0.0)
 
 
-def mixed_margin_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-                        crown_weight: float) -> torch.Tensor:
+def mixed_margin_bounds(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, crown_weight: float
+) -> torch.Tensor:
     """CROWN-IBP training's margin bounds (Zhang et al. 2020): ``β·crown + (1 − β)·ibp`` with β =
     ``crown_weight``, differentiable in the weights through both passes (CROWN's pass skipped at β = 0).
     Shape and meaning as :func:`margin_bounds`; a convex combination of sound bounds is sound."""
@@ -169,8 +179,9 @@ def _crown_margins(layers, lower, upper, y, *, differentiable: bool = False) -> 
     pools = [path for path, layer in layers if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d))]
     if pools:
         raise UnsupportedLayer(f"crown-ibp does not go through pooling layers ({pools[0]}); use --method ibp")
-    relu_bounds = {id(layer): (lo, hi) for layer, lo, hi in _propagate(layers, lower, upper)
-                   if isinstance(layer, nn.ReLU)}
+    relu_bounds = {
+        id(layer): (lo, hi) for layer, lo, hi in _propagate(layers, lower, upper) if isinstance(layer, nn.ReLU)
+    }
     shapes = _shapes(layers, lower)
     # The linear function being bounded: coefficients A (N, K, *shape) on the current layer's output and a
     # constant c (N, K); it starts as the margins' rows on the logits (row j: e_y − e_j).
@@ -205,8 +216,9 @@ def _shapes(layers, lower) -> list[tuple[int, ...]]:
     return shapes + [tuple(out.shape[1:])]
 
 
-def _affine_backward(layer: nn.Module, a: torch.Tensor, c: torch.Tensor, in_shape: tuple[int, ...], *,
-                     differentiable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine_backward(
+    layer: nn.Module, a: torch.Tensor, c: torch.Tensor, in_shape: tuple[int, ...], *, differentiable: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For an affine layer f(h) = L h + f(0): A·f(h) + c = (Lᵀ A)·h + (c + A·f(0)). Convolutions and linear
     layers by their transpose (a plain differentiable op, for training); any other layer by autograd (with
     ``differentiable``, a graph of its own, so that training's gradient flows through L and A)."""
@@ -216,8 +228,18 @@ def _affine_backward(layer: nn.Module, a: torch.Tensor, c: torch.Tensor, in_shap
         return a @ layer.weight, c + offset
     if isinstance(layer, nn.Conv2d) and layer.groups == 1:
         flat = a.reshape(n * k, *a.shape[2:])
-        size = [(in_shape[d + 1] - 1 - ((flat.shape[d + 2] - 1) * layer.stride[d] - 2 * layer.padding[d]
-                                        + layer.dilation[d] * (layer.kernel_size[d] - 1))) for d in (0, 1)]
+        size = [
+            (
+                in_shape[d + 1]
+                - 1
+                - (
+                    (flat.shape[d + 2] - 1) * layer.stride[d]
+                    - 2 * layer.padding[d]
+                    + layer.dilation[d] * (layer.kernel_size[d] - 1)
+                )
+            )
+            for d in (0, 1)
+        ]
         back = F.conv_transpose2d(flat, layer.weight, None, layer.stride, layer.padding, size, 1, layer.dilation)
         offset = (a.flatten(3).sum(3) @ layer.bias) if layer.bias is not None else 0
         return back.reshape(n, k, *in_shape), c + offset
@@ -240,16 +262,25 @@ def verified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, 
     return ((margins > 0) | ~others).all(1)
 
 
-def verified_flags(model: nn.Module, data, eps: float, *, method: str = "ibp", batch_size: int = 500,
-                   device: torch.device | str | None = None) -> torch.Tensor:
+def verified_flags(
+    model: nn.Module,
+    data,
+    eps: float,
+    *,
+    method: str = "ibp",
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Per example of ``data`` (an :class:`advlab.data.ImageData` or an ``(x, y)`` pair): verified at ``eps``
     (a CPU bool tensor). The model is bounded in eval mode and handed back in the mode it came in."""
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if isinstance(data, (tuple, list)):
         x_all, y_all = data
-        batches = ((x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device))
-                   for i in range(0, len(y_all), batch_size))
+        batches = (
+            (x_all[i : i + batch_size].to(device), y_all[i : i + batch_size].to(device))
+            for i in range(0, len(y_all), batch_size)
+        )
     else:
         batches = data.batches(batch_size, device=device)
     training = model.training
@@ -261,8 +292,15 @@ def verified_flags(model: nn.Module, data, eps: float, *, method: str = "ibp", b
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
 
 
-def verified_accuracy(model: nn.Module, data, eps: float, *, method: str = "ibp", batch_size: int = 500,
-                      device: torch.device | str | None = None) -> float:
+def verified_accuracy(
+    model: nn.Module,
+    data,
+    eps: float,
+    *,
+    method: str = "ibp",
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+) -> float:
     """The fraction of ``data`` verified at ``eps``: classified correctly at every point of the ball."""
     flags = verified_flags(model, data, eps, method=method, batch_size=batch_size, device=device)
     return float(flags.float().mean()) if len(flags) else 0.0
@@ -274,5 +312,15 @@ def worst_case_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     return -margin_bounds(model, x, y, eps)
 
 
-__all__ = ["UnsupportedLayer", "input_box", "interval_bounds", "margin_bounds", "mixed_margin_bounds", "sequence",
-           "verified", "verified_accuracy", "verified_flags", "worst_case_logits"]
+__all__ = [
+    "UnsupportedLayer",
+    "input_box",
+    "interval_bounds",
+    "margin_bounds",
+    "mixed_margin_bounds",
+    "sequence",
+    "verified",
+    "verified_accuracy",
+    "verified_flags",
+    "worst_case_logits",
+]

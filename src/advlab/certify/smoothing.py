@@ -50,8 +50,10 @@ def check_settings(sigma: float, n: int, n0: int, alpha: float) -> None:
     if n0 < 1 or n < n0:
         raise AdvlabError(f"--n ({n}) must be at least --n0 ({n0}), and --n0 at least 1")
     if lower_confidence_bound(n, n, alpha) <= 0.5:
-        raise AdvlabError(f"with --n {n} no radius can be certified at --alpha {alpha}: even {n} of {n} noise "
-                          "samples in one class bound its probability only up to ½; raise --n")
+        raise AdvlabError(
+            f"with --n {n} no radius can be certified at --alpha {alpha}: even {n} of {n} noise "
+            "samples in one class bound its probability only up to ½; raise --n"
+        )
 
 
 Noise = torch.Generator | np.random.Generator
@@ -73,8 +75,9 @@ def _noise(generator: Noise, shape: tuple[int, ...], like: torch.Tensor) -> torc
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def sample_counts(model: nn.Module, x: torch.Tensor, sigma: float, num: int, classes: int, *, batch_size: int,
-                  generator: Noise) -> torch.Tensor:
+def sample_counts(
+    model: nn.Module, x: torch.Tensor, sigma: float, num: int, classes: int, *, batch_size: int, generator: Noise
+) -> torch.Tensor:
     """How often each class wins over ``num`` noisy copies of the one image ``x`` (C, H, W): (classes,).
     ``generator``: a torch generator on ``x``'s device, or (CPU) numpy's (:func:`noise_generator`)."""
     counts = torch.zeros(classes, dtype=torch.long, device=x.device)
@@ -89,8 +92,17 @@ def sample_counts(model: nn.Module, x: torch.Tensor, sigma: float, num: int, cla
     return counts.cpu()
 
 
-def predict(model: nn.Module, x: torch.Tensor, sigma: float, n: int, alpha: float, *, classes: int,
-            batch_size: int = 1000, generator: Noise) -> int:
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigma: float,
+    n: int,
+    alpha: float,
+    *,
+    classes: int,
+    batch_size: int = 1000,
+    generator: Noise,
+) -> int:
     """PREDICT: the smoothed classifier's class for one image, or :data:`ABSTAIN` when the top two classes
     are not told apart by a two-sided binomial test at level ``alpha``."""
     from scipy.stats import binomtest
@@ -103,8 +115,18 @@ def predict(model: nn.Module, x: torch.Tensor, sigma: float, n: int, alpha: floa
     return int(top2.indices[0])
 
 
-def certify(model: nn.Module, x: torch.Tensor, sigma: float, n0: int, n: int, alpha: float, *, classes: int,
-            batch_size: int = 1000, generator: Noise) -> tuple[int, float]:
+def certify(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    *,
+    classes: int,
+    batch_size: int = 1000,
+    generator: Noise,
+) -> tuple[int, float]:
     """CERTIFY for one image: ``(class, radius)``, or ``(ABSTAIN, 0.0)`` when p̲ < ½."""
     from scipy.stats import norm
 
@@ -133,26 +155,47 @@ class SmoothingResult:
 
     def certified_accuracy(self, radius: float) -> float:
         """The fraction certified correct at L2 radius ``radius`` (strictly inside the certified ball at 0)."""
-        hits = [p == y and (r >= radius if radius > 0 else True) for p, y, r in zip(self.predictions, self.labels,
-                                                                                   self.radii)]
+        hits = [
+            p == y and (r >= radius if radius > 0 else True)
+            for p, y, r in zip(self.predictions, self.labels, self.radii)
+        ]
         return sum(hits) / max(len(hits), 1)
 
     def to_dict(self) -> dict:
         correct = [p == y for p, y in zip(self.predictions, self.labels)]
         count = max(len(self.labels), 1)
-        return {"method": "smoothing", "sigma": self.sigma, "n": self.n, "n0": self.n0, "alpha": self.alpha,
-                "images": len(self.labels),
-                "certified_accuracy": {f"{r:g}": self.certified_accuracy(r) for r in self.radii_grid},
-                "average_certified_radius": sum(r for r, c in zip(self.radii, correct) if c) / count,
-                "abstention_rate": sum(p == ABSTAIN for p in self.predictions) / count,
-                "seconds": self.seconds, "seconds_per_image": self.seconds / count,
-                "noise_samples_per_second": (self.n + self.n0) * len(self.labels) / max(self.seconds, 1e-9),
-                "predictions": self.predictions, "radii": self.radii}
+        return {
+            "method": "smoothing",
+            "sigma": self.sigma,
+            "n": self.n,
+            "n0": self.n0,
+            "alpha": self.alpha,
+            "images": len(self.labels),
+            "certified_accuracy": {f"{r:g}": self.certified_accuracy(r) for r in self.radii_grid},
+            "average_certified_radius": sum(r for r, c in zip(self.radii, correct) if c) / count,
+            "abstention_rate": sum(p == ABSTAIN for p in self.predictions) / count,
+            "seconds": self.seconds,
+            "seconds_per_image": self.seconds / count,
+            "noise_samples_per_second": (self.n + self.n0) * len(self.labels) / max(self.seconds, 1e-9),
+            "predictions": self.predictions,
+            "radii": self.radii,
+        }
 
 
-def certify_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sigma: float, n: int, n0: int,
-                    alpha: float, classes: int, batch_size: int = 1000, seed: int = 0,
-                    progress: bool = False) -> SmoothingResult:
+def certify_dataset(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    sigma: float,
+    n: int,
+    n0: int,
+    alpha: float,
+    classes: int,
+    batch_size: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> SmoothingResult:
     """CERTIFY on every image of ``x`` (labels ``y``), the model in eval mode throughout."""
     from tqdm.auto import tqdm
 
@@ -165,8 +208,17 @@ def certify_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sigma
     start = time.perf_counter()
     try:
         for image in tqdm(x, disable=not progress, desc="certify", unit="img", leave=False, dynamic_ncols=True):
-            label, radius = certify(model, image.to(device), sigma, n0, n, alpha, classes=classes,
-                                    batch_size=batch_size, generator=generator)
+            label, radius = certify(
+                model,
+                image.to(device),
+                sigma,
+                n0,
+                n,
+                alpha,
+                classes=classes,
+                batch_size=batch_size,
+                generator=generator,
+            )
             predictions.append(label)
             radii.append(radius)
     finally:
@@ -174,5 +226,14 @@ def certify_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sigma
     return SmoothingResult(sigma, n, n0, alpha, [int(v) for v in y], predictions, radii, time.perf_counter() - start)
 
 
-__all__ = ["ABSTAIN", "SmoothingResult", "certify", "certify_dataset", "check_settings", "lower_confidence_bound",
-           "noise_generator", "predict", "sample_counts"]
+__all__ = [
+    "ABSTAIN",
+    "SmoothingResult",
+    "certify",
+    "certify_dataset",
+    "check_settings",
+    "lower_confidence_bound",
+    "noise_generator",
+    "predict",
+    "sample_counts",
+]

@@ -30,8 +30,19 @@ from advlab.data.formats import read_split
 from advlab.data.images import ImageData, val_split_indices
 from advlab.errors import AdvlabError
 
-__all__ = ["DATASETS", "DatasetInfo", "FileSpec", "ImageData", "cache_dir", "download_dataset", "get_info",
-           "list_datasets", "load_dataset", "locate_dataset", "val_split_indices"]
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "FileSpec",
+    "ImageData",
+    "cache_dir",
+    "download_dataset",
+    "get_info",
+    "list_datasets",
+    "load_dataset",
+    "locate_dataset",
+    "val_split_indices",
+]
 
 
 def load_dataset(
@@ -63,7 +74,9 @@ def load_dataset(
                 f"put them there or run `{command} --data-dir {data_dir}`"
             )
         if not download:
-            raise AdvlabError(f"{info.name} not found in $ADVLAB_DATA or {cache_dir()}; run `{command}` or pass --data-dir")
+            raise AdvlabError(
+                f"{info.name} not found in $ADVLAB_DATA or {cache_dir()}; run `{command}` or pass --data-dir"
+            )
         folder = download_dataset(info.name, progress=progress)
     images, labels = read_split(info, folder, "test" if split == "test" else "train")
     if split == "test" or val_size == 0:

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from advlab.errors import AdvlabError
 
 
-def draw_crop_flip(n: int, padding: int, generator: torch.Generator | None,
-                   device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw_crop_flip(
+    n: int, padding: int, generator: torch.Generator | None, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random part of :func:`crop_flip` for ``n`` examples: ``(dy, dx, flip)``, int64 offsets uniform in
     ``0..2*padding`` (the crop's top-left corner in the padded image) and a bool "mirror it", true with
     probability 1/2. Drawn in this order from ``generator`` (on ``device``), so the draws are reproducible."""
@@ -50,7 +51,7 @@ def crop_flip(x: torch.Tensor, *, padding: int = 4, generator: torch.Generator |
     # One gather over the flattened padded image: of what was measured on a (128, 3, 32, 32) CPU batch
     # (4-index advanced indexing, unfold, per-axis gathers, masking instead of padding) it was the fastest.
     columns = torch.arange(w, device=x.device)
-    rows = dy[:, None] + torch.arange(h, device=x.device)                      # (N, H) in the padded image
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (N, H) in the padded image
     cols = dx[:, None] + torch.where(flip[:, None], columns.flip(0), columns)  # (N, W), mirrored if flip
     padded = F.pad(x, (padding, padding, padding, padding))
     index = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)

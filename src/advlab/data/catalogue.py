@@ -67,15 +67,41 @@ CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        channels=1, height=28, width=28, mean=(0.2860,), std=(0.3530,),
-        kind="idx", train_files=_IDX_TRAIN, test_files=_IDX_TEST,
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        channels=1,
+        height=28,
+        width=28,
+        mean=(0.2860,),
+        std=(0.3530,),
+        kind="idx",
+        train_files=_IDX_TRAIN,
+        test_files=_IDX_TEST,
         downloads=(
-            FileSpec("train-images-idx3-ubyte.gz", 26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-            FileSpec("train-labels-idx1-ubyte.gz", 29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-            FileSpec("t10k-images-idx3-ubyte.gz", 4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-            FileSpec("t10k-labels-idx1-ubyte.gz", 5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+            FileSpec(
+                "train-images-idx3-ubyte.gz",
+                26421880,
+                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            ),
+            FileSpec(
+                "train-labels-idx1-ubyte.gz", 29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"
+            ),
+            FileSpec(
+                "t10k-images-idx3-ubyte.gz", 4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"
+            ),
+            FileSpec(
+                "t10k-labels-idx1-ubyte.gz", 5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
+            ),
         ),
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         subdirs=("", "fashion-mnist", "FashionMNIST/raw"),
@@ -84,27 +110,51 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist",
         classes=tuple(str(digit) for digit in range(10)),
-        channels=1, height=28, width=28, mean=(0.1307,), std=(0.3081,),
-        kind="idx", train_files=_IDX_TRAIN, test_files=_IDX_TEST,
+        channels=1,
+        height=28,
+        width=28,
+        mean=(0.1307,),
+        std=(0.3081,),
+        kind="idx",
+        train_files=_IDX_TRAIN,
+        test_files=_IDX_TEST,
         downloads=(
-            FileSpec("train-images-idx3-ubyte.gz", 9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-            FileSpec("train-labels-idx1-ubyte.gz", 28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-            FileSpec("t10k-images-idx3-ubyte.gz", 1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-            FileSpec("t10k-labels-idx1-ubyte.gz", 4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+            FileSpec(
+                "train-images-idx3-ubyte.gz",
+                9912422,
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            ),
+            FileSpec(
+                "train-labels-idx1-ubyte.gz", 28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
+            ),
+            FileSpec(
+                "t10k-images-idx3-ubyte.gz", 1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
+            ),
+            FileSpec(
+                "t10k-labels-idx1-ubyte.gz", 4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+            ),
         ),
-        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
         subdirs=("", "mnist", "MNIST/raw"),
     ),
     "cifar10": DatasetInfo(
         name="cifar10",
         classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        channels=3, height=32, width=32,
+        channels=3,
+        height=32,
+        width=32,
         # True per-pixel std; the often-copied (0.2023, 0.1994, 0.2010) is a std of per-image means.
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
         kind="cifar",
         train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
         test_files=("test_batch",),
-        downloads=(FileSpec(CIFAR_ARCHIVE, 170498071, "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),),
+        downloads=(
+            FileSpec(CIFAR_ARCHIVE, 170498071, "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),
+        ),
         mirrors=("https://www.cs.toronto.edu/~kriz/",),
         subdirs=("", CIFAR_DIR, "cifar10", f"cifar10/{CIFAR_DIR}"),
     ),
@@ -127,7 +177,6 @@ def cache_dir() -> Path:
     """Where downloads go: ``$XDG_CACHE_HOME/advlab``, or ``~/.cache/advlab``."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "advlab"
-
 
 
 def _find_in(info: DatasetInfo, root: Path) -> Path | None:
@@ -177,11 +226,13 @@ def list_datasets(data_dir: str | Path | None = None) -> list[dict[str, Any]]:
     rows = []
     for info in DATASETS.values():
         folder, source = locate_dataset(info.name, data_dir)
-        rows.append({
-            "name": info.name,
-            "classes": len(info.classes),
-            "shape": (info.channels, info.height, info.width),
-            "location": str(folder) if folder is not None else None,
-            "source": source,
-        })
+        rows.append(
+            {
+                "name": info.name,
+                "classes": len(info.classes),
+                "shape": (info.channels, info.height, info.width),
+                "location": str(folder) if folder is not None else None,
+                "source": source,
+            }
+        )
     return rows

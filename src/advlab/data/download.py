@@ -24,6 +24,7 @@ from advlab.files import atomic_write_bytes, file_sha256
 
 _TIMEOUT_S = 30  # per socket operation: long enough for a slow mirror, short enough not to hang a run
 
+
 class _ChecksumMismatch(Exception):
     pass
 

@@ -64,7 +64,9 @@ def _parse_split(
         images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         where = paths[0]
     if images.shape[1:] != (info.channels, info.height, info.width):
-        raise _corrupt(where, info, f"images are {images.shape[1:]}, expected {(info.channels, info.height, info.width)}")
+        raise _corrupt(
+            where, info, f"images are {images.shape[1:]}, expected {(info.channels, info.height, info.width)}"
+        )
     if len(labels) and not 0 <= labels.min() <= labels.max() < len(info.classes):
         raise _corrupt(where, info, f"labels outside 0..{len(info.classes) - 1}")
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64))

@@ -29,8 +29,11 @@ class ImageData:
     info: DatasetInfo
 
     def __post_init__(self) -> None:
-        if self.images.dtype not in (torch.uint8, torch.float32) or self.images.dim() != 4 or \
-                self.labels.dtype != torch.int64:
+        if (
+            self.images.dtype not in (torch.uint8, torch.float32)
+            or self.images.dim() != 4
+            or self.labels.dtype != torch.int64
+        ):
             raise AdvlabError("ImageData needs uint8 or float32 images (N, C, H, W) and int64 labels")
         if len(self.images) != len(self.labels):
             raise AdvlabError(f"{len(self.images)} images but {len(self.labels)} labels")

@@ -62,8 +62,9 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     return size  # type: ignore[return-value]
 
 
-def load_user_data(spec: str, *, image_size: tuple[int, int] | None = None,
-                   classes: Sequence[str] | None = None) -> ImageData:
+def load_user_data(
+    spec: str, *, image_size: tuple[int, int] | None = None, classes: Sequence[str] | None = None
+) -> ImageData:
     """Read ``folder:PATH`` or ``npz:PATH`` (see the module docstring) into an :class:`ImageData`."""
     kind, _, path_text = spec.partition(":")
     if kind not in DATA_KINDS or not path_text:
@@ -81,9 +82,21 @@ def load_user_data(spec: str, *, image_size: tuple[int, int] | None = None,
     floats = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels
     mean = tuple(float(v) for v in floats.mean(dim=(0, 2, 3)))
     std = tuple(max(float(v), 1e-6) for v in floats.std(dim=(0, 2, 3))) if len(floats) > 1 else (1.0,) * channels
-    info = DatasetInfo(name=f"{kind}:{path}", classes=tuple(names), channels=channels, height=height, width=width,
-                       mean=mean, std=std, kind="user", train_files=(), test_files=(), downloads=(), mirrors=(),
-                       subdirs=())
+    info = DatasetInfo(
+        name=f"{kind}:{path}",
+        classes=tuple(names),
+        channels=channels,
+        height=height,
+        width=width,
+        mean=mean,
+        std=std,
+        kind="user",
+        train_files=(),
+        test_files=(),
+        downloads=(),
+        mirrors=(),
+        subdirs=(),
+    )
     return ImageData(pixels.contiguous(), labels, info)
 
 
@@ -97,15 +110,18 @@ def _read_folder(root: Path, image_size) -> tuple[torch.Tensor, torch.Tensor, li
         raise AdvlabError(f"{root} has no class subfolders: put each class's images in a subfolder named after it")
     loose = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     if loose:
-        raise AdvlabError(f"{root} holds files outside the class subfolders ({loose[0]}...): move them into a "
-                          "class subfolder or out of the folder")
+        raise AdvlabError(
+            f"{root} holds files outside the class subfolders ({loose[0]}...): move them into a "
+            "class subfolder or out of the folder"
+        )
     files: list[tuple[Path, int]] = []
     for label, folder in enumerate(class_dirs):
         found = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         others = [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
         if others:
-            raise AdvlabError(f"{others[0]} is not a PNG or JPEG image (only .png, .jpg and .jpeg are read); "
-                              "remove it or convert it")
+            raise AdvlabError(
+                f"{others[0]} is not a PNG or JPEG image (only .png, .jpg and .jpeg are read); remove it or convert it"
+            )
         if not found:
             raise AdvlabError(f"class folder {folder} has no images: remove it or add its images")
         files += [(p, label) for p in found]
@@ -129,8 +145,10 @@ def _read_folder(root: Path, image_size) -> tuple[torch.Tensor, torch.Tensor, li
             first_size = (path, image.size)
         elif image.size != first_size[1]:
             (w0, h0), (w1, h1) = first_size[1], image.size
-            raise AdvlabError(f"images of different sizes: {first_size[0]} is {h0}x{w0}, {path} is {h1}x{w1}; "
-                              "pass --image-size HxW to resize them all")
+            raise AdvlabError(
+                f"images of different sizes: {first_size[0]} is {h0}x{w0}, {path} is {h1}x{w1}; "
+                "pass --image-size HxW to resize them all"
+            )
         array = np.asarray(image, dtype=np.uint8)
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     pixels = torch.from_numpy(np.stack(arrays))
@@ -139,18 +157,21 @@ def _read_folder(root: Path, image_size) -> tuple[torch.Tensor, torch.Tensor, li
 
 
 def _mode_of(path: Path, image) -> str:
-    """"L" or "RGB": what an image's mode becomes, or a refusal where converting would invent or round."""
+    """ "L" or "RGB": what an image's mode becomes, or a refusal where converting would invent or round."""
     mode = image.mode
     if mode in _GREY_MODES:
         return "L"
     if mode in ("I;16", "I;16B", "I;16L", "I", "F", "RGBX") or mode not in _COLOUR_MODES:
-        raise AdvlabError(f"{path} has mode {mode} (more than 8 bits per channel, or unknown): save it as 8-bit "
-                          "PNG or JPEG")
+        raise AdvlabError(
+            f"{path} has mode {mode} (more than 8 bits per channel, or unknown): save it as 8-bit PNG or JPEG"
+        )
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         alpha = image.convert("RGBA").getchannel("A")
         if alpha.getextrema()[0] < 255:
-            raise AdvlabError(f"{path} has transparent pixels: flatten it onto a background first (advlab "
-                              "will not choose a colour for them)")
+            raise AdvlabError(
+                f"{path} has transparent pixels: flatten it onto a background first (advlab "
+                "will not choose a colour for them)"
+            )
     if mode in ("LA", "La"):
         return "L"
     return "RGB"
@@ -161,8 +182,10 @@ def _read_npz(path: Path, image_size, classes) -> tuple[torch.Tensor, torch.Tens
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ("x", "y") if key not in archive.files]
             if missing:
-                raise AdvlabError(f"{path} has no array {' or '.join(repr(k) for k in missing)} (it holds "
-                                  f"{', '.join(archive.files) or 'nothing'}); save images as x and labels as y")
+                raise AdvlabError(
+                    f"{path} has no array {' or '.join(repr(k) for k in missing)} (it holds "
+                    f"{', '.join(archive.files) or 'nothing'}); save images as x and labels as y"
+                )
             x, y = archive["x"], archive["y"]
             stored = archive["classes"] if "classes" in archive.files else None
     except AdvlabError:
@@ -201,8 +224,10 @@ def _read_npz(path: Path, image_size, classes) -> tuple[torch.Tensor, torch.Tens
     names = [str(c) for c in (stored.tolist() if stored is not None else classes or [])]
     count = len(names) or int(y.max()) + 1
     if int(y.min()) < 0 or int(y.max()) >= count:
-        raise AdvlabError(f"{path}: labels must lie in [0, {count - 1}] ({count} classes), these lie in "
-                          f"[{int(y.min())}, {int(y.max())}]")
+        raise AdvlabError(
+            f"{path}: labels must lie in [0, {count - 1}] ({count} classes), these lie in "
+            f"[{int(y.min())}, {int(y.max())}]"
+        )
     if image_size is not None and tuple(pixels.shape[2:]) != tuple(image_size):
         as_float = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels
         resized = F.interpolate(as_float, size=image_size, mode="bilinear", antialias=True, align_corners=False)

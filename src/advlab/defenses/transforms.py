@@ -175,15 +175,16 @@ def parse_defense(text: str) -> Preprocessing:
     with its defaults) into the defense module."""
     name, _, rest = str(text).strip().lower().partition(":")
     if name not in DEFENSES:
-        raise AdvlabError(f"unknown defense {name!r}; choose one of: {', '.join(DEFENSES)} "
-                          "(e.g. jpeg:quality=75)")
+        raise AdvlabError(f"unknown defense {name!r}; choose one of: {', '.join(DEFENSES)} (e.g. jpeg:quality=75)")
     cls = DEFENSES[name]
     settings = {}
     for part in filter(None, rest.split(",")):
         key, sep, value = part.partition("=")
         if not sep:
-            raise AdvlabError(f"defense {text!r}: write its parameters as key=value, e.g. {name}:"
-                              f"{next(iter(cls().parameters_dict()), 'key')}=...")
+            raise AdvlabError(
+                f"defense {text!r}: write its parameters as key=value, e.g. {name}:"
+                f"{next(iter(cls().parameters_dict()), 'key')}=..."
+            )
         settings[key.strip().replace("-", "_")] = value.strip()
     known = cls().parameters_dict()
     unknown = sorted(set(settings) - set(known))

@@ -14,4 +14,12 @@ from advlab.report.figures import figure_bytes
 from advlab.report.gallery import gallery_figure, save_attack_gallery, save_gallery
 from advlab.report.page import build_report, story, summary_text
 
-__all__ = ["build_report", "figure_bytes", "gallery_figure", "save_attack_gallery", "save_gallery", "story", "summary_text"]
+__all__ = [
+    "build_report",
+    "figure_bytes",
+    "gallery_figure",
+    "save_attack_gallery",
+    "save_gallery",
+    "story",
+    "summary_text",
+]

@@ -18,8 +18,12 @@ from advlab.report.figures import _plain, _pyplot, model_label
 from advlab.results import percent, points
 
 # What each bar is, in the order drawn; the adaptive attack's bar is the one that counts.
-BARS = (("clean", "clean", "#9db4cf"), ("oblivious", "oblivious (transfer)", "#c9c9c9"),
-        ("naive", "naive white-box", "#e8a33d"), ("adaptive", "adaptive (BPDA / EOT)", "#b2302b"))
+BARS = (
+    ("clean", "clean", "#9db4cf"),
+    ("oblivious", "oblivious (transfer)", "#c9c9c9"),
+    ("naive", "naive white-box", "#e8a33d"),
+    ("adaptive", "adaptive (BPDA / EOT)", "#b2302b"),
+)
 
 
 def _e(value: Any) -> str:
@@ -48,22 +52,37 @@ def arms_race_figure(metrics: dict):
             xs = [i + (j - 1.5) * width for i in range(len(rows))]
             values = [100 * r[key] if r.get(key) is not None else 0.0 for r in rows]
             ax.bar(xs, values, width, color=colour, label=label)
-        ax.axhline(100 * rows[0]["undefended"], color="0.3", linestyle="--", linewidth=1.1,
-                   label="undefended model, same attack")
+        ax.axhline(
+            100 * rows[0]["undefended"],
+            color="0.3",
+            linestyle="--",
+            linewidth=1.1,
+            label="undefended model, same attack",
+        )
         for i, r in enumerate(rows):
             if r.get("naive_unreliable"):
-                ax.annotate("unreliable", (i + 0.5 * width, 100 * r["naive"] + 1), ha="center", va="bottom",
-                            fontsize=7, rotation=90, color="#8a5a00")
+                ax.annotate(
+                    "unreliable",
+                    (i + 0.5 * width, 100 * r["naive"] + 1),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    rotation=90,
+                    color="#8a5a00",
+                )
         ax.set_xticks(range(len(rows)), [_plain(defense_name(r["defense"])) for r in rows], rotation=20, ha="right")
         ax.set_title(_plain(model_label(metrics, name)))
         ax.set_ylim(0, 105)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(f"accuracy (%) at ε = {race['eps']:g}")
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.06))
-    fig.suptitle(f"Preprocessing defenses: apparent robustness (naive) and what remains (adaptive), "
-                 f"{race['n']} test images", fontsize=11)
+    fig.legend(
+        handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.06)
+    )
+    fig.suptitle(
+        f"Preprocessing defenses: apparent robustness (naive) and what remains (adaptive), {race['n']} test images",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
@@ -75,19 +94,26 @@ def _verdict(row: dict, race: dict) -> str:
     if row.get("resists"):
         why = ""
         if row.get("pixels_within_eps_of_threshold") is not None:
-            why = (f" Why: only {percent(row['pixels_within_eps_of_threshold'])} of the pixels of these images lie within "
-                   f"ε = {race['eps']:g} of a rounding threshold, so a perturbation that small can change few of the "
-                   f"pixels the model sees; the price is {points(row['undefended_clean'], row['clean'])} points "
-                   "of clean accuracy." if row.get("undefended_clean") is not None else
-                   f" Why: only {percent(row['pixels_within_eps_of_threshold'])} of the pixels lie within ε of a "
-                   "rounding threshold.")
+            why = (
+                f" Why: only {percent(row['pixels_within_eps_of_threshold'])} of the pixels of these images lie within "
+                f"ε = {race['eps']:g} of a rounding threshold, so a perturbation that small can change few of the "
+                f"pixels the model sees; the price is {points(row['undefended_clean'], row['clean'])} points "
+                "of clean accuracy."
+                if row.get("undefended_clean") is not None
+                else f" Why: only {percent(row['pixels_within_eps_of_threshold'])} of the pixels lie within ε of a "
+                "rounding threshold."
+            )
         else:
-            why = (" No reason is established: a stronger adaptive attack may still break it, so treat this "
-                   "number as an upper bound.")
+            why = (
+                " No reason is established: a stronger adaptive attack may still break it, so treat this "
+                "number as an upper bound."
+            )
         return f"resists the adaptive attack: {gap} points above the undefended model.{why}"
     naive_gap = points(row["naive"], row["adaptive"])
-    return (f"no real gain: the adaptive attack brings it to {percent(row['adaptive'])}, {gap} points from the "
-            f"undefended model at {percent(row['undefended'])}; the naive evaluation overstated it by {naive_gap} points")
+    return (
+        f"no real gain: the adaptive attack brings it to {percent(row['adaptive'])}, {gap} points from the "
+        f"undefended model at {percent(row['undefended'])}; the naive evaluation overstated it by {naive_gap} points"
+    )
 
 
 def arms_race_html(metrics: dict, figure_tag: str) -> str:
@@ -101,35 +127,43 @@ def arms_race_html(metrics: dict, figure_tag: str) -> str:
     for r in rows:
         naive = percent(r["naive"])
         if r.get("naive_unreliable"):
-            naive += (f"<br><span class='note'>unreliable: {_e('; '.join(r['naive_unreliable']))}</span>")
-        body.append(f"<tr><td class='l'>{_e(model_label(metrics, r['model']))}</td>"
-                    f"<td class='l'>{_e(defense_name(r['defense']))}</td><td>{percent(r['clean'])}</td>"
-                    f"<td>{percent(r.get('oblivious'))}</td><td>{naive}</td>"
-                    f"<td>{percent(r['adaptive'])}<br><span class='small'>{_e(r.get('adaptive_attack', ''))}</span></td>"
-                    f"<td>{percent(r['undefended'])}</td><td class='l'>{_e(_verdict(r, race))}</td></tr>")
+            naive += f"<br><span class='note'>unreliable: {_e('; '.join(r['naive_unreliable']))}</span>"
+        body.append(
+            f"<tr><td class='l'>{_e(model_label(metrics, r['model']))}</td>"
+            f"<td class='l'>{_e(defense_name(r['defense']))}</td><td>{percent(r['clean'])}</td>"
+            f"<td>{percent(r.get('oblivious'))}</td><td>{naive}</td>"
+            f"<td>{percent(r['adaptive'])}<br><span class='small'>{_e(r.get('adaptive_attack', ''))}</span></td>"
+            f"<td>{percent(r['undefended'])}</td><td class='l'>{_e(_verdict(r, race))}</td></tr>"
+        )
     trained = [m for m in alone if m != "standard"]
     lessons = []
     for name in trained:
         behind = [r for r in rows if r["model"] == name and r["defense"] is not None and not r.get("resists")]
         if behind:
             deltas = sorted(float(points(r["adaptive"], r["undefended"])) for r in behind)
-            lessons.append(f"Behind the defenses that do not resist, {_e(model_label(metrics, name))}'s adaptive "
-                           f"robust accuracy differs from its undefended self's by {deltas[0]:+.1f} to "
-                           f"{deltas[-1]:+.1f} points under the same attack: its robustness comes from training, "
-                           "not from the wrapper.")
-    return "\n".join([
-        f"<p>Each model is put behind each preprocessing defense and attacked at ε = {race['eps']:g} on the first "
-        f"{race['n']} test images ({_e(race['attack'])}): <b>oblivious</b> (made on the undefended model, then passed "
-        "through the defense), <b>naive</b> (white-box, with the gradient autograd gives through the defense) and "
-        "<b>adaptive</b> (BPDA, the identity on the backward pass, through a deterministic defense; EOT over "
-        f"{race.get('eot', '?')} draws through a random one; Athalye, Carlini &amp; Wagner 2018). A random defense "
-        "is judged, clean and attacked alike, by the majority of 20 passes.</p>",
-        figure_tag,
-        "<table><tr><th class='l'>model</th><th class='l'>defense</th><th>clean</th><th>oblivious</th>"
-        "<th>naive</th><th>adaptive</th><th>undefended, same attack</th><th class='l'>verdict</th></tr>"
-        + "".join(body) + "</table>",
-        *(f"<p>{lesson}</p>" for lesson in lessons),
-    ])
+            lessons.append(
+                f"Behind the defenses that do not resist, {_e(model_label(metrics, name))}'s adaptive "
+                f"robust accuracy differs from its undefended self's by {deltas[0]:+.1f} to "
+                f"{deltas[-1]:+.1f} points under the same attack: its robustness comes from training, "
+                "not from the wrapper."
+            )
+    return "\n".join(
+        [
+            f"<p>Each model is put behind each preprocessing defense and attacked at ε = {race['eps']:g} on the first "
+            f"{race['n']} test images ({_e(race['attack'])}): <b>oblivious</b> (made on the undefended model, "
+            "then passed "
+            "through the defense), <b>naive</b> (white-box, with the gradient autograd gives through the defense) and "
+            "<b>adaptive</b> (BPDA, the identity on the backward pass, through a deterministic defense; EOT over "
+            f"{race.get('eot', '?')} draws through a random one; Athalye, Carlini &amp; Wagner 2018). A random defense "
+            "is judged, clean and attacked alike, by the majority of 20 passes.</p>",
+            figure_tag,
+            "<table><tr><th class='l'>model</th><th class='l'>defense</th><th>clean</th><th>oblivious</th>"
+            "<th>naive</th><th>adaptive</th><th>undefended, same attack</th><th class='l'>verdict</th></tr>"
+            + "".join(body)
+            + "</table>",
+            *(f"<p>{lesson}</p>" for lesson in lessons),
+        ]
+    )
 
 
 __all__ = ["arms_race_figure", "arms_race_html", "defense_name"]

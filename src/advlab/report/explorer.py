@@ -184,19 +184,34 @@ def explorer_data(run_dir: Path, metrics: dict) -> dict:
     if "x" not in tensors or not models:
         raise AdvlabError("explorer.safetensors lacks the images")
     x = tensors["x"].float().numpy()
-    data = {"classes": metrics["classes"], "eps": numbers["eps"], "attack": numbers["attack"],
-            "labels": numbers["labels"], "clean": [_png(image) for image in x], "models": []}
+    data = {
+        "classes": metrics["classes"],
+        "eps": numbers["eps"],
+        "attack": numbers["attack"],
+        "labels": numbers["labels"],
+        "clean": [_png(image) for image in x],
+        "models": [],
+    }
     for name in models:
         adv = tensors[f"{name}.x_adv"].float().numpy()
-        data["models"].append({"name": name, "label": model_label(metrics, name),
-                               "adv": [[_png(image) for image in at_eps] for at_eps in adv],
-                               **{k: numbers["models"][name][k] for k in ("top_classes", "top_probs", "predictions")}})
+        data["models"].append(
+            {
+                "name": name,
+                "label": model_label(metrics, name),
+                "adv": [[_png(image) for image in at_eps] for at_eps in adv],
+                **{k: numbers["models"][name][k] for k in ("top_classes", "top_probs", "predictions")},
+            }
+        )
     targeted = numbers.get("targeted")
     if targeted and "targeted.x_adv" in tensors:
         adv = tensors["targeted.x_adv"].float().numpy()
-        data["targeted"] = {"label": model_label(metrics, targeted["model"]), "attack": targeted["attack"],
-                            "eps": targeted["eps"], "adv": [[_png(image) for image in row] for row in adv],
-                            **{k: targeted[k] for k in ("top_classes", "top_probs", "reached")}}
+        data["targeted"] = {
+            "label": model_label(metrics, targeted["model"]),
+            "attack": targeted["attack"],
+            "eps": targeted["eps"],
+            "adv": [[_png(image) for image in row] for row in adv],
+            **{k: targeted[k] for k in ("top_classes", "top_probs", "reached")},
+        }
     return data
 
 
@@ -211,27 +226,34 @@ def explorer_html(run_dir: Path, metrics: dict) -> str:
     # Every "<" escaped: no "</script>" or "<!--" from a class name can end or bend the script element.
     payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     targeted = "targeted" in data
-    mode = ("<label>Attack<select id='ex-mode'><option value='untargeted'>untargeted, every model</option>"
+    mode = (
+        (
+            "<label>Attack<select id='ex-mode'><option value='untargeted'>untargeted, every model</option>"
             "<option value='targeted'>targeted: drive the image to a class</option></select></label>"
-            "<label id='ex-target-wrap' hidden>Target class<select id='ex-target'></select></label>") if targeted else \
-        "<select id='ex-mode' hidden><option value='untargeted'>untargeted</option></select>" \
+            "<label id='ex-target-wrap' hidden>Target class<select id='ex-target'></select></label>"
+        )
+        if targeted
+        else "<select id='ex-mode' hidden><option value='untargeted'>untargeted</option></select>"
         "<span id='ex-target-wrap' hidden><select id='ex-target'></select></span>"
-    return (f"<style>{CSS}</style><section id='explorer' aria-label='adversarial example explorer'>"
-            "<p>Pick a model and an image, then move ε: the attack is the study's own "
-            f"({html.escape(data['attack'])}), and an image once fooled stays fooled as ε grows, as on the curve "
-            "of section 1. The targeted view drives the image towards any class you choose.</p>"
-            "<div class='ex-controls'><label>Model<select id='ex-model'></select></label>"
-            "<label for='ex-eps'>ε</label><input type='range' id='ex-eps' min='0' step='1' "
-            "aria-describedby='ex-eps-value'><output id='ex-eps-value' for='ex-eps'></output>"
-            f"{mode}</div><div id='ex-images' role='group' aria-label='images'></div>"
-            "<div class='ex-view'><figure><img id='ex-clean' alt=''><figcaption>clean</figcaption></figure>"
-            "<figure><img id='ex-adv' alt=''><figcaption>adversarial: <span id='ex-prediction'></span>"
-            "</figcaption></figure><figure><canvas id='ex-delta' width='28' height='28' role='img' "
-            "aria-label='the perturbation, amplified'></canvas><figcaption id='ex-delta-scale'></figcaption>"
-            "</figure><div><p id='ex-verdict' aria-live='polite'></p><ol id='ex-bars' "
-            "aria-label='top-5 class probabilities'></ol></div></div>"
-            f"<script type='application/json' id='explorer-data'>{payload}</script>"
-            f"<script>{SCRIPT}</script></section>")
+    )
+    return (
+        f"<style>{CSS}</style><section id='explorer' aria-label='adversarial example explorer'>"
+        "<p>Pick a model and an image, then move ε: the attack is the study's own "
+        f"({html.escape(data['attack'])}), and an image once fooled stays fooled as ε grows, as on the curve "
+        "of section 1. The targeted view drives the image towards any class you choose.</p>"
+        "<div class='ex-controls'><label>Model<select id='ex-model'></select></label>"
+        "<label for='ex-eps'>ε</label><input type='range' id='ex-eps' min='0' step='1' "
+        "aria-describedby='ex-eps-value'><output id='ex-eps-value' for='ex-eps'></output>"
+        f"{mode}</div><div id='ex-images' role='group' aria-label='images'></div>"
+        "<div class='ex-view'><figure><img id='ex-clean' alt=''><figcaption>clean</figcaption></figure>"
+        "<figure><img id='ex-adv' alt=''><figcaption>adversarial: <span id='ex-prediction'></span>"
+        "</figcaption></figure><figure><canvas id='ex-delta' width='28' height='28' role='img' "
+        "aria-label='the perturbation, amplified'></canvas><figcaption id='ex-delta-scale'></figcaption>"
+        "</figure><div><p id='ex-verdict' aria-live='polite'></p><ol id='ex-bars' "
+        "aria-label='top-5 class probabilities'></ol></div></div>"
+        f"<script type='application/json' id='explorer-data'>{payload}</script>"
+        f"<script>{SCRIPT}</script></section>"
+    )
 
 
 __all__ = ["explorer_data", "explorer_html"]

@@ -57,7 +57,7 @@ def figure_bytes(fig, *, dpi: int = DPI) -> bytes:
 
 
 def norm_name(metrics: dict) -> str:
-    """"L2" if every attack is an L2 attack, else "L∞" (the study's threat model)."""
+    """ "L2" if every attack is an L2 attack, else "L∞" (the study's threat model)."""
     norms = {h.get("norm") for rows in (metrics.get("attack_hyperparameters") or {}).values() for h in rows}
     return "L2" if norms == {"l2"} else "L∞"
 
@@ -94,8 +94,15 @@ def robust_vs_eps_figure(metrics: dict):
     for name, model in metrics["models"].items():
         for j, attack in enumerate(attacks):
             if attack in (model.get("robust_accuracy") or {}):
-                ax.plot(grid, _values(model["robust_accuracy"][attack]), color=colours[name],
-                        linestyle=ATTACK_STYLES[j % 4], marker=ATTACK_MARKERS[j % 4], markersize=4, linewidth=1.6)
+                ax.plot(
+                    grid,
+                    _values(model["robust_accuracy"][attack]),
+                    color=colours[name],
+                    linestyle=ATTACK_STYLES[j % 4],
+                    marker=ATTACK_MARKERS[j % 4],
+                    markersize=4,
+                    linewidth=1.6,
+                )
     chance, train_eps = metrics.get("chance_accuracy"), metrics.get("train_eps")
     extra = []
     if chance is not None:
@@ -104,17 +111,33 @@ def robust_vs_eps_figure(metrics: dict):
     if train_eps is not None:
         ax.axvline(train_eps, color="0.75", linestyle=":", linewidth=1)
         extra.append(Line2D([], [], color="0.75", linestyle=":", label=f"training ε = {train_eps:g}"))
-    models = [Line2D([], [], color=colours[n], linewidth=2.5, label=_plain(model_label(metrics, n)))
-              for n in metrics["models"]]
-    styles = [Line2D([], [], color="0.2", linestyle=ATTACK_STYLES[j % 4], marker=ATTACK_MARKERS[j % 4],
-                     markersize=4, label=_plain(a)) for j, a in enumerate(attacks)]
+    models = [
+        Line2D([], [], color=colours[n], linewidth=2.5, label=_plain(model_label(metrics, n)))
+        for n in metrics["models"]
+    ]
+    styles = [
+        Line2D(
+            [],
+            [],
+            color="0.2",
+            linestyle=ATTACK_STYLES[j % 4],
+            marker=ATTACK_MARKERS[j % 4],
+            markersize=4,
+            label=_plain(a),
+        )
+        for j, a in enumerate(attacks)
+    ]
     # Accuracy falls with ε, so the upper right is where the curves are not.
     first = ax.legend(handles=models, title="model (colour)", loc="upper right", fontsize=8, title_fontsize=8)
     ax.add_artist(first)
     ax.legend(handles=styles + extra, title="attack (line style)", loc="center right", fontsize=8, title_fontsize=8)
     ax.set_xticks(grid, [f"{e:g}" for e in grid])
-    ax.set(xlabel=eps_label(metrics), ylabel="accuracy (%)", ylim=(0, 100),
-           title=f"Robust accuracy against the perturbation budget ({count(metrics.get('n_eval'))} test images)")
+    ax.set(
+        xlabel=eps_label(metrics),
+        ylabel="accuracy (%)",
+        ylim=(0, 100),
+        title=f"Robust accuracy against the perturbation budget ({count(metrics.get('n_eval'))} test images)",
+    )
     ax.grid(alpha=0.3)
     return fig
 
@@ -135,11 +158,25 @@ def tradeoff_figure(metrics: dict):
     eps = metrics["eps_grid"][train_index(metrics)]
     fig, ax = plt.subplots(figsize=(7.4, 5.0), layout="constrained")
     if frontier:
-        ax.plot([100 * chosen[n][0] for n in frontier], [100 * chosen[n][1] for n in frontier], color="0.3",
-                linewidth=1.2, zorder=1, label="Pareto frontier")
+        ax.plot(
+            [100 * chosen[n][0] for n in frontier],
+            [100 * chosen[n][1] for n in frontier],
+            color="0.3",
+            linewidth=1.2,
+            zorder=1,
+            label="Pareto frontier",
+        )
     for name, (clean, robust) in chosen.items():
-        ax.scatter(100 * clean, 100 * robust, s=70, color=colours[name], zorder=2, edgecolor="black",
-                   linewidth=0.8 if name in frontier else 0, label=_plain(model_label(metrics, name)))
+        ax.scatter(
+            100 * clean,
+            100 * robust,
+            s=70,
+            color=colours[name],
+            zorder=2,
+            edgecolor="black",
+            linewidth=0.8 if name in frontier else 0,
+            label=_plain(model_label(metrics, name)),
+        )
     # Labels of the less accurate half go left, the rest right; on each side they are spread vertically so
     # that close models (TRADES at two β, say) do not print over each other.
     middle = sorted(c for c, _ in chosen.values())[len(chosen) // 2] if chosen else 0
@@ -147,18 +184,28 @@ def tradeoff_figure(metrics: dict):
         side = sorted((n for n in chosen if (chosen[n][0] < middle) == left), key=lambda n: chosen[n][1])
         for name, y in zip(side, _spread([100 * chosen[n][1] for n in side], gap=7.0)):
             clean, robust = chosen[name]
-            ax.annotate(f"{_plain(model_label(metrics, name))}\n{percent(clean)}, {percent(robust)}",
-                        (100 * clean, 100 * robust), xytext=(-10 if left else 10, y),
-                        textcoords=("offset points", "data"), ha="right" if left else "left", va="center",
-                        fontsize=8, arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.6))
+            ax.annotate(
+                f"{_plain(model_label(metrics, name))}\n{percent(clean)}, {percent(robust)}",
+                (100 * clean, 100 * robust),
+                xytext=(-10 if left else 10, y),
+                textcoords=("offset points", "data"),
+                ha="right" if left else "left",
+                va="center",
+                fontsize=8,
+                arrowprops=dict(arrowstyle="-", color="0.6", linewidth=0.6),
+            )
     if metrics.get("chance_accuracy") is not None:
-        ax.axhline(100 * metrics["chance_accuracy"], label=f"chance ({percent(metrics['chance_accuracy'])})",
-                   **CHANCE_STYLE)
+        ax.axhline(
+            100 * metrics["chance_accuracy"], label=f"chance ({percent(metrics['chance_accuracy'])})", **CHANCE_STYLE
+        )
     cleans = [100 * c for c, _ in chosen.values()] or [0, 100]
     ax.set_xlim(max(0, min(cleans) - 8), min(100, max(cleans) + 8))
     ax.set_ylim(0, 100)
-    ax.set(xlabel="clean accuracy (%)", ylabel=f"robust accuracy (%), worst case over all attacks at ε = {eps:g}",
-           title="The price of robustness: clean against robust accuracy")
+    ax.set(
+        xlabel="clean accuracy (%)",
+        ylabel=f"robust accuracy (%), worst case over all attacks at ε = {eps:g}",
+        title="The price of robustness: clean against robust accuracy",
+    )
     ax.legend(fontsize=8, loc="lower left")  # robust models sit high, the standard one far right: empty here
     ax.grid(alpha=0.3)
     return fig
@@ -185,8 +232,14 @@ def training_curves_figure(metrics: dict):
             values = [e.get(key) for e in epochs]
             if any(v is not None for v in values):
                 drawn[k] = True
-                ax.plot(steps, _values(values), color=colours[name], marker="o", markersize=3,
-                        label=_plain(model_label(metrics, name)))
+                ax.plot(
+                    steps,
+                    _values(values),
+                    color=colours[name],
+                    marker="o",
+                    markersize=3,
+                    label=_plain(model_label(metrics, name)),
+                )
     eps = metrics.get("train_eps")
     robust = f"robust accuracy ({_check_attack(metrics)}" + (f", ε = {eps:g})" if eps is not None else ")")
     for ax, what, has_lines in zip(axes, ("clean accuracy", robust), drawn):
@@ -196,7 +249,14 @@ def training_curves_figure(metrics: dict):
         if has_lines:
             ax.legend(fontsize=8, loc="best")
         else:
-            ax.text(0.5, 0.5, "no per-epoch records in metrics.json", ha="center", va="center",
-                    transform=ax.transAxes, color="0.4")
+            ax.text(
+                0.5,
+                0.5,
+                "no per-epoch records in metrics.json",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="0.4",
+            )
     fig.suptitle("Training curves: accuracy on held-out training images after each epoch", fontsize=11)
     return fig

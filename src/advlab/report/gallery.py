@@ -28,8 +28,20 @@ def _class_name(classes: Sequence[str], index: int) -> str:
     return _plain(classes[index]) if 0 <= index < len(classes) else f"class {index}"
 
 
-def _draw_gallery(fig, x, x_adv, labels, logits_clean, logits_adv, *, classes: Sequence[str], eps: float,
-                  title: str = "", targets: torch.Tensor | None = None, title_size: float = 10) -> None:
+def _draw_gallery(
+    fig,
+    x,
+    x_adv,
+    labels,
+    logits_clean,
+    logits_adv,
+    *,
+    classes: Sequence[str],
+    eps: float,
+    title: str = "",
+    targets: torch.Tensor | None = None,
+    title_size: float = 10,
+) -> None:
     """Draw the gallery's rows into ``fig`` (a Figure or a SubFigure), with a colour bar for δ."""
     n = x.shape[0]
     axes = fig.subplots(n, 3, squeeze=False)
@@ -45,13 +57,27 @@ def _draw_gallery(fig, x, x_adv, labels, logits_clean, logits_adv, *, classes: S
         delta = (x_adv[i] - x[i]).float().mean(0).detach().cpu().numpy()
         target = f" (target: {_class_name(classes, int(targets[i]))})" if targets is not None else ""
         panels = [
-            (_image(x[i]), cmap, dict(vmin=0, vmax=1),
-             f"original: {_class_name(classes, pc)}\n{percent(float(prob_clean[i, pc]))} (true: {true})", "black"),
-            (delta, "seismic", dict(vmin=-limit, vmax=limit), f"+ perturbation\n(±{limit:.3g}, ε = {eps:.3g})",
-             "black"),
-            (_image(x_adv[i]), cmap, dict(vmin=0, vmax=1),
-             f"= adversarial: {_class_name(classes, pa)}\n{percent(float(prob_adv[i, pa]))}{target}",
-             "firebrick" if fooled else "black"),
+            (
+                _image(x[i]),
+                cmap,
+                dict(vmin=0, vmax=1),
+                f"original: {_class_name(classes, pc)}\n{percent(float(prob_clean[i, pc]))} (true: {true})",
+                "black",
+            ),
+            (
+                delta,
+                "seismic",
+                dict(vmin=-limit, vmax=limit),
+                f"+ perturbation\n(±{limit:.3g}, ε = {eps:.3g})",
+                "black",
+            ),
+            (
+                _image(x_adv[i]),
+                cmap,
+                dict(vmin=0, vmax=1),
+                f"= adversarial: {_class_name(classes, pa)}\n{percent(float(prob_adv[i, pa]))}{target}",
+                "firebrick" if fooled else "black",
+            ),
         ]
         for column, (ax, (img, colours, scale, text, colour)) in enumerate(zip(axes[i], panels)):
             drawn = ax.imshow(img, cmap=colours, **scale)
@@ -85,8 +111,9 @@ def gallery_figure(
     (wrong, or the target for ``targets``) are red.
     """
     fig = _pyplot().figure(figsize=(6.6, 2.2 * x.shape[0] + 1.0), layout="constrained")
-    _draw_gallery(fig, x, x_adv, labels, logits_clean, logits_adv, classes=classes, eps=eps, title=title,
-                  targets=targets)
+    _draw_gallery(
+        fig, x, x_adv, labels, logits_clean, logits_adv, classes=classes, eps=eps, title=title, targets=targets
+    )
     return fig
 
 
@@ -102,23 +129,42 @@ def comparison_gallery_figure(tensors: dict, info: dict, metrics: dict):
     n = tensors["x"].shape[0]
     fig = _pyplot().figure(figsize=(6.6 * len(names), 2.2 * n + 1.4), layout="constrained")
     for sub, name in zip(fig.subfigures(1, len(names), wspace=0.04, squeeze=False)[0], names):
-        _draw_gallery(sub, tensors["x"], tensors[f"{name}.x_adv"], tensors["labels"], tensors[f"{name}.logits_clean"],
-                      tensors[f"{name}.logits_adv"], classes=metrics["classes"], eps=info.get("eps", 0.0),
-                      title=_plain(model_label(metrics, name)), title_size=11)
-    fig.suptitle(f"{_plain(info.get('attack', 'attack'))} at ε = {info.get('eps', 0):g}: the same images against "
-                 "each model (red: the attack fooled the model)", fontsize=11)
+        _draw_gallery(
+            sub,
+            tensors["x"],
+            tensors[f"{name}.x_adv"],
+            tensors["labels"],
+            tensors[f"{name}.logits_clean"],
+            tensors[f"{name}.logits_adv"],
+            classes=metrics["classes"],
+            eps=info.get("eps", 0.0),
+            title=_plain(model_label(metrics, name)),
+            title_size=11,
+        )
+    fig.suptitle(
+        f"{_plain(info.get('attack', 'attack'))} at ε = {info.get('eps', 0):g}: the same images against "
+        "each model (red: the attack fooled the model)",
+        fontsize=11,
+    )
     return fig
 
 
 def targeted_gallery_figure(tensors: dict, info: dict, metrics: dict):
     name, attack = info.get("targeted_model", "standard"), str(info.get("targeted_attack", "attack"))
     eps = info.get("targeted_eps", info.get("eps", 0.0))
-    return gallery_figure(tensors["x"], tensors["targeted.x_adv"], tensors["labels"], tensors["targeted.logits_clean"],
-                          tensors["targeted.logits_adv"], classes=metrics["classes"], eps=eps,
-                          targets=tensors["targeted.targets"],
-                          title=f"{_plain(attack if 'targeted' in attack else 'targeted ' + attack)} against "
-                                f"{_plain(model_label(metrics, name))} at ε = {eps:g}\n"
-                                "(red: the model now predicts the target class)")
+    return gallery_figure(
+        tensors["x"],
+        tensors["targeted.x_adv"],
+        tensors["labels"],
+        tensors["targeted.logits_clean"],
+        tensors["targeted.logits_adv"],
+        classes=metrics["classes"],
+        eps=eps,
+        targets=tensors["targeted.targets"],
+        title=f"{_plain(attack if 'targeted' in attack else 'targeted ' + attack)} against "
+        f"{_plain(model_label(metrics, name))} at ε = {eps:g}\n"
+        "(red: the model now predicts the target class)",
+    )
 
 
 def save_attack_gallery(folder: str | Path) -> Path:
@@ -129,15 +175,20 @@ def save_attack_gallery(folder: str | Path) -> Path:
     tensors, _ = load_tensors(folder / "adversarial.safetensors")
     needed = {"x", "x_adv", "labels", "logits_clean", "logits_adv"}
     if not needed <= set(tensors) or not isinstance(summary.get("classes"), list):
-        raise AdvlabError(f"{folder} holds no complete attack output (images, logits, class names); "
-                          "rerun `advlab attack`")
+        raise AdvlabError(
+            f"{folder} holds no complete attack output (images, logits, class names); rerun `advlab attack`"
+        )
     target = summary.get("target")
     eps = float(summary.get("eps", 0.0))
     title = f"{summary.get('label', summary.get('attack', 'attack'))}, ε = {eps:g}"
     if target is not None:
         title += f", target: {summary['classes'][target]}"
     rows = slice(0, 16)
-    return save_gallery(folder / "gallery.png", *(tensors[k][rows] for k in ("x", "x_adv", "labels", "logits_clean",
-                                                                           "logits_adv")),
-                        classes=summary["classes"], eps=eps, title=title,
-                        targets=tensors["targets"][rows] if "targets" in tensors else None)
+    return save_gallery(
+        folder / "gallery.png",
+        *(tensors[k][rows] for k in ("x", "x_adv", "labels", "logits_clean", "logits_adv")),
+        classes=summary["classes"],
+        eps=eps,
+        title=title,
+        targets=tensors["targets"][rows] if "targets" in tensors else None,
+    )

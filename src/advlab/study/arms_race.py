@@ -49,37 +49,72 @@ def pixels_near_threshold(x: torch.Tensor, bits: int, eps: float) -> float:
     return float((distance < eps).float().mean())
 
 
-def measure_arms_race(models: dict[str, nn.Module], names: list[str], labels: dict[str, str], test, *,
-                      defenses: list[str], attack: str, eot: int, eps: float, n: int, seed: int,
-                      runtime: Runtime, progress: bool) -> dict:
+def measure_arms_race(
+    models: dict[str, nn.Module],
+    names: list[str],
+    labels: dict[str, str],
+    test,
+    *,
+    defenses: list[str],
+    attack: str,
+    eot: int,
+    eps: float,
+    n: int,
+    seed: int,
+    runtime: Runtime,
+    progress: bool,
+) -> dict:
     """The rows of the arms race for the models ``names`` (see the module's docstring); JSON-ready."""
     data = test.subset(min(n, len(test)))
     base = parse_attack(attack)
     x, _ = data.tensors()
     if progress:
-        print(f"[study] arms race: {', '.join(labels[n] for n in names)} behind {len(defenses)} defenses, "
-              f"{len(data)} test images", file=sys.stderr, flush=True)
+        print(
+            f"[study] arms race: {', '.join(labels[n] for n in names)} behind {len(defenses)} defenses, "
+            f"{len(data)} test images",
+            file=sys.stderr,
+            flush=True,
+        )
     rows = []
     for name in names:
         model = models[name]
         bare = evaluate(model, data, attacks=[base], eps=[eps], seed=seed, progress=False, runtime=runtime)
         undefended = bare.robust[base.label][0]
-        rows.append({"model": name, "label": labels[name], "defense": None, "clean": bare.clean_accuracy,
-                     "naive": undefended, "adaptive": undefended, "undefended": undefended,
-                     "adaptive_attack": base.label, "flags": [f["flag"] for f in bare.flags]})
+        rows.append(
+            {
+                "model": name,
+                "label": labels[name],
+                "defense": None,
+                "clean": bare.clean_accuracy,
+                "naive": undefended,
+                "adaptive": undefended,
+                "undefended": undefended,
+                "adaptive_attack": base.label,
+                "flags": [f["flag"] for f in bare.flags],
+            }
+        )
         for text in defenses:
             start = time.perf_counter()
             defense = parse_defense(text)
             guarded = defend(model, [defense])
             adaptive = parse_attack(adaptive_name(attack, defense.randomized, eot))
-            result = evaluate(guarded, data, attacks=[base, adaptive], eps=[eps], seed=seed, progress=False,
-                              runtime=runtime)
+            result = evaluate(
+                guarded, data, attacks=[base, adaptive], eps=[eps], seed=seed, progress=False, runtime=runtime
+            )
             oblivious = transfer_flags(guarded, model, data, attack=base, eps=eps, seed=seed, runtime=runtime)
-            row = {"model": name, "label": labels[name], "defense": defense.describe(),
-                   "clean": result.clean_accuracy, "oblivious": float(oblivious.float().mean()),
-                   "naive": result.robust[base.label][0], "adaptive": result.robust[adaptive.label][0],
-                   "undefended": undefended, "adaptive_attack": adaptive.label,
-                   "flags": sorted({f["flag"] for f in result.flags}), "verdict_draws": result.draws}
+            row = {
+                "model": name,
+                "label": labels[name],
+                "defense": defense.describe(),
+                "clean": result.clean_accuracy,
+                "oblivious": float(oblivious.float().mean()),
+                "naive": result.robust[base.label][0],
+                "adaptive": result.robust[adaptive.label][0],
+                "undefended": undefended,
+                "adaptive_attack": adaptive.label,
+                "flags": sorted({f["flag"] for f in result.flags}),
+                "verdict_draws": result.draws,
+            }
             row["naive_unreliable"] = _unreliable(row)
             row["resists"] = row["adaptive"] - undefended >= RESISTS
             if defense.name == "bits":
@@ -87,8 +122,12 @@ def measure_arms_race(models: dict[str, nn.Module], names: list[str], labels: di
             row["seconds"] = time.perf_counter() - start
             rows.append(row)
             if progress:
-                print(f"[study] arms race: {labels[name]} behind {text}: naive {row['naive']:.1%}, adaptive "
-                      f"{row['adaptive']:.1%} (undefended {undefended:.1%})", file=sys.stderr, flush=True)
+                print(
+                    f"[study] arms race: {labels[name]} behind {text}: naive {row['naive']:.1%}, adaptive "
+                    f"{row['adaptive']:.1%} (undefended {undefended:.1%})",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return {"eps": eps, "n": len(data), "attack": base.label, "eot": eot, "rows": rows}
 
 

@@ -21,8 +21,9 @@ from advlab.errors import AdvlabError
 from advlab.runtime import Runtime
 
 
-def certified_numbers(model: nn.Module, test, *, eps: float, label: str, smoothing: dict | None,
-                      runtime: Runtime, progress: bool) -> dict:
+def certified_numbers(
+    model: nn.Module, test, *, eps: float, label: str, smoothing: dict | None, runtime: Runtime, progress: bool
+) -> dict:
     """``{"eps", "n", "verified_accuracy", "verified_method", "unsupported"?, "smoothing"?}`` for one model;
     ``smoothing``: ``{"sigma", "n", "n0", "alpha", "images"}`` for a noise-trained model, else None."""
     if progress:
@@ -35,9 +36,18 @@ def certified_numbers(model: nn.Module, test, *, eps: float, label: str, smoothi
         result["verified_accuracy"], result["unsupported"] = None, str(err)
     if smoothing is not None:
         x, y = test.subset(min(smoothing["images"], len(test))).tensors()
-        certified = certify_dataset(model, x, y, sigma=smoothing["sigma"], n=smoothing["n"], n0=smoothing["n0"],
-                                    alpha=smoothing["alpha"], classes=len(test.info.classes), seed=0,
-                                    progress=progress)
+        certified = certify_dataset(
+            model,
+            x,
+            y,
+            sigma=smoothing["sigma"],
+            n=smoothing["n"],
+            n0=smoothing["n0"],
+            alpha=smoothing["alpha"],
+            classes=len(test.info.classes),
+            seed=0,
+            progress=progress,
+        )
         result["smoothing"] = certified.to_dict()
     return result
 
@@ -46,9 +56,11 @@ def check_certified_below_empirical(name: str, verified: float | None, empirical
     """Refuse a verified accuracy above the empirical robust accuracy on the same images: one of the two
     is wrong (an unsound bound or a broken attack), and neither number may be shown."""
     if verified is not None and empirical is not None and verified > empirical + 1e-9:
-        raise AdvlabError(f"model {name}: its IBP-verified accuracy ({verified:.4f}) is above its empirical "
-                          f"robust accuracy ({empirical:.4f}) on the same images, which a sound bound and a "
-                          "correct attack cannot give; please report it")
+        raise AdvlabError(
+            f"model {name}: its IBP-verified accuracy ({verified:.4f}) is above its empirical "
+            f"robust accuracy ({empirical:.4f}) on the same images, which a sound bound and a "
+            "correct attack cannot give; please report it"
+        )
 
 
 __all__ = ["certified_numbers", "check_certified_below_empirical"]

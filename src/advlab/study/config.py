@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from advlab.attacks import AttackSpec, parse_attack
 from advlab.attacks.suites import suite_attacks
@@ -39,8 +40,13 @@ class StudyConfig:
     n_eval: int = 1000  # test images per evaluation: ±1.5 points of binomial noise at 1,000
     # The arms race (advlab.study.arms_race): the standard and the most robust model behind each
     # preprocessing defense, attacked obliviously, naively and adaptively at the training ε. Empty: skipped.
-    defenses: tuple[str, ...] = ("jpeg:quality=75", "bits:bits=4", "bits:bits=1", "median:size=3",
-                                 "resize-pad:min_scale=0.8")
+    defenses: tuple[str, ...] = (
+        "jpeg:quality=75",
+        "bits:bits=4",
+        "bits:bits=1",
+        "median:size=3",
+        "resize-pad:min_scale=0.8",
+    )
     # Naive as it is; adaptive with -bpda, or -eotK through a random defense. APGD-CE, not PGD: through the
     # random resize-and-pad, PGD-50 with EOT stayed 6.1 points above the undefended model (BENCHMARKS.md).
     arms_race_attack: str = "apgd-ce100"
@@ -76,19 +82,27 @@ class StudyConfig:
         if not 0 <= self.explorer_size <= 100:
             raise AdvlabError(f"explorer_size must be from 0 (no explorer) to 100, got {self.explorer_size}")
         if self.eps_grid[-1] <= self.train_eps:
-            raise AdvlabError(f"eps_grid must go beyond train_eps = {self.train_eps} (a sanity check needs accuracy "
-                              "to reach chance at large ε)")
+            raise AdvlabError(
+                f"eps_grid must go beyond train_eps = {self.train_eps} (a sanity check needs accuracy "
+                "to reach chance at large ε)"
+            )
         specs = [parse_attack(a) for a in self.attacks]
         if not any(s.name == "fgsm" for s in specs) or not any(s.name == "pgd" for s in specs):
             raise AdvlabError("a study's attacks must include fgsm and a pgd attack (its sanity checks compare them)")
         if any(s.targeted for s in specs):
-            raise AdvlabError("a study's attacks are untargeted (its checks and gallery use them on true labels); "
-                              "evaluate targeted attacks with `advlab evaluate --attack NAME-targeted`")
+            raise AdvlabError(
+                "a study's attacks are untargeted (its checks and gallery use them on true labels); "
+                "evaluate targeted attacks with `advlab evaluate --attack NAME-targeted`"
+            )
         if len({s.norm for s in specs}) > 1:
-            raise AdvlabError("a study's attacks must share one norm (the worst case over attacks is per ε); got "
-                              + ", ".join(self.attacks))
+            raise AdvlabError(
+                "a study's attacks must share one norm (the worst case over attacks is per ε); got "
+                + ", ".join(self.attacks)
+            )
         if parse_attack(self.check_dlr).loss != "dlr" and not self.check_dlr.startswith("apgd-dlr"):
-            raise AdvlabError(f"check_dlr must be an attack on the DLR loss (apgd-dlr100, pgd50-dlr), got {self.check_dlr!r}")
+            raise AdvlabError(
+                f"check_dlr must be an attack on the DLR loss (apgd-dlr100, pgd50-dlr), got {self.check_dlr!r}"
+            )
         if not parse_attack(self.check_square).kind.black_box:
             raise AdvlabError(f"check_square must be a gradient-free attack (square5000), got {self.check_square!r}")
         suite_attacks(self.suite)  # an unknown suite is a one-line error here
@@ -96,8 +110,10 @@ class StudyConfig:
             parse_defense(text)  # an unknown defense or parameter is a one-line error here
         arms = parse_attack(self.arms_race_attack)
         if arms.kind.black_box or arms.targeted or arms.bpda or arms.eot > 1:
-            raise AdvlabError(f"arms_race_attack must be an untargeted gradient attack without -bpda or -eot (the "
-                              f"stage adds them), got {self.arms_race_attack!r}")
+            raise AdvlabError(
+                f"arms_race_attack must be an untargeted gradient attack without -bpda or -eot (the "
+                f"stage adds them), got {self.arms_race_attack!r}"
+            )
         try:
             check_settings(1.0, self.smoothing_n, self.smoothing_n0, self.smoothing_alpha)  # σ: each model's own
         except AdvlabError as err:
@@ -109,8 +125,9 @@ class StudyConfig:
         if self.smoothing_images < 1:
             raise AdvlabError(f"smoothing_images must be at least 1, got {self.smoothing_images}")
         if self.arms_race_eot < 1 or self.arms_race_n < 1:
-            raise AdvlabError(f"arms_race_eot and arms_race_n must be at least 1, got {self.arms_race_eot} and "
-                              f"{self.arms_race_n}")
+            raise AdvlabError(
+                f"arms_race_eot and arms_race_n must be at least 1, got {self.arms_race_eot} and {self.arms_race_n}"
+            )
         if "standard" not in self.models or len(self.models) < 2:
             raise AdvlabError("a study needs a model named 'standard' and at least one adversarially trained model")
 
@@ -135,8 +152,14 @@ class StudyConfig:
     def train_config(self, name: str) -> TrainConfig:
         """The resolved :class:`advlab.train.TrainConfig` of model ``name``."""
         overrides = {k: v for k, v in self.models[name].items() if k != "label"}
-        values = {"dataset": self.dataset, "eps": self.train_eps, "seed": self.seed, "data_dir": self.data_dir,
-                  **self.train, **overrides}
+        values = {
+            "dataset": self.dataset,
+            "eps": self.train_eps,
+            "seed": self.seed,
+            "data_dir": self.data_dir,
+            **self.train,
+            **overrides,
+        }
         return TrainConfig.from_dict(values)
 
     def label(self, name: str) -> str:

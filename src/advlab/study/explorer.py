@@ -47,27 +47,47 @@ def _top(logits: torch.Tensor) -> tuple[list, list]:
     return indices.tolist(), [[round(float(v), 6) for v in row] for row in values]
 
 
-def explorer_numbers(models: dict[str, nn.Module], test, *, attack: AttackSpec, eps_grid, targeted: AttackSpec,
-                     targeted_eps: float, targeted_model: str, size: int, seed: int, runtime: Runtime,
-                     progress: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+def explorer_numbers(
+    models: dict[str, nn.Module],
+    test,
+    *,
+    attack: AttackSpec,
+    eps_grid,
+    targeted: AttackSpec,
+    targeted_eps: float,
+    targeted_model: str,
+    size: int,
+    seed: int,
+    runtime: Runtime,
+    progress: bool,
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(numbers, tensors)`` of the explorer: see the module docstring."""
     if progress:
-        print(f"[study] the explorer: {len(models)} models, {size} images, {len(eps_grid)} ε", file=sys.stderr,
-              flush=True)
+        print(
+            f"[study] the explorer: {len(models)} models, {size} images, {len(eps_grid)} ε", file=sys.stderr, flush=True
+        )
     x_all, y_all = test.tensors()
     index = explorer_images(y_all, len(test.info.classes), size)
     x, y = x_all[index].to(runtime.device), y_all[index].to(runtime.device)
     tensors: dict[str, torch.Tensor] = {"x": x.cpu(), "labels": y.cpu()}
-    numbers: dict = {"attack": attack.label, "hyperparameters": [attack.hyperparameters(e) for e in eps_grid],
-                     "eps": list(eps_grid), "images": index, "labels": y.tolist(), "top": TOP, "models": {}}
+    numbers: dict = {
+        "attack": attack.label,
+        "hyperparameters": [attack.hyperparameters(e) for e in eps_grid],
+        "eps": list(eps_grid),
+        "images": index,
+        "labels": y.tolist(),
+        "top": TOP,
+        "models": {},
+    }
     for name, model in models.items():
         best = x.clone()  # the strongest example so far: fooled stays fooled as ε grows
         fooled = torch.zeros(len(y), dtype=torch.bool, device=x.device)
         shown, classes, probs, predictions = [], [], [], []
         for eps in eps_grid:
             if eps > 0:
-                x_adv = attack(model, x, y, eps=eps, generator=runtime.generator(seed),
-                               channels_last=runtime.channels_last).float()
+                x_adv = attack(
+                    model, x, y, eps=eps, generator=runtime.generator(seed), channels_last=runtime.channels_last
+                ).float()
                 verify_adversarial(x, x_adv, eps, attack.norm, what=f"explorer {attack.label}")
                 with torch.inference_mode():
                     now = model(x_adv).argmax(1) != y
@@ -88,8 +108,9 @@ def explorer_numbers(models: dict[str, nn.Module], test, *, attack: AttackSpec, 
     model = models[targeted_model]
     goal = torch.arange(k, device=x.device).repeat(len(y))
     source = x.repeat_interleave(k, dim=0)
-    x_adv = targeted(model, source, goal, eps=targeted_eps, generator=runtime.generator(seed),
-                     channels_last=runtime.channels_last).float()
+    x_adv = targeted(
+        model, source, goal, eps=targeted_eps, generator=runtime.generator(seed), channels_last=runtime.channels_last
+    ).float()
     same = goal == y.repeat_interleave(k)
     x_adv = torch.where(same[:, None, None, None], source, x_adv)
     verify_adversarial(source, x_adv, targeted_eps, targeted.norm, what=f"explorer {targeted.label}")
@@ -97,11 +118,15 @@ def explorer_numbers(models: dict[str, nn.Module], test, *, attack: AttackSpec, 
         logits = model(x_adv)
     top_classes, top_probs = _top(logits)
     tensors["targeted.x_adv"] = x_adv.cpu().reshape(len(y), k, *x.shape[1:])
-    numbers["targeted"] = {"model": targeted_model, "attack": targeted.label, "eps": targeted_eps,
-                           "hyperparameters": targeted.hyperparameters(targeted_eps),
-                           "top_classes": [top_classes[i * k:(i + 1) * k] for i in range(len(y))],
-                           "top_probs": [top_probs[i * k:(i + 1) * k] for i in range(len(y))],
-                           "reached": (logits.argmax(1) == goal).reshape(len(y), k).tolist()}
+    numbers["targeted"] = {
+        "model": targeted_model,
+        "attack": targeted.label,
+        "eps": targeted_eps,
+        "hyperparameters": targeted.hyperparameters(targeted_eps),
+        "top_classes": [top_classes[i * k : (i + 1) * k] for i in range(len(y))],
+        "top_probs": [top_probs[i * k : (i + 1) * k] for i in range(len(y))],
+        "reached": (logits.argmax(1) == goal).reshape(len(y), k).tolist(),
+    }
     return numbers, tensors
 
 

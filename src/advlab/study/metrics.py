@@ -36,11 +36,16 @@ def collect_metrics(out: str | Path) -> dict:
         if (folder / "checks.json").is_file():
             checks[name] = read_checked(folder / "checks.json", CheckMeasurements)
         models[name] = {
-            "method": saved["train_configs"][name]["method"], "label": config.label(name),
-            "train_config": saved["train_configs"][name], "train_seconds": done.get("seconds"),
-            "epochs": _read_epochs(folder), "clean_accuracy": evaluation["clean_accuracy"],
-            "robust_accuracy": evaluation["robust_accuracy"], "worst_case_accuracy": evaluation["worst_case_accuracy"],
-            "eval_seconds": evaluation["seconds"], "n_eval": evaluation["n"],
+            "method": saved["train_configs"][name]["method"],
+            "label": config.label(name),
+            "train_config": saved["train_configs"][name],
+            "train_seconds": done.get("seconds"),
+            "epochs": _read_epochs(folder),
+            "clean_accuracy": evaluation["clean_accuracy"],
+            "robust_accuracy": evaluation["robust_accuracy"],
+            "worst_case_accuracy": evaluation["worst_case_accuracy"],
+            "eval_seconds": evaluation["seconds"],
+            "n_eval": evaluation["n"],
             # The catastrophic-overfitting guard's last word on this model's training (None: it never fired).
             "collapse": done.get("catastrophic_overfitting_message"),
             # advlab.model_checks: what may make this model's numbers overstate (empty: nothing found)
@@ -52,24 +57,38 @@ def collect_metrics(out: str | Path) -> dict:
             certified = read_checked(folder / "certified.json", Certified)
             models[name]["certified"] = certified
             i = list(config.eps_grid).index(config.train_eps)
-            empirical = (models[name].get("worst_case_all_attacks") or {}).get("accuracy",
-                                                                                 evaluation["worst_case_accuracy"][i])
+            empirical = (models[name].get("worst_case_all_attacks") or {}).get(
+                "accuracy", evaluation["worst_case_accuracy"][i]
+            )
             check_certified_below_empirical(name, certified.get("verified_accuracy"), empirical)
     metrics: dict[str, Any] = {
-        "advlab_version": __version__, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "preset": config.preset, "dataset": info.name, "classes": list(info.classes),
-        "train_eps": config.train_eps, "eps_grid": list(config.eps_grid),
+        "advlab_version": __version__,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "preset": config.preset,
+        "dataset": info.name,
+        "classes": list(info.classes),
+        "train_eps": config.train_eps,
+        "eps_grid": list(config.eps_grid),
         "n_eval": next((m["n_eval"] for m in models.values()), config.n_eval),  # as evaluated (≤ the test set)
         "chance_accuracy": 1 / len(info.classes),
         "attacks": {a.label: a.to_dict() for a in attacks},
         "attack_hyperparameters": {a.label: [a.hyperparameters(e) for e in config.eps_grid] for a in attacks},
         "models": models,
-        "best_robust_model": best_robust_model({"models": models, "eps_grid": list(config.eps_grid),
-                                                "train_eps": config.train_eps}),
+        "best_robust_model": best_robust_model(
+            {"models": models, "eps_grid": list(config.eps_grid), "train_eps": config.train_eps}
+        ),
         # The sanity checks' extra attacks at the training ε (and the gallery's targeted one, below).
         "check_attacks": {label: h for c in checks.values() for label, h in _check_attacks(c).items()},
-        "sanity_checks": sanity_checks({"eps_grid": list(config.eps_grid), "chance_accuracy": 1 / len(info.classes),
-                                        "models": {n: models[n] for n in checks}}, checks) if checks else [],
+        "sanity_checks": sanity_checks(
+            {
+                "eps_grid": list(config.eps_grid),
+                "chance_accuracy": 1 / len(info.classes),
+                "models": {n: models[n] for n in checks},
+            },
+            checks,
+        )
+        if checks
+        else [],
     }
     if config.defenses and (out / "arms_race.json").is_file():
         metrics["arms_race"] = read_checked(out / "arms_race.json", ArmsRace)
@@ -77,8 +96,9 @@ def collect_metrics(out: str | Path) -> dict:
         _, meta = load_tensors(out / "gallery.safetensors")
         metrics["gallery"] = json.loads(meta["gallery"])
         if "targeted_hyperparameters" in metrics["gallery"]:
-            metrics["check_attacks"][f"{metrics['gallery']['targeted_attack']} (gallery)"] = \
-                metrics["gallery"]["targeted_hyperparameters"]
+            metrics["check_attacks"][f"{metrics['gallery']['targeted_attack']} (gallery)"] = metrics["gallery"][
+                "targeted_hyperparameters"
+            ]
     if (out / "explorer.json").is_file():  # the report's explorer: its images are in explorer.safetensors
         metrics["explorer"] = {k: v for k, v in read_json(out / "explorer.json").items() if k != "inputs"}
     return metrics
@@ -88,9 +108,13 @@ def _check_attacks(checks: dict) -> dict[str, dict]:
     found = {}
     for label, hyperparameters in (checks.get("suite") or {}).get("hyperparameters", {}).items():
         found[f"{label} (suite, on what the study's attacks left)"] = hyperparameters
-    for key, what in (("pgd_doubled", "{} (sanity check)"), ("dlr", "{} (sanity check)"),
-                      ("square", "{} (sanity check)"), ("noise", "{} (sanity check)"),
-                      ("transfer", "{} transfer (sanity check)")):
+    for key, what in (
+        ("pgd_doubled", "{} (sanity check)"),
+        ("dlr", "{} (sanity check)"),
+        ("square", "{} (sanity check)"),
+        ("noise", "{} (sanity check)"),
+        ("transfer", "{} transfer (sanity check)"),
+    ):
         if "hyperparameters" in checks.get(key, {}):
             found[what.format(checks[key]["label"])] = checks[key]["hyperparameters"]
     return found

@@ -65,20 +65,29 @@ def _stage(path: Path, compute: Callable[[], dict], *, redo: bool, inputs: dict,
     return result
 
 
-def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
-              runtime: Runtime | None = None) -> dict | None:
+def run_study(
+    config: StudyConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    runtime: Runtime | None = None,
+) -> dict | None:
     """Run (or resume) the study ``config`` in the folder ``out``; write and return its ``metrics.json``.
 
     ``runtime`` says where every stage runs (default: CUDA when present, else CPU). Under torchrun
     (``runtime.world``) every rank trains each model together (DDP) and evaluates it on its share of the
     batches; the other stages (checks, certified, arms race, gallery, explorer) run on rank 0 alone, and the
-    other ranks return None as soon as the shared stages are done (no collective waits on rank 0's hours). The report is drawn from the saved files by
+    other ranks return None as soon as the shared stages are done (no collective waits on rank 0's hours). The report
+    is drawn from the saved files by
     :func:`advlab.report.build_report` (``advlab study`` calls it at the end).
     """
     runtime = runtime if runtime is not None else Runtime()
     if runtime.precision != "fp32":
-        raise AdvlabError(f"the study trains and evaluates in fp32; precision {runtime.precision!r} is for "
-                          "`advlab evaluate` and `advlab attack`")
+        raise AdvlabError(
+            f"the study trains and evaluates in fp32; precision {runtime.precision!r} is for "
+            "`advlab evaluate` and `advlab attack`"
+        )
     world, main = runtime.world, runtime.main
     start = time.perf_counter()
     out = Path(out)
@@ -91,8 +100,10 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
             current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
             if previous != current:
                 changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-                raise AdvlabError(f"{out} holds a study with other settings ({', '.join(changed)}); "
-                                  "choose another --out or pass --overwrite")
+                raise AdvlabError(
+                    f"{out} holds a study with other settings ({', '.join(changed)}); "
+                    "choose another --out or pass --overwrite"
+                )
         prepare_run_dir(out, resume=saved.is_file(), overwrite=overwrite)
 
     on_main(world, open_folder)
@@ -113,8 +124,14 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
             done = folder / "done.json"
             if on_main(world, lambda done=done: overwrite or not done.is_file()):
                 _log(f"training {config.label(name)}", progress and main)
-                summary = train(config.train_config(name), folder, resume=folder.is_dir() and not overwrite,
-                                overwrite=overwrite, progress=progress, runtime=runtime)
+                summary = train(
+                    config.train_config(name),
+                    folder,
+                    resume=folder.is_dir() and not overwrite,
+                    overwrite=overwrite,
+                    progress=progress,
+                    runtime=runtime,
+                )
                 # On disk before any rank reads it.
                 on_main(world, lambda done=done, summary=summary: str(write_json(done, summary)))
             models[name], _ = load_checkpoint(folder / "model.safetensors", device=runtime.device)
@@ -124,88 +141,194 @@ def run_study(config: StudyConfig, out: str | Path, *, overwrite: bool = False, 
 
             def evaluate_model(model=model, name=name) -> dict:
                 _log(f"evaluating {config.label(name)} on {len(test)} test images", progress and main)
-                result = evaluate(model, test, attacks=attacks, eps=list(config.eps_grid), seed=config.seed,
-                                  progress=progress, keep_per_example=True, runtime=runtime)
+                result = evaluate(
+                    model,
+                    test,
+                    attacks=attacks,
+                    eps=list(config.eps_grid),
+                    seed=config.seed,
+                    progress=progress,
+                    keep_per_example=True,
+                    runtime=runtime,
+                )
                 # The examples no attack broke at the training ε: the sanity checks attack these further.
                 survivors = torch.ones(result.n, dtype=torch.bool)
                 for attack in attacks:
                     survivors &= result.per_example[f"{attack.label}@{config.train_eps:g}"]
                 return {**result.to_dict(), "train_eps_survivors": survivors.nonzero().squeeze(1).tolist()}
 
-            _stage(folder / "eval.json", evaluate_model, redo=overwrite, world=world,
-                   inputs={"model": digests[name], "attacks": config.attacks, "eps": config.eps_grid, "n": len(test),
-                           "seed": config.seed, "device": runtime.device.type,  # random starts differ by device
-                           **({"world_size": world.size} if world is not None else {})})  # and by rank
+            _stage(
+                folder / "eval.json",
+                evaluate_model,
+                redo=overwrite,
+                world=world,
+                inputs={
+                    "model": digests[name],
+                    "attacks": config.attacks,
+                    "eps": config.eps_grid,
+                    "n": len(test),
+                    "seed": config.seed,
+                    "device": runtime.device.type,  # random starts differ by device
+                    **({"world_size": world.size} if world is not None else {}),
+                },
+            )  # and by rank
         if not main:
             return None  # the shared stages are done: rank 0 measures the rest alone, for as long as it takes
         alone = dataclasses.replace(runtime, world=None)
         return _measure(config, out, models, test, attacks, digests, resolved, overwrite, progress, alone, start)
 
 
-def _measure(config: StudyConfig, out: Path, models: dict, test, attacks: list[AttackSpec], digests: dict,
-             resolved: dict, overwrite: bool, progress: bool, runtime: Runtime, start: float) -> dict:
+def _measure(
+    config: StudyConfig,
+    out: Path,
+    models: dict,
+    test,
+    attacks: list[AttackSpec],
+    digests: dict,
+    resolved: dict,
+    overwrite: bool,
+    progress: bool,
+    runtime: Runtime,
+    start: float,
+) -> dict:
     """The stages after evaluation: sanity checks, certified numbers, the arms race, the gallery, the
     explorer, then ``metrics.json``; each cached like the others."""
     for name in models:
         surrogate = _surrogate(config, name)
-        _stage(out / "models" / name / "checks.json",
-               lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress, runtime),
-               redo=overwrite,
-               inputs={"model": digests[name], "surrogate": digests[surrogate],
-                       "eval": _digest(out / "models" / name / "eval.json"), "device": runtime.device.type,
-                       "dlr": config.check_dlr, "square": config.check_square, "suite": config.suite})
+        _stage(
+            out / "models" / name / "checks.json",
+            lambda name=name: _check_numbers(config, name, models, test, attacks, out, progress, runtime),
+            redo=overwrite,
+            inputs={
+                "model": digests[name],
+                "surrogate": digests[surrogate],
+                "eval": _digest(out / "models" / name / "eval.json"),
+                "device": runtime.device.type,
+                "dlr": config.check_dlr,
+                "square": config.check_square,
+                "suite": config.suite,
+            },
+        )
     if config.certify:
         for name in models:
             trained = resolved[name]
-            smoothing = {"sigma": trained["sigma"], "n": config.smoothing_n, "n0": config.smoothing_n0,
-                         "alpha": config.smoothing_alpha, "images": config.smoothing_images} \
-                if trained["method"] == "gaussian" else None
-            _stage(out / "models" / name / "certified.json",
-                   lambda name=name, smoothing=smoothing: certified_numbers(
-                       models[name], test, eps=config.train_eps, label=config.label(name), smoothing=smoothing,
-                       runtime=runtime, progress=progress),
-                   redo=overwrite, inputs={"model": digests[name], "eps": config.train_eps, "n": len(test),
-                                           "smoothing": smoothing, "device": runtime.device.type})
+            smoothing = (
+                {
+                    "sigma": trained["sigma"],
+                    "n": config.smoothing_n,
+                    "n0": config.smoothing_n0,
+                    "alpha": config.smoothing_alpha,
+                    "images": config.smoothing_images,
+                }
+                if trained["method"] == "gaussian"
+                else None
+            )
+            _stage(
+                out / "models" / name / "certified.json",
+                lambda name=name, smoothing=smoothing: certified_numbers(
+                    models[name],
+                    test,
+                    eps=config.train_eps,
+                    label=config.label(name),
+                    smoothing=smoothing,
+                    runtime=runtime,
+                    progress=progress,
+                ),
+                redo=overwrite,
+                inputs={
+                    "model": digests[name],
+                    "eps": config.train_eps,
+                    "n": len(test),
+                    "smoothing": smoothing,
+                    "device": runtime.device.type,
+                },
+            )
     metrics = collect_metrics(out)
     best = metrics["best_robust_model"]
     if config.defenses:
         names = ["standard"] + ([best] if best != "standard" else [])
-        _stage(out / "arms_race.json",
-               lambda: measure_arms_race(models, names, {n: config.label(n) for n in names}, test,
-                                         defenses=list(config.defenses), attack=config.arms_race_attack,
-                                         eot=config.arms_race_eot, eps=config.train_eps, n=config.arms_race_n,
-                                         seed=config.seed, runtime=runtime, progress=progress),
-               redo=overwrite,
-               inputs={"models": {n: digests[n] for n in names}, "defenses": config.defenses,
-                       "attack": config.arms_race_attack, "eot": config.arms_race_eot,
-                       "n": min(config.arms_race_n, len(test)), "eps": config.train_eps, "seed": config.seed,
-                       "device": runtime.device.type})
-    gallery_inputs = {"standard": digests["standard"], best: digests[best], "size": config.gallery_size,
-                      "eps": config.train_eps, "targeted_eps": config.targeted_eps, "attacks": config.attacks,
-                      "n": len(test), "seed": config.seed, "device": runtime.device.type}
+        _stage(
+            out / "arms_race.json",
+            lambda: measure_arms_race(
+                models,
+                names,
+                {n: config.label(n) for n in names},
+                test,
+                defenses=list(config.defenses),
+                attack=config.arms_race_attack,
+                eot=config.arms_race_eot,
+                eps=config.train_eps,
+                n=config.arms_race_n,
+                seed=config.seed,
+                runtime=runtime,
+                progress=progress,
+            ),
+            redo=overwrite,
+            inputs={
+                "models": {n: digests[n] for n in names},
+                "defenses": config.defenses,
+                "attack": config.arms_race_attack,
+                "eot": config.arms_race_eot,
+                "n": min(config.arms_race_n, len(test)),
+                "eps": config.train_eps,
+                "seed": config.seed,
+                "device": runtime.device.type,
+            },
+        )
+    gallery_inputs = {
+        "standard": digests["standard"],
+        best: digests[best],
+        "size": config.gallery_size,
+        "eps": config.train_eps,
+        "targeted_eps": config.targeted_eps,
+        "attacks": config.attacks,
+        "n": len(test),
+        "seed": config.seed,
+        "device": runtime.device.type,
+    }
     if overwrite or _gallery_inputs(out) != json.loads(json.dumps(gallery_inputs)):
         _log("drawing the gallery", progress)
         _gallery(config, metrics, models, test, attacks, out, gallery_inputs, runtime)
     if config.explorer_size:
-        _stage(out / "explorer.json", lambda: _explorer(config, models, test, attacks, out, runtime, progress),
-               redo=overwrite or not (out / "explorer.safetensors").is_file(),
-               inputs={"models": digests, "size": config.explorer_size, "eps": config.eps_grid,
-                       "attacks": config.attacks, "targeted_eps": config.targeted_eps, "n": len(test),
-                       "seed": config.seed, "device": runtime.device.type})
+        _stage(
+            out / "explorer.json",
+            lambda: _explorer(config, models, test, attacks, out, runtime, progress),
+            redo=overwrite or not (out / "explorer.safetensors").is_file(),
+            inputs={
+                "models": digests,
+                "size": config.explorer_size,
+                "eps": config.eps_grid,
+                "attacks": config.attacks,
+                "targeted_eps": config.targeted_eps,
+                "n": len(test),
+                "seed": config.seed,
+                "device": runtime.device.type,
+            },
+        )
     metrics = collect_metrics(out)
     write_json(out / "metrics.json", metrics)
     _log(f"measured in {time.perf_counter() - start:.0f} s: {out / 'metrics.json'}", progress)
     return metrics
 
 
-def _explorer(config: StudyConfig, models: dict, test, attacks: list[AttackSpec], out: Path, runtime: Runtime,
-              progress: bool) -> dict:
+def _explorer(
+    config: StudyConfig, models: dict, test, attacks: list[AttackSpec], out: Path, runtime: Runtime, progress: bool
+) -> dict:
     """The explorer's numbers (returned, for explorer.json) and images (explorer.safetensors)."""
     attack = strongest_pgd(attacks)
-    numbers, tensors = explorer_numbers(models, test, attack=attack, eps_grid=list(config.eps_grid),
-                                        targeted=targeted_attack(attack), targeted_eps=config.targeted_eps,
-                                        targeted_model="standard", size=config.explorer_size, seed=config.seed,
-                                        runtime=runtime, progress=progress)
+    numbers, tensors = explorer_numbers(
+        models,
+        test,
+        attack=attack,
+        eps_grid=list(config.eps_grid),
+        targeted=targeted_attack(attack),
+        targeted_eps=config.targeted_eps,
+        targeted_model="standard",
+        size=config.explorer_size,
+        seed=config.seed,
+        runtime=runtime,
+        progress=progress,
+    )
     save_tensors(out / "explorer.safetensors", tensors)
     return numbers
 
@@ -225,8 +348,16 @@ def _gallery_inputs(out: Path) -> dict | None:
         return None
 
 
-def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: list[AttackSpec],
-                   out: Path, progress: bool, runtime: Runtime) -> dict:
+def _check_numbers(
+    config: StudyConfig,
+    name: str,
+    models: dict,
+    test,
+    attacks: list[AttackSpec],
+    out: Path,
+    progress: bool,
+    runtime: Runtime,
+) -> dict:
     """The extra measurements behind the gradient-masking checks at the training ε, beside the study's own
     figures for that model (``models/NAME/eval.json``, the ones the report shows).
 
@@ -243,28 +374,54 @@ def _check_numbers(config: StudyConfig, name: str, models: dict, test, attacks: 
     i = saved["eps"].index(eps)
     survivors = torch.tensor(saved["train_eps_survivors"], dtype=torch.long)
     surrogate = _surrogate(config, name)
-    suite = [a for a in suite_attacks(config.suite, norm=base.norm, classes=len(test.info.classes))
-             if not a.kind.black_box]  # the gradient-free attack is the check's own (check_square)
-    numbers = measure_checks(models[name], models[surrogate], test, base=base, eps=eps, survivors=survivors,
-                             suite=suite, dlr=parse_attack(config.check_dlr, norm=base.norm),
-                             square=parse_attack(config.check_square, norm=base.norm),
-                             seed=config.seed, runtime=runtime, progress=progress)
+    suite = [
+        a for a in suite_attacks(config.suite, norm=base.norm, classes=len(test.info.classes)) if not a.kind.black_box
+    ]  # the gradient-free attack is the check's own (check_square)
+    numbers = measure_checks(
+        models[name],
+        models[surrogate],
+        test,
+        base=base,
+        eps=eps,
+        survivors=survivors,
+        suite=suite,
+        dlr=parse_attack(config.check_dlr, norm=base.norm),
+        square=parse_attack(config.check_square, norm=base.norm),
+        seed=config.seed,
+        runtime=runtime,
+        progress=progress,
+    )
     robust = numbers.pop("robust_after_all")
     numbers["transfer"]["surrogate"] = surrogate
-    return {**numbers,
-            "pgd": {"label": base.label, "accuracy": saved["robust_accuracy"][base.label][i]},
-            # The checks' baseline: the study's attacks, then the suite's on what they left.
-            "worst_case": {"accuracy": numbers["suite"]["accuracy"] if suite else saved["worst_case_accuracy"][i],
-                           "attacks": [a.label for a in attacks] + [a.label for a in suite],
-                           "study_attacks_only": saved["worst_case_accuracy"][i]},
-            "worst_case_all": {"accuracy": robust.float().mean().item(),
-                               "attacks": [a.label for a in attacks] + [a.label for a in suite]
-                               + [numbers[k]["label"] for k in ("pgd_doubled", "dlr", "square", "noise")]
-                               + [f"transfer {base.label} from {surrogate}"]}}
+    return {
+        **numbers,
+        "pgd": {"label": base.label, "accuracy": saved["robust_accuracy"][base.label][i]},
+        # The checks' baseline: the study's attacks, then the suite's on what they left.
+        "worst_case": {
+            "accuracy": numbers["suite"]["accuracy"] if suite else saved["worst_case_accuracy"][i],
+            "attacks": [a.label for a in attacks] + [a.label for a in suite],
+            "study_attacks_only": saved["worst_case_accuracy"][i],
+        },
+        "worst_case_all": {
+            "accuracy": robust.float().mean().item(),
+            "attacks": [a.label for a in attacks]
+            + [a.label for a in suite]
+            + [numbers[k]["label"] for k in ("pgd_doubled", "dlr", "square", "noise")]
+            + [f"transfer {base.label} from {surrogate}"],
+        },
+    }
 
 
-def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: list[AttackSpec], out: Path,
-             inputs: dict, runtime: Runtime) -> None:
+def _gallery(
+    config: StudyConfig,
+    metrics: dict,
+    models: dict,
+    test,
+    attacks: list[AttackSpec],
+    out: Path,
+    inputs: dict,
+    runtime: Runtime,
+) -> None:
     """Adversarial examples for the standard and the most robust model on the same images, plus targeted ones."""
     x_all, y_all = test.tensors(runtime.device)
     standard = models["standard"]
@@ -282,8 +439,9 @@ def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: li
     robust = metrics["best_robust_model"]
     tensors = {"x": x, "labels": y}
     for name in ("standard", robust):
-        x_adv = attack(models[name], x, y, eps=eps, generator=runtime.generator(config.seed),
-                       channels_last=runtime.channels_last)
+        x_adv = attack(
+            models[name], x, y, eps=eps, generator=runtime.generator(config.seed), channels_last=runtime.channels_last
+        )
         verify_adversarial(x, x_adv, eps, attack.norm, what=f"gallery {attack.label}")
         with torch.inference_mode():
             tensors[f"{name}.x_adv"] = x_adv
@@ -291,16 +449,36 @@ def _gallery(config: StudyConfig, metrics: dict, models: dict, test, attacks: li
             tensors[f"{name}.logits_adv"] = models[name](x_adv)
     targets = (y + len(test.info.classes) // 2) % len(test.info.classes)
     targeted = targeted_attack(attack)
-    x_adv = targeted(standard, x, targets, eps=config.targeted_eps, generator=runtime.generator(config.seed),
-                     channels_last=runtime.channels_last)
+    x_adv = targeted(
+        standard,
+        x,
+        targets,
+        eps=config.targeted_eps,
+        generator=runtime.generator(config.seed),
+        channels_last=runtime.channels_last,
+    )
     verify_adversarial(x, x_adv, config.targeted_eps, targeted.norm, what=f"gallery {targeted.label}")
     with torch.inference_mode():
-        tensors.update({"targeted.x_adv": x_adv, "targeted.logits_clean": standard(x),
-                        "targeted.logits_adv": standard(x_adv), "targeted.targets": targets})
-    info = {"file": "gallery.safetensors", "eps": eps, "attack": attack.label, "models": ["standard", robust],
-            "targeted_model": "standard", "targeted_eps": config.targeted_eps, "targeted_attack": targeted.label,
-            "targets": targets.tolist(), "targeted_hyperparameters": targeted.hyperparameters(config.targeted_eps),
-            "inputs": inputs}
+        tensors.update(
+            {
+                "targeted.x_adv": x_adv,
+                "targeted.logits_clean": standard(x),
+                "targeted.logits_adv": standard(x_adv),
+                "targeted.targets": targets,
+            }
+        )
+    info = {
+        "file": "gallery.safetensors",
+        "eps": eps,
+        "attack": attack.label,
+        "models": ["standard", robust],
+        "targeted_model": "standard",
+        "targeted_eps": config.targeted_eps,
+        "targeted_attack": targeted.label,
+        "targets": targets.tolist(),
+        "targeted_hyperparameters": targeted.hyperparameters(config.targeted_eps),
+        "inputs": inputs,
+    }
     save_tensors(out / "gallery.safetensors", tensors, metadata={"gallery": json.dumps(info)})
 
 

@@ -19,8 +19,20 @@ Command line: ``advlab train --method pgd --eps 0.1 --epochs 10 --out runs/pgd``
 from advlab.train.config import TrainConfig, config_values, load_config
 from advlab.train.guard import CatastrophicOverfittingWarning, Guard, collapse_signature
 from advlab.train.loop import train
-from advlab.train.recipes import RECIPES, find_recipe
 from advlab.train.methods import METHODS, Method, register_method
+from advlab.train.recipes import RECIPES, find_recipe
 
-__all__ = ["METHODS", "RECIPES", "CatastrophicOverfittingWarning", "Guard", "Method", "TrainConfig",
-           "collapse_signature", "config_values", "find_recipe", "load_config", "register_method", "train"]
+__all__ = [
+    "METHODS",
+    "RECIPES",
+    "CatastrophicOverfittingWarning",
+    "Guard",
+    "Method",
+    "TrainConfig",
+    "collapse_signature",
+    "config_values",
+    "find_recipe",
+    "load_config",
+    "register_method",
+    "train",
+]

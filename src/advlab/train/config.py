@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from advlab.data import get_info
 from advlab.data.augment import AUGMENTATIONS
 from advlab.errors import AdvlabError, check_range
+from advlab.files import read_json
 from advlab.models import list_models
 from advlab.presets import preset_text
 from advlab.schema import check_fields
-from advlab.files import read_json
 from advlab.train.methods import METHODS
 from advlab.train.optim import OPTIMIZERS, SCHEDULES
 from advlab.train.recipes import RECIPE_KEYS, find_recipe
@@ -46,7 +47,9 @@ class TrainConfig:
     eps: float = 0.1  # L∞ budget in pixel units: the usual Fashion-MNIST ε (MNIST's 0.3 is far too big here)
     # None below: the recipe of this data set and method decides (advlab.train.recipes, with sources).
     model: str | None = None  # fashion-mnist: small_cnn; mnist: wong_mnist or madry_cnn; cifar10: preact_resnet18
-    alpha: float | None = None  # attack step; None: the recipe's, else the method's (fgsm 1.25ε, nfgsm ε, pgd 2.5ε/steps)
+    alpha: float | None = (
+        None  # attack step; None: the recipe's, else the method's (fgsm 1.25ε, nfgsm ε, pgd 2.5ε/steps)
+    )
     steps: int | None = None  # inner PGD steps of pgd/trades/mart: 7 (Madry's CIFAR PGD-7), 40 on MNIST, 10 on CIFAR
     random_start: bool = True  # uniform start in the ε-ball (Madry; Wong et al.: what keeps fast FGSM from collapsing)
     # Clip that start to [0, 1] before the first gradient? None: the recipe's, as each paper's code does (Wong
@@ -69,15 +72,21 @@ class TrainConfig:
     momentum: float | None = None  # SGD momentum of every paper above, 0.9 (Adam ignores it)
     weight_decay: float | None = None  # 0 for short runs of small CNNs; 5e-4 for CIFAR-10 + SGD
     schedule: str | None = None  # onecycle (Wong et al.'s cyclic rate, peak at 2/5); triangle, piecewise, constant
-    eps_warmup_epochs: float | None = None  # ramp ε from 0 over this many epochs; 0: full ε from the start, as the papers
+    eps_warmup_epochs: float | None = (
+        None  # ramp ε from 0 over this many epochs; 0: full ε from the start, as the papers
+    )
     clean_epochs: float | None = None  # ε = 0 for this many epochs before the ramp (ibp's warm-up; else 0)
     augment: str | None = None  # none; crop-flip (4-pixel padded random crop + flip: the CIFAR-10 papers' pipeline)
     co_gap: float = 0.3  # the collapse signature: FGSM accuracy above PGD accuracy on the same val images by this much
-    co_threshold: float = 0.1  # a fall: val PGD accuracy this far below its best epoch's (±1.5 points of noise); 1: never
+    co_threshold: float = (
+        0.1  # a fall: val PGD accuracy this far below its best epoch's (±1.5 points of noise); 1: never
+    )
     # Checks in a row that must show the collapse before the guard fires: one bad check is noise or the dip at the
     # learning rate's peak (MNIST at ε = 0.3 shows both on its way to robustness); 3 at 100 steps apart is 300 steps.
     co_patience: int = 3
-    co_check_every: int = 100  # optimizer steps between checks within an epoch (collapse can take a few hundred); 0: per epoch only
+    co_check_every: int = (
+        100  # optimizer steps between checks within an epoch (collapse can take a few hundred); 0: per epoch only
+    )
     co_check_examples: int = 256  # val images of the within-epoch check (±6 points of noise, far below co_gap)
     # On collapse: stop; smaller-step (halve α and go on); fallback (go on with fallback_method). None: the recipe's
     # (fallback where fast methods are known to collapse: Fashion-MNIST at ε ≥ 0.25, MNIST at ε = 0.3), else stop.
@@ -108,7 +117,9 @@ class TrainConfig:
         if "eps_warmup_epochs" in from_recipe:  # a recipe's ramp takes at most half of a short run
             object.__setattr__(self, "eps_warmup_epochs", min(float(self.eps_warmup_epochs), self.epochs / 2))
         if "clean_epochs" in from_recipe:  # and its clean warm-up at most what the ramp leaves
-            object.__setattr__(self, "clean_epochs", min(float(self.clean_epochs), self.epochs - self.eps_warmup_epochs))
+            object.__setattr__(
+                self, "clean_epochs", min(float(self.clean_epochs), self.epochs - self.eps_warmup_epochs)
+            )
         object.__setattr__(self, "recipe", recipe.name)
         _check_types(self)  # a recipe's int where a float belongs becomes a float, as from TOML
         canonical = {
@@ -121,18 +132,27 @@ class TrainConfig:
         }
         for key, value in canonical.items():
             object.__setattr__(self, key, value)
-        for key, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("model", list_models()),
-                           ("co_remedy", REMEDIES), ("fallback_method", METHODS), ("augment", AUGMENTATIONS)):
+        for key, known in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("model", list_models()),
+            ("co_remedy", REMEDIES),
+            ("fallback_method", METHODS),
+            ("augment", AUGMENTATIONS),
+        ):
             if getattr(self, key) not in known:
-                raise AdvlabError(f"unknown {key.replace('_', ' ')} {getattr(self, key)!r}; "
-                                  f"choose one of: {', '.join(sorted(known))}")
+                raise AdvlabError(
+                    f"unknown {key.replace('_', ' ')} {getattr(self, key)!r}; choose one of: {', '.join(sorted(known))}"
+                )
         replays = METHODS[self.method].replays_batches or METHODS[self.fallback_method].replays_batches
         if replays and self.co_remedy == "fallback":
             if "co_remedy" in from_recipe:  # a recipe's fallback, for the fast methods that can take it
                 object.__setattr__(self, "co_remedy", "smaller-step")
             else:
-                raise AdvlabError("free adversarial training cannot be a fallback or fall back: its schedule counts "
-                                  "m optimizer steps per batch; use co_remedy stop or smaller-step with it")
+                raise AdvlabError(
+                    "free adversarial training cannot be a fallback or fall back: its schedule counts "
+                    "m optimizer steps per batch; use co_remedy stop or smaller-step with it"
+                )
         if not METHODS[self.fallback_method].adversarial:
             raise AdvlabError(f"fallback_method must be an adversarial method, not {self.fallback_method!r}")
         if self.alpha is not None:
@@ -158,8 +178,17 @@ class TrainConfig:
             raise AdvlabError(f"nfgsm_noise (N-FGSM's noise multiplier k) must be above 0, got {self.nfgsm_noise!r}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise AdvlabError(f"lr must be a positive number, got {self.lr!r}")
-        for key in ("steps", "replays", "epochs", "batch_size", "val_size", "check_examples", "check_steps",
-                    "co_check_examples", "co_patience"):
+        for key in (
+            "steps",
+            "replays",
+            "epochs",
+            "batch_size",
+            "val_size",
+            "check_examples",
+            "check_steps",
+            "co_check_examples",
+            "co_patience",
+        ):
             if getattr(self, key) < 1:
                 raise AdvlabError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.co_check_every < 0:
@@ -220,10 +249,15 @@ def _check_types(config: TrainConfig) -> None:
         value = getattr(config, f.name)
         allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
         ok = any(
-            (value is None if kind is type(None) else
-             isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-             isinstance(value, int) and not isinstance(value, bool) if kind is int else
-             isinstance(value, kind))
+            (
+                value is None
+                if kind is type(None)
+                else isinstance(value, (int, float)) and not isinstance(value, bool)
+                if kind is float
+                else isinstance(value, int) and not isinstance(value, bool)
+                if kind is int
+                else isinstance(value, kind)
+            )
             for kind in allowed
         )
         if not ok:

@@ -20,8 +20,24 @@ from advlab.train.preempt import EpochProgress
 from advlab.train.state import RunProgress
 
 
-def train_epoch(model, current_method, optimizer, data, config, run, total_steps, shuffle_rng, attack_rng, runtime,
-                 progress, desc, position: EpochProgress, guard=None, after_batch=None, scaler=None) -> dict[str, Any]:
+def train_epoch(
+    model,
+    current_method,
+    optimizer,
+    data,
+    config,
+    run,
+    total_steps,
+    shuffle_rng,
+    attack_rng,
+    runtime,
+    progress,
+    desc,
+    position: EpochProgress,
+    guard=None,
+    after_batch=None,
+    scaler=None,
+) -> dict[str, Any]:
     """One pass over ``data`` from ``position`` (a fresh epoch, or one resumed after its ``batches`` first
     batches, with its running sums); ``after_batch(position)`` runs at each batch boundary (a mid-epoch save).
     ``model`` is what the method calls: under torchrun the DistributedDataParallel wrapper, and each rank
@@ -51,8 +67,14 @@ def train_epoch(model, current_method, optimizer, data, config, run, total_steps
     device = runtime.device
     bar = _bar(len(data), progress, desc)
     bar.update(position.seen)
-    batches = data.batches(config.batch_size, shuffle=True, generator=shuffle_rng, device=device,
-                           skip=position.batches, shard=(world.rank, world.size) if world is not None else None)
+    batches = data.batches(
+        config.batch_size,
+        shuffle=True,
+        generator=shuffle_rng,
+        device=device,
+        skip=position.batches,
+        shard=(world.rank, world.size) if world is not None else None,
+    )
     for x, y in batches:
         x = augment(config.augment, x, generator=attack_rng)
         if runtime.uses_channels_last:
@@ -86,8 +108,9 @@ def train_epoch(model, current_method, optimizer, data, config, run, total_steps
         bar.update(whole)
         if progress and position.batches % 20 == 1:
             shown = position.adv_correct if position.adv_seen else position.clean_correct
-            bar.set_postfix(loss=f"{position.loss_sum.item() / position.seen:.3f}",
-                            acc=f"{100 * shown.item() / position.seen:.1f}%")
+            bar.set_postfix(
+                loss=f"{position.loss_sum.item() / position.seen:.3f}", acc=f"{100 * shown.item() / position.seen:.1f}%"
+            )
         if guard is not None and run.step // config.co_check_every > before // config.co_check_every:
             if guard(position.eps):
                 break
@@ -97,9 +120,13 @@ def train_epoch(model, current_method, optimizer, data, config, run, total_steps
             model.train()
     bar.close()
     seen = max(position.seen, 1)
-    return {"lr": position.lr, "eps": position.eps, "train_loss": position.loss_sum.item() / seen,
-            "train_clean_acc": position.clean_correct.item() / seen if position.clean_seen else None,
-            "train_adv_acc": position.adv_correct.item() / seen if position.adv_seen else None}
+    return {
+        "lr": position.lr,
+        "eps": position.eps,
+        "train_loss": position.loss_sum.item() / seen,
+        "train_clean_acc": position.clean_correct.item() / seen if position.clean_seen else None,
+        "train_adv_acc": position.adv_correct.item() / seen if position.adv_seen else None,
+    }
 
 
 def _correct(logits: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:

@@ -97,12 +97,25 @@ class Guard:
         previous = self.checks[-1] if self.checks and not self.checks[-1]["fired"] else None
         fall_run = (previous["fall_run"] + 1 if previous else 1) if fall else 0
         late_run = (previous["late_run"] + 1 if previous else 1) if (signature or fall) and falling else 0
-        rule = ("fall" if fall_run >= config.co_patience else
-                "signature" if late_run >= config.co_patience else None)
-        self.checks.append({"epoch": epoch, "step": step, "within_epoch": within, "examples": examples,
-                            "clean": reading["clean"], "fgsm": reading["fgsm"], "pgd": reading["pgd"],
-                            "best": best, "signature": signature, "fall": fall, "falling_lr": falling,
-                            "fall_run": fall_run, "late_run": late_run, "fired": rule})
+        rule = "fall" if fall_run >= config.co_patience else "signature" if late_run >= config.co_patience else None
+        self.checks.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "within_epoch": within,
+                "examples": examples,
+                "clean": reading["clean"],
+                "fgsm": reading["fgsm"],
+                "pgd": reading["pgd"],
+                "best": best,
+                "signature": signature,
+                "fall": fall,
+                "falling_lr": falling,
+                "fall_run": fall_run,
+                "late_run": late_run,
+                "fired": rule,
+            }
+        )
         return rule
 
 
@@ -138,9 +151,20 @@ class Snapshot:
         self.optimizer.load_state_dict(copy.deepcopy(self.optim))
 
 
-def collapse_event(*, epoch: int, step: int, within: bool, reading: dict[str, float], examples: int,
-                   config, rule: str, guard: Guard, restored: Snapshot, remedy: str,
-                   alpha: float | None = None) -> dict[str, Any]:
+def collapse_event(
+    *,
+    epoch: int,
+    step: int,
+    within: bool,
+    reading: dict[str, float],
+    examples: int,
+    config,
+    rule: str,
+    guard: Guard,
+    restored: Snapshot,
+    remedy: str,
+    alpha: float | None = None,
+) -> dict[str, Any]:
     """The record of one collapse, with the numbers that showed it and what was done; ``message`` is the
     line printed on the console and kept in the run's summary."""
     where = f"epoch {epoch}, step {step}" if within else f"the end of epoch {epoch}"
@@ -149,29 +173,50 @@ def collapse_event(*, epoch: int, step: int, within: bool, reading: dict[str, fl
     last = guard.checks[-1]
     if rule == "signature":
         shown = "the signature" if last["signature"] else "a fall"
-        why = (f"{row} since the learning rate passed its peak show the collapse signature or a fall; the last, on "
-               f"{examples} validation images: FGSM accuracy {100 * reading['fgsm']:.1f}%, {pgd_name} accuracy "
-               f"{100 * reading['pgd']:.1f}% ({shown})")
+        why = (
+            f"{row} since the learning rate passed its peak show the collapse signature or a fall; the last, on "
+            f"{examples} validation images: FGSM accuracy {100 * reading['fgsm']:.1f}%, {pgd_name} accuracy "
+            f"{100 * reading['pgd']:.1f}% ({shown})"
+        )
     else:
         best = guard.checks[-2]["best"] if last["best"] is None and len(guard.checks) > 1 else last["best"]
         best_epoch = next((c["epoch"] for c in guard.checks if not c["within_epoch"] and c["pgd"] == best), None)
-        why = (f"{row} show validation {pgd_name} accuracy more than {100 * config.co_threshold:.0f} points "
-               f"below its best of {100 * best:.1f}% (epoch {best_epoch}); the last: {100 * reading['pgd']:.1f}% "
-               f"on {examples} images")
+        why = (
+            f"{row} show validation {pgd_name} accuracy more than {100 * config.co_threshold:.0f} points "
+            f"below its best of {100 * best:.1f}% (epoch {best_epoch}); the last: {100 * reading['pgd']:.1f}% "
+            f"on {examples} images"
+        )
     step_size = f" (α = {alpha:.4g})" if alpha is not None else ""
-    action = {"stop": "training stopped",
-              "smaller-step": f"training goes on with half the step size{step_size}",
-              "fallback": f"training goes on with method {config.fallback_method}{step_size}"}[remedy]
-    message = (f"catastrophic overfitting at {where}: {why}; weights restored to {restored.where} (the last "
-               f"good check); {action}")
-    return {"epoch": epoch, "step": step, "within_epoch": within, "rule": rule, "examples": examples,
-            "clean_acc": reading.get("clean"), "fgsm_acc": reading["fgsm"], "pgd_acc": reading["pgd"],
-            "restored_epoch": restored.epoch, "restored_step": restored.step, "restored_to": restored.where,
-            "remedy": remedy, "alpha": alpha, "message": message}
+    action = {
+        "stop": "training stopped",
+        "smaller-step": f"training goes on with half the step size{step_size}",
+        "fallback": f"training goes on with method {config.fallback_method}{step_size}",
+    }[remedy]
+    message = (
+        f"catastrophic overfitting at {where}: {why}; weights restored to {restored.where} (the last "
+        f"good check); {action}"
+    )
+    return {
+        "epoch": epoch,
+        "step": step,
+        "within_epoch": within,
+        "rule": rule,
+        "examples": examples,
+        "clean_acc": reading.get("clean"),
+        "fgsm_acc": reading["fgsm"],
+        "pgd_acc": reading["pgd"],
+        "restored_epoch": restored.epoch,
+        "restored_step": restored.step,
+        "restored_to": restored.where,
+        "remedy": remedy,
+        "alpha": alpha,
+        "message": message,
+    }
 
 
-def end_of_run_warnings(config, reading: dict[str, float] | None, *, classes: int, robust: bool,
-                        where: str) -> list[str]:
+def end_of_run_warnings(
+    config, reading: dict[str, float] | None, *, classes: int, robust: bool, where: str
+) -> list[str]:
     """One line for each thing wrong with the weights a run ends with, from their last check
     (``reading``: clean, FGSM and PGD accuracy at the training ε); ``robust``: the method aims at
     robustness. Empty when nothing is wrong, or when there was no check."""
@@ -181,14 +226,21 @@ def end_of_run_warnings(config, reading: dict[str, float] | None, *, classes: in
     chance = 1.0 / classes
     pgd_name = f"PGD-{config.check_steps}"
     if reading["clean"] <= 1.5 * chance:
-        warnings.append(f"the model at {where} is at chance on clean validation images "
-                        f"({100 * reading['clean']:.1f}% for {classes} classes): it did not learn")
-    elif robust and config.eps > 0 and (collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap)
-                                        or reading["pgd"] < chance):
-        warnings.append(f"the run ends without robustness: at {where} validation {pgd_name} accuracy is "
-                        f"{100 * reading['pgd']:.1f}% against FGSM's {100 * reading['fgsm']:.1f}% at ε = "
-                        f"{config.eps:g} (chance is {100 * chance:.0f}%); its robust accuracy is not to be trusted "
-                        f"as a defense")
+        warnings.append(
+            f"the model at {where} is at chance on clean validation images "
+            f"({100 * reading['clean']:.1f}% for {classes} classes): it did not learn"
+        )
+    elif (
+        robust
+        and config.eps > 0
+        and (collapse_signature(reading["fgsm"], reading["pgd"], config.co_gap) or reading["pgd"] < chance)
+    ):
+        warnings.append(
+            f"the run ends without robustness: at {where} validation {pgd_name} accuracy is "
+            f"{100 * reading['pgd']:.1f}% against FGSM's {100 * reading['fgsm']:.1f}% at ε = "
+            f"{config.eps:g} (chance is {100 * chance:.0f}%); its robust accuracy is not to be trusted "
+            f"as a defense"
+        )
     return warnings
 
 
@@ -196,6 +248,8 @@ def at_chance_warning(config, clean_accuracy: float, *, classes: int, epoch: int
     """A line when clean validation accuracy after ``epoch`` is still at chance (at most 1.5 / classes)."""
     if clean_accuracy > 1.5 / classes:
         return None
-    return (f"after epoch {epoch} the model is still at chance on clean validation images "
-            f"({100 * clean_accuracy:.1f}% for {classes} classes): it is not learning; check the learning rate "
-            f"and the recipe (advlab train --list-recipes)")
+    return (
+        f"after epoch {epoch} the model is still at chance on clean validation images "
+        f"({100 * clean_accuracy:.1f}% for {classes} classes): it is not learning; check the learning rate "
+        f"and the recipe (advlab train --list-recipes)"
+    )

@@ -34,19 +34,36 @@ from advlab.data import get_info, load_dataset
 from advlab.distributed import on_main, wrap
 from advlab.errors import AdvlabError
 from advlab.evaluate import clean_accuracy
-from advlab.models import create_model, takes_raw_pixels
 from advlab.files import run_lock
+from advlab.models import create_model, takes_raw_pixels
 from advlab.runs import check_run_dir, prepare_run_dir, save_checkpoint, versions, write_json
 from advlab.runtime import Runtime
 from advlab.train.config import TrainConfig
-from advlab.train.guard import (MAX_REMEDIES, CatastrophicOverfittingWarning, Guard, Snapshot, at_chance_warning,
-                                collapse_event, end_of_run_warnings, falling_from, probe)
 from advlab.train.epoch import base_alpha, train_epoch
+from advlab.train.guard import (
+    MAX_REMEDIES,
+    CatastrophicOverfittingWarning,
+    Guard,
+    Snapshot,
+    at_chance_warning,
+    collapse_event,
+    end_of_run_warnings,
+    falling_from,
+    probe,
+)
 from advlab.train.methods import METHODS
 from advlab.train.optim import OPTIMIZERS, SCHEDULES
 from advlab.train.preempt import EpochProgress, Preempted, Preemption
-from advlab.train.state import (RunProgress, check_same_config, read_state, restore, restore_position, summarize,
-                                write_metrics, write_state)
+from advlab.train.state import (
+    RunProgress,
+    check_same_config,
+    read_state,
+    restore,
+    restore_position,
+    summarize,
+    write_metrics,
+    write_state,
+)
 
 
 def train(
@@ -66,7 +83,8 @@ def train(
     ``overwrite`` lets a new run replace an old one's files; ``stop_after_epochs`` ends this call after
     that many epochs, as an interruption would; ``save_every`` (minutes) also writes the state in the middle of
     an epoch that often, and SIGTERM writes it at the next batch and raises :class:`Preempted`
-    (:mod:`advlab.train.preempt`); ``resume`` continues from either, bit-identical. ``runtime`` says where to train (default: CUDA when
+    (:mod:`advlab.train.preempt`); ``resume`` continues from either, bit-identical. ``runtime`` says where to train
+    (default: CUDA when
     present, else CPU, with channels-last convolutions on CPU) and in what precision: bf16 or fp16 autocast
     covers every forward and backward pass of the method, its inner attack included, while the weights, the
     optimizer and the per-epoch checks stay fp32 (fp16 adds a gradient scaler). Under torchrun
@@ -94,16 +112,20 @@ def train(
     _check_world(saved_state, runtime)
     device = runtime.device
     info = get_info(config.dataset)
-    train_data = load_dataset(config.dataset, "train", data_dir=config.data_dir, val_size=config.val_size,
-                              progress=progress)
+    train_data = load_dataset(
+        config.dataset, "train", data_dir=config.data_dir, val_size=config.val_size, progress=progress
+    )
     if config.train_size is not None:
         train_data = train_data.subset(config.train_size)
-    val_data = load_dataset(config.dataset, "val", data_dir=config.data_dir, val_size=config.val_size,
-                            progress=progress)
+    val_data = load_dataset(
+        config.dataset, "val", data_dir=config.data_dir, val_size=config.val_size, progress=progress
+    )
     check_data = val_data.subset(min(config.check_examples, len(val_data)))
     if world is not None and min(len(train_data), config.batch_size) < world.size:
-        raise AdvlabError(f"{world.size} processes but a batch of {min(len(train_data), config.batch_size)} "
-                          "training images: every rank needs examples of its own; start fewer processes")
+        raise AdvlabError(
+            f"{world.size} processes but a batch of {min(len(train_data), config.batch_size)} "
+            "training images: every rank needs examples of its own; start fewer processes"
+        )
     if device.type == "cuda":  # on the GPU for the whole run: batches are cut there, no copy per batch
         train_data, val_data, check_data = (d.to(device) for d in (train_data, val_data, check_data))
     model, model_args = _build_model(config, info, runtime)
@@ -112,11 +134,23 @@ def train(
     # Everything is checked: only now is the run folder created (a refused run leaves no empty folder).
     out = on_main(world, lambda: prepare_run_dir(out, overwrite=overwrite, resume=resume, resume_option="--resume"))
     # One writer per run folder (a second train on it is refused); SIGTERM saves at the next batch boundary.
-    with run_lock(out) if main else contextlib.nullcontext(), Preemption(save_every) as preemption, \
-            _cudnn_tuned(device):
+    with (
+        run_lock(out) if main else contextlib.nullcontext(),
+        Preemption(save_every) as preemption,
+        _cudnn_tuned(device),
+    ):
         if not resume and main:
-            for name in ("state.safetensors", "best.safetensors", "best.json", "summary.json", "metrics.jsonl",
-                         "metrics.csv", "guard.jsonl", "model.safetensors", "model.json"):
+            for name in (
+                "state.safetensors",
+                "best.safetensors",
+                "best.json",
+                "summary.json",
+                "metrics.jsonl",
+                "metrics.csv",
+                "guard.jsonl",
+                "model.safetensors",
+                "model.json",
+            ):
                 (out / name).unlink(missing_ok=True)  # an overwritten run's files must not pass for this run's
         # Separate generators, so that shuffling and attacks draw the same numbers however the other is used.
         # The shuffle is one on every rank (each takes its part of the same global batch); the attacks' and
@@ -126,28 +160,54 @@ def train(
         run = RunProgress()
         scaler = torch.amp.GradScaler(device.type) if runtime.precision == "fp16" else None
         if saved_state is not None:
-            run = restore(saved_state, model, optimizer, method, shuffle_rng, attack_rng,
-                          rank=world.rank if world is not None else 0, scaler=scaler)
+            run = restore(
+                saved_state,
+                model,
+                optimizer,
+                method,
+                shuffle_rng,
+                attack_rng,
+                rank=world.rank if world is not None else 0,
+                scaler=scaler,
+            )
             if run.active_method not in (None, config.method):
                 method = METHODS[run.active_method](config)  # the guard's fallback, chosen before the interruption
         trained = wrap(model, world, device)  # what the methods call: DDP all-reduces the gradients of its passes
         check_runtime = dataclasses.replace(runtime, precision="fp32")  # the guard and the checks decide in fp32
         if main and (not (out / "config.json").is_file() or not resume):
-            write_json(out / "config.json", {"config": config.to_dict(), "passes": config.passes,
-                                             "model_args": model_args, "versions": versions(),
-                                             "runtime": runtime.to_dict()})  # where and in what precision
-        record = {"model": config.model, "model_args": model_args, "dataset": info.name,
-                  "training_runtime": runtime.to_dict(),
-                  "normalization": {"mean": model_args["mean"], "std": model_args["std"]}, "config": config.to_dict()}
+            write_json(
+                out / "config.json",
+                {
+                    "config": config.to_dict(),
+                    "passes": config.passes,
+                    "model_args": model_args,
+                    "versions": versions(),
+                    "runtime": runtime.to_dict(),
+                },
+            )  # where and in what precision
+        record = {
+            "model": config.model,
+            "model_args": model_args,
+            "dataset": info.name,
+            "training_runtime": runtime.to_dict(),
+            "normalization": {"mean": model_args["mean"], "std": model_args["std"]},
+            "config": config.to_dict(),
+        }
         log = _logger(progress and main)
         if saved_state is not None:
             if "position" not in saved_state[1]:
-                log(f"{out} is already complete" if run.finished or run.epoch >= config.passes
-                    else f"resuming {out} after epoch {run.epoch}/{config.passes}")
+                log(
+                    f"{out} is already complete"
+                    if run.finished or run.epoch >= config.passes
+                    else f"resuming {out} after epoch {run.epoch}/{config.passes}"
+                )
         else:
-            log(f"recipe {config.recipe}: {config.model}, {config.optimizer} lr {config.lr:g} {config.schedule}, "
-                f"{config.epochs} epochs of batch {config.batch_size}" +
-                (f", α = {config.step_size:.4g}" if method.adversarial else "") + " (config.json has every setting)")
+            log(
+                f"recipe {config.recipe}: {config.model}, {config.optimizer} lr {config.lr:g} {config.schedule}, "
+                f"{config.epochs} epochs of batch {config.batch_size}"
+                + (f", α = {config.step_size:.4g}" if method.adversarial else "")
+                + " (config.json has every setting)"
+            )
         snapshot = Snapshot(model, optimizer, epoch=run.last_good_epoch or 0)
         position = restore_position(saved_state, snapshot, device) if saved_state is not None else None
         if position is not None:
@@ -157,7 +217,9 @@ def train(
             """Restore the last good weights, apply the remedy, record and say it. True: stop training."""
             nonlocal method
             remedy = config.co_remedy
-            if len(run.collapses) >= MAX_REMEDIES or (remedy == "fallback" and run.active_method == config.fallback_method):
+            if len(run.collapses) >= MAX_REMEDIES or (
+                remedy == "fallback" and run.active_method == config.fallback_method
+            ):
                 remedy = "stop"  # remedies spent, or the fallback itself collapsed
             snapshot.restore()
             if remedy == "smaller-step":
@@ -167,9 +229,19 @@ def train(
                 method = METHODS[config.fallback_method](config)
             else:
                 run.stopped = True
-            event = collapse_event(epoch=epoch, step=run.step, within=within, reading=reading, examples=examples,
-                                   config=config, rule=rule, guard=collapse_guard, restored=snapshot, remedy=remedy,
-                                   alpha=None if remedy == "stop" else base_alpha(config, run) * run.alpha_scale)
+            event = collapse_event(
+                epoch=epoch,
+                step=run.step,
+                within=within,
+                reading=reading,
+                examples=examples,
+                config=config,
+                rule=rule,
+                guard=collapse_guard,
+                restored=snapshot,
+                remedy=remedy,
+                alpha=None if remedy == "stop" else base_alpha(config, run) * run.alpha_scale,
+            )
             run.collapses.append(event)
             if main:
                 warnings.warn(event["message"], CatastrophicOverfittingWarning, stacklevel=3)
@@ -177,8 +249,13 @@ def train(
             if run.stopped and (snapshot.step is not None or run.last_good_epoch != snapshot.epoch):
                 # The last good weights are not those of model.safetensors (a within-epoch check was good
                 # since, or later epochs were saved while the collapse built up): keep them as the run's model.
-                meta = {**record, "epoch": snapshot.epoch, "step": snapshot.step, "partial_epoch": snapshot.step is not None,
-                        "metrics": snapshot.reading or {}}
+                meta = {
+                    **record,
+                    "epoch": snapshot.epoch,
+                    "step": snapshot.step,
+                    "partial_epoch": snapshot.step is not None,
+                    "metrics": snapshot.reading or {},
+                }
                 if main:
                     save_checkpoint(out / "model.safetensors", model, meta)
                 run.last_good_epoch = snapshot.epoch
@@ -192,8 +269,9 @@ def train(
                 return False  # the model is not yet trained against the full budget the guard probes
             if world is not None:
                 world.average_buffers(model)
-            reading = probe(model, probe_data, eps=config.eps, steps=config.check_steps, seed=config.seed,
-                             runtime=check_runtime)
+            reading = probe(
+                model, probe_data, eps=config.eps, steps=config.check_steps, seed=config.seed, runtime=check_runtime
+            )
             rule = collapse_guard.assess(reading, epoch=epoch, step=run.step, within=True, examples=len(probe_data))
             if rule is not None:
                 return collapsed(epoch, reading, len(probe_data), True, rule)
@@ -226,17 +304,45 @@ def train(
                     write_metrics(out, run.rows, run.checks)
                 if world is not None:
                     world.average_buffers(model)  # every rank's BatchNorm statistics, not rank 0's alone
-                write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, position=now,
-                            snapshot=snapshot, world=world, scaler=scaler)
+                write_state(
+                    out,
+                    config,
+                    run,
+                    model,
+                    optimizer,
+                    method,
+                    shuffle_rng,
+                    attack_rng,
+                    position=now,
+                    snapshot=snapshot,
+                    world=world,
+                    scaler=scaler,
+                )
                 preemption.saved()
                 if world.any(preemption.terminated) if world is not None else preemption.terminated:
-                    raise Preempted(f"stopped by SIGTERM in epoch {epoch} after batch {now.batches}, its state saved; "
-                                    f"continue with `advlab train --resume --out {out}`")
+                    raise Preempted(
+                        f"stopped by SIGTERM in epoch {epoch} after batch {now.batches}, its state saved; "
+                        f"continue with `advlab train --resume --out {out}`"
+                    )
 
-            stats = train_epoch(trained, lambda: method, optimizer, train_data, config, run, total_steps, shuffle_rng,
-                                 attack_rng, runtime, progress and main, f"epoch {epoch}/{config.passes}", position,
-                                 guard=(lambda eps: guard(epoch, eps)) if method.adversarial and config.co_check_every else None,
-                                 after_batch=after_batch, scaler=scaler)
+            stats = train_epoch(
+                trained,
+                lambda: method,
+                optimizer,
+                train_data,
+                config,
+                run,
+                total_steps,
+                shuffle_rng,
+                attack_rng,
+                runtime,
+                progress and main,
+                f"epoch {epoch}/{config.passes}",
+                position,
+                guard=(lambda eps: guard(epoch, eps)) if method.adversarial and config.co_check_every else None,
+                after_batch=after_batch,
+                scaler=scaler,
+            )
             position = None
             # (current_method: the guard's fallback remedy may switch methods within the epoch)
             seconds = time.perf_counter() - start
@@ -247,11 +353,19 @@ def train(
             if reading is None:  # stopped within the epoch: nothing of it is kept
                 if main:
                     write_metrics(out, run.rows, run.checks)
-                write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world,
-                            scaler=scaler)
+                write_state(
+                    out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world, scaler=scaler
+                )
                 break
-            row = {"epoch": epoch, **stats, "val_clean_acc": reading["clean"], "val_robust_acc": reading["pgd"],
-                   "val_fgsm_acc": reading["fgsm"], "seconds": seconds, "val_seconds": time.perf_counter() - start}
+            row = {
+                "epoch": epoch,
+                **stats,
+                "val_clean_acc": reading["clean"],
+                "val_robust_acc": reading["pgd"],
+                "val_fgsm_acc": reading["fgsm"],
+                "seconds": seconds,
+                "val_seconds": time.perf_counter() - start,
+            }
             if "verified" in reading:
                 row["val_verified_acc"] = reading["verified"]
             run.rows.append(row)
@@ -265,8 +379,9 @@ def train(
             rule = None
             judged = method.adversarial and stats["eps"] >= config.eps  # not while ε still ramps up
             if judged:
-                rule = collapse_guard.assess(reading, epoch=epoch, step=run.step, within=False,
-                                             examples=len(check_data))
+                rule = collapse_guard.assess(
+                    reading, epoch=epoch, step=run.step, within=False, examples=len(check_data)
+                )
             if rule is not None:
                 collapsed(epoch, reading, len(check_data), False, rule)
             else:
@@ -286,12 +401,22 @@ def train(
                         save_checkpoint(out / "best.safetensors", model, {**record, "epoch": epoch, "metrics": row})
             if main:
                 write_metrics(out, run.rows, run.checks)
-            write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world,
-                        scaler=scaler)  # the commit point
+            write_state(
+                out, config, run, model, optimizer, method, shuffle_rng, attack_rng, world=world, scaler=scaler
+            )  # the commit point
             epochs_this_call += 1
         finished = run.stopped or run.epoch >= config.passes
-        ending = end_of_run_warnings(config, _final_reading(run, snapshot), classes=len(info.classes),
-                                     robust=method.robust, where=run.kept_weights or "the end") if finished else []
+        ending = (
+            end_of_run_warnings(
+                config,
+                _final_reading(run, snapshot),
+                classes=len(info.classes),
+                robust=method.robust,
+                where=run.kept_weights or "the end",
+            )
+            if finished
+            else []
+        )
         for note in ending:
             log(f"warning: {note}")
         summary = summarize(out, config, run, ending)
@@ -321,8 +446,10 @@ def _check_world(saved_state, runtime: Runtime) -> None:
     saved = saved_state[1].get("world_size", 1) if saved_state is not None else size
     if saved != size:
         how = "without torchrun" if saved == 1 else f"with torchrun and {saved} processes in all"
-        raise AdvlabError(f"this run was trained by {saved} process(es) and resumes only {how} (each rank's "
-                          f"random streams are saved apart), not with {size}; or start afresh with --overwrite")
+        raise AdvlabError(
+            f"this run was trained by {saved} process(es) and resumes only {how} (each rank's "
+            f"random streams are saved apart), not with {size}; or start afresh with --overwrite"
+        )
 
 
 def _final_reading(run, snapshot: Snapshot) -> dict[str, float] | None:
@@ -357,10 +484,18 @@ def _build_model(config: TrainConfig, info, runtime: Runtime) -> tuple[nn.Module
     """
     # The data set's name lets create_model fill in what some networks need (linear: the image size);
     # the explicit values keep the checkpoint's normalization and shape even if the registry changes.
-    mean, std = ([0.0] * info.channels, [1.0] * info.channels) if takes_raw_pixels(config.model) else (
-        list(info.mean), list(info.std))  # a raw-pixel network (wong_mnist, madry_cnn) as its paper fed it
-    args: dict[str, Any] = {"dataset": info.name, "in_channels": info.channels, "num_classes": len(info.classes),
-                            "mean": mean, "std": std}
+    mean, std = (
+        ([0.0] * info.channels, [1.0] * info.channels)
+        if takes_raw_pixels(config.model)
+        else (list(info.mean), list(info.std))
+    )  # a raw-pixel network (wong_mnist, madry_cnn) as its paper fed it
+    args: dict[str, Any] = {
+        "dataset": info.name,
+        "in_channels": info.channels,
+        "num_classes": len(info.classes),
+        "mean": mean,
+        "std": std,
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = create_model(config.model, **args)
@@ -373,9 +508,11 @@ def _build_model(config: TrainConfig, info, runtime: Runtime) -> tuple[nn.Module
 def _epoch_line(row: dict[str, Any], config: TrainConfig) -> str:
     train_acc = row["train_adv_acc"] if row["train_adv_acc"] is not None else row["train_clean_acc"]
     verified = f"  val verified {100 * row['val_verified_acc']:.1f}%" if "val_verified_acc" in row else ""
-    return (f"epoch {row['epoch']}/{config.passes}  loss {row['train_loss']:.3f}  train {100 * train_acc:.1f}%  "
-            f"val clean {100 * row['val_clean_acc']:.1f}%  val PGD-{config.check_steps} "
-            f"{100 * row['val_robust_acc']:.1f}%{verified}  {row['seconds']:.1f} s")
+    return (
+        f"epoch {row['epoch']}/{config.passes}  loss {row['train_loss']:.3f}  train {100 * train_acc:.1f}%  "
+        f"val clean {100 * row['val_clean_acc']:.1f}%  val PGD-{config.check_steps} "
+        f"{100 * row['val_robust_acc']:.1f}%{verified}  {row['seconds']:.1f} s"
+    )
 
 
 def _logger(enabled: bool) -> Callable[[str], None]:

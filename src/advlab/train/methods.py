@@ -7,7 +7,8 @@ Doshi-Velez 2018); ``ibp`` (certified training with interval bounds, Gowal et al
 CROWN-IBP's tighter bounds early on, Zhang et al. 2020); ``gaussian`` (noise
 training for randomized smoothing, Cohen et al. 2019). The training loop
 (:mod:`advlab.train.loop`) never asks which one it runs, and every inner maximization goes through the
-attacks' one gradient loop, :func:`advlab.attacks.perturb`, except N-FGSM's one unprojected step. A new method is a subclass of :class:`Method`
+attacks' one gradient loop, :func:`advlab.attacks.perturb`, except N-FGSM's one unprojected step. A new method is a
+subclass of :class:`Method`
 with a ``name``, decorated with :func:`register_method`; its hyperparameters live in ``TrainConfig``.
 """
 
@@ -83,12 +84,29 @@ class Method:
     def optimizer_steps_per_batch(self) -> int:
         return 1
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
-             generator: torch.Generator) -> BatchOutput:
+    def loss(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        alpha: float,
+        generator: torch.Generator,
+    ) -> BatchOutput:
         raise NotImplementedError
 
-    def train_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
-                    generator: torch.Generator, step: Step) -> BatchOutput:
+    def train_batch(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        alpha: float,
+        generator: torch.Generator,
+        step: Step,
+    ) -> BatchOutput:
         out = self.loss(model, x, y, eps=eps, alpha=alpha, generator=generator)
         step(out.loss)
         return out
@@ -158,12 +176,14 @@ class IntervalBoundTraining(Method):
         progress = min(1.0, eps / self.config.eps)
         kappa = 1.0 - (1.0 - self.config.kappa_end) * progress
         # The bounds walk the network's layers: the one inside DDP's wrapper (its gradients still sync).
-        worst = self.worst_case(unwrap(model), x, y, eps * (self.config.train_eps or self.config.eps) / self.config.eps,
-                                progress)
+        worst = self.worst_case(
+            unwrap(model), x, y, eps * (self.config.train_eps or self.config.eps) / self.config.eps, progress
+        )
         return BatchOutput(kappa * clean + (1.0 - kappa) * F.cross_entropy(worst, y), logits, worst)
 
-    def worst_case(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                   progress: float) -> torch.Tensor:
+    def worst_case(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, progress: float
+    ) -> torch.Tensor:
         return worst_case_logits(model, x, y, eps)
 
 
@@ -207,9 +227,18 @@ class PGDTraining(Method):
         return self.config.steps
 
     def loss(self, model, x, y, *, eps, alpha, generator):
-        x_adv = perturb(model, x, y, eps=eps, alpha=alpha, steps=self.attack_steps(),
-                        random_start=self.config.random_start, clip_start=self.config.clip_start,
-                        objective=cross_entropy, generator=generator)
+        x_adv = perturb(
+            model,
+            x,
+            y,
+            eps=eps,
+            alpha=alpha,
+            steps=self.attack_steps(),
+            random_start=self.config.random_start,
+            clip_start=self.config.clip_start,
+            objective=cross_entropy,
+            generator=generator,
+        )
         logits = model(x_adv)
         return BatchOutput(F.cross_entropy(logits, y), None, logits)
 
@@ -258,8 +287,9 @@ class NFGSM(Method):
         return BatchOutput(F.cross_entropy(logits, y), None, logits)
 
 
-def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, *, eps: float,
-                       generator: torch.Generator) -> torch.Tensor:
+def gradient_alignment(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, *, eps: float, generator: torch.Generator
+) -> torch.Tensor:
     """GradAlign's regularizer without λ: 1 − mean cos(∇ℓ(x), ∇ℓ(x + η)), η uniform in the ε-ball.
 
     ``grad`` is the input gradient at the FGSM point (no graph, as in the authors' code); the second one is
@@ -297,8 +327,9 @@ class GradAlign(Method):
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         if self.config.grad_align_lambda > 0 and eps > 0:
-            loss = loss + self.config.grad_align_lambda * gradient_alignment(model, x, y, grad, eps=eps,
-                                                                              generator=generator)
+            loss = loss + self.config.grad_align_lambda * gradient_alignment(
+                model, x, y, grad, eps=eps, generator=generator
+            )
         return BatchOutput(loss, None, logits)
 
 
@@ -317,8 +348,17 @@ class TRADES(Method):
         # at its centre, so we centre it at that start and project onto the true ball around x at the
         # end: the inner iterates' box is shifted by the 0.001-sized noise, ~1% of ε, nothing more.
         start = x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = perturb(model, start, clean_probs, eps=eps, alpha=alpha, steps=self.config.steps,
-                        random_start=False, objective=_kl_from_clean, generator=generator)
+        x_adv = perturb(
+            model,
+            start,
+            clean_probs,
+            eps=eps,
+            alpha=alpha,
+            steps=self.config.steps,
+            random_start=False,
+            objective=_kl_from_clean,
+            generator=generator,
+        )
         x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
         adv_logits = model(x_adv)
         robust = F.kl_div(F.log_softmax(adv_logits, dim=1), logits.softmax(dim=1), reduction="batchmean")
@@ -335,9 +375,18 @@ class MART(Method):
     name = "mart"
 
     def loss(self, model, x, y, *, eps, alpha, generator):
-        x_adv = perturb(model, x, y, eps=eps, alpha=alpha, steps=self.config.steps,
-                        random_start=self.config.random_start, clip_start=self.config.clip_start,
-                        objective=cross_entropy, generator=generator)
+        x_adv = perturb(
+            model,
+            x,
+            y,
+            eps=eps,
+            alpha=alpha,
+            steps=self.config.steps,
+            random_start=self.config.random_start,
+            clip_start=self.config.clip_start,
+            objective=cross_entropy,
+            generator=generator,
+        )
         logits, adv_logits = model(x), model(x_adv)
         adv_probs = adv_logits.softmax(dim=1)
         strongest_wrong = adv_probs.scatter(1, y[:, None], 0.0).amax(dim=1)

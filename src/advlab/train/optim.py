@@ -19,7 +19,9 @@ def _adam(params: Iterable[torch.Tensor], config: TrainConfig) -> torch.optim.Op
 
 
 OPTIMIZERS: dict[str, Callable[[Iterable[torch.Tensor], TrainConfig], torch.optim.Optimizer]] = {
-    "sgd": _sgd, "adam": _adam}
+    "sgd": _sgd,
+    "adam": _adam,
+}
 
 # Learning-rate factor as a function of training progress t ∈ (0, 1] (fraction of optimizer steps done).
 SCHEDULES: dict[str, Callable[[float], float]] = {

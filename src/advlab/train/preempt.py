@@ -43,9 +43,14 @@ class EpochProgress:
 
     @classmethod
     def begin(cls, epoch: int, shuffle_rng: torch.Generator, device: torch.device, lr: float) -> EpochProgress:
-        return cls(epoch=epoch, shuffle_start=shuffle_rng.get_state(), lr=lr,
-                   loss_sum=torch.zeros((), device=device), clean_correct=torch.zeros((), device=device, dtype=torch.long),
-                   adv_correct=torch.zeros((), device=device, dtype=torch.long))
+        return cls(
+            epoch=epoch,
+            shuffle_start=shuffle_rng.get_state(),
+            lr=lr,
+            loss_sum=torch.zeros((), device=device),
+            clean_correct=torch.zeros((), device=device, dtype=torch.long),
+            adv_correct=torch.zeros((), device=device, dtype=torch.long),
+        )
 
     def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, JSON values) for state.safetensors."""

@@ -23,16 +23,41 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 # The settings a recipe decides. Every other TrainConfig field has one default for every data set.
-RECIPE_KEYS = ("model", "optimizer", "lr", "schedule", "epochs", "batch_size", "momentum", "weight_decay",
-               "eps_warmup_epochs", "clean_epochs", "steps", "alpha", "grad_align_lambda", "augment", "clip_start",
-               "co_remedy", "train_eps")
+RECIPE_KEYS = (
+    "model",
+    "optimizer",
+    "lr",
+    "schedule",
+    "epochs",
+    "batch_size",
+    "momentum",
+    "weight_decay",
+    "eps_warmup_epochs",
+    "clean_epochs",
+    "steps",
+    "alpha",
+    "grad_align_lambda",
+    "augment",
+    "clip_start",
+    "co_remedy",
+    "train_eps",
+)
 
 # advlab's own recipe (issue 3, measured on Fashion-MNIST at ε = 0.1 in BENCHMARKS.md), and the value of
 # any setting a recipe below leaves out. alpha None: the method's own rule (fgsm 1.25ε, nfgsm ε, ...).
 BASE: dict[str, Any] = {
-    "model": "small_cnn", "optimizer": "adam", "lr": 0.002, "schedule": "onecycle", "epochs": 10,
-    "batch_size": 128, "momentum": 0.9, "weight_decay": 0.0, "eps_warmup_epochs": 0.0, "clean_epochs": 0.0,
-    "steps": 7, "alpha": None,
+    "model": "small_cnn",
+    "optimizer": "adam",
+    "lr": 0.002,
+    "schedule": "onecycle",
+    "epochs": 10,
+    "batch_size": 128,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "eps_warmup_epochs": 0.0,
+    "clean_epochs": 0.0,
+    "steps": 7,
+    "alpha": None,
     # GradAlign's λ: the paper's CIFAR-10 value at its standard ε = 8/255. Neither paper nor code gives one
     # for 28×28 images; it is a starting point, not a tuned value.
     "grad_align_lambda": 0.2,
@@ -83,88 +108,233 @@ def _mnist_ibp_train_eps(eps: float) -> float:
 
 
 RECIPES: tuple[Recipe, ...] = (
-    Recipe("fashion-mnist", "fashion-mnist", FAST | MULTI_STEP | NOISE | REGULARIZED,
-           {"eps_warmup_epochs": lambda eps: 3.0 if eps > 0.15 else 0.0,
+    Recipe(
+        "fashion-mnist",
+        "fashion-mnist",
+        FAST | MULTI_STEP | NOISE | REGULARIZED,
+        {
+            "eps_warmup_epochs": lambda eps: 3.0 if eps > 0.15 else 0.0,
             "steps": lambda eps: 10 if eps >= FASHION_FAST_COLLAPSE else 7,
-            "co_remedy": lambda eps: "fallback" if eps >= FASHION_FAST_COLLAPSE else "stop"},
-           "advlab (issue 3): small_cnn, Adam one-cycle peak 0.002, 10 epochs, batch 128, measured at ε = 0.1 "
-           "(BENCHMARKS.md); above ε = 0.15, ε ramps up over the first 3 epochs (at most half the run), as "
-           "Andriushchenko & Flammarion and de Jorge et al. ramp ε on SVHN: without it PGD-10 training at "
-           "ε = 0.3 stayed at chance (benchmarks/bench_fast_at_grid.py); from ε = 0.25, where no single-step "
-           "method held, a collapse falls back to PGD-10 (the multi-step methods' default there too)"),
-    Recipe("fashion-mnist-ibp", "fashion-mnist", CERTIFIED,
-           {"model": "wong_mnist", "optimizer": "adam", "lr": 0.001, "schedule": "piecewise", "epochs": 30,
-            "batch_size": 100, "clean_epochs": 1.0, "eps_warmup_epochs": 10.0},
-           "Gowal et al. 2018 (IBP) scaled to a CPU: Wong & Kolter's small certified-training network "
-           "(conv16-conv32, stride 2, fc100; no pooling), Adam 1e-3 ÷10 at half and again at three quarters, "
-           "batch 100, one clean epoch, then ε ramped linearly over 10 epochs while κ falls from 1 to 0.5 "
-           "(crown-ibp: and CROWN-IBP's weight β from 1 to 0, Zhang et al. 2020)"),
-    Recipe("mnist-wong", "mnist", frozenset({"standard", "fgsm", "gradalign", "free"}) | NOISE | REGULARIZED,
-           {"model": "wong_mnist", "optimizer": "adam", "lr": 0.005, "schedule": "onecycle", "epochs": 10,
-            "batch_size": 100, "clip_start": False, "steps": 10, "co_remedy": "fallback"},
-           "Wong, Rice & Kolter 2020 (MNIST/train_mnist.py): their 2-conv network, Adam, cyclic lr peaking at "
-           "0.005 at 2/5 of training, 10 epochs, batch 100, FGSM α = 1.25ε (0.375 at ε = 0.3) from a random "
-           "start that is not clipped to the image before the gradient (their code; clipping it collapses, "
-           "BENCHMARKS.md); a collapse falls back to PGD-10. GradAlign, free AT, gradreg and gaussian have "
-           "no MNIST setting of their own and use this one"),
-    Recipe("mnist-nfgsm", "mnist", frozenset({"nfgsm"}),
-           {"model": "wong_mnist", "optimizer": "adam", "lr": 0.005, "schedule": "onecycle", "epochs": 10,
-            "batch_size": 100, "steps": 10, "co_remedy": "fallback"},
-           "de Jorge et al. 2022 have no MNIST setting: Wong et al.'s MNIST network and schedule, N-FGSM's "
-           "noise clipped to the image as the authors' code does"),
-    Recipe("mnist-madry", "mnist", MULTI_STEP,
-           {"model": "madry_cnn", "optimizer": "adam", "lr": 1e-4, "schedule": "constant", "epochs": 83,
-            "batch_size": 50, "steps": 40, "alpha": lambda eps: eps / 30},
-           "Madry et al. 2018 (mnist_challenge/config.json): conv32-conv64-fc1024, PGD-40 with α = 0.01 at "
-           "ε = 0.3, Adam 1e-4, 100,000 steps of batch 50 (83 epochs)"),
-    Recipe("mnist-ibp", "mnist", CERTIFIED,
-           {"model": "wong_mnist", "optimizer": "adam", "lr": lambda eps: 1e-3 if eps <= 0.2 else 5e-4,
-            "schedule": "piecewise", "epochs": lambda eps: 50 if eps <= 0.2 else 100, "batch_size": 100,
+            "co_remedy": lambda eps: "fallback" if eps >= FASHION_FAST_COLLAPSE else "stop",
+        },
+        "advlab (issue 3): small_cnn, Adam one-cycle peak 0.002, 10 epochs, batch 128, measured at ε = 0.1 "
+        "(BENCHMARKS.md); above ε = 0.15, ε ramps up over the first 3 epochs (at most half the run), as "
+        "Andriushchenko & Flammarion and de Jorge et al. ramp ε on SVHN: without it PGD-10 training at "
+        "ε = 0.3 stayed at chance (benchmarks/bench_fast_at_grid.py); from ε = 0.25, where no single-step "
+        "method held, a collapse falls back to PGD-10 (the multi-step methods' default there too)",
+    ),
+    Recipe(
+        "fashion-mnist-ibp",
+        "fashion-mnist",
+        CERTIFIED,
+        {
+            "model": "wong_mnist",
+            "optimizer": "adam",
+            "lr": 0.001,
+            "schedule": "piecewise",
+            "epochs": 30,
+            "batch_size": 100,
+            "clean_epochs": 1.0,
+            "eps_warmup_epochs": 10.0,
+        },
+        "Gowal et al. 2018 (IBP) scaled to a CPU: Wong & Kolter's small certified-training network "
+        "(conv16-conv32, stride 2, fc100; no pooling), Adam 1e-3 ÷10 at half and again at three quarters, "
+        "batch 100, one clean epoch, then ε ramped linearly over 10 epochs while κ falls from 1 to 0.5 "
+        "(crown-ibp: and CROWN-IBP's weight β from 1 to 0, Zhang et al. 2020)",
+    ),
+    Recipe(
+        "mnist-wong",
+        "mnist",
+        frozenset({"standard", "fgsm", "gradalign", "free"}) | NOISE | REGULARIZED,
+        {
+            "model": "wong_mnist",
+            "optimizer": "adam",
+            "lr": 0.005,
+            "schedule": "onecycle",
+            "epochs": 10,
+            "batch_size": 100,
+            "clip_start": False,
+            "steps": 10,
+            "co_remedy": "fallback",
+        },
+        "Wong, Rice & Kolter 2020 (MNIST/train_mnist.py): their 2-conv network, Adam, cyclic lr peaking at "
+        "0.005 at 2/5 of training, 10 epochs, batch 100, FGSM α = 1.25ε (0.375 at ε = 0.3) from a random "
+        "start that is not clipped to the image before the gradient (their code; clipping it collapses, "
+        "BENCHMARKS.md); a collapse falls back to PGD-10. GradAlign, free AT, gradreg and gaussian have "
+        "no MNIST setting of their own and use this one",
+    ),
+    Recipe(
+        "mnist-nfgsm",
+        "mnist",
+        frozenset({"nfgsm"}),
+        {
+            "model": "wong_mnist",
+            "optimizer": "adam",
+            "lr": 0.005,
+            "schedule": "onecycle",
+            "epochs": 10,
+            "batch_size": 100,
+            "steps": 10,
+            "co_remedy": "fallback",
+        },
+        "de Jorge et al. 2022 have no MNIST setting: Wong et al.'s MNIST network and schedule, N-FGSM's "
+        "noise clipped to the image as the authors' code does",
+    ),
+    Recipe(
+        "mnist-madry",
+        "mnist",
+        MULTI_STEP,
+        {
+            "model": "madry_cnn",
+            "optimizer": "adam",
+            "lr": 1e-4,
+            "schedule": "constant",
+            "epochs": 83,
+            "batch_size": 50,
+            "steps": 40,
+            "alpha": lambda eps: eps / 30,
+        },
+        "Madry et al. 2018 (mnist_challenge/config.json): conv32-conv64-fc1024, PGD-40 with α = 0.01 at "
+        "ε = 0.3, Adam 1e-4, 100,000 steps of batch 50 (83 epochs)",
+    ),
+    Recipe(
+        "mnist-ibp",
+        "mnist",
+        CERTIFIED,
+        {
+            "model": "wong_mnist",
+            "optimizer": "adam",
+            "lr": lambda eps: 1e-3 if eps <= 0.2 else 5e-4,
+            "schedule": "piecewise",
+            "epochs": lambda eps: 50 if eps <= 0.2 else 100,
+            "batch_size": 100,
             "clean_epochs": lambda eps: 3.0 if eps <= 0.2 else 10.0,
-            "eps_warmup_epochs": lambda eps: 18.0 if eps <= 0.2 else 50.0, "train_eps": _mnist_ibp_train_eps},
-           "Gowal et al. 2018 and Zhang et al. 2020 (CROWN-IBP's config/mnist_dm-large_0.2.json and _0.4.json) "
-           "on Wong & Kolter's small network: Adam 1e-3 (5e-4 above ε = 0.2) ÷10 at half and at three quarters, "
-           "batch 100, clean epochs then a linear ε ramp (3 then 18 epochs of 50; 10 then 50 of 100 above "
-           "ε = 0.2), bounds trained at ε = 0.2 for a test ε up to 0.2 and 0.4 above, κ from 1 to 0.5 "
-           "(crown-ibp: β from 1 to 0); their large network takes 200 epochs on a GPU"),
-    Recipe("cifar10-wong", "cifar10", frozenset({"standard", "fgsm", "free"}) | REGULARIZED,
-           {"model": "preact_resnet18", "optimizer": "sgd", "lr": 0.2, "schedule": "triangle", "epochs": 15,
-            "batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4, "augment": "crop-flip"},
-           "Wong, Rice & Kolter 2020 (CIFAR10/train_fgsm.py): PreActResNet-18, SGD momentum 0.9, weight "
-           "decay 5e-4, cyclic lr 0 → 0.2 → 0 peaking half-way, 15 epochs, batch 128, α = 1.25ε (10/255), "
-           "the random start clipped to the image (their code); gradreg uses the same"),
-    Recipe("cifar10-nfgsm", "cifar10", frozenset({"nfgsm"}),
-           {"model": "preact_resnet18", "optimizer": "sgd", "lr": 0.2, "schedule": "triangle", "epochs": 30,
-            "batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4, "augment": "crop-flip"},
-           "de Jorge et al. 2022 (N-FGSM train.py): PreActResNet-18, SGD, cyclic lr peak 0.2 half-way, "
-           "30 epochs, noise k = 2 clipped to the image, α = ε"),
-    Recipe("cifar10-gradalign", "cifar10", frozenset({"gradalign"}),
-           {"model": "preact_resnet18", "optimizer": "sgd", "lr": 0.3, "schedule": "onecycle", "epochs": 30,
-            "batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4, "grad_align_lambda": _cifar_grad_align_lambda,
-            "augment": "crop-flip"},
-           "Andriushchenko & Flammarion 2020 (sh/exps_diff_eps_cifar10.sh): PreActResNet-18, SGD, cyclic lr "
-           "peak 0.3 at 2/5, 30 epochs, FGSM from x, λ = 0.02·10^(ε·255/8)"),
-    Recipe("cifar10-rice", "cifar10", MULTI_STEP,
-           {"model": "preact_resnet18", "optimizer": "sgd", "lr": 0.1, "schedule": "piecewise", "epochs": 200,
-            "batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4, "steps": 10, "alpha": lambda eps: eps / 4,
-            "augment": "crop-flip"},
-           "Rice, Wong & Kolter 2020: PreActResNet-18, PGD-10 with α = 2/255 at ε = 8/255, SGD 0.1 ÷10 at "
-           "epochs 100 and 150 of 200; keep the best checkpoint (advlab's best.safetensors)"),
-    Recipe("cifar10-cohen", "cifar10", NOISE,
-           {"model": "preact_resnet18", "optimizer": "sgd", "lr": 0.1, "schedule": "piecewise", "epochs": 90,
-            "batch_size": 256, "momentum": 0.9, "weight_decay": 1e-4, "augment": "crop-flip"},
-           "Cohen, Rosenfeld & Kolter 2019 (code/train.py): SGD 0.1 with momentum, weight decay 1e-4, 90 epochs "
-           "of batch 256, crops and flips; PreActResNet-18 for their ResNet-110, and advlab's ÷10 at half and "
-           "three quarters for their ÷10 every 30 epochs"),
-    Recipe("cifar10-ibp", "cifar10", CERTIFIED,
-           {"model": "ibp_large", "optimizer": "adam", "lr": 5e-4, "schedule": "piecewise", "epochs": 200,
-            "batch_size": 256, "clean_epochs": 20.0, "eps_warmup_epochs": 100.0, "augment": "crop-flip",
-            "train_eps": lambda eps: min(1.0, 1.1 * eps)},
-           "Gowal et al. 2018 and Zhang et al. 2020 (CROWN-IBP's config/cifar_dm-large_8_255.json, 3,200 epochs "
-           "of batch 512, scaled to 200 of batch 256): their large network (ibp_large) with normalized inputs, "
-           "Adam 5e-4 ÷10 at half and three quarters (theirs: at 81% and 95%), a tenth of training clean, ε "
-           "ramped linearly over half of it (theirs: smoothly), bounds trained at 1.1 ε, crops and flips; for a "
-           "GPU"),
+            "eps_warmup_epochs": lambda eps: 18.0 if eps <= 0.2 else 50.0,
+            "train_eps": _mnist_ibp_train_eps,
+        },
+        "Gowal et al. 2018 and Zhang et al. 2020 (CROWN-IBP's config/mnist_dm-large_0.2.json and _0.4.json) "
+        "on Wong & Kolter's small network: Adam 1e-3 (5e-4 above ε = 0.2) ÷10 at half and at three quarters, "
+        "batch 100, clean epochs then a linear ε ramp (3 then 18 epochs of 50; 10 then 50 of 100 above "
+        "ε = 0.2), bounds trained at ε = 0.2 for a test ε up to 0.2 and 0.4 above, κ from 1 to 0.5 "
+        "(crown-ibp: β from 1 to 0); their large network takes 200 epochs on a GPU",
+    ),
+    Recipe(
+        "cifar10-wong",
+        "cifar10",
+        frozenset({"standard", "fgsm", "free"}) | REGULARIZED,
+        {
+            "model": "preact_resnet18",
+            "optimizer": "sgd",
+            "lr": 0.2,
+            "schedule": "triangle",
+            "epochs": 15,
+            "batch_size": 128,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "augment": "crop-flip",
+        },
+        "Wong, Rice & Kolter 2020 (CIFAR10/train_fgsm.py): PreActResNet-18, SGD momentum 0.9, weight "
+        "decay 5e-4, cyclic lr 0 → 0.2 → 0 peaking half-way, 15 epochs, batch 128, α = 1.25ε (10/255), "
+        "the random start clipped to the image (their code); gradreg uses the same",
+    ),
+    Recipe(
+        "cifar10-nfgsm",
+        "cifar10",
+        frozenset({"nfgsm"}),
+        {
+            "model": "preact_resnet18",
+            "optimizer": "sgd",
+            "lr": 0.2,
+            "schedule": "triangle",
+            "epochs": 30,
+            "batch_size": 128,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "augment": "crop-flip",
+        },
+        "de Jorge et al. 2022 (N-FGSM train.py): PreActResNet-18, SGD, cyclic lr peak 0.2 half-way, "
+        "30 epochs, noise k = 2 clipped to the image, α = ε",
+    ),
+    Recipe(
+        "cifar10-gradalign",
+        "cifar10",
+        frozenset({"gradalign"}),
+        {
+            "model": "preact_resnet18",
+            "optimizer": "sgd",
+            "lr": 0.3,
+            "schedule": "onecycle",
+            "epochs": 30,
+            "batch_size": 128,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "grad_align_lambda": _cifar_grad_align_lambda,
+            "augment": "crop-flip",
+        },
+        "Andriushchenko & Flammarion 2020 (sh/exps_diff_eps_cifar10.sh): PreActResNet-18, SGD, cyclic lr "
+        "peak 0.3 at 2/5, 30 epochs, FGSM from x, λ = 0.02·10^(ε·255/8)",
+    ),
+    Recipe(
+        "cifar10-rice",
+        "cifar10",
+        MULTI_STEP,
+        {
+            "model": "preact_resnet18",
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "schedule": "piecewise",
+            "epochs": 200,
+            "batch_size": 128,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "steps": 10,
+            "alpha": lambda eps: eps / 4,
+            "augment": "crop-flip",
+        },
+        "Rice, Wong & Kolter 2020: PreActResNet-18, PGD-10 with α = 2/255 at ε = 8/255, SGD 0.1 ÷10 at "
+        "epochs 100 and 150 of 200; keep the best checkpoint (advlab's best.safetensors)",
+    ),
+    Recipe(
+        "cifar10-cohen",
+        "cifar10",
+        NOISE,
+        {
+            "model": "preact_resnet18",
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "schedule": "piecewise",
+            "epochs": 90,
+            "batch_size": 256,
+            "momentum": 0.9,
+            "weight_decay": 1e-4,
+            "augment": "crop-flip",
+        },
+        "Cohen, Rosenfeld & Kolter 2019 (code/train.py): SGD 0.1 with momentum, weight decay 1e-4, 90 epochs "
+        "of batch 256, crops and flips; PreActResNet-18 for their ResNet-110, and advlab's ÷10 at half and "
+        "three quarters for their ÷10 every 30 epochs",
+    ),
+    Recipe(
+        "cifar10-ibp",
+        "cifar10",
+        CERTIFIED,
+        {
+            "model": "ibp_large",
+            "optimizer": "adam",
+            "lr": 5e-4,
+            "schedule": "piecewise",
+            "epochs": 200,
+            "batch_size": 256,
+            "clean_epochs": 20.0,
+            "eps_warmup_epochs": 100.0,
+            "augment": "crop-flip",
+            "train_eps": lambda eps: min(1.0, 1.1 * eps),
+        },
+        "Gowal et al. 2018 and Zhang et al. 2020 (CROWN-IBP's config/cifar_dm-large_8_255.json, 3,200 epochs "
+        "of batch 512, scaled to 200 of batch 256): their large network (ibp_large) with normalized inputs, "
+        "Adam 5e-4 ÷10 at half and three quarters (theirs: at 81% and 95%), a tenth of training clean, ε "
+        "ramped linearly over half of it (theirs: smoothly), bounds trained at 1.1 ε, crops and flips; for a "
+        "GPU",
+    ),
 )
 
 
@@ -175,8 +345,13 @@ def find_recipe(dataset: str, method: str, base: Mapping[str, Any] | None = None
     for recipe in RECIPES:
         if recipe.dataset == dataset and method in recipe.methods:
             return recipe
-    return Recipe("base", dataset, frozenset({method}), dict(base or {}),
-                  "advlab's Fashion-MNIST defaults and the method's own (no recipe for this data set and method)")
+    return Recipe(
+        "base",
+        dataset,
+        frozenset({method}),
+        dict(base or {}),
+        "advlab's Fashion-MNIST defaults and the method's own (no recipe for this data set and method)",
+    )
 
 
 def recipe_table() -> str:

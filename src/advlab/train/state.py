@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from advlab.errors import AdvlabError
-from advlab.schema import check_fields
 from advlab.runs import atomic_write_text, load_tensors, read_json, save_tensors
+from advlab.schema import check_fields
 from advlab.train.config import TrainConfig
 from advlab.train.preempt import EpochProgress
 
@@ -28,8 +28,20 @@ STATE_FORMAT = 2  # bump when state.safetensors' layout changes incompatibly
 # Settings that may differ between an interrupted run and its resumption: they do not change the result.
 RESUME_FREE_KEYS = frozenset({"data_dir", "recipe"})  # recipe: a name, derived from the rest
 
-METRIC_FIELDS = ("epoch", "lr", "eps", "train_loss", "train_clean_acc", "train_adv_acc", "val_clean_acc",
-                 "val_robust_acc", "val_fgsm_acc", "seconds", "val_seconds", "val_verified_acc")
+METRIC_FIELDS = (
+    "epoch",
+    "lr",
+    "eps",
+    "train_loss",
+    "train_clean_acc",
+    "train_adv_acc",
+    "val_clean_acc",
+    "val_robust_acc",
+    "val_fgsm_acc",
+    "seconds",
+    "val_seconds",
+    "val_verified_acc",
+)
 
 
 @dataclass
@@ -80,20 +92,34 @@ def _pack_optimizer(prefix: str, optim: dict[str, Any], tensors: dict[str, torch
     return plain_state
 
 
-def _unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], plain_state: dict[str, dict[str, Any]],
-                      param_groups: list) -> dict[str, Any]:
+def _unpack_optimizer(
+    prefix: str, tensors: dict[str, torch.Tensor], plain_state: dict[str, dict[str, Any]], param_groups: list
+) -> dict[str, Any]:
     optim_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix + "."):
-            index, name = key[len(prefix) + 1:].split(".", 1)
+            index, name = key[len(prefix) + 1 :].split(".", 1)
             optim_state.setdefault(int(index), {})[name] = value
     for index, values in plain_state.items():
         optim_state.setdefault(int(index), {}).update(values)
     return {"state": optim_state, "param_groups": param_groups}
 
 
-def write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_rng, *,
-                position: EpochProgress | None = None, snapshot=None, world=None, scaler=None) -> None:
+def write_state(
+    out,
+    config,
+    run,
+    model,
+    optimizer,
+    method,
+    shuffle_rng,
+    attack_rng,
+    *,
+    position: EpochProgress | None = None,
+    snapshot=None,
+    world=None,
+    scaler=None,
+) -> None:
     """The commit point: at the end of an epoch, or with ``position`` (and the guard's ``snapshot``) in the
     middle of one (:mod:`advlab.train.preempt`). Under torchrun (``world``) every rank calls it: each hands
     rank 0 what is its own (its attack generator, its method state), saved under ``rank{R}.``; rank 0 writes."""
@@ -108,18 +134,27 @@ def write_state(out, config, run, model, optimizer, method, shuffle_rng, attack_
     for rank, part in enumerate(parts):  # rank 0's under the names one process uses
         tensors.update({(f"rank{rank}." if rank else "") + key: value for key, value in part.items()})
     tensors["rng.shuffle"] = shuffle_rng.get_state()
-    meta = {"format": STATE_FORMAT, "config": config.to_dict(), "progress": dataclasses.asdict(run),
-            "device": attack_rng.device.type,  # a generator's state fits only a generator of its device type
-            "world_size": len(parts),
-            "grad_scaler": scaler.state_dict() if scaler is not None else None,  # fp16: its scale and growth
-            "param_groups": optim["param_groups"], "optimizer_plain_state": plain_state}
+    meta = {
+        "format": STATE_FORMAT,
+        "config": config.to_dict(),
+        "progress": dataclasses.asdict(run),
+        "device": attack_rng.device.type,  # a generator's state fits only a generator of its device type
+        "world_size": len(parts),
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,  # fp16: its scale and growth
+        "param_groups": optim["param_groups"],
+        "optimizer_plain_state": plain_state,
+    }
     if position is not None:
         epoch_tensors, meta["position"] = position.to_state()
         tensors.update(epoch_tensors)
         tensors.update({f"snapshot.model.{k}": v for k, v in snapshot.weights.items()})
-        meta["snapshot"] = {"epoch": snapshot.epoch, "step": snapshot.step, "reading": snapshot.reading,
-                            "param_groups": snapshot.optim["param_groups"],
-                            "optimizer_plain_state": _pack_optimizer("snapshot.optimizer", snapshot.optim, tensors)}
+        meta["snapshot"] = {
+            "epoch": snapshot.epoch,
+            "step": snapshot.step,
+            "reading": snapshot.reading,
+            "param_groups": snapshot.optim["param_groups"],
+            "optimizer_plain_state": _pack_optimizer("snapshot.optimizer", snapshot.optim, tensors),
+        }
     save_tensors(out / "state.safetensors", tensors, metadata={"advlab_state": json.dumps(meta)})
 
 
@@ -134,13 +169,17 @@ def restore_position(state, snapshot, device: torch.device) -> EpochProgress | N
         position = EpochProgress.from_state(tensors, meta["position"], device)
         saved = meta["snapshot"]
         snapshot.epoch, snapshot.step, snapshot.reading = saved["epoch"], saved["step"], saved["reading"]
-        snapshot.weights = {k[len("snapshot.model."):]: v.to(device) for k, v in tensors.items()
-                            if k.startswith("snapshot.model.")}
-        snapshot.optim = _unpack_optimizer("snapshot.optimizer", tensors, saved["optimizer_plain_state"],
-                                           saved["param_groups"])
+        snapshot.weights = {
+            k[len("snapshot.model.") :]: v.to(device) for k, v in tensors.items() if k.startswith("snapshot.model.")
+        }
+        snapshot.optim = _unpack_optimizer(
+            "snapshot.optimizer", tensors, saved["optimizer_plain_state"], saved["param_groups"]
+        )
         return position
     except (KeyError, ValueError, TypeError) as err:
-        raise AdvlabError(f"the saved mid-epoch training state is damaged ({err}); start afresh with --overwrite") from None
+        raise AdvlabError(
+            f"the saved mid-epoch training state is damaged ({err}); start afresh with --overwrite"
+        ) from None
 
 
 def read_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -171,18 +210,26 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
     if any(k not in saved for k in defaults):
         # A run saved before `augment` existed trained without augmentation, whatever its recipe says now; one
         # saved before `clip_start` existed clipped its random start.
-        given = ({k: v for k, v in saved.items() if k in defaults} | ({} if "augment" in saved else {"augment": "none"})
-                 | ({} if "clip_start" in saved else {"clip_start": True}))
+        given = (
+            {k: v for k, v in saved.items() if k in defaults}
+            | ({} if "augment" in saved else {"augment": "none"})
+            | ({} if "clip_start" in saved else {"clip_start": True})
+        )
         try:
             defaults = TrainConfig.from_dict(given).to_dict()
         except AdvlabError:
             pass  # a setting no longer valid: it is reported as differing below
-    differing = sorted(k for k in set(saved) | set(current)
-                       if k not in RESUME_FREE_KEYS and saved.get(k, defaults.get(k)) != current.get(k, "<missing>"))
+    differing = sorted(
+        k
+        for k in set(saved) | set(current)
+        if k not in RESUME_FREE_KEYS and saved.get(k, defaults.get(k)) != current.get(k, "<missing>")
+    )
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in differing)
-        raise AdvlabError(f"cannot resume {out}: it holds a run with other settings ({details}); "
-                          "use the same settings, --overwrite, or another --out")
+        raise AdvlabError(
+            f"cannot resume {out}: it holds a run with other settings ({details}); "
+            "use the same settings, --overwrite, or another --out"
+        )
 
 
 def restore(state, model, optimizer, method, shuffle_rng, attack_rng, *, rank: int = 0, scaler=None) -> RunProgress:
@@ -190,24 +237,29 @@ def restore(state, model, optimizer, method, shuffle_rng, attack_rng, *, rank: i
     ``scaler``: fp16's gradient scaler, given its saved scale."""
     tensors, meta = state
     prefix = f"rank{rank}." if rank else ""
-    own = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)} if rank else tensors
+    own = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)} if rank else tensors
     saved_on = meta.get("device", "cpu")
     if saved_on != attack_rng.device.type:
-        raise AdvlabError(f"this run was trained on {saved_on} and its random state only resumes there; "
-                          f"resume it with --device {saved_on}, or start afresh with --overwrite")
+        raise AdvlabError(
+            f"this run was trained on {saved_on} and its random state only resumes there; "
+            f"resume it with --device {saved_on}, or start afresh with --overwrite"
+        )
     try:
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        optimizer.load_state_dict(_unpack_optimizer("optimizer", tensors, meta["optimizer_plain_state"],
-                                                    meta["param_groups"]))
-        method.load_state({k[len("method."):]: v for k, v in own.items() if k.startswith("method.")})
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer.load_state_dict(
+            _unpack_optimizer("optimizer", tensors, meta["optimizer_plain_state"], meta["param_groups"])
+        )
+        method.load_state({k[len("method.") :]: v for k, v in own.items() if k.startswith("method.")})
         shuffle_rng.set_state(tensors["rng.shuffle"])
         attack_rng.set_state(own["rng.attack"])
         if scaler is not None and meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])
         return RunProgress(**check_fields(meta["progress"], RunProgress, what="training state field"))
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
-        raise AdvlabError(f"the saved training state does not fit this run ({str(err).splitlines()[0]}); "
-                          "start afresh with --overwrite") from None
+        raise AdvlabError(
+            f"the saved training state does not fit this run ({str(err).splitlines()[0]}); "
+            "start afresh with --overwrite"
+        ) from None
 
 
 def summarize(out: Path, config: TrainConfig, run: RunProgress, ending: list[str] = ()) -> dict[str, Any]:
@@ -217,22 +269,34 @@ def summarize(out: Path, config: TrainConfig, run: RunProgress, ending: list[str
     last = by_epoch.get(run.last_good_epoch, {})
     best = by_epoch.get(run.best_epoch, {})
     return {
-        "run_dir": str(out), "method": config.method,
-        "epochs_completed": run.epoch, "epochs_planned": config.passes,
+        "run_dir": str(out),
+        "method": config.method,
+        "epochs_completed": run.epoch,
+        "epochs_planned": config.passes,
         "finished": run.finished or run.epoch >= config.passes,
-        "final_epoch": run.last_good_epoch, "best_epoch": run.best_epoch,
-        "val_clean_accuracy": last.get("val_clean_acc"), "val_robust_accuracy": last.get("val_robust_acc"),
-        "best_val_clean_accuracy": best.get("val_clean_acc"), "best_val_robust_accuracy": best.get("val_robust_acc"),
-        "check_attack": f"PGD-{config.check_steps}", "eps": config.eps,
+        "final_epoch": run.last_good_epoch,
+        "best_epoch": run.best_epoch,
+        "val_clean_accuracy": last.get("val_clean_acc"),
+        "val_robust_accuracy": last.get("val_robust_acc"),
+        "best_val_clean_accuracy": best.get("val_clean_acc"),
+        "best_val_robust_accuracy": best.get("val_robust_acc"),
+        "check_attack": f"PGD-{config.check_steps}",
+        "eps": config.eps,
         "seconds": sum(row["seconds"] + row["val_seconds"] for row in run.rows),
         "recipe": config.recipe,
         "catastrophic_overfitting": bool(run.collapses),
         "catastrophic_overfitting_message": run.collapses[-1]["message"] if run.collapses else None,
-        "collapses": run.collapses, "stopped_by_guard": run.stopped, "remedy": config.co_remedy,
-        "final_method": run.active_method or config.method, "alpha_scale": run.alpha_scale,
+        "collapses": run.collapses,
+        "stopped_by_guard": run.stopped,
+        "remedy": config.co_remedy,
+        "final_method": run.active_method or config.method,
+        "alpha_scale": run.alpha_scale,
         "model_weights_from": run.kept_weights,
         "warnings": [*run.warnings, *ending],
         "ends_without_robustness": any(note.startswith("the run ends without robustness") for note in ending),
-        "paths": {name: str(out / f"{name}.safetensors") for name in ("model", "best", "state")
-                  if (out / f"{name}.safetensors").is_file()},
+        "paths": {
+            name: str(out / f"{name}.safetensors")
+            for name in ("model", "best", "state")
+            if (out / f"{name}.safetensors").is_file()
+        },
     }
