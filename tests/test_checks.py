@@ -10,7 +10,7 @@ from torch import nn
 from advlab.attacks import parse_attack
 from advlab.checks import measure_checks, sanity_checks
 from advlab.evaluate import evaluate
-from advlab.model_checks import model_flags
+from advlab.model_warnings import model_warnings
 
 
 class Quantized(nn.Module):
@@ -52,7 +52,7 @@ def _names(flags):
 
 def test_a_healthy_model_raises_no_flag(trained_model, fashion_test):
     x, y = fashion_test.tensors()
-    assert model_flags(trained_model, x, y, training=False) == []
+    assert model_warnings(trained_model, x, y, training=False) == []
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_a_healthy_model_raises_no_flag(trained_model, fashion_test):
 )
 def test_model_checks_flag_what_masks_gradients(trained_model, fashion_test, wrap, flag):
     x, y = fashion_test.tensors()
-    flags = model_flags(wrap(trained_model).eval(), x, y, training=False)
+    flags = model_warnings(wrap(trained_model).eval(), x, y, training=False)
     assert flag in _names(flags)
     found = next(f for f in flags if f["flag"] == flag)
     assert found["message"] and isinstance(found["numbers"], dict)
@@ -79,7 +79,7 @@ def test_train_mode_and_few_classes_are_flagged_and_the_mode_comes_back(fashion_
     y = y % 3
     model.train()
     result = evaluate(model, (x[:64], y[:64]), attacks=[parse_attack("fgsm")], eps=[0.05], progress=False)
-    assert {"train-mode", "few-classes"} <= _names(result.flags)
+    assert {"train-mode", "few-classes"} <= _names(result.model_warnings)
     assert model.training  # evaluated in eval mode, handed back in train mode
     assert "model_flags" in result.to_dict()
 
@@ -90,12 +90,12 @@ def test_black_box_beating_white_box_is_flagged(trained_model, fashion_test):
     result = evaluate(
         model, data, attacks=[parse_attack("pgd20"), parse_attack("square500")], eps=[0.1], progress=False
     )
-    flag = next(f for f in result.flags if f["flag"] == "black-box-beats-white-box")
+    flag = next(f for f in result.model_warnings if f["flag"] == "black-box-beats-white-box")
     assert flag["numbers"]["images"] > 10
     healthy = evaluate(
         trained_model, data, attacks=[parse_attack("pgd20"), parse_attack("square500")], eps=[0.1], progress=False
     )
-    assert "black-box-beats-white-box" not in _names(healthy.flags)
+    assert "black-box-beats-white-box" not in _names(healthy.model_warnings)
 
 
 GRID = [0.0, 0.05, 0.1, 0.2, 0.3]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from advlab.cli import EVAL_BATCH, main, parse_number, parse_numbers
+from advlab.cli import build_parser, main, parse_number, parse_numbers
 
 
 def _fails_cleanly(capsys, argv, *, match):
@@ -27,7 +27,7 @@ def _fails_cleanly(capsys, argv, *, match):
 def test_cli_evaluation_batch_is_the_library_default():
     from advlab.evaluate import DEFAULT_BATCH
 
-    assert EVAL_BATCH == DEFAULT_BATCH
+    assert build_parser().parse_args(["evaluate", "run", "--eps", "0.1"]).batch_size == DEFAULT_BATCH
 
 
 def test_parse_numbers():
@@ -60,7 +60,7 @@ def test_evaluate_writes_json_and_prints_table(trained_checkpoint, tmp_path, cap
     assert data["n"] == 100 and data["eps"] == [0.05, 0.1]
     assert f"{100 * data['clean_accuracy']:.2f}%" in printed
     assert data["hyperparameters"]["PGD-5 L∞"][1]["alpha"] == pytest.approx(2.5 * 0.1 / 5)
-    assert (data["batch_size"], data["seed"], data["early_stop"], data["chain"]) == (EVAL_BATCH, 0, True, False)
+    assert (data["batch_size"], data["seed"], data["early_stop"], data["chain"]) == (256, 0, True, False)
 
 
 def test_evaluate_runs_a_suite_as_a_chain(trained_checkpoint, tmp_path, capsys):
@@ -265,7 +265,7 @@ def test_show_preset_prints_the_shipped_toml(capsys):
 def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoint, tmp_path, capsys, monkeypatch):
     """Stopped in its second batch, `advlab evaluate --out` leaves a state file; run again, it skips the
     first batch and ends with exactly the numbers of an uninterrupted run (random generator included)."""
-    import advlab.evaluate
+    import advlab.verdicts
 
     def argv(eps: str, out: str) -> list[str]:
         return [
@@ -287,7 +287,7 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoin
     assert main(argv("0.1", "whole.json")) == 0
     whole = json.loads((tmp_path / "whole.json").read_text())
     assert not (tmp_path / "whole.json.state.safetensors").exists()  # removed once the result is written
-    real, calls = advlab.evaluate._survivors, []
+    real, calls = advlab.verdicts.survivors, []
 
     def stop_in_second_batch(*args, **kwargs):
         calls.append(1)
@@ -295,11 +295,11 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoin
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(advlab.evaluate, "_survivors", stop_in_second_batch)
+    monkeypatch.setattr(advlab.verdicts, "survivors", stop_in_second_batch)
     assert main(argv("0.1", "parts.json")) != 0  # interrupted
     state = tmp_path / "parts.json.state.safetensors"
     assert state.is_file() and not (tmp_path / "parts.json").exists()
-    monkeypatch.setattr(advlab.evaluate, "_survivors", real)
+    monkeypatch.setattr(advlab.verdicts, "survivors", real)
     pristine = state.read_bytes()
     damaged = bytearray(pristine)
     damaged[-1] ^= 0x01  # a bit of the last flag tensor
@@ -314,8 +314,8 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoin
     assert len(calls) == 2  # the resumed run did not redo the first batch through the stopping spy
     # A state left by another evaluation (here: another ε) is refused with one line, never mixed in.
     calls.clear()
-    monkeypatch.setattr(advlab.evaluate, "_survivors", stop_in_second_batch)
+    monkeypatch.setattr(advlab.verdicts, "survivors", stop_in_second_batch)
     assert main(argv("0.1", "other.json")) != 0
-    monkeypatch.setattr(advlab.evaluate, "_survivors", real)
+    monkeypatch.setattr(advlab.verdicts, "survivors", real)
     capsys.readouterr()  # the interruptions' messages
     _fails_cleanly(capsys, argv("0.05", "other.json"), match="holds the state of another evaluation")

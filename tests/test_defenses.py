@@ -91,7 +91,7 @@ def test_bpda_breaks_bit_depth_and_jpeg_where_the_naive_attack_cannot(trained_mo
         naive, adaptive = result.robust["PGD-20 L∞"][0], result.robust["PGD-20 L∞ BPDA"][0]
         assert naive >= adaptive + 0.3, (text, naive, adaptive)  # the defense only hid the gradient
         assert adaptive <= undefended + 0.05, (text, adaptive, undefended)
-        assert "zero-gradients" in {f["flag"] for f in result.flags}  # and the model checks say so
+        assert "zero-gradients" in {f["flag"] for f in result.model_warnings}  # and the model checks say so
 
 
 def test_eot_attacks_a_randomized_defense_within_the_ball(trained_model, fashion_test):
@@ -124,7 +124,7 @@ def test_a_randomized_model_is_judged_by_the_majority_of_draws(trained_model, fa
     assert (steady.draws, flaky.draws) == (1, 20) and flaky.to_dict()["verdict_draws"] == 20
     # One pass would be wrong on ~20% more images; the majority of 20 passes is the model's real answer.
     assert abs(flaky.clean_accuracy - steady.clean_accuracy) <= 0.02, (flaky.clean_accuracy, steady.clean_accuracy)
-    assert "randomized" in {f["flag"] for f in flaky.flags}
+    assert "randomized" in {f["flag"] for f in flaky.model_warnings}
 
 
 def test_a_defended_model_keeps_the_models_mode(tiny_cnn):

@@ -332,17 +332,17 @@ def test_npz_files_convert_or_refuse_as_documented(tmp_path, capsys):
 def test_attack_and_certify_run_the_model_checks_on_a_user_model_first(user, capsys):
     import warnings
 
-    from advlab.model_checks import ModelFlagWarning
+    from advlab.model_warnings import ModelWarning
 
     folder, package, _ = user
     base = ["--model-from", f"{package}.nets:noisy", "--weights", "w.safetensors", "--data", "folder:img", "--quiet"]
-    with pytest.warns(ModelFlagWarning, match="two forward passes of the same images differ") as seen:
+    with pytest.warns(ModelWarning, match="two forward passes of the same images differ") as seen:
         code, _, err = _run(["attack", *base, "--eps", "0.1", "--n", "4", "--out", "adv"], capsys)
-    notes = [str(w.message) for w in seen if w.category is ModelFlagWarning]
+    notes = [str(w.message) for w in seen if w.category is ModelWarning]
     assert code == 0 and len(notes) == 2 and any("3 classes" in n for n in notes), notes  # and few-classes
     saved = json.loads((folder / "adv" / "attack.json").read_text())
     assert saved["model_source"]["factory"] == f"{package}.nets:noisy" and saved["checkpoint"] is None
-    with pytest.warns(ModelFlagWarning, match="the model is random"):
+    with pytest.warns(ModelWarning, match="the model is random"):
         _run(["certify", *base, "--method", "ibp", "--eps", "0.05"], capsys)
     # The same model without the noise: no note that it is random.
     with warnings.catch_warnings(record=True) as caught:
@@ -351,5 +351,5 @@ def test_attack_and_certify_run_the_model_checks_on_a_user_model_first(user, cap
             ["attack", *base[:1], f"{package}.nets:build", *base[2:], "--eps", "0.1", "--n", "4", "--out", "adv2"],
             capsys,
         )
-    notes = [str(w.message) for w in caught if w.category is ModelFlagWarning]
+    notes = [str(w.message) for w in caught if w.category is ModelWarning]
     assert code == 0 and len(notes) == 1 and "differ" not in notes[0], notes

@@ -14,7 +14,7 @@ from: the factory, its arguments, the weights' path and SHA-256, and the normali
 Refused, with one line that says what to change: a module that does not import, a missing factory or one
 that raises, a factory that returns something other than a module, a weights file that is not safetensors,
 lacks keys the model has, holds keys it lacks, or stores another shape. The jobs (:mod:`advlab.jobs`) then
-run the model checks (:mod:`advlab.model_checks`) on it before any attack: a model that returns
+run the model checks (:mod:`advlab.model_warnings`) on it before any attack: a model that returns
 probabilities is refused (give the logits: drop the final softmax), every other flag is a warning; and a
 model that cannot take the images is refused.
 

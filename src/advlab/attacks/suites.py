@@ -40,27 +40,46 @@ class Suite:
     summary: str
 
 
-SUITES: dict[str, Suite] = {
-    suite.name: suite
-    for suite in (
-        Suite(
-            "standard",
-            ("apgd-ce100", "apgd-t100", "square5000"),
-            "AutoAttack's standard attacks without FAB-T: APGD-CE, APGD-T (9 targets), Square (5,000 queries)",
-        ),
-        Suite(
-            "quick",
-            ("apgd-ce50", "apgd-t50-top3"),
-            "a cheaper APGD-CE (50 iterations) and APGD-T (3 targets × 50 iterations), for an ε grid",
-        ),
-        Suite(
-            "rand",
-            ("apgd-ce100-eot20", "apgd-dlr100-eot20"),
-            "AutoAttack's version for randomized models: APGD-CE and APGD-DLR, each gradient averaged over 20 "
-            "passes (EOT)",
-        ),
+SUITES: dict[str, Suite] = {}
+
+
+def register_suite(suite: Suite) -> Suite:
+    """Make ``suite`` available by its name (``--suite NAME``, the study's ``suite`` setting); a new suite
+    is one call, beside the attacks it names."""
+    if suite.name in SUITES:
+        raise ValueError(f"suite {suite.name!r} is registered twice")
+    for attack in suite.attacks:
+        parse_attack(attack)  # a misspelt attack fails when the suite is registered, not when it runs
+    SUITES[suite.name] = suite
+    return suite
+
+
+def suite_help() -> str:
+    """Each registered suite and what it runs, for --help."""
+    return "; ".join(f"{name} ({suite.summary})" for name, suite in SUITES.items())
+
+
+register_suite(
+    Suite(
+        "standard",
+        ("apgd-ce100", "apgd-t100", "square5000"),
+        "AutoAttack's standard attacks without FAB-T: APGD-CE, APGD-T (9 targets), Square (5,000 queries)",
     )
-}
+)
+register_suite(
+    Suite(
+        "quick",
+        ("apgd-ce50", "apgd-t50-top3"),
+        "a cheaper APGD-CE (50 iterations) and APGD-T (3 targets × 50 iterations), for an ε grid",
+    )
+)
+register_suite(
+    Suite(
+        "rand",
+        ("apgd-ce100-eot20", "apgd-dlr100-eot20"),
+        "AutoAttack's version for randomized models: APGD-CE and APGD-DLR, each gradient averaged over 20 passes (EOT)",
+    )
+)
 
 
 def suite_attacks(name: str, *, norm: str = "linf", classes: int | None = None) -> list[AttackSpec]:
@@ -83,4 +102,4 @@ def suite_attacks(name: str, *, norm: str = "linf", classes: int | None = None) 
     return attacks
 
 
-__all__ = ["SUITES", "Suite", "suite_attacks"]
+__all__ = ["SUITES", "Suite", "register_suite", "suite_attacks", "suite_help"]

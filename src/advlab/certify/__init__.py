@@ -9,6 +9,7 @@ Certifiers return bounds or radii, never adversarial examples; a verified accura
 robust accuracy any attack can measure (the study checks it is never above the empirical one).
 """
 
+from advlab.certify import smoothing  # noqa: F401  (registers the smoothing certifier)
 from advlab.certify.ibp import (
     UnsupportedLayer,
     input_box,
@@ -21,9 +22,15 @@ from advlab.certify.ibp import (
     verified_flags,
     worst_case_logits,
 )
+from advlab.certify.registry import CERTIFIERS, Certifier, Option, get_certifier, register_certifier
 
 __all__ = [
+    "CERTIFIERS",
+    "Certifier",
+    "Option",
     "UnsupportedLayer",
+    "get_certifier",
+    "register_certifier",
     "input_box",
     "interval_bounds",
     "margin_bounds",

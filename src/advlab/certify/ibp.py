@@ -25,12 +25,15 @@ have one). Anything else is refused, naming the layer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advlab.certify.registry import Option, register_certifier
 from advlab.errors import AdvlabError
 
 
@@ -310,6 +313,56 @@ def worst_case_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     """IBP's worst-case logits for training (Gowal et al.): −(lower bound of z_y − z_j), so that the
     cross-entropy on them with label y bounds the worst-case cross-entropy over the ball from above."""
     return -margin_bounds(model, x, y, eps)
+
+
+EPS = Option("eps", float, None, "the L∞ budget, e.g. 0.1 or 8/255", low=0.0, high=1.0, required=True)
+
+
+def _bound_certifier(bound: str) -> Callable[..., dict]:
+    """``advlab certify --method BOUND``: clean and verified accuracy at ε (CROWN-IBP with IBP's beside)."""
+
+    def run(model, x, y, *, options, classes, batch_size, seed, device, progress, record) -> dict:
+        eps = options["eps"]
+        with torch.inference_mode():
+            correct = torch.cat(
+                [
+                    model(x[i : i + batch_size].to(device)).argmax(1).cpu() == y[i : i + batch_size]
+                    for i in range(0, len(y), batch_size)
+                ]
+            )
+        result = {"images": len(y), "eps": eps, "clean_accuracy": float(correct.float().mean())}
+        for method in ("ibp", "crown-ibp") if bound == "crown-ibp" else ("ibp",):
+            flags = verified_flags(model, (x, y), eps, method=method, batch_size=batch_size, device=device)
+            if (flags & ~correct).any():
+                raise AdvlabError(f"internal: {method} verified an example the model misclassifies; please report it")
+            key = "verified_accuracy" if method == bound else f"verified_accuracy_{method.replace('-', '_')}"
+            result[key] = float(flags.float().mean())
+        return result
+
+    return run
+
+
+def _describe_bound(result: dict) -> str:
+    line = (
+        f"{result['method']} at eps = {result['eps']:g} on {result['images']} images: clean "
+        f"{100 * result['clean_accuracy']:.2f}%, verified {100 * result['verified_accuracy']:.2f}%"
+    )
+    if "verified_accuracy_ibp" in result:
+        line += f" (IBP alone {100 * result['verified_accuracy_ibp']:.2f}%)"
+    return line
+
+
+for _bound, _summary in (
+    ("ibp", "interval bound propagation: verified accuracy over the L∞ ball"),
+    ("crown-ibp", "CROWN-IBP's tighter bounds, no pooling layers; IBP's beside"),
+):
+    register_certifier(
+        _bound,
+        summary=_summary,
+        options=(EPS,),
+        describe=_describe_bound,
+        flags=functools.partial(verified_flags, method=_bound),
+    )(_bound_certifier(_bound))
 
 
 __all__ = [

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from advlab.defenses.transforms import DEFENSES, Preprocessing, parse_defense
+from advlab.defenses.transforms import DEFENSES, Preprocessing, defense_help, parse_defense, register_defense
 
-__all__ = ["DEFENSES", "Preprocessing", "defend", "describe", "parse_defense"]
+__all__ = ["DEFENSES", "Preprocessing", "defend", "defense_help", "describe", "parse_defense", "register_defense"]
 
 
 def defend(model: nn.Module, defenses: list[Preprocessing]) -> nn.Module:

@@ -1,4 +1,10 @@
-"""The preprocessing defenses, each a :class:`Preprocessing` module, and :func:`parse_defense` for their names."""
+"""The preprocessing defenses, each a :class:`Preprocessing` module registered by name, and
+:func:`parse_defense` for their names.
+
+A new defense is a subclass in one file (here, or a module of your own), decorated with
+:func:`register_defense`: a ``name``, a ``summary`` for ``--help``, its parameters as keyword arguments of
+``__init__`` with defaults (checked there, one clear error each) and ``parameters_dict``. ``--defense
+NAME:KEY=VALUE`` and the study's ``defenses`` list then find it (docs/architecture.md has an example)."""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ class Preprocessing(nn.Module):
     the gradient. ``randomized`` says whether two passes may differ (then EOT averages over draws)."""
 
     name = "?"
+    summary = ""  # a few words for --help
     randomized = False
 
     def __init__(self) -> None:
@@ -49,6 +56,26 @@ class Preprocessing(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in self.parameters_dict().items())
 
 
+DEFENSES: dict[str, type[Preprocessing]] = {}
+
+
+def register_defense(cls: type[Preprocessing]) -> type[Preprocessing]:
+    """Class decorator: make a defense available by its ``name`` (``--defense NAME``, study configs)."""
+    if not cls.name or cls.name in DEFENSES:
+        raise ValueError(f"defense {cls.name!r} has no name or is registered twice")
+    DEFENSES[cls.name] = cls
+    return cls
+
+
+def defense_help() -> str:
+    """Each registered defense with its parameters' defaults and what it does, for --help."""
+    parts = []
+    for name, cls in DEFENSES.items():
+        params = ",".join(f"{k}={v}" for k, v in cls().parameters_dict().items())
+        parts.append(f"{name}{':' + params if params else ''} ({cls.summary})")
+    return "; ".join(parts)
+
+
 def _int(name: str, value, low: int, high: int | None = None) -> int:
     try:
         number = int(value)
@@ -62,10 +89,12 @@ def _int(name: str, value, low: int, high: int | None = None) -> int:
     return number
 
 
+@register_defense
 class BitDepth(Preprocessing):
     """Round every channel to ``bits`` bits (2^bits levels): Xu, Evans & Qi's feature squeezing (NDSS 2018)."""
 
     name = "bits"
+    summary = "bit-depth reduction"
 
     def __init__(self, bits: int = 4) -> None:
         super().__init__()
@@ -79,11 +108,13 @@ class BitDepth(Preprocessing):
         return {"bits": self.bits}
 
 
+@register_defense
 class Jpeg(Preprocessing):
     """JPEG compression and decompression at ``quality`` through Pillow's codec (Guo et al., ICLR 2018):
     the real, non-differentiable transform, computed outside autograd (its gradient is zero)."""
 
     name = "jpeg"
+    summary = "JPEG through Pillow's codec"
 
     def __init__(self, quality: int = 75) -> None:
         super().__init__()
@@ -109,11 +140,13 @@ class Jpeg(Preprocessing):
         return {"quality": self.quality}
 
 
+@register_defense
 class Median(Preprocessing):
     """A ``size`` × ``size`` median filter per channel (spatial smoothing), reflecting at the edges.
     Differentiable: the gradient flows to the pixel each median picks."""
 
     name = "median"
+    summary = "a median filter"
 
     def __init__(self, size: int = 3) -> None:
         super().__init__()
@@ -134,12 +167,14 @@ class Median(Preprocessing):
         return {"size": self.size}
 
 
+@register_defense
 class ResizePad(Preprocessing):
     """A random resize of the image to between ``min_scale`` and 1 of its side, placed at a random spot of an
     image of the original size padded with zeros (in the manner of Xie et al., ICLR 2018, at the data set's
     image size). One draw per image per forward pass, from ``torch``'s global generator."""
 
     name = "resize-pad"
+    summary = "a random resize and pad"
     randomized = True
 
     def __init__(self, min_scale: float = 0.8) -> None:
@@ -167,9 +202,6 @@ class ResizePad(Preprocessing):
         return {"min_scale": self.min_scale}
 
 
-DEFENSES: dict[str, type[Preprocessing]] = {cls.name: cls for cls in (BitDepth, Jpeg, Median, ResizePad)}
-
-
 def parse_defense(text: str) -> Preprocessing:
     """``jpeg:quality=75``, ``bits:bits=4``, ``median:size=3``, ``resize-pad:min_scale=0.8`` (or a bare name,
     with its defaults) into the defense module."""
@@ -193,4 +225,14 @@ def parse_defense(text: str) -> Preprocessing:
     return cls(**settings)
 
 
-__all__ = ["DEFENSES", "BitDepth", "Jpeg", "Median", "Preprocessing", "ResizePad", "parse_defense"]
+__all__ = [
+    "DEFENSES",
+    "BitDepth",
+    "Jpeg",
+    "Median",
+    "Preprocessing",
+    "ResizePad",
+    "defense_help",
+    "parse_defense",
+    "register_defense",
+]

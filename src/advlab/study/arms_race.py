@@ -90,7 +90,7 @@ def measure_arms_race(
                 "adaptive": undefended,
                 "undefended": undefended,
                 "adaptive_attack": base.label,
-                "flags": [f["flag"] for f in bare.flags],
+                "flags": [f["flag"] for f in bare.model_warnings],
             }
         )
         for text in defenses:
@@ -112,7 +112,7 @@ def measure_arms_race(
                 "adaptive": result.robust[adaptive.label][0],
                 "undefended": undefended,
                 "adaptive_attack": adaptive.label,
-                "flags": sorted({f["flag"] for f in result.flags}),
+                "flags": sorted({f["flag"] for f in result.model_warnings}),
                 "verdict_draws": result.draws,
             }
             row["naive_unreliable"] = _unreliable(row)

@@ -48,7 +48,7 @@ def collect_metrics(out: str | Path) -> dict:
             "n_eval": evaluation["n"],
             # The catastrophic-overfitting guard's last word on this model's training (None: it never fired).
             "collapse": done.get("catastrophic_overfitting_message"),
-            # advlab.model_checks: what may make this model's numbers overstate (empty: nothing found)
+            # advlab.model_warnings: what may make this model's numbers overstate (empty: nothing found)
             "model_flags": evaluation.get("model_flags", []),
         }
         if name in checks:  # the worst case at the training ε over every attack run there, checks included

@@ -5,7 +5,8 @@
 - :mod:`~advlab.train.recipes`: the default settings of each data set and method, with their sources;
 - :mod:`~advlab.train.optim`: optimizers and learning-rate schedules;
 - :mod:`~advlab.train.guard`: catastrophic overfitting told apart from a run on its way to robustness, and its remedies;
-- :mod:`~advlab.train.loop`: ``train``, the one loop;
+- :mod:`~advlab.train.loop`: ``train``, the story of a run;
+- :mod:`~advlab.train.trainer`: the ``Trainer`` it is told with;
 - :mod:`~advlab.train.state`: the run folder's files and what ``--resume`` reads back.
 
 Python::

@@ -8,116 +8,123 @@ are summed over the ranks after every batch: each rank's figures are the job's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from advlab.data.augment import augment
 from advlab.train.config import TrainConfig
-from advlab.train.methods import METHODS
+from advlab.train.methods import METHODS, Method
 from advlab.train.optim import SCHEDULES
 from advlab.train.preempt import EpochProgress
 from advlab.train.state import RunProgress
 
 
-def train_epoch(
-    model,
-    current_method,
-    optimizer,
-    data,
-    config,
-    run,
-    total_steps,
-    shuffle_rng,
-    attack_rng,
-    runtime,
-    progress,
-    desc,
-    position: EpochProgress,
-    guard=None,
-    after_batch=None,
-    scaler=None,
-) -> dict[str, Any]:
-    """One pass over ``data`` from ``position`` (a fresh epoch, or one resumed after its ``batches`` first
-    batches, with its running sums); ``after_batch(position)`` runs at each batch boundary (a mid-epoch save).
-    ``model`` is what the method calls: under torchrun the DistributedDataParallel wrapper, and each rank
-    gets its part of every batch (:meth:`~advlab.data.ImageData.batches` ``shard``)."""
-    schedule = SCHEDULES[config.schedule]
-    warmup_steps = config.eps_warmup_epochs / config.epochs * total_steps
-    clean_steps = config.clean_epochs / config.epochs * total_steps  # ε = 0 before the ramp (ibp's warm-up)
-    world = runtime.world
-    weight = 1.0
+class EpochOwner(Protocol):
+    """What one pass needs of its trainer (:class:`advlab.train.trainer.Trainer` is one)."""
 
-    def step(loss: torch.Tensor) -> None:
-        position.lr = config.lr * schedule((run.step + 1) / total_steps)
+    config: TrainConfig
+    run: RunProgress
+    method: Method  # the current method: the guard's fallback may switch it within the epoch
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    trained: torch.nn.Module  # what the method calls: under torchrun the DistributedDataParallel wrapper
+    train_data: Any
+    shuffle_rng: torch.Generator
+    attack_rng: torch.Generator
+    runtime: Any
+    progress: bool
+    total_steps: int
+    guarded: bool
+
+    def check_within_epoch(self, eps: float) -> bool: ...
+
+    def after_batch(self, position: EpochProgress) -> None: ...
+
+
+class _Step:
+    """Backward and optimizer step for one loss, at the schedule's learning rate; ``weight`` scales the loss
+    (a rank's share of the global batch's mean under torchrun)."""
+
+    def __init__(self, owner: EpochOwner, position: EpochProgress) -> None:
+        self.owner, self.position, self.weight = owner, position, 1.0
+        self.schedule = SCHEDULES[owner.config.schedule]
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        owner, run, optimizer, scaler = self.owner, self.owner.run, self.owner.optimizer, self.owner.scaler
+        self.position.lr = owner.config.lr * self.schedule((run.step + 1) / owner.total_steps)
         for group in optimizer.param_groups:
-            group["lr"] = position.lr
+            group["lr"] = self.position.lr
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(runtime.device.type, enabled=False):  # the backward pass follows the forward's types
+        with torch.autocast(owner.runtime.device.type, enabled=False):  # the backward follows the forward's types
             if scaler is None:
-                (loss * weight).backward()
+                (loss * self.weight).backward()
                 optimizer.step()
             else:  # fp16: scaled so that small gradients do not underflow; a step with inf/nan is skipped
-                scaler.scale(loss * weight).backward()
+                scaler.scale(loss * self.weight).backward()
                 scaler.step(optimizer)
                 scaler.update()
         run.step += 1
 
-    model.train()
-    device = runtime.device
-    bar = _bar(len(data), progress, desc)
+
+def batch_eps(config: TrainConfig, step: int, total_steps: int) -> float:
+    """ε for the optimizer step after ``step``: 0 during the clean warm-up, then ramped linearly over
+    ``eps_warmup_epochs``, then the full ε."""
+    warmup_steps = config.eps_warmup_epochs / config.epochs * total_steps
+    clean_steps = config.clean_epochs / config.epochs * total_steps  # ε = 0 before the ramp (ibp's warm-up)
+    ramped = step + 1 - clean_steps
+    if ramped <= 0:
+        return 0.0
+    return config.eps * min(1.0, ramped / warmup_steps) if warmup_steps > 0 else config.eps
+
+
+def train_epoch(owner: EpochOwner, position: EpochProgress, desc: str) -> dict[str, Any]:
+    """One pass over the owner's training data from ``position`` (a fresh epoch, or one resumed after its
+    ``batches`` first batches, with its running sums); the owner's ``after_batch(position)`` runs at each
+    batch boundary (a mid-epoch save) and its guard every ``co_check_every`` steps. Under torchrun each rank
+    gets its part of every batch (:meth:`~advlab.data.ImageData.batches` ``shard``)."""
+    config, run, runtime, data = owner.config, owner.run, owner.runtime, owner.train_data
+    world, step = runtime.world, _Step(owner, position)
+    owner.trained.train()
+    bar = _bar(len(data), owner.progress, desc)
     bar.update(position.seen)
-    batches = data.batches(
+    shard = (world.rank, world.size) if world is not None else None
+    for x, y in data.batches(
         config.batch_size,
         shuffle=True,
-        generator=shuffle_rng,
-        device=device,
+        generator=owner.shuffle_rng,
+        device=runtime.device,
         skip=position.batches,
-        shard=(world.rank, world.size) if world is not None else None,
-    )
-    for x, y in batches:
-        x = augment(config.augment, x, generator=attack_rng)
+        shard=shard,
+    ):
+        x = augment(config.augment, x, generator=owner.attack_rng)
         if runtime.uses_channels_last:
             x = x.to(memory_format=torch.channels_last)
-        n = y.shape[0]
-        whole = n  # the global batch: this rank's part of it under torchrun
+        whole = y.shape[0]  # the global batch: this rank's part of it under torchrun
         if world is not None:  # this rank's share of the global batch's mean loss, as DDP averages the ranks'
             whole = min(config.batch_size, len(data) - position.batches * config.batch_size)
-            weight = n * world.size / whole
-        ramped = run.step + 1 - clean_steps
-        eps = 0.0 if ramped <= 0 else config.eps * min(1.0, ramped / warmup_steps) if warmup_steps > 0 else config.eps
-        position.eps = eps
+            step.weight = y.shape[0] * world.size / whole
+        position.eps = eps = batch_eps(config, run.step, owner.total_steps)
         # α scales with ε (the ramp) and with the guard's smaller-step remedy.
         alpha = base_alpha(config, run) * (eps / config.eps if config.eps > 0 else 1.0) * run.alpha_scale
         before = run.step
         with runtime.autocast():
-            out = current_method().train_batch(model, x, y, eps=eps, alpha=alpha, generator=attack_rng, step=step)
-        # Σ loss·n and the correct counts of this batch: summed over the ranks, so every rank's are the job's.
-        sums = torch.stack([out.loss.detach().float() * n, _correct(out.clean_logits, y), _correct(out.adv_logits, y)])
-        if world is not None:
-            world.sum(sums)
-        position.seen += whole
-        position.batches += 1
-        position.loss_sum += sums[0]
-        if out.clean_logits is not None:
-            position.clean_seen = True
-            position.clean_correct += sums[1].long()
-        if out.adv_logits is not None:
-            position.adv_seen = True
-            position.adv_correct += sums[2].long()
+            out = owner.method.train_batch(
+                owner.trained, x, y, eps=eps, alpha=alpha, generator=owner.attack_rng, step=step
+            )
+        _tally(position, out, y, whole, world)
         bar.update(whole)
-        if progress and position.batches % 20 == 1:
+        if owner.progress and position.batches % 20 == 1:
             shown = position.adv_correct if position.adv_seen else position.clean_correct
             bar.set_postfix(
                 loss=f"{position.loss_sum.item() / position.seen:.3f}", acc=f"{100 * shown.item() / position.seen:.1f}%"
             )
-        if guard is not None and run.step // config.co_check_every > before // config.co_check_every:
-            if guard(position.eps):
+        if owner.guarded and run.step // config.co_check_every > before // config.co_check_every:
+            if owner.check_within_epoch(position.eps):
                 break
-            model.train()
-        if after_batch is not None:
-            after_batch(position)
-            model.train()
+            owner.trained.train()
+        owner.after_batch(position)
+        owner.trained.train()
     bar.close()
     seen = max(position.seen, 1)
     return {
@@ -127,6 +134,24 @@ def train_epoch(
         "train_clean_acc": position.clean_correct.item() / seen if position.clean_seen else None,
         "train_adv_acc": position.adv_correct.item() / seen if position.adv_seen else None,
     }
+
+
+def _tally(position: EpochProgress, out, y: torch.Tensor, whole: int, world) -> None:
+    """The batch's Σ loss·n and correct counts into the epoch's running sums, summed over the ranks first,
+    so every rank's figures are the job's."""
+    n = y.shape[0]
+    sums = torch.stack([out.loss.detach().float() * n, _correct(out.clean_logits, y), _correct(out.adv_logits, y)])
+    if world is not None:
+        world.sum(sums)
+    position.seen += whole
+    position.batches += 1
+    position.loss_sum += sums[0]
+    if out.clean_logits is not None:
+        position.clean_seen = True
+        position.clean_correct += sums[1].long()
+    if out.adv_logits is not None:
+        position.adv_seen = True
+        position.adv_correct += sums[2].long()
 
 
 def _correct(logits: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
-if TYPE_CHECKING:
-    from advlab.train.config import TrainConfig
 
-
-def _sgd(params: Iterable[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+def _sgd(params: Iterable[torch.Tensor], config: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _adam(params: Iterable[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+def _adam(params: Iterable[torch.Tensor], config: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-OPTIMIZERS: dict[str, Callable[[Iterable[torch.Tensor], TrainConfig], torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Callable[[Iterable[torch.Tensor], Any], torch.optim.Optimizer]] = {
     "sgd": _sgd,
     "adam": _adam,
 }

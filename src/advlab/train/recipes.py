@@ -69,8 +69,8 @@ BASE: dict[str, Any] = {
     "train_eps": None,  # certified training's bounds at the training ε itself (None), or above it
 }
 
-FAST = frozenset({"standard", "fgsm", "nfgsm", "gradalign", "free"})
-MULTI_STEP = frozenset({"pgd", "trades", "mart"})
+# Method families (advlab.train.methods.FAMILIES): a recipe that names a family fits every method of it.
+NATURAL, SINGLE_STEP, MULTI_STEP, CERTIFIED = "natural", "single-step", "multi-step", "certified"
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class Recipe:
 
     name: str
     dataset: str
-    methods: frozenset[str]
+    methods: frozenset[str]  # method names or families (natural, single-step, multi-step, certified)
     settings: Mapping[str, Any] = field(default_factory=dict)  # values or functions of ε
     source: str = ""
 
@@ -96,9 +96,6 @@ def _cifar_grad_align_lambda(eps: float) -> float:
 
 
 FASHION_FAST_COLLAPSE = 0.25  # Fashion-MNIST: from this ε no single-step method held (BENCHMARKS.md, fast-AT)
-CERTIFIED = frozenset({"ibp", "crown-ibp"})
-NOISE = frozenset({"gaussian"})
-REGULARIZED = frozenset({"gradreg"})
 
 
 def _mnist_ibp_train_eps(eps: float) -> float:
@@ -111,7 +108,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "fashion-mnist",
         "fashion-mnist",
-        FAST | MULTI_STEP | NOISE | REGULARIZED,
+        frozenset({NATURAL, SINGLE_STEP, MULTI_STEP}),
         {
             "eps_warmup_epochs": lambda eps: 3.0 if eps > 0.15 else 0.0,
             "steps": lambda eps: 10 if eps >= FASHION_FAST_COLLAPSE else 7,
@@ -126,7 +123,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "fashion-mnist-ibp",
         "fashion-mnist",
-        CERTIFIED,
+        frozenset({CERTIFIED}),
         {
             "model": "wong_mnist",
             "optimizer": "adam",
@@ -145,7 +142,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "mnist-wong",
         "mnist",
-        frozenset({"standard", "fgsm", "gradalign", "free"}) | NOISE | REGULARIZED,
+        frozenset({NATURAL, SINGLE_STEP}),
         {
             "model": "wong_mnist",
             "optimizer": "adam",
@@ -183,7 +180,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "mnist-madry",
         "mnist",
-        MULTI_STEP,
+        frozenset({MULTI_STEP}),
         {
             "model": "madry_cnn",
             "optimizer": "adam",
@@ -200,7 +197,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "mnist-ibp",
         "mnist",
-        CERTIFIED,
+        frozenset({CERTIFIED}),
         {
             "model": "wong_mnist",
             "optimizer": "adam",
@@ -221,7 +218,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "cifar10-wong",
         "cifar10",
-        frozenset({"standard", "fgsm", "free"}) | REGULARIZED,
+        frozenset({NATURAL, SINGLE_STEP}),
         {
             "model": "preact_resnet18",
             "optimizer": "sgd",
@@ -277,7 +274,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "cifar10-rice",
         "cifar10",
-        MULTI_STEP,
+        frozenset({MULTI_STEP}),
         {
             "model": "preact_resnet18",
             "optimizer": "sgd",
@@ -297,7 +294,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "cifar10-cohen",
         "cifar10",
-        NOISE,
+        frozenset({"gaussian"}),
         {
             "model": "preact_resnet18",
             "optimizer": "sgd",
@@ -316,7 +313,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "cifar10-ibp",
         "cifar10",
-        CERTIFIED,
+        frozenset({CERTIFIED}),
         {
             "model": "ibp_large",
             "optimizer": "adam",
@@ -338,13 +335,15 @@ RECIPES: tuple[Recipe, ...] = (
 )
 
 
-def find_recipe(dataset: str, method: str, base: Mapping[str, Any] | None = None) -> Recipe:
-    """The recipe of ``dataset`` (canonical name) and ``method``; for a pair no recipe names (a method of
-    your own), advlab's base recipe with ``base``, the settings the method cannot work without
+def find_recipe(dataset: str, method: str, family: str = "", base: Mapping[str, Any] | None = None) -> Recipe:
+    """The first recipe of ``dataset`` (canonical name) that names ``method`` or its ``family``
+    (:attr:`advlab.train.methods.Method.family`): the method's own first; for a
+    pair none names, advlab's base recipe with ``base``, the settings the method cannot work without
     (:attr:`advlab.train.methods.Method.base_settings`)."""
-    for recipe in RECIPES:
-        if recipe.dataset == dataset and method in recipe.methods:
-            return recipe
+    for key in (method, family):  # a recipe for the method itself first, then its family's
+        for recipe in RECIPES:
+            if recipe.dataset == dataset and key in recipe.methods:
+                return recipe
     return Recipe(
         "base",
         dataset,

@@ -14,7 +14,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -105,40 +105,50 @@ def _unpack_optimizer(
     return {"state": optim_state, "param_groups": param_groups}
 
 
-def write_state(
-    out,
-    config,
-    run,
-    model,
-    optimizer,
-    method,
-    shuffle_rng,
-    attack_rng,
-    *,
-    position: EpochProgress | None = None,
-    snapshot=None,
-    world=None,
-    scaler=None,
-) -> None:
+class StateOwner(Protocol):
+    """What a training state is made of (:class:`advlab.train.trainer.Trainer` is one)."""
+
+    out: Path
+    config: TrainConfig
+    run: RunProgress
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    method: Any  # its state(): tensors a resume needs (free AT's carried perturbation)
+    shuffle_rng: torch.Generator
+    attack_rng: torch.Generator
+    snapshot: Any  # the guard's last good weights (advlab.train.guard.Snapshot)
+    world: Any
+    scaler: torch.amp.GradScaler | None
+
+
+def write_state(owner: StateOwner, *, position: EpochProgress | None = None) -> None:
     """The commit point: at the end of an epoch, or with ``position`` (and the guard's ``snapshot``) in the
     middle of one (:mod:`advlab.train.preempt`). Under torchrun (``world``) every rank calls it: each hands
     rank 0 what is its own (its attack generator, its method state), saved under ``rank{R}.``; rank 0 writes."""
-    own = {f"method.{k}": v.cpu() for k, v in method.state().items()}
-    own["rng.attack"] = attack_rng.get_state()
+    out, config, run, world, scaler, snapshot = (
+        owner.out,
+        owner.config,
+        owner.run,
+        owner.world,
+        owner.scaler,
+        owner.snapshot,
+    )
+    own = {f"method.{k}": v.cpu() for k, v in owner.method.state().items()}
+    own["rng.attack"] = owner.attack_rng.get_state()
     parts = world.gather(own) if world is not None else [own]
     if world is not None and not world.main:
         return
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    optim = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in owner.model.state_dict().items()}
+    optim = owner.optimizer.state_dict()
     plain_state = _pack_optimizer("optimizer", optim, tensors)
     for rank, part in enumerate(parts):  # rank 0's under the names one process uses
         tensors.update({(f"rank{rank}." if rank else "") + key: value for key, value in part.items()})
-    tensors["rng.shuffle"] = shuffle_rng.get_state()
+    tensors["rng.shuffle"] = owner.shuffle_rng.get_state()
     meta = {
         "format": STATE_FORMAT,
         "config": config.to_dict(),
         "progress": dataclasses.asdict(run),
-        "device": attack_rng.device.type,  # a generator's state fits only a generator of its device type
+        "device": owner.attack_rng.device.type,  # a generator's state fits only a generator of its device type
         "world_size": len(parts),
         "grad_scaler": scaler.state_dict() if scaler is not None else None,  # fp16: its scale and growth
         "param_groups": optim["param_groups"],
@@ -232,10 +242,17 @@ def check_same_config(out: Path, config: TrainConfig, state) -> None:
         )
 
 
-def restore(state, model, optimizer, method, shuffle_rng, attack_rng, *, rank: int = 0, scaler=None) -> RunProgress:
-    """Set everything back as the state holds it; ``rank``: whose own tensors to take (torchrun);
-    ``scaler``: fp16's gradient scaler, given its saved scale."""
+def restore(state, owner: StateOwner, *, rank: int = 0) -> RunProgress:
+    """Set the owner's model, optimizer, method, generators and fp16 gradient scaler back as the state holds
+    them, and return the run's progress; ``rank``: whose own tensors to take (torchrun)."""
     tensors, meta = state
+    model, optimizer, method, attack_rng, scaler = (
+        owner.model,
+        owner.optimizer,
+        owner.method,
+        owner.attack_rng,
+        owner.scaler,
+    )
     prefix = f"rank{rank}." if rank else ""
     own = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)} if rank else tensors
     saved_on = meta.get("device", "cpu")
@@ -250,7 +267,7 @@ def restore(state, model, optimizer, method, shuffle_rng, attack_rng, *, rank: i
             _unpack_optimizer("optimizer", tensors, meta["optimizer_plain_state"], meta["param_groups"])
         )
         method.load_state({k[len("method.") :]: v for k, v in own.items() if k.startswith("method.")})
-        shuffle_rng.set_state(tensors["rng.shuffle"])
+        owner.shuffle_rng.set_state(tensors["rng.shuffle"])
         attack_rng.set_state(own["rng.attack"])
         if scaler is not None and meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])

@@ -1,10 +1,10 @@
-"""Model checks: what is wrong with a model before, and after, any attack runs on it.
+"""Model warnings: what is wrong with a model before, and after, any attack runs on it.
 
 In the spirit of AutoAttack's ``checks.py`` and ``flags_doc.md`` (Croce & Hein 2020): a robustness number
 is only as good as the model it was measured on, and some models make every gradient attack weak without
-being robust. Each check is a documented warning (a *flag*) with its numbers; an evaluation shows them on
-the command line and keeps them in its JSON and report. A flag is not a verdict on the model, it says
-where the number may overstate robustness and what to run instead.
+being robust. Each is a documented warning (its JSON entry names it as its *flag*) with its numbers; an
+evaluation shows them on the command line and keeps them in its JSON and report. A warning is not a verdict
+on the model, it says where the number may overstate robustness and what to run instead.
 
 ============================  ================================================================================
 flag                          what it means, and what to do
@@ -31,10 +31,10 @@ flag                          what it means, and what to do
 
 Python::
 
-    flags = model_flags(model, x, y, training=model.training)   # a list of {"flag", "message", "numbers"}
+    flags = model_warnings(model, x, y, training=model.training)   # a list of {"flag", "message", "numbers"}
 
 ``advlab.evaluate.evaluate`` runs them on the first batch and, after its attacks, adds
-``black-box-beats-white-box`` (:func:`black_box_flag`).
+``black-box-beats-white-box`` (:func:`black_box_warning`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FLAGS: tuple[str, ...] = (
+WARNINGS: tuple[str, ...] = (  # the names each warning's JSON entry has as its "flag"
     "train-mode",
     "probabilities",
     "zero-gradients",
@@ -56,8 +56,8 @@ PROBABILITY_TOLERANCE = 1e-4  # |row sum − 1| below this, for every row, means
 RANDOM_TOLERANCE = 1e-5  # two passes differing by more than this (relative to the logits' scale) are random
 
 
-class ModelFlagWarning(UserWarning):
-    """A model check's flag, said before ``advlab attack`` or ``certify`` runs on a user's model."""
+class ModelWarning(UserWarning):
+    """A model warning, said before ``advlab attack`` or ``certify`` runs on a user's model."""
 
 
 def returns_probabilities(outputs: torch.Tensor) -> bool:
@@ -70,7 +70,7 @@ def returns_probabilities(outputs: torch.Tensor) -> bool:
 
 
 def _flag(name: str, message: str, **numbers) -> dict:
-    assert name in FLAGS, name
+    assert name in WARNINGS, name
     return {"flag": name, "message": message, "numbers": numbers}
 
 
@@ -87,7 +87,7 @@ def is_randomized(model: nn.Module, x: torch.Tensor) -> bool:
         return _differ(model(x).float(), model(x).float())
 
 
-def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training: bool) -> list[dict]:
+def model_warnings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training: bool) -> list[dict]:
     """The checks that need only the model and some images (pixels in [0, 1], true labels ``y``).
 
     ``training``: whether the model was in train mode when it was handed over (the caller reads it before
@@ -161,7 +161,7 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, training:
     return flags
 
 
-def black_box_flag(broken: int, of: int, eps: float, attack: str) -> dict:
+def black_box_warning(broken: int, of: int, eps: float, attack: str) -> dict:
     """``broken`` of ``of`` images that every gradient attack left robust at ``eps`` fell to ``attack``."""
     return _flag(
         "black-box-beats-white-box",
@@ -175,4 +175,4 @@ def black_box_flag(broken: int, of: int, eps: float, attack: str) -> dict:
     )
 
 
-__all__ = ["CHECK_IMAGES", "FLAGS", "ModelFlagWarning", "black_box_flag", "model_flags", "returns_probabilities"]
+__all__ = ["CHECK_IMAGES", "WARNINGS", "ModelWarning", "black_box_warning", "model_warnings", "returns_probabilities"]

@@ -1,0 +1,98 @@
+"""``advlab attack``'s job: a few adversarial examples and what the model says of them, saved."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from advlab.attacks import AttackSpec, verify_adversarial
+from advlab.defenses import describe
+from advlab.errors import AdvlabError
+from advlab.jobs.sources import DataSource, ModelSource, ThreatModel, open_job, require_compatible
+from advlab.runs import check_run_dir, prepare_run_dir, save_tensors, write_json
+from advlab.runtime import Runtime
+
+
+def attack_checkpoint(
+    model: ModelSource | str | Path,
+    data: DataSource,
+    threat: ThreatModel,
+    *,
+    attack: AttackSpec,
+    out: str | Path,
+    target: int | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    runtime: Runtime | None = None,
+) -> dict:
+    """Attack the first ``data.n`` images (8 by default) at the threat model's one ε and write
+    ``adversarial.safetensors`` (images, labels, logits) and ``attack.json`` (hyperparameters, class names,
+    success rate) into the folder ``out``; :func:`advlab.report.save_attack_gallery` draws ``gallery.png``
+    from those files. ``target`` makes the attack targeted at that class index (examples already of that
+    class are skipped)."""
+    source = ModelSource.of(model)
+    (eps,) = threat.eps
+    if attack.targeted and target is None:
+        raise AdvlabError(
+            f"{attack.label} is targeted: name the class with --target CLASS (advlab evaluate "
+            "tries the most likely wrong classes itself)"
+        )
+    if attack.targeted and attack.targets is not None:
+        raise AdvlabError(f"{attack.label}: a number of target classes means nothing here; use --target CLASS")
+    check_run_dir(out, overwrite=overwrite)  # refused before any work; created only when the files are written
+    runtime = runtime if runtime is not None else Runtime()
+    job = open_job(source, dataclasses.replace(data, n=None), threat, device=runtime.device, progress=progress)
+    require_compatible(job, budgets=[(attack, eps)])
+    images, classes = job.data, job.data.info.classes
+    if target is not None:
+        if not 0 <= target < len(classes):
+            raise AdvlabError(f"--target must be a class index from 0 to {len(classes) - 1}, got {target}")
+        images = images.subset((images.labels != target).nonzero().squeeze(1))
+        attack = dataclasses.replace(attack, targeted=True)
+    images = images.subset(min(data.n or 8, len(images)))
+    x, y = images.tensors(runtime.device)
+    goal = torch.full_like(y, target) if target is not None else y
+    with runtime.autocast():
+        x_adv = attack(
+            job.model, x, goal, eps=eps, generator=runtime.generator(seed), channels_last=runtime.channels_last
+        )
+    x_adv = x_adv.float()
+    verify_adversarial(x, x_adv, eps, attack.norm, what=attack.label)
+    with torch.inference_mode():
+        logits_clean, logits_adv = job.model(x), job.model(x_adv)
+    prediction = logits_adv.argmax(1)
+    success = prediction == goal if target is not None else prediction != y
+    tensors = {
+        "x": x,
+        "x_adv": x_adv,
+        "labels": y,
+        "logits_clean": logits_clean,
+        "logits_adv": logits_adv,
+        "prediction_clean": logits_clean.argmax(1),
+        "prediction_adv": prediction,
+    }
+    if target is not None:
+        tensors["targets"] = goal
+    out = prepare_run_dir(out, overwrite=overwrite)
+    save_tensors(out / "adversarial.safetensors", tensors)
+    summary = {
+        **source.provenance(),
+        "dataset": images.info.name,
+        "split": data.split,
+        "n": len(y),
+        "training_status": source.training()["training_status"],
+        "defenses": describe(job.defenses),
+        **attack.hyperparameters(eps),
+        "label": attack.label,
+        "target": target,
+        "classes": list(classes),
+        "runtime": runtime.to_dict(),
+        "clean_accuracy": float((logits_clean.argmax(1) == y).float().mean()),
+        "success_rate": float(success.float().mean()),
+        "files": ["adversarial.safetensors", "attack.json"],
+    }
+    write_json(out / "attack.json", summary)
+    return summary

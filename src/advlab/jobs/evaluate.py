@@ -1,0 +1,106 @@
+"""``advlab evaluate``'s job: a model over attacks and ε on the images given, written as JSON."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Sequence
+
+from advlab.attacks import AttackSpec
+from advlab.attacks.suites import suite_attacks
+from advlab.defenses import describe
+from advlab.eval_state import EvalState
+from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
+from advlab.files import run_lock
+from advlab.jobs.sources import DataSource, ModelSource, ThreatModel, check_output, open_job, require_compatible
+from advlab.runs import write_json
+from advlab.runtime import Runtime
+
+
+def evaluate_checkpoint(
+    model: ModelSource | str | Path,
+    data: DataSource,
+    threat: ThreatModel,
+    *,
+    attacks: Sequence[AttackSpec] = (),
+    suite: str | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    chain: bool = False,
+    early_stop: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    runtime: Runtime | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` on ``data`` against ``threat`` (its ε and defenses) and write the result as JSON to
+    ``out``. ``suite`` (``standard``, ``quick``, ``rand``: :mod:`advlab.attacks.suites`) runs that suite's
+    attacks in the threat model's norm first, then ``attacks``; a suite is a chain, so with one the whole
+    evaluation chains (each attack on what the earlier ones left). With ``out``, an interrupted evaluation
+    resumes where it stopped when run again (:class:`EvalState`)."""
+    source, out = ModelSource.of(model), Path(out) if out is not None else None
+    check_output(out, overwrite)
+    if suite is not None:
+        suite_attacks(suite, norm=threat.norm)  # an unknown suite fails before the model and data load
+    runtime = runtime if runtime is not None else Runtime()
+    job = open_job(source, data, threat, device=runtime.device, progress=progress)
+    if suite is not None:
+        attacks = suite_attacks(suite, norm=threat.norm, classes=len(job.data.info.classes)) + list(attacks)
+    chain = chain or suite is not None
+    eps = list(threat.eps)
+    require_compatible(job, budgets=[(a, e) for a in attacks for e in eps], warn=False)
+    settings = {
+        "dataset": job.data.info.name,
+        "split": data.split,
+        "defenses": describe(job.defenses),
+        "seed": seed,
+        "batch_size": batch_size,
+        "chain": chain,
+        "early_stop": early_stop,
+        "runtime": runtime.to_dict(),
+    }
+    # One writer per output: a second evaluate --out on the same file is refused (the lock sits beside it,
+    # when its folder exists; a new folder is made only when the results are written).
+    writes = out is not None and runtime.main  # under torchrun rank 0 writes the result
+    with run_lock(out) if writes and out.parent.is_dir() else contextlib.nullcontext():
+        state = None
+        if writes and runtime.world is None:  # resumable: the progress is saved beside the output after every batch
+            state = EvalState(
+                out,
+                {
+                    "checkpoint_sha256": source.digest(),
+                    **settings,
+                    "n": len(job.data),
+                    "attacks": [a.hyperparameters(e) for a in attacks for e in eps],
+                    "eps": eps,
+                },
+            )
+        result = evaluate(
+            job.model,
+            job.data,
+            attacks=attacks,
+            eps=eps,
+            batch_size=batch_size,
+            chain=chain,
+            early_stop=early_stop,
+            seed=seed,
+            progress=progress,
+            runtime=runtime,
+            state=state,
+        )
+        if writes:
+            write_json(
+                out,
+                {
+                    **source.provenance(),
+                    **settings,
+                    "suite": suite,
+                    "attack_precision": runtime.precision,
+                    "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
+                    **source.training(),  # a collapsed or unfinished run says so here too
+                    **result.to_dict(),
+                },
+            )
+            if state is not None:
+                state.remove()
+    return result
