@@ -38,7 +38,7 @@ LAYERS = [
     ("jobs/", ["advlab.jobs"]),
     ("verify.py", ["advlab.verify"]),
     ("train/", ["advlab.train"]),
-    ("checks.py", ["advlab.checks"]),
+    ("masking.py", ["advlab.masking"]),
     ("study/", ["advlab.study"]),
     ("report/", ["advlab.report"]),
     ("cli/", ["advlab.cli"]),
@@ -100,7 +100,7 @@ def test_measurement_never_imports_presentation():
             ["train"],
             ["data"],
             ["models"],
-            ["checks"],
+            ["masking"],
             ["runs"],
         ):
             assert not any(i.startswith(("advlab.report", "advlab.cli", "advlab.study")) for i in _imports(path)), path

@@ -232,7 +232,7 @@ def test_full_preset_trains_the_full_recipe():
 
 
 def _check_inputs(fgsm=(0.9, 0.5, 0.05), pgd=(0.9, 0.4, 0.0), before=0.4, doubled=0.395, noise=0.8, transfer=0.7):
-    from advlab.checks import sanity_checks
+    from advlab.masking import sanity_checks
 
     worst = [min(a, b) for a, b in zip(fgsm, pgd)]
     metrics = {

@@ -187,6 +187,7 @@ class CheckpointRecord:
     partial_epoch: bool | None = None
     metrics: dict[str, Any] | None = None
     versions: dict[str, str] | None = None
+    smoothing_sigma: float | None = None  # a model trained with noise: the σ randomized smoothing uses
     extra: dict[str, Any] = field(default_factory=dict)
 
 

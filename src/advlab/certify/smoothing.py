@@ -230,12 +230,9 @@ def certify_dataset(
 def _smoothing(model, x, y, *, options, classes, batch_size, seed, device, progress, record) -> dict:
     """``advlab certify --method smoothing``: CERTIFY on every image; σ by default the model's own training
     noise (``--method gaussian``)."""
-    sigma = options["sigma"]
-    if sigma is None:
-        trained = record.get("config") or {}
-        if trained.get("method") != "gaussian":
-            raise AdvlabError("this model was not trained with --method gaussian; pass --sigma for its smoothing")
-        sigma = float(trained["sigma"])
+    sigma = options["sigma"] if options["sigma"] is not None else record.get("smoothing_sigma")
+    if sigma is None:  # only a model trained with noise (--method gaussian) records the σ it suits
+        raise AdvlabError("this model was not trained with --method gaussian; pass --sigma for its smoothing")
     check_settings(sigma, options["n"], options["n0"], options["alpha"])
     result = certify_dataset(
         model,

@@ -46,13 +46,8 @@ def attack_checkpoint(
     runtime = runtime if runtime is not None else Runtime()
     job = open_job(source, dataclasses.replace(data, n=None), threat, device=runtime.device, progress=progress)
     require_compatible(job, budgets=[(attack, eps)])
-    images, classes = job.data, job.data.info.classes
-    if target is not None:
-        if not 0 <= target < len(classes):
-            raise AdvlabError(f"--target must be a class index from 0 to {len(classes) - 1}, got {target}")
-        images = images.subset((images.labels != target).nonzero().squeeze(1))
-        attack = dataclasses.replace(attack, targeted=True)
-    images = images.subset(min(data.n or 8, len(images)))
+    images, attack = _aimed(job.data, attack, target, n=data.n or 8)
+    classes = job.data.info.classes
     x, y = images.tensors(runtime.device)
     goal = torch.full_like(y, target) if target is not None else y
     with runtime.autocast():
@@ -96,3 +91,15 @@ def attack_checkpoint(
     }
     write_json(out / "attack.json", summary)
     return summary
+
+
+def _aimed(images, attack: AttackSpec, target: int | None, *, n: int):
+    """The first ``n`` images to attack and the attack: for a ``target`` class, targeted, on images not
+    already of it."""
+    if target is None:
+        return images.subset(min(n, len(images))), attack
+    classes = images.info.classes
+    if not 0 <= target < len(classes):
+        raise AdvlabError(f"--target must be a class index from 0 to {len(classes) - 1}, got {target}")
+    images = images.subset((images.labels != target).nonzero().squeeze(1))
+    return images.subset(min(n, len(images))), dataclasses.replace(attack, targeted=True)

@@ -46,8 +46,7 @@ def evaluate_checkpoint(
     job = open_job(source, data, threat, device=runtime.device, progress=progress)
     if suite is not None:
         attacks = suite_attacks(suite, norm=threat.norm, classes=len(job.data.info.classes)) + list(attacks)
-    chain = chain or suite is not None
-    eps = list(threat.eps)
+    chain, eps = chain or suite is not None, list(threat.eps)
     require_compatible(job, budgets=[(a, e) for a in attacks for e in eps], warn=False)
     settings = {
         "dataset": job.data.info.name,
@@ -63,18 +62,8 @@ def evaluate_checkpoint(
     # when its folder exists; a new folder is made only when the results are written).
     writes = out is not None and runtime.main  # under torchrun rank 0 writes the result
     with run_lock(out) if writes and out.parent.is_dir() else contextlib.nullcontext():
-        state = None
-        if writes and runtime.world is None:  # resumable: the progress is saved beside the output after every batch
-            state = EvalState(
-                out,
-                {
-                    "checkpoint_sha256": source.digest(),
-                    **settings,
-                    "n": len(job.data),
-                    "attacks": [a.hyperparameters(e) for a in attacks for e in eps],
-                    "eps": eps,
-                },
-            )
+        # Resumable: the progress is saved beside the output after every batch (one process only).
+        state = _state(out, job, attacks, eps, settings) if writes and runtime.world is None else None
         result = evaluate(
             job.model,
             job.data,
@@ -104,3 +93,17 @@ def evaluate_checkpoint(
             if state is not None:
                 state.remove()
     return result
+
+
+def _state(out: Path, job, attacks: Sequence[AttackSpec], eps: list[float], settings: dict) -> EvalState:
+    """The evaluation's resume state beside ``out``, named by everything it is computed from."""
+    return EvalState(
+        out,
+        {
+            "checkpoint_sha256": job.source.digest(),
+            **settings,
+            "n": len(job.data),
+            "attacks": [a.hyperparameters(e) for a in attacks for e in eps],
+            "eps": eps,
+        },
+    )

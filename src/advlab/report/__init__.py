@@ -12,7 +12,8 @@ Command line: ``advlab report RUN_DIR``; ``advlab study`` and ``advlab attack`` 
 
 from advlab.report.figures import figure_bytes
 from advlab.report.gallery import gallery_figure, save_attack_gallery, save_gallery
-from advlab.report.page import build_report, story, summary_text
+from advlab.report.page import build_report
+from advlab.report.story import story, summary_text
 
 __all__ = [
     "build_report",

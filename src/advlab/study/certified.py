@@ -15,22 +15,31 @@ import sys
 
 from torch import nn
 
-from advlab.certify import UnsupportedLayer, verified_flags
+from advlab.certify import UnsupportedLayer, get_certifier
 from advlab.certify.smoothing import certify_dataset
 from advlab.errors import AdvlabError
 from advlab.runtime import Runtime
 
 
 def certified_numbers(
-    model: nn.Module, test, *, eps: float, label: str, smoothing: dict | None, runtime: Runtime, progress: bool
+    model: nn.Module,
+    test,
+    *,
+    eps: float,
+    label: str,
+    smoothing: dict | None,
+    runtime: Runtime,
+    progress: bool,
+    verifier: str = "ibp",
 ) -> dict:
     """``{"eps", "n", "verified_accuracy", "verified_method", "unsupported"?, "smoothing"?}`` for one model;
+    ``verifier``: the registered certifier that verifies its examples (:mod:`advlab.certify.registry`);
     ``smoothing``: ``{"sigma", "n", "n0", "alpha", "images"}`` for a noise-trained model, else None."""
     if progress:
         print(f"[study] certifying {label}", file=sys.stderr, flush=True)
-    result: dict = {"eps": eps, "n": len(test), "verified_method": "ibp"}
+    result: dict = {"eps": eps, "n": len(test), "verified_method": verifier}
     try:
-        flags = verified_flags(model, test, eps, device=runtime.device)
+        flags = get_certifier(verifier).flags(model, test, eps, device=runtime.device)
         result["verified_accuracy"] = float(flags.float().mean())
     except UnsupportedLayer as err:
         result["verified_accuracy"], result["unsupported"] = None, str(err)

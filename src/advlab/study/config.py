@@ -55,6 +55,9 @@ class StudyConfig:
     # The certified stage (advlab.study.certified): every model's IBP-verified accuracy at the training ε on
     # the n_eval images, and for a model trained with --method gaussian randomized smoothing's CERTIFY.
     certify: bool = True
+    # The certifier behind each model's verified accuracy (a registered one that verifies L∞ examples one by
+    # one, advlab.certify.registry): IBP goes through every network with the supported layers.
+    verifier: str = "ibp"
     smoothing_n: int = 10_000  # estimation samples per image (Cohen et al.: 100,000; 10,000 bounds p̲ ≤ 0.9993)
     smoothing_n0: int = 100  # selection samples per image (Cohen et al.'s n₀)
     smoothing_alpha: float = 0.001  # each certificate fails with probability at most α (Cohen et al.)
@@ -122,6 +125,12 @@ class StudyConfig:
             for flag, setting in flags.items():
                 message = message.replace(f"{flag} ", f"{setting} ")
             raise AdvlabError(f"study setting: {message}") from None
+        from advlab.certify import get_certifier
+
+        if get_certifier(self.verifier).flags is None:
+            raise AdvlabError(
+                f"verifier {self.verifier!r} certifies no L∞ example by example; choose one that does (ibp, crown-ibp)"
+            )
         if self.smoothing_images < 1:
             raise AdvlabError(f"smoothing_images must be at least 1, got {self.smoothing_images}")
         if self.arms_race_eot < 1 or self.arms_race_n < 1:

@@ -80,54 +80,85 @@ def explorer_numbers(
         "models": {},
     }
     for name, model in models.items():
-        best = x.clone()  # the strongest example so far: fooled stays fooled as ε grows
-        fooled = torch.zeros(len(y), dtype=torch.bool, device=x.device)
-        shown, classes, probs, predictions = [], [], [], []
-        for eps in eps_grid:
-            if eps > 0:
-                x_adv = attack(
-                    model, x, y, eps=eps, generator=runtime.generator(seed), channels_last=runtime.channels_last
-                ).float()
-                verify_adversarial(x, x_adv, eps, attack.norm, what=f"explorer {attack.label}")
-                with torch.inference_mode():
-                    now = model(x_adv).argmax(1) != y
-                take = now | ~fooled  # a new success, or nothing better yet: this ε's own example
-                best = torch.where(take[:, None, None, None], x_adv, best)
-                fooled |= now
+        numbers["models"][name], tensors[f"{name}.x_adv"] = _along_eps(
+            model, x, y, attack=attack, eps_grid=eps_grid, seed=seed, runtime=runtime
+        )
+    numbers["targeted"], tensors["targeted.x_adv"] = _towards_every_class(
+        models[targeted_model],
+        x,
+        y,
+        classes=len(test.info.classes),
+        attack=targeted,
+        eps=targeted_eps,
+        seed=seed,
+        runtime=runtime,
+    )
+    numbers["targeted"]["model"] = targeted_model
+    return numbers, tensors
+
+
+def _along_eps(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: AttackSpec, eps_grid, seed: int, runtime: Runtime
+) -> tuple[dict, torch.Tensor]:
+    """One model's strongest example at each ε (fooled stays fooled as ε grows) and its top classes."""
+    best = x.clone()  # the strongest example so far
+    fooled = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    shown, classes, probs, predictions = [], [], [], []
+    for eps in eps_grid:
+        if eps > 0:
+            x_adv = attack(
+                model, x, y, eps=eps, generator=runtime.generator(seed), channels_last=runtime.channels_last
+            ).float()
+            verify_adversarial(x, x_adv, eps, attack.norm, what=f"explorer {attack.label}")
             with torch.inference_mode():
-                logits = model(best)
-            top_classes, top_probs = _top(logits)
-            shown.append(best.cpu())
-            classes.append(top_classes)
-            probs.append(top_probs)
-            predictions.append(logits.argmax(1).tolist())
-        tensors[f"{name}.x_adv"] = torch.stack(shown)  # (ε, image, C, H, W)
-        numbers["models"][name] = {"top_classes": classes, "top_probs": probs, "predictions": predictions}
-    # The targeted picture: every image towards every class (its own class: the clean image itself).
-    k = len(test.info.classes)
-    model = models[targeted_model]
+                now = model(x_adv).argmax(1) != y
+            take = now | ~fooled  # a new success, or nothing better yet: this ε's own example
+            best = torch.where(take[:, None, None, None], x_adv, best)
+            fooled |= now
+        with torch.inference_mode():
+            logits = model(best)
+        top_classes, top_probs = _top(logits)
+        shown.append(best.cpu())
+        classes.append(top_classes)
+        probs.append(top_probs)
+        predictions.append(logits.argmax(1).tolist())
+    numbers = {"top_classes": classes, "top_probs": probs, "predictions": predictions}
+    return numbers, torch.stack(shown)  # (ε, image, C, H, W)
+
+
+def _towards_every_class(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    classes: int,
+    attack: AttackSpec,
+    eps: float,
+    seed: int,
+    runtime: Runtime,
+) -> tuple[dict, torch.Tensor]:
+    """The targeted picture: every image towards every class (its own class: the clean image itself)."""
+    k = classes
     goal = torch.arange(k, device=x.device).repeat(len(y))
     source = x.repeat_interleave(k, dim=0)
-    x_adv = targeted(
-        model, source, goal, eps=targeted_eps, generator=runtime.generator(seed), channels_last=runtime.channels_last
+    x_adv = attack(
+        model, source, goal, eps=eps, generator=runtime.generator(seed), channels_last=runtime.channels_last
     ).float()
     same = goal == y.repeat_interleave(k)
     x_adv = torch.where(same[:, None, None, None], source, x_adv)
-    verify_adversarial(source, x_adv, targeted_eps, targeted.norm, what=f"explorer {targeted.label}")
+    verify_adversarial(source, x_adv, eps, attack.norm, what=f"explorer {attack.label}")
     with torch.inference_mode():
         logits = model(x_adv)
     top_classes, top_probs = _top(logits)
-    tensors["targeted.x_adv"] = x_adv.cpu().reshape(len(y), k, *x.shape[1:])
-    numbers["targeted"] = {
-        "model": targeted_model,
-        "attack": targeted.label,
-        "eps": targeted_eps,
-        "hyperparameters": targeted.hyperparameters(targeted_eps),
+    numbers = {
+        "attack": attack.label,
+        "eps": eps,
+        "hyperparameters": attack.hyperparameters(eps),
         "top_classes": [top_classes[i * k : (i + 1) * k] for i in range(len(y))],
         "top_probs": [top_probs[i * k : (i + 1) * k] for i in range(len(y))],
         "reached": (logits.argmax(1) == goal).reshape(len(y), k).tolist(),
     }
-    return numbers, tensors
+    return numbers, x_adv.cpu().reshape(len(y), k, *x.shape[1:])
 
 
 def targeted_attack(attack: AttackSpec) -> AttackSpec:

@@ -169,6 +169,7 @@ class Trainer:
             "training_runtime": self.runtime.to_dict(),
             "normalization": {"mean": self.model_args["mean"], "std": self.model_args["std"]},
             "config": config.to_dict(),
+            "smoothing_sigma": self.method.smoothing_sigma(),  # the noise advlab certify smooths it with
         }
         self._say_how_it_starts()
         self.snapshot = Snapshot(self.model, self.optimizer, epoch=self.run.last_good_epoch or 0)

@@ -184,6 +184,10 @@ class Method:
         step(out.loss)
         return out
 
+    def smoothing_sigma(self) -> float | None:
+        """The noise a model trained this way is smoothed with (randomized smoothing's σ), if it is one."""
+        return None
+
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors that must survive a resume (free AT's carried perturbation)."""
         return {}

@@ -75,6 +75,9 @@ class GaussianNoiseTraining(Method):
         ),
     )
 
+    def smoothing_sigma(self) -> float | None:
+        return self.config.option("sigma")
+
     def loss(self, model, x, y, *, eps, alpha, generator):
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         logits = model(x + self.config.option("sigma") * noise)

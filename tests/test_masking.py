@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from advlab.attacks import parse_attack
-from advlab.checks import measure_checks, sanity_checks
 from advlab.evaluate import evaluate
+from advlab.masking import measure_masking_checks, sanity_checks
 from advlab.model_warnings import model_warnings
 
 
@@ -107,7 +107,7 @@ def _study_checks(model: nn.Module, surrogate: nn.Module, data, eps: float = 0.1
     result = evaluate(model, data, attacks=attacks, eps=GRID, progress=False, keep_per_example=True)
     i = GRID.index(eps)
     survivors = (result.per_example[f"PGD-20 L∞@{eps:g}"] & result.per_example[f"FGSM L∞@{eps:g}"]).nonzero().squeeze(1)
-    numbers = measure_checks(
+    numbers = measure_masking_checks(
         model,
         surrogate,
         data,
