@@ -11,18 +11,9 @@ from torch import nn
 
 import advlab.attacks.apgd  # noqa: F401 - registers apgd-ce, apgd-dlr and apgd-t
 from advlab.attacks import AttackSpec, parse_attack, pgd, verify_adversarial
-from advlab.attacks.apgd import (
-    apgd_ce,
-    apgd_dlr,
-    apgd_run,
-    apgd_start,
-    apgd_t,
-    checkpoints,
-    count_passes,
-    halve_step,
-    targeted_dlr_loss,
-)
-from advlab.attacks.loop import cross_entropy, dlr_loss
+from advlab.attacks.apgd import apgd_ce, apgd_dlr, apgd_t, count_passes
+from advlab.attacks.apgd_steps import OBJECTIVES, apgd_run, apgd_start, checkpoints, halve_step, targeted_dlr_loss
+from advlab.attacks.loop import cross_entropy, dlr_loss, objective_and_gradient
 from advlab.errors import AdvlabError
 
 
@@ -423,20 +414,95 @@ def test_eot_averages_passes_and_is_named(trained_mlp):
 
 
 def test_eot_gradient_is_the_mean_over_passes(trained_mlp):
-    """With ``eot`` = K, each step's loss and gradient are the mean of K passes of a randomized model: the
-    same as K single passes replayed from the same random state and averaged by hand."""
-    from advlab.attacks.apgd import _loss_and_grad
-
+    """With ``eot`` = K, each step's loss, gradient and logits are the mean of K passes of a randomized model:
+    the same as K single passes replayed from the same random state and averaged by hand."""
     model, x, y = trained_mlp
     noisy = _RandomSign(model, x[0].numel(), scale=3.0).eval()
-    objective = lambda logits, labels, goals: cross_entropy(logits, labels)  # noqa: E731
     torch.manual_seed(5)
-    _, loss, grad = _loss_and_grad(noisy, x, y, y, objective, True, eot=8)
+    loss, grad, logits = objective_and_gradient(noisy, x, y, cross_entropy, eot=8)
     torch.manual_seed(5)
-    singles = [_loss_and_grad(noisy, x, y, y, objective, True)[1:] for _ in range(8)]
-    assert torch.allclose(loss, sum(s[0] for s in singles) / 8, atol=1e-5)
-    assert torch.allclose(grad, sum(s[1] for s in singles) / 8, atol=1e-6)
-    assert not torch.allclose(grad, singles[0][1], atol=1e-3)  # one pass alone differs: the model is random
+    singles = [objective_and_gradient(noisy, x, y, cross_entropy) for _ in range(8)]
+    assert torch.allclose(loss, sum(s.value for s in singles) / 8, atol=1e-5)
+    assert torch.allclose(grad, sum(s.grad for s in singles) / 8, atol=1e-6)
+    assert torch.allclose(logits, sum(s.logits for s in singles) / 8, atol=1e-5)
+    assert not torch.allclose(grad, singles[0].grad, atol=1e-3)  # one pass alone differs: the model is random
+    assert not torch.allclose(logits, singles[-1].logits, atol=1e-3)  # nor are the last pass's logits the mean
+
+
+class _Alternating(nn.Module):
+    """A randomized model with a known schedule: its passes with autograd alternate between two offsets of
+    the logits, ``first`` and ``second``; a pass without autograd (a verdict, or the clean pass) gives their
+    mean. A small tilt in x gives the attack a gradient to follow, too small to change any verdict."""
+
+    def __init__(self, first: list[float], second: list[float]) -> None:
+        super().__init__()
+        self.first, self.second, self.calls = torch.tensor(first), torch.tensor(second), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tilt = 0.01 * x.flatten(1).sum(1, keepdim=True) * torch.tensor([1.0, -1.0])
+        if not torch.is_grad_enabled():
+            return tilt + (self.first + self.second) / 2
+        self.calls += 1
+        return tilt + (self.first if self.calls % 2 else self.second)
+
+
+@pytest.mark.parametrize(
+    "first, second, fooled",
+    [
+        ([4.0, 0.0], [0.0, 1.0], False),  # the mean (2, 0.5) is right; the last of each pair of passes is wrong
+        ([0.0, 4.0], [1.0, 0.0], True),  # the mean (0.5, 2) is wrong; the last of each pair is right
+    ],
+)
+def test_apgd_judges_success_by_the_mean_logits_over_eot_passes(first, second, fooled):
+    """Under EOT an example is misclassified when the logits averaged over the passes say so, as in PGD's
+    loop, never by the last pass alone (one lucky draw)."""
+    model, x, y = _Alternating(first, second), torch.full((3, 4), 0.5), torch.zeros(3, dtype=torch.long)
+    for early_stop in (True, False):
+        with torch.enable_grad():
+            _, found, *_ = apgd_run(
+                model,
+                x,
+                y,
+                y,
+                x,
+                eps=0.1,
+                norm="linf",
+                steps=5,
+                objective=OBJECTIVES["ce"],
+                early_stop=early_stop,
+                eot=2,
+            )
+        assert found.tolist() == [fooled] * 3
+
+
+@pytest.mark.parametrize("attack", [apgd_ce, pgd])
+def test_eot_early_exit_waits_for_the_mean_logits(attack):
+    """With early exit, an example the mean logits classify correctly runs every step of APGD and PGD alike;
+    had its last pass decided, each example would have left after its first gradient evaluation."""
+    model, x, y = _Alternating([4.0, 0.0], [0.0, 1.0]), torch.full((3, 4), 0.5), torch.zeros(3, dtype=torch.long)
+    with count_passes(model) as seen:
+        x_adv = attack(model, x, y, eps=0.1, steps=5, eot=2, early_stop=True, generator=_seed())
+    assert seen.gradients == 2 * 5 * 3  # eot × steps × examples
+    verify_adversarial(x, x_adv, 0.1, "linf")
+
+
+def test_fp16_apgd_gradient_does_not_underflow():
+    """As in PGD's loop (tests/test_runtime.py): a confidently classified example's input gradient is ~1e-9,
+    below fp16's smallest number; APGD takes the same scaled gradient, so it still steps under fp16 autocast
+    instead of leaving the example where it is."""
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[5.0, 5.0, 5.0, 5.0], [-5.0, -5.0, -5.0, -5.0]]))
+        model.bias.zero_()
+    x, y = torch.full((1, 4), 0.52), torch.tensor([0])  # logit margin 20.8: p(wrong) ≈ 9e-10
+    with torch.autocast("cpu", dtype=torch.float16):
+        x_adv = apgd_ce(model, x, y, eps=0.3, steps=3, random_start=False)
+        point = x.clone().requires_grad_(True)
+        (raw,) = torch.autograd.grad(cross_entropy(model(point), y).sum(), point)
+    assert torch.count_nonzero(raw) == 0  # what an unscaled fp16 gradient gives
+    # A step of 2ε down every pixel, projected to ε: at 0.22 the margin is 8.8 and the loss, 0 in float32 at
+    # x, has risen (so ε is large here: where fp16 gradients underflow, float32 cross-entropy is flat).
+    assert torch.allclose(x_adv, torch.full((1, 4), 0.22))
 
 
 def test_apgd_t_top_k_tries_only_the_k_most_likely_targets():

@@ -23,7 +23,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advlab.attacks.loop import LOSSES, attack_objective, attack_success, eval_mode, perturb
+from advlab.attacks.loop import (
+    LOSSES,
+    Objective,
+    Strongest,
+    attack_objective,
+    attack_success,
+    eval_mode,
+    objective_and_gradient,
+    perturb,
+)
 from advlab.attacks.registry import register_attack
 from advlab.attacks.threat import Norm, check_attack_inputs, check_count, step_direction
 from advlab.errors import AdvlabError, check_range
@@ -77,7 +86,8 @@ def pgd(
     successful iterate (use it for evaluation, where any success counts); without it every restart
     runs on every example, as a naive evaluation would, and the strongest result is still kept.
     ``channels_last`` runs CPU convolutions in NHWC on a copy of the model (same values, faster). ``eot``
-    averages each step's gradient over that many passes, for randomized models (``pgd50-eot20``).
+    averages each step's gradient, and the logits that judge success, over that many passes, for randomized
+    models (``pgd50-eot20``).
 
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
@@ -104,40 +114,41 @@ def pgd(
     with eval_mode(model), torch.enable_grad(), fast_layout(model, x, channels_last) as (net, x_fast):
         best = perturb(net, x_fast, y, **run)
         if restarts > 1:
-            best = _keep_strongest(net, x_fast, y, best, run, restarts - 1, objective, success, early_stop)
+            best = _more_restarts(
+                net, x_fast, y, best, run=run, more=restarts - 1, success=success, early_stop=early_stop
+            )
     return best.contiguous()
 
 
-def _keep_strongest(
+def _more_restarts(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     best: torch.Tensor,
+    *,
     run: dict,
     more: int,
-    objective,
-    success,
+    success: Objective,
     early_stop: bool,
 ) -> torch.Tensor:
-    """``more`` further random starts, each example keeping its strongest result (a success first, then
-    the higher objective); with ``early_stop`` a restart runs only on the examples not yet fooled."""
-    with torch.no_grad():
-        logits = model(best)
-    best_success, best_objective = success(logits, y), objective(logits, y)
+    """``more`` further random starts, each example keeping its strongest result (:class:`Strongest`: a
+    success first, then the higher objective); with ``early_stop`` a restart runs only on the examples not
+    yet fooled. Each result is judged by its objective and logits averaged over the run's EOT passes."""
+
+    def judge(x_adv: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value, _, logits = objective_and_gradient(
+            model, x_adv, target, run["objective"], eot=run["eot"], need_grad=False
+        )
+        return success(logits, target), value
+
+    kept = Strongest(best, *judge(best, y))
     for _ in range(more):
-        todo = (~best_success if early_stop else torch.ones_like(best_success)).nonzero().squeeze(1)
+        todo = (~kept.success if early_stop else torch.ones_like(kept.success)).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
         candidate = perturb(model, x[todo], y[todo], **run)
-        with torch.no_grad():
-            logits = model(candidate)
-        fooled, value = success(logits, y[todo]), objective(logits, y[todo])
-        was = best_success[todo]
-        better = (fooled & ~was) | ((fooled == was) & (value > best_objective[todo]))
-        best[todo[better]] = candidate[better]
-        best_success[todo[better]] = fooled[better]
-        best_objective[todo[better]] = value[better]
-    return best
+        kept.keep(todo, candidate, *judge(candidate, y[todo]))
+    return kept.x
 
 
 @register_attack(

@@ -6,14 +6,19 @@ with objectives of their own (TRADES' KL term, say) use the very loop the attack
     from advlab.attacks.loop import perturb, LOSSES
     x_adv = perturb(model, x, y, eps=0.1, alpha=0.01, steps=20, objective=LOSSES["ce"])
 
-The attacks users call (:mod:`advlab.attacks.gradient`) wrap it with input checks, eval mode, restarts
-and the CPU layout. The losses an attack can ascend are in :data:`LOSSES`, by name.
+The attacks users call (:mod:`advlab.attacks.gradient`, :mod:`advlab.attacks.apgd`) wrap it with input
+checks, eval mode, restarts and the CPU layout. What every gradient attack shares lives here, once: the
+losses an attack can ascend (:data:`LOSSES`, by name), the gradient at a point
+(:func:`objective_and_gradient`: EOT, precision, the fp16 scale), the rule that keeps each example's
+strongest result (:class:`Strongest`), the classes a targeted attack aims at (:func:`likely_wrong_classes`)
+and the batch shapes of early exit (:func:`bucket_size`, :func:`pad_to_bucket`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +89,48 @@ def attack_success(targeted: bool) -> Objective:
     return lambda logits, labels: logits.argmax(dim=1) != labels
 
 
+def likely_wrong_classes(logits: torch.Tensor, labels: torch.Tensor, count: int | None = None) -> list[torch.Tensor]:
+    """The ``count`` (at most C − 1, default all) most likely wrong classes of each example by ``logits``,
+    most likely first: the targets of a targeted attack, as AutoAttack's APGD-T picks them from the clean
+    logits. Shapes: ``logits`` (N, C), ``labels`` (N,); returns ``count`` tensors of shape (N,), int64."""
+    classes = logits.shape[1]
+    count = classes - 1 if count is None else min(count, classes - 1)
+    wrong = logits.scatter(1, labels[:, None], float("-inf")).argsort(dim=1, descending=True)
+    return [wrong[:, rank].clone() for rank in range(count)]
+
+
+@dataclass
+class Strongest:
+    """Each example's strongest result so far, updated in place by :meth:`keep`: PGD's restarts, APGD's
+    iterates, runs and targets all keep theirs by this one rule. Shapes: ``x`` (N, ...); ``success`` (N,)
+    bool, did ``x`` get the attack its way; ``value`` (N,), the objective at ``x`` (−inf: nothing kept)."""
+
+    x: torch.Tensor
+    success: torch.Tensor
+    value: torch.Tensor
+
+    def keep(
+        self,
+        rows: torch.Tensor,
+        candidate: torch.Tensor,
+        success: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        first_success: bool = False,
+    ) -> torch.Tensor:
+        """Keep ``candidate`` (results for the examples ``rows``) where it is stronger: a success beats a
+        failure, then the higher objective wins. With ``first_success`` a kept success is never replaced
+        (early exit: an example is frozen at its first success). Returns the mask over ``rows`` of what was
+        kept. Shapes: ``rows`` (M,) indices, ``candidate`` (M, ...), ``success`` and ``value`` (M,)."""
+        had = self.success[rows]
+        better = (success & ~had) | ((success == had) & (value > self.value[rows]))
+        if first_success:
+            better &= ~had
+        taken = rows[better]
+        self.x[taken], self.success[taken], self.value[taken] = candidate[better], success[better], value[better]
+        return better
+
+
 BUCKET = 32
 
 
@@ -98,15 +145,77 @@ def bucket_size(left: int, current: int) -> int:
     return min(current, -(-left // BUCKET) * BUCKET)
 
 
+def pad_to_bucket(mask: torch.Tensor, left: int | None = None) -> torch.Tensor:
+    """The rows to keep when ``mask`` marks the unfinished ones: all of them, then the first finished ones
+    up to :func:`bucket_size`, in their old order (sorted indices). The extra rows are worked on for nothing
+    and their results are ignored by the caller; in exchange the batch shapes stay few. ``left`` is
+    ``mask.sum()`` where the caller already has it (a wait for the device saved). Shapes: ``mask`` (N,)
+    bool; returns (M,) int64, M = bucket_size(left, N), all of ``arange(N)`` when M = N."""
+    left = int(mask.sum()) if left is None else left
+    size = bucket_size(left, mask.numel())
+    return torch.argsort((~mask).to(torch.uint8), stable=True)[:size].sort().values
+
+
+# Under fp16 autocast the input gradient of a well-classified example can underflow to zero (fp16 stops
+# near 6e-8), which would leave it unattacked; the objective is scaled up by 2¹⁰ before the backward pass
+# and the gradient scaled back after (GradScaler's 2¹⁶ would overflow fp16 on a margin loss's ±1 per logit).
+FP16_GRADIENT_SCALE = 1024.0
+
+
 def _gradient_scale(x: torch.Tensor) -> float:
-    """Under fp16 autocast the input gradient of a well-classified example can underflow to zero (fp16
-    stops near 6e-8), which would leave it unattacked; the objective is scaled up by 2¹⁰ first (GradScaler's
-    2¹⁶ would overflow fp16 on a margin loss's ±1 per logit). Only the gradient's direction is used (its
-    sign, or its direction under L2), so the scale changes nothing else."""
     device = x.device.type
     if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
-        return 1024.0
+        return FP16_GRADIENT_SCALE
     return 1.0
+
+
+class ObjectiveGradient(NamedTuple):
+    """What :func:`objective_and_gradient` finds at a point, each the mean over the EOT passes."""
+
+    value: torch.Tensor  # (N,) the per-example objective
+    grad: torch.Tensor | None  # the input gradient of its sum, x's shape (None when not asked for)
+    logits: torch.Tensor  # (N, C) detached: what decides success
+
+
+def objective_and_gradient(
+    model: nn.Module,
+    x_adv: torch.Tensor,
+    target,
+    objective: Objective,
+    *,
+    eot: int = 1,
+    need_grad: bool = True,
+) -> ObjectiveGradient:
+    """The per-example ``objective(logits, target)`` at ``x_adv``, its input gradient and the logits, for
+    every gradient attack (PGD's loop, APGD): the one place that knows EOT, precision and the fp16 scale.
+
+    The objective sees the logits as the model returns them (under autocast, in its dtype); an objective
+    that wants float32 upcasts them itself, as APGD's losses do. ``eot`` > 1 (Expectation over
+    Transformation, Athalye et al. 2018, for a randomized model) averages the objective, the gradient and
+    the logits over that many passes, so no example counts as fooled on one lucky draw. Under fp16 autocast
+    the objective is scaled before the backward pass and the gradient scaled back, so a confident example's
+    gradient does not underflow to zero. ``need_grad=False`` runs the passes without autograd and returns
+    ``grad=None``. Shapes: ``x_adv`` (N, ...); returns (N,), (N, ...), (N, C).
+    """
+    scale = _gradient_scale(x_adv) if need_grad else 1.0
+    value_sum, grad_sum, logits_sum = None, None, None
+    x_adv = x_adv.detach().requires_grad_(True) if need_grad else x_adv
+    with torch.enable_grad() if need_grad else torch.no_grad():
+        for _ in range(eot):
+            logits = model(x_adv)
+            value = objective(logits, target)
+            if need_grad:
+                (grad,) = torch.autograd.grad(value.sum() * scale, x_adv)
+                grad_sum = grad if grad_sum is None else grad_sum + grad
+            value, logits = value.detach(), logits.detach()
+            value_sum = value if value_sum is None else value_sum + value
+            logits_sum = logits if logits_sum is None else logits_sum + logits
+    if eot > 1:
+        value_sum, logits_sum = value_sum / eot, logits_sum / eot
+        grad_sum = None if grad_sum is None else grad_sum / eot
+    if scale != 1.0:
+        grad_sum = grad_sum / scale  # exact: a power of two
+    return ObjectiveGradient(value_sum, grad_sum, logits_sum)
 
 
 def perturb(
@@ -132,7 +241,7 @@ def perturb(
     example), an example leaves the loop at its first iterate that succeeds, found for free from the
     logits of the gradient pass: the attack stays exactly as strong and costs much less on weak models.
     ``eot`` > 1 averages each step's gradient, and the logits that decide success, over that many passes
-    (Expectation over Transformation, for a randomized model: no example leaves on one lucky draw).
+    (:func:`objective_and_gradient`, which also keeps fp16 gradients from underflowing).
     ``clip_start=False`` takes the first gradient at the random start before it is clipped to [0, 1], as
     some training recipes do (:func:`advlab.attacks.threat.random_start`); every step is projected as ever.
     """
@@ -144,20 +253,10 @@ def perturb(
     active = torch.arange(x.shape[0], device=x.device)  # the examples still in the loop (rows of x)
     finished = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # their result is already kept
     x_act, t_act = x, target
-    scale = _gradient_scale(x)
     for _ in range(steps):
-        x_adv.requires_grad_(True)
-        logits = model(x_adv)
-        (grad,) = torch.autograd.grad(objective(logits, t_act).sum() * scale, x_adv)
-        for _ in range(eot - 1):  # EOT: the mean gradient and logits over the draws of a random model
-            more = model(x_adv)
-            grad = grad + torch.autograd.grad(objective(more, t_act).sum() * scale, x_adv)[0]
-            logits = logits.detach() + more.detach()
-        if eot > 1:
-            grad, logits = grad / eot, logits / eot
-        x_adv = x_adv.detach()
+        _, grad, logits = objective_and_gradient(model, x_adv, t_act, objective, eot=eot)
         if early_stop:
-            done = success(logits.detach(), t_act) & ~finished
+            done = success(logits, t_act) & ~finished
             # The loop's one wait for the device: both counts in a single transfer.
             fooled, left = torch.stack([done.sum(), (~(finished | done)).sum()]).tolist()
             if fooled:
@@ -165,10 +264,8 @@ def perturb(
                 finished |= done
                 if left == 0:
                     return result
-                size = bucket_size(left, active.numel())
-                if size < active.numel():
-                    # Unfinished rows first, then finished ones to fill the bucket, in their old order.
-                    keep = torch.argsort(finished.to(torch.uint8), stable=True)[:size].sort().values
+                keep = pad_to_bucket(~finished, left)
+                if keep.numel() < active.numel():
                     active, x_act, t_act, x_adv, grad, finished = (
                         t[keep] for t in (active, x_act, t_act, x_adv, grad, finished)
                     )
