@@ -13,25 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from advlab.data import load_dataset
+from advlab.models import create_model
+
 HERE = Path(__file__).resolve().parent
-STUBS = HERE / "_stubs"
-
-
-def add_stub_path() -> None:
-    """Put benchmarks/_stubs on sys.path only when torchvision is absent (torchattacks 3.5.1 does not
-    import it today, so the folder holds nothing; kept for versions that do)."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        if STUBS.is_dir() and any(STUBS.iterdir()) and str(STUBS) not in sys.path:
-            sys.path.append(str(STUBS))
-
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from advlab.data import load_dataset  # noqa: E402
-from advlab.models import create_model  # noqa: E402
 
 DEFAULT_MODEL = "/tmp/advlab_bench_small_cnn_fmnist.pt"
 

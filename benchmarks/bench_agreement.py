@@ -20,9 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
-C.add_stub_path()
-
 import bench_attacks as B  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -53,7 +53,7 @@ def main() -> None:
                     times[verify].append(time.perf_counter() - start)
             with_, without = statistics.median(times[True]), statistics.median(times[False])
             # What the checksums cost alone: SHA-256 of the weights on one thread, and as the loader runs it.
-            from advlab.runs import load_tensors, tensor_digests
+            from advlab.tensor_files import load_tensors, tensor_digests
 
             tensors, _ = load_tensors(path, verify=False)
             weights = b"".join(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() for t in tensors.values())

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from advlab.runs import save_tensors, write_json
+from advlab.files import write_json
+from advlab.tensor_files import save_tensors
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 EPS_GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
@@ -352,6 +353,7 @@ def make_fake_run(folder: str | Path, *, n_images: int = 4, gallery: bool = True
         "eps_grid": EPS_GRID,
         "n_eval": 1000,
         "chance_accuracy": 0.1,
+        "headline_attack": "PGD-20 L∞",
         "attacks": {"FGSM L∞": _attack("fgsm", 1), "PGD-20 L∞": _attack("pgd", 20)},
         "attack_hyperparameters": {
             "FGSM L∞": [_hyper("fgsm", 1, e) for e in EPS_GRID],

@@ -19,6 +19,7 @@ LAYERS = [
     ("the package root", ["advlab"]),
     ("presets/", ["advlab.presets"]),
     ("files.py", ["advlab.files"]),
+    ("tensor_files.py", ["advlab.tensor_files"]),
     ("schema.py", ["advlab.schema"]),
     ("results.py", ["advlab.results"]),
     ("distributed.py", ["advlab.distributed"]),
@@ -131,3 +132,50 @@ def test_architecture_doc_names_every_room():
         else:
             name = str(path.relative_to(SRC))
         assert f"`{name}`" in text or f"`{Path(name).name}`" in text, f"docs/architecture.md does not place {name}"
+
+
+def _functions():
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path, node
+
+
+def test_functions_stay_short_and_take_few_positional_arguments():
+    """No function in src/ over 80 lines (a screenful) or with more than 6 positional parameters (past that,
+    a call passes values by position that a reader cannot tell apart: keyword-only, or one value)."""
+    long, wide = [], []
+    for path, node in _functions():
+        where = f"{path.relative_to(SRC)}:{node.lineno} {node.name}"
+        if node.end_lineno - node.lineno + 1 > 80:
+            long.append(f"{where} ({node.end_lineno - node.lineno + 1} lines)")
+        positional = node.args.posonlyargs + node.args.args
+        if positional and positional[0].arg in ("self", "cls"):
+            positional = positional[1:]
+        if len(positional) > 6:
+            wide.append(f"{where} ({len(positional)} positional)")
+    assert not long and not wide, long + wide
+
+
+def test_no_import_cycle():
+    """No two modules import each other, directly or round a longer loop, by any import: at the top, inside a
+    function, or behind TYPE_CHECKING."""
+    graph = {_module_name(path): {m for m in _imports(path) if m != "advlab"} for path in MODULES}
+    modules = set(graph)
+    graph = {m: {d for d in deps if d in modules and d != m} for m, deps in graph.items()}
+    visiting, done, cycles = set(), set(), []
+
+    def visit(module: str, trail: list[str]) -> None:
+        visiting.add(module)
+        for dep in sorted(graph[module]):
+            if dep in visiting:
+                cycles.append(trail[trail.index(dep) :] + [dep] if dep in trail else [module, dep])
+            elif dep not in done:
+                visit(dep, trail + [dep])
+        visiting.discard(module)
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not cycles, cycles

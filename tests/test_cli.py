@@ -114,7 +114,7 @@ def test_attack_writes_gallery_and_examples(trained_checkpoint, tmp_path, capsys
     assert (out / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "attack.json").read_text())
     assert summary["n"] == 16 and summary["steps"] == 10
-    from advlab.runs import load_tensors
+    from advlab.tensor_files import load_tensors
 
     tensors, _ = load_tensors(out / "adversarial.safetensors")
     assert (tensors["x_adv"] - tensors["x"]).abs().max() <= 0.1 + 1e-6
@@ -145,7 +145,7 @@ def test_targeted_attack_reaches_its_target(trained_checkpoint, tmp_path, capsys
         == 0
     )
     assert "reached the target" in capsys.readouterr().out
-    from advlab.runs import load_tensors
+    from advlab.tensor_files import load_tensors
 
     tensors, _ = load_tensors(out / "adversarial.safetensors")
     summary = json.loads((out / "attack.json").read_text())

@@ -208,7 +208,7 @@ def test_a_bad_eps_is_refused_before_any_attack_runs(trained_model, fashion_test
 
 
 def test_pad_to_bucket_keeps_every_chosen_example():
-    from advlab.verdicts import pad_to_bucket as _pad_to_bucket
+    from advlab.attacks import pad_to_bucket as _pad_to_bucket
 
     mask = torch.zeros(100, dtype=torch.bool)
     mask[[3, 50, 99]] = True

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from advlab.runs import load_checkpoint, load_tensors
+from advlab.runs import load_checkpoint
 from advlab.study.explorer import explorer_images
+from advlab.tensor_files import load_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)

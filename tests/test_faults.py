@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from advlab.runs import load_tensors
+from advlab.tensor_files import load_tensors
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("ADVLAB_DATA"),
@@ -185,7 +185,7 @@ def test_a_full_disk_names_the_path_and_leaves_nothing_half_written(tmp_path, re
 
 
 def test_a_resume_state_with_a_mistyped_field_is_one_line(tmp_path, reference):
-    from advlab.runs import save_tensors
+    from advlab.tensor_files import save_tensors
 
     run = tmp_path / "run"
     shutil.copytree(reference, run)

@@ -13,7 +13,8 @@ from conftest import have_fashion_mnist
 import advlab.train.methods as methods
 from advlab.cli import main
 from advlab.data import load_dataset, locate_dataset
-from advlab.runs import load_checkpoint, read_json
+from advlab.files import read_json
+from advlab.runs import load_checkpoint
 from advlab.runtime import Runtime
 from advlab.train import CatastrophicOverfittingWarning, Guard, TrainConfig, collapse_signature, train
 from advlab.train.guard import end_of_run_warnings, falling_from, probe

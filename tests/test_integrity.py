@@ -14,8 +14,10 @@ from safetensors.torch import save_file
 
 from advlab.cli import main
 from advlab.errors import AdvlabError
+from advlab.files import write_json
 from advlab.models import create_model
-from advlab.runs import UncheckedFileWarning, load_checkpoint, save_checkpoint, write_json
+from advlab.runs import load_checkpoint, save_checkpoint
+from advlab.tensor_files import UncheckedFileWarning
 
 ARGS = {"in_channels": 1, "num_classes": 3, "height": 4, "width": 4}
 

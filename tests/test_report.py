@@ -20,9 +20,9 @@ import torch
 from report_fixture import make_fake_run
 
 from advlab.errors import AdvlabError
+from advlab.files import write_json
 from advlab.report import build_report, save_gallery, story
 from advlab.results import pareto_frontier, percent, points
-from advlab.runs import write_json
 
 FIGURES = ("robust_vs_eps", "tradeoff", "training_curves", "gallery", "gallery_targeted", "arms_race")
 DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -502,9 +502,9 @@ def test_chromium_check_catches_broken_pages(tmp_path):
     assert any("boom" in e for e in errors) and any("bang" in e or "Uncaught" in e for e in errors)
 
 
-def test_story_repeats_the_model_checks_warnings(tmp_path):
+def test_story_repeats_the_model_warnings(tmp_path):
     metrics = make_fake_run(tmp_path, gallery=False)
-    assert "model checks warn" not in story(metrics)
+    assert "model warnings" not in story(metrics)
     metrics["models"]["fgsm"]["model_flags"] = [
         {
             "flag": "zero-gradients",
@@ -512,7 +512,7 @@ def test_story_repeats_the_model_checks_warnings(tmp_path):
             "message": "the input gradient is zero on 7 of 400 images",
         }
     ]
-    assert "The model checks warn about fast FGSM AT: the input gradient is zero on 7 of 400 images." in story(metrics)
+    assert "The model warnings concern fast FGSM AT: the input gradient is zero on 7 of 400 images." in story(metrics)
 
 
 def test_the_arms_race_section_shows_the_collapse_and_what_resists(tmp_path):

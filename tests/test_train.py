@@ -11,7 +11,9 @@ from conftest import have_fashion_mnist
 
 from advlab.errors import AdvlabError
 from advlab.evaluate import clean_accuracy
-from advlab.runs import load_checkpoint, load_tensors, read_json
+from advlab.files import read_json
+from advlab.runs import load_checkpoint
+from advlab.tensor_files import load_tensors
 from advlab.train import METHODS, TrainConfig, load_config, train
 
 pytestmark = pytest.mark.skipif(

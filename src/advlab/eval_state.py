@@ -15,8 +15,8 @@ import torch
 
 from advlab.errors import AdvlabError
 from advlab.files import _json_default
-from advlab.runs import load_tensors, save_tensors
 from advlab.schema import check_fields
+from advlab.tensor_files import load_tensors, save_tensors
 
 __all__ = ["EvalProgress", "EvalState"]
 

@@ -44,8 +44,20 @@ from advlab.runtime import Runtime
 
 
 def strongest_pgd(attacks: Sequence[AttackSpec]) -> AttackSpec:
-    """The PGD attack with the largest budget (steps × restarts) among ``attacks``."""
-    return max((a for a in attacks if a.name == "pgd"), key=lambda a: a.steps * a.restarts)
+    """The PGD attack (iterative, restarts, a fixed step) with the largest budget (steps × restarts) among
+    ``attacks``."""
+    pgd = [a for a in attacks if is_pgd(a)]
+    return max(pgd, key=lambda a: a.steps * a.restarts)
+
+
+def is_pgd(attack: AttackSpec) -> bool:
+    """An iterative gradient attack with restarts and a fixed step size: PGD's kind (APGD adapts its step)."""
+    return attack.kind.gradient and attack.kind.takes("restarts") and attack.kind.takes("step_ratio")
+
+
+def is_single_step(attack: AttackSpec) -> bool:
+    """A one-step gradient attack: FGSM's kind."""
+    return attack.kind.gradient and attack.steps == 1 and not attack.kind.takes("steps")
 
 
 def doubled(base: AttackSpec, eps: float) -> AttackSpec:
@@ -206,7 +218,9 @@ class _Case:
         self.name, self.model, self.numbers, self.grid = name, model, numbers, grid
         self.eps = numbers["eps"]
         i = grid.index(self.eps)
-        self.fgsm = next(label for label in model["robust_accuracy"] if label.startswith("FGSM"))
+        self.fgsm = numbers.get("single_step") or next(
+            label for label in model["robust_accuracy"] if label.startswith("FGSM")
+        )  # older checks.json
         self.pgd = numbers["pgd"]["label"]
         self.fgsm_acc, self.pgd_acc = model["robust_accuracy"][self.fgsm][i], numbers["pgd"]["accuracy"]
         self.before, self.n = numbers["worst_case"]["accuracy"], numbers.get("n")

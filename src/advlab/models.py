@@ -68,14 +68,15 @@ class Normalize(nn.Module):
 # same function, with the same gradients up to ties, as the usual conv-ReLU-pool, and loads the same
 # checkpoints (no layer with weights moved); but the ReLU and its backward touch 4× fewer values, which
 # the profile of an attack's forward-and-backward pass showed among the largest costs after the
-# convolutions (issue 4). tests/test_attacks.py checks the equivalence.
+# convolutions. tests/test_attacks.py checks the equivalence.
 
 
 @register_model(
     "small_cnn", input_size=(28, 28), description="fast 2-conv CNN for 28×28 images (default for (Fashion-)MNIST)"
 )
 class SmallCNN(nn.Module):
-    """A fast two-conv network for 28×28 grey images: ≥ 90% on Fashion-MNIST in a couple of CPU epochs."""
+    """A fast two-conv network for 28×28 grey images: over 90% on Fashion-MNIST in a couple of CPU epochs
+    (BENCHMARKS.md)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, hidden: int = 128) -> None:
         super().__init__()

@@ -250,6 +250,7 @@ class CheckMeasurements:
     pgd: dict[str, Any] | None = None
     worst_case: dict[str, Any] | None = None
     suite: dict[str, Any] | None = None
+    single_step: str | None = None  # the single-step attack's label (FGSM), which PGD must beat
     inputs: dict[str, Any] | None = None
 
 
@@ -359,6 +360,7 @@ class StudyMetrics:
     n_eval: int | None = None
     preset: str | None = None
     dataset: str | None = None
+    headline_attack: str | None = None  # the story's attack: the study's strongest PGD
     best_robust_model: str | None = None
     attacks: dict[str, dict[str, Any]] | None = None
     attack_hyperparameters: dict[str, list[dict[str, Any]]] | None = None

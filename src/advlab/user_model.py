@@ -181,7 +181,8 @@ def _module_file(spec: str) -> str | None:
 
 def _fill(model: nn.Module, weights: Path) -> None:
     """Load ``weights`` into ``model`` strictly, naming missing, unexpected and misshapen keys."""
-    from advlab.runs import check_weights, load_tensors
+    from advlab.runs import check_weights
+    from advlab.tensor_files import load_tensors
 
     tensors, _ = load_tensors(weights, verify=False)  # a user's file carries no advlab checksums
     expected = model.state_dict()

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from advlab.attacks import AttackSpec, bucket_size
+from advlab.attacks import AttackSpec, likely_wrong_classes, pad_to_bucket
 from advlab.attacks.threat import verify_adversarial
 from advlab.runtime import Runtime
 from advlab.tally import DRAWS, BatchVerdicts
@@ -48,21 +48,6 @@ def verdict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) 
     return held.clone()  # outside inference mode: a normal tensor, which callers may update in place
 
 
-def pad_to_bucket(mask: torch.Tensor) -> torch.Tensor:
-    """Indices of ``mask``'s True entries, plus some False ones up to the early-exit loop's bucket size.
-
-    The extra examples are attacked for nothing and their verdicts are masked out by the caller; in
-    exchange the attacks see a bounded set of batch shapes, which keeps peak memory from growing with
-    the number of images (benchmarks/bench_eval.py).
-    """
-    chosen = mask.nonzero().squeeze(1)
-    size = bucket_size(chosen.numel(), mask.numel())
-    if chosen.numel() in (0, size):
-        return chosen
-    extra = (~mask).nonzero().squeeze(1)[: size - chosen.numel()]
-    return torch.cat([chosen, extra]).sort().values
-
-
 def goals(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
     """The labels to hand the attack: the true ones, or for a targeted attack each of the most likely
     wrong classes by the clean logits, most likely first."""
@@ -70,9 +55,7 @@ def goals(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor
         return [y]
     with torch.inference_mode():
         logits = model(x).float()
-    wrong = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-    count = logits.shape[1] - 1 if attack.targets is None else min(attack.targets, logits.shape[1] - 1)
-    return [wrong[:, r].clone() for r in range(count)]
+    return likely_wrong_classes(logits, y, attack.targets)
 
 
 def survivors(
@@ -191,4 +174,4 @@ def measure_batch(
     return out
 
 
-__all__ = ["DRAWS", "Plan", "goals", "measure_batch", "pad_to_bucket", "recheck_in_fp32", "survivors", "verdict"]
+__all__ = ["DRAWS", "Plan", "goals", "measure_batch", "recheck_in_fp32", "survivors", "verdict"]

@@ -20,15 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from advlab.errors import AdvlabError
-from advlab.runs import (
-    CHECKSUM_KEY,
-    UncheckedFileWarning,
-    load_checkpoint,
-    load_tensors,
-    read_json,
-    training_status,
-    unfinished_message,
-)
+from advlab.files import read_json
+from advlab.runs import load_checkpoint, training_status, unfinished_message
+from advlab.tensor_files import CHECKSUM_KEY, UncheckedFileWarning, load_tensors
 
 STATUSES = ("ok", "unchecked", "unfinished", "damaged")
 

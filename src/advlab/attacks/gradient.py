@@ -199,7 +199,7 @@ def fgsm(
     )
 
 
-@register_attack("noise", title="noise", summary="random noise of size ε (a baseline, not an attack)")
+@register_attack("noise", title="noise", summary="random noise of size ε (a baseline, not an attack)", gradient=False)
 def random_noise(
     model: nn.Module,
     x: torch.Tensor,

@@ -47,6 +47,7 @@ class AttackKind:
     options: frozenset[str] = field(default_factory=frozenset)  # of steps, restarts, random_start, alpha,
     # step_ratio, loss (it ascends a loss one can choose) and targeted (it can aim at a class)
     black_box: bool = False  # it never uses gradients (Square): beating the gradient attacks flags masking
+    gradient: bool = True  # it follows a gradient (BPDA can replace it); not the random-noise baseline or Square
 
     def takes(self, option: str) -> bool:
         return option in self.options
@@ -66,6 +67,7 @@ def register_attack(
     step_ratio: Callable[[int], float] | None = None,
     options: tuple[str, ...] = (),
     black_box: bool = False,
+    gradient: bool = True,
 ) -> Callable[[AttackFn], AttackFn]:
     """Decorator: make the attack function findable by ``name`` (see :class:`AttackKind`)."""
 
@@ -83,6 +85,7 @@ def register_attack(
             step_ratio=step_ratio,
             options=frozenset(options),
             black_box=black_box,
+            gradient=gradient and not black_box,
         )
         return function
 
@@ -161,7 +164,7 @@ class AttackSpec:
             check_range("step size ratio", self.step_ratio, 0.0)
         if isinstance(self.eot, bool) or not isinstance(self.eot, int) or self.eot < 1:
             raise AdvlabError(f"eot must be an integer of at least 1, got {self.eot!r}")
-        if not isinstance(self.bpda, bool) or (self.bpda and (kind.black_box or kind.name == "noise")):
+        if not isinstance(self.bpda, bool) or (self.bpda and not kind.gradient):
             raise AdvlabError(
                 f"BPDA approximates a gradient, and {self.name} uses none; use it with fgsm, pgd or apgd attacks"
             )

@@ -62,9 +62,8 @@ Noise = torch.Generator | np.random.Generator
 
 def noise_generator(device: torch.device | str, seed: int) -> Noise:
     """Where the Gaussian noise comes from: on the CPU numpy's generator (a seeded PCG64, ziggurat normals),
-    on an accelerator torch's, on that device. Certification runs at 0.92× the forward passes' rate on
-    distinct images; the 0.79× once measured came from the baseline, a batch of one image repeated, which
-    this CPU runs about 17% faster (benchmarks/results/smoothing.json)."""
+    on an accelerator torch's, on that device. Certification's rate against the bare forward passes', and
+    why a batch of one image repeated is the wrong baseline: BENCHMARKS.md (benchmarks/results/smoothing.json)."""
     if torch.device(device).type == "cpu":
         return np.random.default_rng(seed)
     return torch.Generator(device=device).manual_seed(seed)

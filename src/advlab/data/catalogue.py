@@ -64,8 +64,20 @@ CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 #   The MNIST sums equal the original yann.lecun.com files, which both mirrors below serve.
 # - CIFAR-10: keras-team/keras, keras/datasets/cifar10.py (file_hash); size 170,498,071 bytes, whose MD5
 #   c58f30108f718f92721af3b95e74349a is the one torchvision pins.
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion-mnist": DatasetInfo(
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Make a data set available by its name (``--dataset NAME``, configs): its classes, shape,
+    normalization and pinned files; a new one is one call, with its files' sizes and SHA-256 sums."""
+    if info.name in DATASETS:
+        raise ValueError(f"data set {info.name!r} is registered twice")
+    DATASETS[info.name] = info
+    return info
+
+
+register_dataset(
+    DatasetInfo(
         name="fashion-mnist",
         classes=(
             "T-shirt/top",
@@ -106,8 +118,11 @@ DATASETS: dict[str, DatasetInfo] = {
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         subdirs=("", "fashion-mnist", "FashionMNIST/raw"),
         system_dir="/usr/share/datasets/fashion-mnist",
-    ),
-    "mnist": DatasetInfo(
+    )
+)
+
+register_dataset(
+    DatasetInfo(
         name="mnist",
         classes=tuple(str(digit) for digit in range(10)),
         channels=1,
@@ -139,8 +154,11 @@ DATASETS: dict[str, DatasetInfo] = {
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
         ),
         subdirs=("", "mnist", "MNIST/raw"),
-    ),
-    "cifar10": DatasetInfo(
+    )
+)
+
+register_dataset(
+    DatasetInfo(
         name="cifar10",
         classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         channels=3,
@@ -157,8 +175,8 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         mirrors=("https://www.cs.toronto.edu/~kriz/",),
         subdirs=("", CIFAR_DIR, "cifar10", f"cifar10/{CIFAR_DIR}"),
-    ),
-}
+    )
+)
 
 
 def _normalized(name: str) -> str:

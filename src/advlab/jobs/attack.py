@@ -10,9 +10,11 @@ import torch
 from advlab.attacks import AttackSpec, verify_adversarial
 from advlab.defenses import describe
 from advlab.errors import AdvlabError
+from advlab.files import write_json
 from advlab.jobs.sources import DataSource, ModelSource, ThreatModel, open_job, require_compatible
-from advlab.runs import check_run_dir, prepare_run_dir, save_tensors, write_json
+from advlab.runs import check_run_dir, prepare_run_dir
 from advlab.runtime import Runtime
+from advlab.tensor_files import save_tensors
 
 
 def attack_checkpoint(

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from advlab.certify import get_certifier
+from advlab.files import write_json
 from advlab.jobs.sources import DataSource, ModelSource, ThreatModel, check_output, open_job, require_compatible
-from advlab.runs import write_json
 from advlab.runtime import Runtime
 
 

@@ -11,9 +11,8 @@ from advlab.attacks.suites import suite_attacks
 from advlab.defenses import describe
 from advlab.eval_state import EvalState
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
-from advlab.files import run_lock
+from advlab.files import run_lock, write_json
 from advlab.jobs.sources import DataSource, ModelSource, ThreatModel, check_output, open_job, require_compatible
-from advlab.runs import write_json
 from advlab.runtime import Runtime
 
 

@@ -1,4 +1,4 @@
-"""The report's arms-race section (issue 15), from ``metrics.json``'s ``arms_race`` (:mod:`advlab.study.arms_race`):
+"""The report's arms-race section, from ``metrics.json``'s ``arms_race`` (:mod:`advlab.study.arms_race`):
 a figure of the apparent robustness and its collapse side by side, a table, and what they mean.
 
 Python::

@@ -1,4 +1,4 @@
-"""The report's certified section (issue 16), from ``metrics.json``'s ``models.NAME.certified``
+"""The report's certified section, from ``metrics.json``'s ``models.NAME.certified``
 (:mod:`advlab.study.certified`): proven against measured robustness per model, and randomized smoothing's
 certified accuracy against L2 radius.
 

@@ -1,4 +1,4 @@
-"""The report's interactive explorer (issue 17): pick an image and a model, move ε, watch the prediction flip.
+"""The report's interactive explorer: pick an image and a model, move ε, watch the prediction flip.
 
 Everything is precomputed by the study (:mod:`advlab.study.explorer`): numbers in ``metrics.json``'s
 ``explorer``, images in ``explorer.safetensors``, which this module encodes as PNG data URIs. The page stays
@@ -21,7 +21,7 @@ import numpy as np
 
 from advlab.errors import AdvlabError
 from advlab.report.figures import model_label
-from advlab.runs import load_tensors
+from advlab.tensor_files import load_tensors
 
 CSS = """
 #explorer .ex-controls{display:flex;flex-wrap:wrap;gap:.6em 1.4em;align-items:center;margin:.6em 0}

@@ -18,10 +18,11 @@ from typing import Sequence
 import torch
 
 from advlab.errors import AdvlabError
+from advlab.files import atomic_write_bytes
 from advlab.report.figures import _image, _plain, _pyplot, figure_bytes, model_label
 from advlab.results import percent
-from advlab.runs import atomic_write_bytes, load_tensors
 from advlab.schema import AttackOutput, read_checked
+from advlab.tensor_files import load_tensors
 
 
 def _class_name(classes: Sequence[str], index: int) -> str:

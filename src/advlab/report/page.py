@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from advlab.errors import AdvlabError
+from advlab.files import atomic_write_bytes, atomic_write_text, read_json
 from advlab.report.arms_race import arms_race_figure, arms_race_html
 from advlab.report.certified import certified_html, certified_models, has_smoothing, smoothing_figure
 from advlab.report.explorer import explorer_html
@@ -38,8 +39,8 @@ from advlab.report.markup import escape, image, in_words, number
 from advlab.report.story import story
 from advlab.report.tables import attack_table, checks_table, results_table, summary_table
 from advlab.results import train_index
-from advlab.runs import atomic_write_bytes, atomic_write_text, load_tensors, read_json
 from advlab.schema import check_metrics
+from advlab.tensor_files import load_tensors
 
 __all__ = ["build_report"]
 

@@ -1,4 +1,4 @@
-"""The arms race (issue 15): preprocessing defenses that look robust, the adaptive attacks that break them.
+"""The arms race: preprocessing defenses that look robust, the adaptive attacks that break them.
 
 The standard model and the study's most robust adversarially trained model each go behind every defense
 of the study's ``defenses`` (:mod:`advlab.defenses`), and on the first ``arms_race_n`` test images at the

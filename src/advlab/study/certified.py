@@ -1,4 +1,4 @@
-"""The study's certified stage (issue 16): what each model can be proven to withstand, beside what attacks
+"""The study's certified stage: what each model can be proven to withstand, beside what attacks
 measured.
 
 For every model, on the study's test images at the training ε: the IBP-verified accuracy

@@ -1,4 +1,4 @@
-"""The study's explorer stage (issue 17): what the report's interactive explorer shows, computed once.
+"""The study's explorer stage: what the report's interactive explorer shows, computed once.
 
 On ``explorer_size`` test images chosen to cover the classes (the first image of each class, then the
 second of each, ...), for every model and every ε of the study's grid: the adversarial image of the study's

@@ -10,10 +10,10 @@ import torch
 
 from advlab.attacks import AttackSpec, verify_adversarial
 from advlab.masking import strongest_pgd
-from advlab.runs import save_tensors
 from advlab.runtime import Runtime
 from advlab.study.config import StudyConfig
 from advlab.study.explorer import targeted_attack
+from advlab.tensor_files import save_tensors
 
 
 def draw_gallery(

@@ -10,12 +10,13 @@ from typing import Any
 
 from advlab import __version__
 from advlab.data import get_info
-from advlab.masking import sanity_checks
+from advlab.files import read_json
+from advlab.masking import sanity_checks, strongest_pgd
 from advlab.results import best_robust_model
-from advlab.runs import load_tensors, read_json
 from advlab.schema import ArmsRace, Certified, CheckMeasurements, Evaluation, RunSummary, read_checked
 from advlab.study.certified import check_certified_below_empirical
 from advlab.study.config import StudyConfig
+from advlab.tensor_files import load_tensors
 
 
 def collect_metrics(out: str | Path) -> dict:
@@ -45,6 +46,7 @@ def collect_metrics(out: str | Path) -> dict:
         "attack_hyperparameters": {a.label: [a.hyperparameters(e) for e in config.eps_grid] for a in attacks},
         "models": models,
         "best_robust_model": best_robust_model({"models": models, "eps_grid": grid, "train_eps": config.train_eps}),
+        "headline_attack": strongest_pgd(attacks).label,  # the story's attack: the strongest PGD
         # The sanity checks' extra attacks at the training ε (and the gallery's targeted one, below).
         "check_attacks": {label: h for c in checks.values() for label, h in _check_attacks(c).items()},
         "sanity_checks": sanity_checks(

@@ -18,9 +18,9 @@ from advlab.data import load_dataset
 from advlab.distributed import on_main
 from advlab.errors import AdvlabError
 from advlab.evaluate import evaluate
-from advlab.files import file_sha256, run_lock
+from advlab.files import file_sha256, read_json, run_lock, write_json
 from advlab.masking import strongest_pgd
-from advlab.runs import load_checkpoint, load_tensors, prepare_run_dir, read_json, save_tensors, write_json
+from advlab.runs import load_checkpoint, prepare_run_dir
 from advlab.runtime import Runtime
 from advlab.study.arms_race import measure_arms_race
 from advlab.study.certified import certified_numbers
@@ -29,6 +29,7 @@ from advlab.study.explorer import explorer_numbers, targeted_attack
 from advlab.study.gallery import draw_gallery
 from advlab.study.metrics import collect_metrics
 from advlab.study.sanity import check_numbers, surrogate_of
+from advlab.tensor_files import load_tensors, save_tensors
 from advlab.train import train
 from advlab.train.methods import METHODS
 

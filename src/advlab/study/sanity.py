@@ -9,7 +9,7 @@ import torch
 
 from advlab.attacks import AttackSpec, parse_attack
 from advlab.attacks.suites import suite_attacks
-from advlab.masking import measure_masking_checks, strongest_pgd
+from advlab.masking import is_single_step, measure_masking_checks, strongest_pgd
 from advlab.runtime import Runtime
 from advlab.schema import Evaluation, read_checked
 from advlab.study.config import StudyConfig
@@ -69,6 +69,7 @@ def check_numbers(
     return {
         **numbers,
         "pgd": {"label": base.label, "accuracy": saved["robust_accuracy"][base.label][i]},
+        "single_step": next(a.label for a in attacks if is_single_step(a)),  # what PGD must beat
         # The checks' baseline: the study's attacks, then the suite's on what they left.
         "worst_case": {
             "accuracy": numbers["suite"]["accuracy"] if suite else saved["worst_case_accuracy"][i],

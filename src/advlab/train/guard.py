@@ -253,3 +253,14 @@ def at_chance_warning(config, clean_accuracy: float, *, classes: int, epoch: int
         f"({100 * clean_accuracy:.1f}% for {classes} classes): it is not learning; check the learning rate "
         f"and the recipe (advlab train --list-recipes)"
     )
+
+
+def last_reading(run, snapshot: Snapshot) -> dict[str, float] | None:
+    """The last check of the weights a run's model.safetensors holds: a within-epoch check's reading (a run
+    stopped there), or the row of the epoch they come from; None without one."""
+    if snapshot.step is not None and run.stopped:
+        return snapshot.reading
+    row = next((r for r in run.rows if r["epoch"] == run.last_good_epoch), None)
+    if row is None:
+        return None
+    return {"clean": row["val_clean_acc"], "fgsm": row["val_fgsm_acc"], "pgd": row["val_robust_acc"]}

@@ -6,7 +6,7 @@ et al.'s MNIST network the way they did, not a Fashion-MNIST setting that collap
 user gives always wins. The run's ``config.json`` names the recipe and holds every resolved value::
 
     from advlab.train.recipes import find_recipe
-    find_recipe("mnist", "fgsm").name        # 'mnist-wong'
+    find_recipe("mnist", "fgsm", "single-step").name      # 'mnist-wong' (the method, then its family)
     advlab train --list-recipes              # the table, with sources
 
 Values are numbers or functions of ε (a step size or a regularizer weight that scales with the budget).
@@ -43,7 +43,7 @@ RECIPE_KEYS = (
     "train_eps",
 )
 
-# advlab's own recipe (issue 3, measured on Fashion-MNIST at ε = 0.1 in BENCHMARKS.md), and the value of
+# advlab's own recipe (measured on Fashion-MNIST at ε = 0.1 in BENCHMARKS.md), and the value of
 # any setting a recipe below leaves out. alpha None: the method's own rule (fgsm 1.25ε, nfgsm ε, ...).
 BASE: dict[str, Any] = {
     "model": "small_cnn",
@@ -114,7 +114,7 @@ RECIPES: tuple[Recipe, ...] = (
             "steps": lambda eps: 10 if eps >= FASHION_FAST_COLLAPSE else 7,
             "co_remedy": lambda eps: "fallback" if eps >= FASHION_FAST_COLLAPSE else "stop",
         },
-        "advlab (issue 3): small_cnn, Adam one-cycle peak 0.002, 10 epochs, batch 128, measured at ε = 0.1 "
+        "advlab: small_cnn, Adam one-cycle peak 0.002, 10 epochs, batch 128, measured at ε = 0.1 "
         "(BENCHMARKS.md); above ε = 0.15, ε ramps up over the first 3 epochs (at most half the run), as "
         "Andriushchenko & Flammarion and de Jorge et al. ramp ε on SVHN: without it PGD-10 training at "
         "ε = 0.3 stayed at chance (benchmarks/bench_fast_at_grid.py); from ε = 0.25, where no single-step "

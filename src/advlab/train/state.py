@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import torch
 
 from advlab.errors import AdvlabError
-from advlab.runs import atomic_write_text, load_tensors, read_json, save_tensors
+from advlab.files import atomic_write_text, read_json
 from advlab.schema import check_fields
+from advlab.tensor_files import load_tensors, save_tensors
 from advlab.train.config import TrainConfig
 from advlab.train.preempt import EpochProgress
 

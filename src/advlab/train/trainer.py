@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
-from torch import nn
 
 from advlab.certify import verified_accuracy
-from advlab.data import get_info, load_dataset
+from advlab.data import get_info
 from advlab.distributed import on_main, wrap
-from advlab.errors import AdvlabError
 from advlab.evaluate import clean_accuracy
-from advlab.files import run_lock
-from advlab.models import create_model, takes_raw_pixels
-from advlab.runs import check_run_dir, prepare_run_dir, save_checkpoint, versions, write_json
+from advlab.files import run_lock, write_json
+from advlab.runs import check_run_dir, prepare_run_dir, save_checkpoint, versions
 from advlab.runtime import Runtime
 from advlab.train.config import TrainConfig
 from advlab.train.epoch import base_alpha, train_epoch
@@ -40,11 +36,22 @@ from advlab.train.guard import (
     collapse_event,
     end_of_run_warnings,
     falling_from,
+    last_reading,
     probe,
 )
 from advlab.train.methods import METHODS
 from advlab.train.optim import OPTIMIZERS, SCHEDULES
 from advlab.train.preempt import EpochProgress, Preempted, Preemption
+from advlab.train.setup import (
+    RUN_FILES,
+    build_model,
+    check_world,
+    cudnn_tuned,
+    epoch_line,
+    load_training_data,
+    logger,
+    run_record,
+)
 from advlab.train.state import (
     RunProgress,
     check_same_config,
@@ -56,19 +63,6 @@ from advlab.train.state import (
     write_state,
 )
 
-# An overwritten run's files must not pass for this run's: removed when a run starts afresh.
-RUN_FILES = (
-    "state.safetensors",
-    "best.safetensors",
-    "best.json",
-    "summary.json",
-    "metrics.jsonl",
-    "metrics.csv",
-    "guard.jsonl",
-    "model.safetensors",
-    "model.json",
-)
-
 
 class Trainer:
     """One training run of ``config`` into the folder ``out`` (see :func:`advlab.train.loop.train`)."""
@@ -78,14 +72,16 @@ class Trainer:
     ) -> None:
         self.config, self.runtime, self.world, self.main = config, runtime, runtime.world, runtime.main
         self.resume, self.overwrite = resume, overwrite
-        self.log = _logger(progress and self.main)
+        self.log = logger(progress and self.main)
         self.progress = progress and self.main
         # Only rank 0 reads the folder; the other ranks get its state, or its error, by broadcast.
         self.saved_state = on_main(self.world, lambda: self._read_folder(out))
-        _check_world(self.saved_state, runtime)
+        check_world(self.saved_state, runtime)
         self.info = get_info(config.dataset)
-        self._load_data(progress)
-        self.model, self.model_args = _build_model(config, self.info, runtime)
+        self.train_data, self.val_data, self.check_data, self.probe_data = load_training_data(
+            config, self.world, runtime.device, progress=progress
+        )
+        self.model, self.model_args = build_model(config, self.info, runtime)
         self.method = METHODS[config.method](config)
         self.optimizer = OPTIMIZERS[config.optimizer](self.model.parameters(), config)
         # Separate generators, so that shuffling and attacks draw the same numbers however the other is used.
@@ -107,24 +103,6 @@ class Trainer:
             check_same_config(Path(out), self.config, state)
         return state
 
-    def _load_data(self, progress: bool) -> None:
-        config, world, device = self.config, self.world, self.runtime.device
-        split = dict(data_dir=config.data_dir, val_size=config.val_size, progress=progress)
-        train_data = load_dataset(config.dataset, "train", **split)
-        if config.train_size is not None:
-            train_data = train_data.subset(config.train_size)
-        val_data = load_dataset(config.dataset, "val", **split)
-        check_data = val_data.subset(min(config.check_examples, len(val_data)))
-        if world is not None and min(len(train_data), config.batch_size) < world.size:
-            raise AdvlabError(
-                f"{world.size} processes but a batch of {min(len(train_data), config.batch_size)} "
-                "training images: every rank needs examples of its own; start fewer processes"
-            )
-        if device.type == "cuda":  # on the GPU for the whole run: batches are cut there, no copy per batch
-            train_data, val_data, check_data = (d.to(device) for d in (train_data, val_data, check_data))
-        self.train_data, self.val_data, self.check_data = train_data, val_data, check_data
-        self.probe_data = check_data.subset(min(config.co_check_examples, len(check_data)))
-
     @contextlib.contextmanager
     def session(self, save_every: float | None) -> Iterator[Trainer]:
         """The run folder created and locked (one writer), SIGTERM and ``save_every`` saving at batch
@@ -136,7 +114,7 @@ class Trainer:
         with (
             run_lock(self.out) if self.main else contextlib.nullcontext(),
             Preemption(save_every) as self.preemption,
-            _cudnn_tuned(self.runtime.device),
+            cudnn_tuned(self.runtime.device),
         ):
             self._start()
             yield self
@@ -162,15 +140,7 @@ class Trainer:
                     "runtime": self.runtime.to_dict(),
                 },
             )
-        self.record = {
-            "model": config.model,
-            "model_args": self.model_args,
-            "dataset": self.info.name,
-            "training_runtime": self.runtime.to_dict(),
-            "normalization": {"mean": self.model_args["mean"], "std": self.model_args["std"]},
-            "config": config.to_dict(),
-            "smoothing_sigma": self.method.smoothing_sigma(),  # the noise advlab certify smooths it with
-        }
+        self.record = run_record(config, self.info, self.model_args, self.runtime, self.method)
         self._say_how_it_starts()
         self.snapshot = Snapshot(self.model, self.optimizer, epoch=self.run.last_good_epoch or 0)
         self.position = None
@@ -288,7 +258,7 @@ class Trainer:
             row["val_verified_acc"] = reading["verified"]
         self.run.rows.append(row)
         self.run.epoch = epoch
-        self.log(_epoch_line(row, self.config))
+        self.log(epoch_line(row, self.config))
         if epoch == 1:
             self._note(at_chance_warning(self.config, reading["clean"], classes=len(self.info.classes), epoch=epoch))
         judged = self.method.adversarial and stats["eps"] >= self.config.eps  # not while ε still ramps up
@@ -414,7 +384,7 @@ class Trainer:
         if run.stopped or run.epoch >= config.passes:
             ending = end_of_run_warnings(
                 config,
-                self._final_reading(),
+                last_reading(self.run, self.snapshot),
                 classes=len(self.info.classes),
                 robust=self.method.robust,
                 where=run.kept_weights or "the end",
@@ -425,90 +395,3 @@ class Trainer:
         if self.main:
             write_json(self.out / "summary.json", summary)
         return summary
-
-    def _final_reading(self) -> dict[str, float] | None:
-        """The last check of the weights model.safetensors holds: a within-epoch check's reading, or the row of
-        the epoch they come from."""
-        run, snapshot = self.run, self.snapshot
-        if snapshot.step is not None and run.stopped:
-            return snapshot.reading
-        row = next((r for r in run.rows if r["epoch"] == run.last_good_epoch), None)
-        if row is None:
-            return None
-        return {"clean": row["val_clean_acc"], "fgsm": row["val_fgsm_acc"], "pgd": row["val_robust_acc"]}
-
-
-@contextlib.contextmanager
-def _cudnn_tuned(device: torch.device):
-    """On CUDA, cuDNN's benchmark mode for the run (training's batch shapes are fixed: it picks the fastest
-    kernels once), and the caller's setting back afterwards (early-exit evaluation has many shapes)."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = previous
-
-
-def _check_world(saved_state, runtime: Runtime) -> None:
-    """A state saved by N processes resumes with N: each rank's random streams are saved apart."""
-    size = runtime.world.size if runtime.world is not None else 1
-    saved = saved_state[1].get("world_size", 1) if saved_state is not None else size
-    if saved != size:
-        how = "without torchrun" if saved == 1 else f"with torchrun and {saved} processes in all"
-        raise AdvlabError(
-            f"this run was trained by {saved} process(es) and resumes only {how} (each rank's "
-            f"random streams are saved apart), not with {size}; or start afresh with --overwrite"
-        )
-
-
-def _build_model(config: TrainConfig, info, runtime: Runtime) -> tuple[nn.Module, dict[str, Any]]:
-    """The model, initialized from the seed without touching the global RNG, and the arguments that rebuild it.
-
-    On CPU its convolution weights are kept channels-last: oneDNN runs NHWC faster, above all the attacks'
-    input-gradient passes (benchmarks/bench_train.py). The model is this run's own object; only the layout
-    changes, values and results are those of the default layout up to float summation order, and
-    checkpoints are saved contiguous as ever.
-    """
-    # A raw-pixel network (wong_mnist, madry_cnn) as its paper fed it; the data set's name lets create_model fill
-    # in what some networks need (linear: the image size); the explicit values keep the checkpoint's
-    # normalization and shape even if the registry changes.
-    raw = takes_raw_pixels(config.model)
-    mean, std = ([0.0] * info.channels, [1.0] * info.channels) if raw else (list(info.mean), list(info.std))
-    args: dict[str, Any] = {
-        "dataset": info.name,
-        "in_channels": info.channels,
-        "num_classes": len(info.classes),
-        "mean": mean,
-        "std": std,
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = create_model(config.model, **args)
-    model = model.to(runtime.device)
-    if runtime.uses_channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model, args
-
-
-def _epoch_line(row: dict[str, Any], config: TrainConfig) -> str:
-    train_acc = row["train_adv_acc"] if row["train_adv_acc"] is not None else row["train_clean_acc"]
-    verified = f"  val verified {100 * row['val_verified_acc']:.1f}%" if "val_verified_acc" in row else ""
-    return (
-        f"epoch {row['epoch']}/{config.passes}  loss {row['train_loss']:.3f}  train {100 * train_acc:.1f}%  "
-        f"val clean {100 * row['val_clean_acc']:.1f}%  val PGD-{config.check_steps} "
-        f"{100 * row['val_robust_acc']:.1f}%{verified}  {row['seconds']:.1f} s"
-    )
-
-
-def _logger(enabled: bool) -> Callable[[str], None]:
-    from tqdm.auto import tqdm
-
-    def log(line: str) -> None:
-        if enabled:
-            tqdm.write(line, file=sys.stderr)
-
-    return log

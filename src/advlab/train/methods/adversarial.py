@@ -140,7 +140,8 @@ class GradAlign(Method):
     """Andriushchenko & Flammarion 2020, "Understanding and Improving Fast Adversarial Training"
     (arXiv:2007.02617): FGSM from x (α = 1.25ε, clipped to the ε-ball, so a step of ε: the authors'
     runs) plus λ·(1 − cos) between the input gradients at x and at a random point of the ε-ball.
-    λ = ``grad_align_lambda``. The regularizer costs a double backpropagation: about 3× a FGSM epoch."""
+    λ = ``grad_align_lambda``. The regularizer costs a double backpropagation (its epoch time against
+    FGSM's: BENCHMARKS.md)."""
 
     name = "gradalign"
     family = "single-step"
