@@ -216,6 +216,8 @@ def apgd_ce(
     default_steps=100,
     step_ratio=None,
     options=_OPTIONS,
+    fixed_loss="dlr",
+    min_classes=3,
 )
 def apgd_dlr(
     model: nn.Module,
@@ -268,6 +270,10 @@ def apgd_dlr(
     default_steps=100,
     step_ratio=None,
     options=(*_OPTIONS, "targets"),
+    fixed_loss="dlr-targeted",
+    picks_targets=TARGETS,
+    min_classes=4,
+    fallback="apgd-dlr",
 )
 def apgd_t(
     model: nn.Module,

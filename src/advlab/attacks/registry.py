@@ -48,6 +48,10 @@ class AttackKind:
     # step_ratio, loss (it ascends a loss one can choose) and targeted (it can aim at a class)
     black_box: bool = False  # it never uses gradients (Square): beating the gradient attacks flags masking
     gradient: bool = True  # it follows a gradient (BPDA can replace it); not the random-noise baseline or Square
+    fixed_loss: str | None = None  # the loss it always ascends (APGD-DLR: "dlr"); None: the spec's choice
+    picks_targets: int = 0  # it aims at this many target classes it picks itself by default (APGD-T: 9)
+    min_classes: int = 2  # the fewest classes it works on (DLR needs 3, APGD-T 4)
+    fallback: str | None = None  # the attack a suite runs instead on fewer classes (APGD-T: APGD-DLR); None: none
 
     def takes(self, option: str) -> bool:
         return option in self.options
@@ -68,6 +72,10 @@ def register_attack(
     options: tuple[str, ...] = (),
     black_box: bool = False,
     gradient: bool = True,
+    fixed_loss: str | None = None,
+    picks_targets: int = 0,
+    min_classes: int = 2,
+    fallback: str | None = None,
 ) -> Callable[[AttackFn], AttackFn]:
     """Decorator: make the attack function findable by ``name`` (see :class:`AttackKind`)."""
 
@@ -86,6 +94,10 @@ def register_attack(
             options=frozenset(options),
             black_box=black_box,
             gradient=gradient and not black_box,
+            fixed_loss=fixed_loss,
+            picks_targets=picks_targets,
+            min_classes=min_classes,
+            fallback=fallback,
         )
         return function
 
@@ -213,10 +225,10 @@ class AttackSpec:
             "steps": self.steps,
             "restarts": self.restarts,
             "random_start": self.random_start,
-            "loss": self.loss,
-            "targeted": self.targeted,
+            "loss": self.kind.fixed_loss or self.loss,
+            "targeted": self.targeted or bool(self.kind.picks_targets),
             **({"targets": self.targets or "all others"} if self.targeted else {}),
-            **({"targets": self.targets} if not self.targeted and self.targets else {}),
+            **({"targets": self.targets or self.kind.picks_targets} if self.kind.picks_targets else {}),
             **({"eot": self.eot} if self.eot > 1 else {}),
             **({"bpda": True} if self.bpda else {}),
         }

@@ -262,6 +262,7 @@ def _single_run(
     step_ratio=None,
     options=("steps", "restarts"),
     black_box=True,
+    fixed_loss="margin",
 )
 def square(
     model: nn.Module,

@@ -27,7 +27,7 @@ only APGD-CE (2), and says so in the model flags (``few-classes``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from advlab.attacks.registry import AttackSpec, parse_attack
 from advlab.errors import AdvlabError
@@ -91,14 +91,12 @@ def suite_attacks(name: str, *, norm: str = "linf", classes: int | None = None) 
     except KeyError:
         raise AdvlabError(f"unknown suite {name!r}; choose one of: {', '.join(SUITES)}") from None
     attacks = []
-    for attack in suite.attacks:
-        if classes is not None and attack.startswith("apgd-t") and classes < 4:
-            if classes < 3:
-                continue
-            attack = attack.replace("apgd-t", "apgd-dlr")
-        if classes is not None and attack.startswith("apgd-dlr") and classes < 3:
-            continue
-        attacks.append(parse_attack(attack, norm=norm))
+    for spec in (parse_attack(attack, norm=norm) for attack in suite.attacks):
+        while spec is not None and classes is not None and classes < spec.kind.min_classes:
+            fallback = spec.kind.fallback  # e.g. APGD-T → APGD-DLR on 3 classes; nothing on 2
+            spec = None if fallback is None else replace(spec, name=fallback, targets=None)
+        if spec is not None:
+            attacks.append(spec)
     return attacks
 
 
