@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Does a change alter any number? Run the quick study at REV (from a throw-away worktree, with this
-# checkout's .venv) and at this checkout, then compare every accuracy, curve, check and gallery target.
-#   bash benchmarks/same_numbers.sh 74fb18c            # prints "identical" or each difference; exit 1 if any
+# Does a change alter any number? Run the quick study at REV and at NEW (default HEAD), each from a
+# throw-away worktree of that commit with this checkout's .venv (uncommitted edits here never leak in),
+# then compare every accuracy, curve, check, arms-race row, certificate and gallery target.
+#   bash benchmarks/same_numbers.sh 953812f [427b7ce]   # prints "identical" or each difference; exit 1 if any
 # Needs about twice the quick study's time. Wall times are not compared (they are never identical); a key only
 # one side writes (a field added since REV) is listed but is not a difference in the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rev="${1:?usage: $0 REV}"
+rev="${1:?usage: $0 REV [NEW]}"
+new="$(git rev-parse --short "${2:-HEAD}")"
 tmp="$(mktemp -d)"
-trap 'git worktree remove --force "$tmp/old" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
-git worktree add --detach "$tmp/old" "$rev" >/dev/null 2>&1
+trap 'git worktree remove --force "$tmp/old" >/dev/null 2>&1 || true; git worktree remove --force "$tmp/new" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
 python="$PWD/.venv/bin/python"  # not resolved: the link is what makes it the venv
-(cd "$tmp/old" && PYTHONPATH="$tmp/old/src" "$python" -m advlab.cli study --preset quick --out "$tmp/at-rev" --quiet \
-    >/dev/null)
-.venv/bin/advlab study --preset quick --out "$tmp/here" --quiet >/dev/null
-"$python" - "$tmp/at-rev/metrics.json" "$tmp/here/metrics.json" "$rev" "$(git rev-parse --short HEAD)" <<'PY'
+for side in old new; do
+    commit="$rev"; [ "$side" = new ] && commit="$new"
+    git worktree add --detach "$tmp/$side" "$commit" >/dev/null 2>&1
+    (cd "$tmp/$side" && PYTHONPATH="$tmp/$side/src" "$python" -m advlab.cli study --preset quick \
+        --out "$tmp/at-$side" --quiet >/dev/null)
+done
+"$python" - "$tmp/at-old/metrics.json" "$tmp/at-new/metrics.json" "$rev" "$new" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 TIMES = ("seconds", "time")  # wall times are never identical
