@@ -39,6 +39,7 @@ LAYERS = [
     ("jobs/", ["advlab.jobs"]),
     ("verify.py", ["advlab.verify"]),
     ("train/", ["advlab.train"]),
+    ("masking_attacks.py", ["advlab.masking_attacks"]),
     ("masking.py", ["advlab.masking"]),
     ("study/", ["advlab.study"]),
     ("report/", ["advlab.report"]),

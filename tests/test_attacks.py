@@ -28,6 +28,10 @@ def _loss(model, x, y) -> float:
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_registry_attacks_stay_in_ball_and_range(name, norm, tiny_cnn, batch):
+    if norm not in ATTACKS[name].norms:
+        with pytest.raises(AdvlabError, match="works in L2 only"):  # one clear line instead
+            parse_attack(f"{name}-{norm}")
+        return
     x, y = batch
     eps = 0.1 if norm == "linf" else 1.0
     spec = AttackSpec(name, norm=norm)
@@ -46,7 +50,9 @@ def test_registry_attacks_stay_in_ball_and_range(name, norm, tiny_cnn, batch):
             if norm == "l2"
             else (x_adv - x).abs().amax(dim=(1, 2, 3)).gt(0.5 * eps).all()
         )
-    elif ATTACKS[name].black_box:  # it stops at the first wrong prediction: it fools what noise cannot
+    elif ATTACKS[name].black_box or ATTACKS[name].minimum_norm:
+        # It stops at the first wrong prediction (a minimum-norm attack: just past the boundary, where the
+        # loss has barely moved): it fools what noise cannot.
         with torch.no_grad():
             wrong = [int((tiny_cnn(v).argmax(1) != y).sum()) for v in (x, x_adv)]
         assert wrong[0] < len(y) and wrong[1] == len(y)  # every image fooled (fails for a stub returning x)
@@ -296,7 +302,7 @@ def test_parse_attack(text, expected):
     assert parse_attack(text) == expected
 
 
-@pytest.mark.parametrize("text", ["cw", "fgsm10", "pgd-x", "pgd20-l1", "", "pgd-l2-linf", "pgd-hinge"])
+@pytest.mark.parametrize("text", ["carlini", "fgsm10", "pgd-x", "pgd20-l1", "", "pgd-l2-linf", "pgd-hinge"])
 def test_parse_attack_rejects_unknown(text):
     with pytest.raises(AdvlabError, match="attack"):
         parse_attack(text)
@@ -332,13 +338,20 @@ def test_options_an_attack_does_not_take_are_refused():
             AttackSpec("pgd", **bad)
 
 
-def test_margin_loss_is_reachable_and_used(tiny_cnn, batch):
-    """The CW margin loss changes the attack: its iterates differ from cross-entropy's."""
-    x, y = batch
-    ce = parse_attack("pgd5")(tiny_cnn, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
-    margin = parse_attack("pgd5-margin")(tiny_cnn, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
+def test_margin_loss_is_reachable_and_used(trained_model, fashion_test):
+    """The CW margin loss is the one the attack ascends: its iterates differ from cross-entropy's, it raises
+    the margin from clean and breaks images (an attack that returned x would do neither)."""
+    from advlab.attacks.loop import margin_loss
+
+    x, y = fashion_test.subset(100).tensors()
+    ce = parse_attack("pgd5")(trained_model, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
+    margin = parse_attack("pgd5-margin")(trained_model, x, y, eps=0.1, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(ce, margin)
     verify_adversarial(x, margin, 0.1, "linf")
+    with torch.no_grad():
+        before, after = margin_loss(trained_model(x), y), margin_loss(trained_model(margin), y)
+        fooled = (trained_model(margin).argmax(1) != y).float().mean().item()
+    assert (after > before).float().mean().item() >= 0.95 and fooled >= 0.5, fooled
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from advlab.certify import UnsupportedLayer, interval_bounds, margin_bounds, verified
+from advlab.certify import UnsupportedLayer, interval_bounds, margin_bounds, mixed_margin_bounds, verified
 from advlab.errors import AdvlabError
 from advlab.models import Normalize, create_model
 
@@ -53,8 +53,9 @@ def test_bounds_hold_at_thousands_of_points_of_the_ball(seed, eps, pooling):
     lower, upper = interval_bounds(net, x, eps)
     margins = {"ibp": margin_bounds(net, x, y, eps)}
     if not pooling:
+        # CROWN's own bound, not the maximum with IBP that margin_bounds returns: each must be sound alone.
+        margins["crown"] = mixed_margin_bounds(net, x, y, eps, crown_weight=1.0).detach()
         margins["crown-ibp"] = margin_bounds(net, x, y, eps, method="crown-ibp")
-        assert (margins["crown-ibp"] >= margins["ibp"]).all()  # the larger of two sound bounds
     for i in range(3):
         points = _samples(x[i : i + 1], eps, 2000, g)
         with torch.no_grad():
@@ -105,7 +106,8 @@ def test_provably_stable_relus_give_exact_bounds_with_crown_ibp():
             with torch.no_grad():
                 z = net(corner)[0]
             assert float(z[y[i]] - z[j]) == pytest.approx(float(bound[i, j].detach()), abs=1e-5)
-    assert (margin_bounds(net, x, y, eps) <= bound + 1e-6).all()  # IBP alone is looser here
+    ibp = margin_bounds(net, x, y, eps)
+    assert (ibp < bound - 1e-3).any()  # IBP alone is strictly looser here: CROWN's pass gave the exact values
 
 
 def test_at_eps_zero_verified_is_correct_and_it_never_exceeds_it():
@@ -253,11 +255,25 @@ def test_ibp_training_logs_and_earns_verified_accuracy(ibp_run, trained_checkpoi
     capsys.readouterr()
     assert (
         main(
-            ["certify", str(ibp_run), "--eps", "0.1", "--images", "300", "--quiet", "--out", str(tmp_path / "ibp.json")]
+            [
+                "certify",
+                str(ibp_run),
+                "--eps",
+                "0.1",
+                "--images",
+                "300",
+                "--cross-check",
+                "--quiet",
+                "--out",
+                str(tmp_path / "ibp.json"),
+            ]
         )
         == 0
     )
     ibp = json.loads((tmp_path / "ibp.json").read_text())
+    # Every verified image was attacked, and none broken; the indices stay out of the JSON.
+    assert ibp["cross_check"]["verified"] == round(ibp["verified_accuracy"] * 300) > 0
+    assert ibp["cross_check"]["broken"] == 0 and "verified_images" not in ibp
     assert (
         main(
             [
@@ -319,6 +335,37 @@ def test_ibp_training_logs_and_earns_verified_accuracy(ibp_run, trained_checkpoi
     assert ibp["verified_accuracy"] <= pgd["worst_case_accuracy"][0]
     out = capsys.readouterr().out
     assert "ibp at eps = 0.1 on 300 images" in out
+    assert f"broke none of the {ibp['cross_check']['verified']} verified images" in out
+
+
+def test_an_unsound_bound_fails_the_cross_check(trained_model, fashion_test, trained_checkpoint, capsys, monkeypatch):
+    """A bound that claimed every correct image of a standard model at ε = 0.1 would be unsound: PGD breaks
+    most of them, and the cross-check says so (exit status 1, one line), in the job and in the study."""
+    import advlab.certify.ibp as ibp_module
+    from advlab.cli import main
+    from advlab.errors import Contradiction
+    from advlab.evaluate import cross_check_verified
+    from advlab.study.certified import check_certified_below_empirical
+
+    x, y = fashion_test.subset(40).tensors()
+    correct = (trained_model(x).argmax(1) == y).nonzero().squeeze(1).tolist()
+    with pytest.raises(Contradiction, match=r"cross-check failed: PGD-50×5 L∞ broke \d+ of the"):
+        cross_check_verified(trained_model, x, y, correct, eps=0.1, what="a fake bound")
+    assert cross_check_verified(trained_model, x, y, correct, eps=0.0, what="ibp")["broken"] == 0
+
+    def unsound(model, data, eps, *, method="ibp", batch_size=500, device=None):
+        xs, ys = data
+        return (model(xs).argmax(1) == ys).cpu()  # "verified": every correct image
+
+    monkeypatch.setattr(ibp_module, "verified_flags", unsound)
+    capsys.readouterr()
+    argv = ["certify", str(trained_checkpoint), "--eps", "0.1", "--images", "40", "--cross-check", "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cross-check failed" in err[0]
+    with pytest.raises(Contradiction, match="2 images its bound verified were broken"):
+        check_certified_below_empirical("m", 0.2, 0.5, verified_images=[1, 2, 3], robust_images=[1, 4, 5])
+    check_certified_below_empirical("m", 0.2, 0.5, verified_images=[1, 4], robust_images=[1, 4, 5])
 
 
 @pytest.mark.parametrize(
@@ -331,6 +378,7 @@ def test_ibp_training_logs_and_earns_verified_accuracy(ibp_run, trained_checkpoi
         (["--method", "smoothing", "--sigma", "0.25", "--n", "50"], "must be at least --n0"),
         (["--method", "smoothing", "--sigma", "0.25", "--alpha", "0.7"], "--alpha must be in (0, 0.5)"),
         (["--method", "smoothing"], "was not trained with --method gaussian"),
+        (["--method", "smoothing", "--sigma", "0.25", "--cross-check"], "--cross-check attacks the examples"),
     ],
 )
 def test_bad_certify_input_is_one_line(trained_checkpoint, capsys, argv, match):

@@ -382,8 +382,9 @@ def test_study_under_torchrun(tmp_path):
 def test_every_method_trains_under_ddp(tmp_path):
     """Each method's passes (two forwards before one backward in TRADES and MART, double backpropagation in
     GradAlign and gradreg, m optimizer steps per batch in free AT, interval bounds through the wrapped
-    network in IBP) go through DistributedDataParallel: every run ends, with finite losses and the same
-    summary on both ranks."""
+    network in IBP) go through DistributedDataParallel: every run ends, with finite losses, the same
+    summary on both ranks, and the same weights (a method whose update bypassed DDP's gradient all-reduce
+    would leave each rank with weights of its own data)."""
     config = {**SMALL, "train_size": 256, "epochs": 1, "val_size": 200, "check_examples": 32}
     result = torchrun(WORKER, "methods", str(tmp_path), json.dumps(config), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -391,6 +392,7 @@ def test_every_method_trains_under_ddp(tmp_path):
     assert set(ranks[0]) == {"pgd", "trades", "mart", "nfgsm", "gradalign", "free", "gradreg", "gaussian", "ibp"}
     for method, summary in ranks[0].items():
         assert _decisions(summary) == _decisions(ranks[1][method]), method
+        assert summary["weights_sha256"] == ranks[1][method]["weights_sha256"], method
         assert summary["epochs_completed"] == 1, method
         rows = _rows(tmp_path / method)
         assert all(row["train_loss"] == row["train_loss"] and row["train_loss"] < 100 for row in rows), method

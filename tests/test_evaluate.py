@@ -150,7 +150,10 @@ def test_bf16_attacks_are_judged_in_full_precision(trained_model, fashion_test, 
     )
     assert seen and seen[0]  # the attack runs under autocast (a re-attack in fp32 may follow, see below)
     assert low.clean_accuracy == ref.clean_accuracy  # the clean pass is not under autocast
-    assert abs(low.worst_case[0] - ref.worst_case[0]) <= 0.05  # a few examples at most
+    # bf16 judged in fp32 found the very same robust share here (24.6% at ε = 0.1 on these 500 images, from
+    # 86% clean); 5 images of slack for another CPU's rounding, far below what a broken judgement moves.
+    assert ref.worst_case[0] < ref.clean_accuracy - 0.3
+    assert abs(low.worst_case[0] - ref.worst_case[0]) <= 0.01
 
 
 class _MisjudgedInBf16(torch.nn.Module):

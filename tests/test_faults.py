@@ -150,20 +150,32 @@ def test_truncated_and_flipped_checkpoints_are_refused(tmp_path, reference):
         assert verify.returncode == 1 and "damaged" in verify.stdout
 
 
-@pytest.mark.parametrize(
-    "name, content",
-    [
-        ("config.json", "{not json"),
-        ("summary.json", json.dumps({"finished": "yes"})),
-    ],
-)
-def test_malformed_files_of_a_run_are_one_line(tmp_path, reference, name, content):
+def test_a_malformed_config_of_a_run_is_one_line(tmp_path, reference):
+    """config.json is what a resume trains by: unreadable, it is refused in one line that names it, and the
+    run folder is left as it was."""
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    (run / name).write_text(content)
+    (run / "config.json").write_text("{not json")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     done = _run(*TRAIN, "--out", str(run), "--resume", "--quiet")
-    assert "Traceback" not in done.stderr
-    assert done.returncode in (0, 2) and (done.returncode == 0 or done.stderr.count("\n") == 1)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "config.json is not a readable JSON file" in done.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_malformed_summary_is_written_again_from_the_state(tmp_path, reference):
+    """summary.json is an output, not an input: a resume of a finished run writes it again from the
+    checksummed training state, whatever was there."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "summary.json").write_text(json.dumps({"finished": "yes"}))
+    done = _run(*TRAIN, "--out", str(run), "--resume", "--quiet")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    again, first = (json.loads((folder / "summary.json").read_text()) for folder in (run, reference))
+    places = ("run_dir", "paths", "seconds")  # where the copy lives, and the time of the call
+    assert again["finished"] is True and {k: v for k, v in again.items() if k not in places} == {
+        k: v for k, v in first.items() if k not in places
+    }
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="a small tmpfs needs root")

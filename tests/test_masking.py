@@ -9,7 +9,8 @@ from torch import nn
 
 from advlab.attacks import parse_attack
 from advlab.evaluate import evaluate
-from advlab.masking import measure_masking_checks, sanity_checks
+from advlab.masking import sanity_checks
+from advlab.masking_attacks import measure_masking_checks
 from advlab.model_warnings import model_warnings
 
 
@@ -144,6 +145,39 @@ def test_a_quantizing_layer_fails_the_checks_it_should(trained_model, check_data
 def test_saturated_logits_fail_the_other_loss_check(trained_model, check_data):
     rows = _study_checks(Scaled(trained_model).eval(), trained_model, check_data)
     assert rows["another loss (DLR) finds little more"]["status"] == "fail"
+
+
+@pytest.fixture(scope="module")
+def pgd_model():
+    """A small CNN PGD-trained at ε = 0.1 (PGD-3, one epoch on 12,000 Fashion-MNIST images): robust, and with
+    gradients that attacks can use (a few tens of seconds)."""
+    from advlab.attacks.loop import LOSSES, perturb
+    from advlab.data import load_dataset
+    from advlab.models import create_model
+
+    data = load_dataset("fashion-mnist", "train", download=False, progress=False).subset(12_000)
+    torch.manual_seed(0)
+    model = create_model("small_cnn", dataset="fashion-mnist")
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for x, y in data.batches(128, shuffle=True, generator=g):
+        model.eval()
+        x_adv = perturb(model, x, y, eps=0.1, alpha=2.5 * 0.1 / 3, steps=3, objective=LOSSES["ce"], generator=g)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x_adv), y).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_a_healthy_robust_model_passes_every_check(pgd_model, trained_model, fashion_test):
+    """No false alarm: a PGD-trained model, whose robustness is real, passes every check that applies."""
+    rows = _study_checks(pgd_model, trained_model, fashion_test.subset(200))
+    assert rows["iterative beats single-step"]["status"] == "pass"
+    failed = {check: row["detail"] for check, row in rows.items() if row["status"] == "fail"}
+    assert not failed, failed
+    assert rows["more steps and restarts change little"]["status"] == "pass"  # robust images were left to test
+    assert rows["another loss (DLR) finds little more"]["status"] == "pass"
 
 
 def test_a_check_with_nothing_to_test_is_not_applicable(trained_model, check_data):

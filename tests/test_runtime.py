@@ -172,8 +172,9 @@ def test_cuda_evaluation_matches_its_fp32_judgement(trained_model, fashion_test)
     finally:
         trained_model.to("cpu")
     assert len({r.clean_accuracy for r in results.values()}) == 1  # judged in fp32 every time
-    for result in results.values():
-        assert abs(result.worst_case[0] - results["fp32"].worst_case[0]) <= 0.05
+    assert results["fp32"].worst_case[0] < results["fp32"].clean_accuracy - 0.3  # the attack really attacks
+    for result in results.values():  # on the CPU bf16 judged in fp32 found the very same share (test_evaluate)
+        assert abs(result.worst_case[0] - results["fp32"].worst_case[0]) <= 0.01
 
 
 @needs_cuda

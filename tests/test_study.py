@@ -80,12 +80,31 @@ def test_the_arms_race_shows_naive_robustness_collapse_under_the_adaptive_attack
     assert "robust to a naive attack, but an adaptive one (PGD-10 L∞ BPDA) brings it to" in text
 
 
-def test_the_certified_stage_proves_less_than_attacks_measure(tiny_study):
+def test_the_certified_stage_proves_less_than_attacks_measure(tiny_study, tmp_path):
+    import shutil
+
+    from advlab.errors import Contradiction
+
     out, metrics = tiny_study
     for name, model in metrics["models"].items():
         certified = model["certified"]
         assert (out / "models" / name / "certified.json").is_file() and certified["n"] == 60
         assert 0 <= certified["verified_accuracy"] <= model["worst_case_all_attacks"]["accuracy"]
+        # Example by example: what the bound proved, every attack left robust.
+        proved = json.loads((out / "models" / name / "certified.json").read_text())["verified_images"]
+        robust = json.loads((out / "models" / name / "checks.json").read_text())["robust_images"]
+        assert len(proved) == round(60 * certified["verified_accuracy"]) and set(proved) <= set(robust)
+        assert "verified_images" not in certified  # the indices stay in the stage's file
+    # A bound that claimed an image the attacks broke: the study refuses its numbers (exit status 1).
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    broken = sorted(
+        set(range(60)) - set(json.loads((copy / "models/standard/checks.json").read_text())["robust_images"])
+    )
+    path = copy / "models" / "standard" / "certified.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "verified_images": broken[:1]}))
+    with pytest.raises(Contradiction, match="1 images its bound verified were broken"):
+        collect_metrics(copy)
     smoothing = metrics["models"]["gauss"]["certified"]["smoothing"]
     assert smoothing["sigma"] == 0.25 and smoothing["images"] == 12 and smoothing["n"] == 300
     curve = list(smoothing["certified_accuracy"].values())

@@ -182,6 +182,19 @@ def test_a_user_model_on_a_folder_and_on_the_same_images_as_npz(user, capsys):
         _evaluate("--model-from", "nets.py:build", "--weights", "w.safetensors", "--data", "folder:img"), capsys
     )
     assert code == 0, err
+    # A 3-class model under the quick suite: APGD-T (4 classes) falls back to APGD-DLR, once refused outright.
+    suite = ["evaluate", "--suite", "quick", "--eps", "0.1", *base[5:], "--data", "npz:float.npz", "--out", "q.json"]
+    code, _, err = _run(suite, capsys)
+    assert code == 0, err
+    assert list(json.loads((folder / "q.json").read_text())["robust_accuracy"]) == ["APGD-CE-50 L∞", "APGD-DLR-50 L∞"]
+    # More images asked for than there are: all of them, one line that says so, and the count used recorded.
+    with pytest.warns(UserWarning) as notes:  # the CLI prints each as one line: "advlab: note: ..."
+        code, _, err = _run([*base, "--data", "npz:float.npz", "--n", "5000", "--out", "many.json"], capsys)
+    assert code == 0, err
+    assert [str(n.message) for n in notes] == [
+        f"5000 images asked for, but npz:float.npz has {len(y)}: using all {len(y)}"
+    ]
+    assert json.loads((folder / "many.json").read_text())["n"] == len(y)
 
 
 def test_normalize_puts_the_users_normalization_in_front(user, capsys):

@@ -12,6 +12,14 @@ class AdvlabError(ValueError):
     """A problem with the user's input or files, with a message that says what to do about it."""
 
 
+class Contradiction(AdvlabError):
+    """Two measurements that cannot both be right (a bound proves an example robust that an attack breaks):
+    no number may be shown. The CLI prints the message on one line and exits with :attr:`exit_status` 1, as
+    a check that fails, not as bad input."""
+
+    exit_status = 1
+
+
 class Preempted(Exception):
     """Work stopped on SIGTERM after saving its state (advlab.train.preempt); ``--resume`` continues it.
     The CLI prints the message on one line and exits with :attr:`exit_status`."""

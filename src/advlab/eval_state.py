@@ -33,6 +33,7 @@ class EvalProgress:
     flags: list[dict[str, Any]]
     white_robust: dict[str, int]
     black_broke: dict[str, int]
+    attack_seconds: dict[str, float] | None = None
 
 
 class EvalState:
@@ -72,12 +73,14 @@ class EvalState:
                 "differ); delete it or choose another --out"
             )
         sizes = record["sizes"]
-        flags = {name: t for name, t in tensors.items() if name != "generator"}
+        flags = {name: t for name, t in tensors.items() if name != "generator" and not name.startswith("norms.")}
+        norms = {name.removeprefix("norms."): t for name, t in tensors.items() if name.startswith("norms.")}
         if (
             len(sizes) != record["batches"]
             or "generator" not in tensors
             or "clean" not in flags
-            or any(t.dtype != torch.bool or t.dim() != 1 or t.numel() != sum(sizes) for t in flags.values())
+            or any(t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != sum(sizes) for t in flags.values())
+            or any(t.dtype != torch.float32 or t.numel() != sum(sizes) for t in norms.values())
         ):
             raise AdvlabError(
                 f"{self.path} is inconsistent (its flags do not match its {record['batches']} "
@@ -95,6 +98,8 @@ class EvalState:
             "robust": {name.removeprefix("robust."): v for name, v in split.items() if name.startswith("robust.")},
             "white_robust": {int(k): v for k, v in record["white_robust"].items()},
             "black_broke": record["black_broke"],
+            "attack_seconds": record.get("attack_seconds"),
+            "norms": {label: list(t.split(sizes)) for label, t in norms.items()},
         }
 
     def save(self, progress: dict) -> None:
@@ -102,6 +107,7 @@ class EvalState:
         tensors = {"generator": progress["generator"], "clean": cat(progress["clean"])}
         tensors |= {f"worst.{i}": cat(flags) for i, flags in progress["worst"].items()}
         tensors |= {f"robust.{key}": cat(flags) for key, flags in progress["robust"].items()}
+        tensors |= {f"norms.{label}": cat(parts) for label, parts in (progress.get("norms") or {}).items()}
         record = {
             "fingerprint": self.fingerprint,
             "batches": progress["batches"],
@@ -111,6 +117,7 @@ class EvalState:
             "flags": progress["flags"],
             "white_robust": {str(k): v for k, v in progress["white_robust"].items()},
             "black_broke": progress["black_broke"],
+            "attack_seconds": progress.get("attack_seconds"),
         }
         save_tensors(self.path, tensors, metadata={self.KEY: json.dumps(record, default=_json_default)})
 

@@ -27,11 +27,11 @@ from torch import nn
 
 from advlab.attacks import AttackSpec, eval_mode
 from advlab.attacks.threat import IntegrityError, verify_adversarial
-from advlab.errors import AdvlabError, check_range
+from advlab.errors import AdvlabError, Contradiction, check_range
 from advlab.model_warnings import is_randomized
 from advlab.runtime import Runtime, release_freed_memory, same_device
 from advlab.tally import DRAWS, EvalResult, Tally
-from advlab.verdicts import Plan, measure_batch, verdict
+from advlab.verdicts import Plan, correct_draws, measure_batch, verdict
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -122,7 +122,7 @@ def evaluate(
                 bar.update(len(y) if index < done else 0)  # a finished batch, or another rank's
                 continue
             tally.first_batch(model, x, y, training=training, checks=checks)
-            correct = verdict(model, x, y, tally.draws)
+            correct = correct_draws(model, x, y, tally.draws)
             plan = Plan(runtime, generator, early_stop, chain, tally.draws)
             tally.add(index, correct, measure_batch(model, x, y, correct, attacks=attacks, eps=eps, plan=plan))
             bar.update(len(y))
@@ -149,6 +149,53 @@ def _check_request(attacks: Sequence[AttackSpec], eps: Sequence[float]) -> None:
     labels = [a.label for a in attacks]
     if len(set(labels)) != len(labels):
         raise AdvlabError(f"the same attack is listed twice: {labels}")
+
+
+# The cross-check's attack on verified examples: PGD-50 from 5 random starts, a strong budget spent only on
+# the (usually few) examples a bound proved.
+CROSS_CHECK_ATTACK = "pgd50x5"
+
+
+def cross_check_verified(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    verified: Sequence[int],
+    *,
+    eps: float,
+    what: str,
+    attack: str = CROSS_CHECK_ATTACK,
+    runtime: Runtime | None = None,
+) -> dict:
+    """Attack the examples a bound verified at ``eps`` (``verified``: indices into ``x``, ``y``); an example
+    both proved robust and broken means an unsound bound or a wrong attack, and is refused with an error
+    that names it (``what``: the certifier, for the message). Returns what was checked."""
+    from advlab.attacks import parse_attack
+
+    spec = parse_attack(attack)
+    index = torch.as_tensor(list(verified), dtype=torch.long)
+    record = {"attack": spec.label, "verified": int(index.numel()), "broken": 0}
+    if index.numel() == 0 or eps == 0:
+        return record
+    result = evaluate(
+        model,
+        (x[index], y[index]),
+        attacks=[spec],
+        eps=[eps],
+        progress=False,
+        keep_per_example=True,
+        runtime=runtime,
+        checks=False,
+    )
+    broken = index[~result.per_example[f"{spec.label}@{eps:g}"]]
+    if broken.numel():
+        shown = ", ".join(str(i) for i in broken[:5].tolist())
+        raise Contradiction(
+            f"cross-check failed: {spec.label} broke {broken.numel()} of the {index.numel()} images {what} "
+            f"verified at eps = {eps:g} (image {shown}{', ...' if broken.numel() > 5 else ''}): a bound or an "
+            "attack is wrong; please report it"
+        )
+    return record
 
 
 def clean_accuracy(model: nn.Module, data, *, batch_size: int = 1000, device=None, world=None) -> float:
@@ -196,7 +243,7 @@ def transfer_flags(
     draws = None
     with eval_mode(target), eval_mode(surrogate):
         for x, y in _batches(data, batch_size, runtime.device):
-            if draws is None:  # a randomized target (a random defense) is judged by the majority of passes
+            if draws is None:  # a randomized target (a random defense): the majority of its passes decides
                 draws = DRAWS if is_randomized(target, x) else 1
             with runtime.autocast():
                 x_adv = attack(surrogate, x, y, eps=eps, generator=generator, channels_last=runtime.channels_last)

@@ -235,6 +235,10 @@ class Evaluation:
     robust_accuracy: dict[str, list[float | None]]
     worst_case_accuracy: list[float | None]
     seconds: float | None = None
+    attack_seconds: dict[str, float] | None = None  # each attack's share of the time
+    verdict_draws: int | None = None  # passes per verdict: 20 for a randomized model
+    headline: str | None = None  # what the accuracies are: "accuracy", or a randomized model's expected accuracy
+    majority_vote: dict[str, Any] | None = None  # a randomized model's majority-vote accuracies, beside
     train_eps_survivors: list[int] | None = None
     model_flags: list[Any] | None = None
     inputs: dict[str, Any] | None = None
@@ -251,6 +255,7 @@ class CheckMeasurements:
     worst_case: dict[str, Any] | None = None
     suite: dict[str, Any] | None = None
     single_step: str | None = None  # the single-step attack's label (FGSM), which PGD must beat
+    robust_images: list[int] | None = None  # the images every attack left robust (the per-example cross-check)
     inputs: dict[str, Any] | None = None
 
 
@@ -292,6 +297,7 @@ class Certified:
     verified_method: str | None = None
     unsupported: str | None = None
     smoothing: dict[str, Any] | None = None
+    verified_images: list[int] | None = None  # the images the bound proved (the per-example cross-check)
     inputs: dict[str, Any] | None = None
 
 

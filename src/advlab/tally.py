@@ -2,7 +2,11 @@
 
 :func:`advlab.evaluate.evaluate` adds each batch's verdicts (:meth:`Tally.add`): correct clean, robust under
 each (attack, ε) (cumulative in a chain), robust under all of them at each ε (the worst case), and per ε the
-counts behind the black-box-beats-white-box warning; the model warnings and the passes per verdict are
+counts behind the black-box-beats-white-box warning. A verdict is a count of correct passes per example (0
+or 1; 0 to :data:`DRAWS` for a randomized model), so the result gives a randomized model's expected
+accuracy over draws (its headline: what the deployed random model scores on average) beside the majority
+vote (what a smoothed version of it would score; a model wrong on a random 30% of its passes keeps about
+95% of its accuracy by the majority of 20, 70% expected); the model warnings and the passes per verdict are
 decided on the first batch (:meth:`Tally.first_batch`). A resumable evaluation saves and restores it
 (:meth:`Tally.state`, :meth:`Tally.restore`: the layout :class:`advlab.eval_state.EvalState` stores); under
 torchrun the ranks' tallies are merged in batch order (:meth:`Tally.gathered`), so the numbers are one
@@ -22,9 +26,16 @@ from advlab.attacks import AttackSpec
 from advlab.errors import AdvlabError
 from advlab.model_warnings import black_box_warning, is_randomized, model_warnings
 
-# A randomized model (two passes differ) is judged by the majority of this many passes, clean and attacked alike.
+# A randomized model (two passes differ) is judged on this many passes, clean and attacked alike: enough
+# that the expected accuracy's sampling error per example is small against its range (a standard deviation
+# of at most 0.11 per example, far less over hundreds), few enough to cost 20 forward passes per verdict.
 DRAWS = 20
 Key = tuple[str, int]  # (attack label, index of ε)
+
+
+def majority(counts: torch.Tensor, draws: int) -> torch.Tensor:
+    """Per example: correct in more than half of ``draws`` passes (the majority vote; for one pass, correct)."""
+    return counts.to(torch.int32) * 2 > draws
 
 
 @dataclass
@@ -41,7 +52,25 @@ class EvalResult:
     per_example: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # "clean", label@eps -> bool
     # advlab.model_warnings: what may make these numbers overstate (saved as "model_flags")
     model_warnings: list[dict] = field(default_factory=list)
-    draws: int = 1  # passes per verdict: DRAWS for a randomized model (the majority decides), else 1
+    draws: int = 1  # passes per verdict: DRAWS for a randomized model, else 1
+    # A randomized model's majority vote (clean_accuracy, robust_accuracy, worst_case_accuracy), beside the
+    # expected accuracy over draws that the fields above hold (the headline); None for a deterministic model.
+    majority: dict[str, Any] | None = None
+    attack_seconds: dict[str, float] = field(default_factory=dict)  # each attack's time (its share of seconds)
+    # A minimum-norm attack's smallest adversarial per example (0: wrong already, inf: none found), by label:
+    # its robust accuracy at any ε (minimal_curve), from the one run.
+    minimal_norms: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def minimal_curve(self, label: str, eps: Sequence[float]) -> list[float]:
+        """The robust accuracy at each ε of ``eps`` under the minimum-norm attack ``label``, from its one run."""
+        from advlab.attacks.minimum_norm import curve
+
+        return curve(self.minimal_norms[label], eps).tolist()
+
+    @property
+    def headline(self) -> str:
+        """What the accuracies above are: the plain accuracy, or a randomized model's expected accuracy."""
+        return "accuracy" if self.draws == 1 else f"expected accuracy over {self.draws} draws"
 
     def to_dict(self) -> dict:
         """JSON-ready summary (the per-example verdicts left out)."""
@@ -53,8 +82,11 @@ class EvalResult:
             "robust_accuracy": self.robust,
             "worst_case_accuracy": self.worst_case,
             "seconds": self.seconds,
+            "attack_seconds": self.attack_seconds,
             "model_flags": self.model_warnings,
             "verdict_draws": self.draws,
+            "headline": self.headline,
+            **({"majority_vote": self.majority} if self.majority is not None else {}),
         }
 
     def table(self) -> str:
@@ -71,7 +103,15 @@ class EvalResult:
         widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
         lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header] + rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines) + f"\n({self.n} examples, {self.seconds:.1f} s)"
+        note = f"\n({self.n} examples, {self.seconds:.1f} s)"
+        if self.majority is not None:
+            worst = self.majority["worst_case_accuracy"]
+            note += (
+                f"\nA randomized model: each figure is its {self.headline}, the accuracy it scores on "
+                f"average; by the majority of the draws it would score {100 * self.majority['clean_accuracy']:.2f}% "
+                f"clean and {', '.join(f'{100 * w:.2f}%' for w in worst)} in the worst case."
+            )
+        return "\n".join(lines) + note
 
 
 class BatchVerdicts:
@@ -83,6 +123,8 @@ class BatchVerdicts:
         self.worst: dict[int, torch.Tensor] = {}
         self.white_robust: dict[int, int] = {}
         self.black_broke: dict[Key, int] = {}
+        self.seconds: dict[str, float] = {}  # per attack label: the time its runs took (verdicts included)
+        self.norms: dict[str, torch.Tensor] = {}  # per minimum-norm attack: each example's smallest adversarial
 
 
 class Tally:
@@ -98,6 +140,8 @@ class Tally:
         # Per ε: images every gradient attack ran on and left robust, and those a gradient-free attack then broke.
         self.white_robust: dict[int, int] = {i: 0 for i in range(n)}
         self.black_broke: dict[Key, int] = {(a.label, i): 0 for a in attacks if a.kind.black_box for i in range(n)}
+        self.attack_seconds: dict[str, float] = {a.label: 0.0 for a in attacks}  # each attack's share of the time
+        self.norms: dict[str, list[torch.Tensor]] = {}  # a minimum-norm attack's per-example norms, by label
         self.batches: list[int] = []  # the batches tallied, by index (under torchrun: this rank's)
         self.warnings: list[dict] = []  # advlab.model_warnings, from the first batch
         self.draws: int | None = None  # passes per verdict: DRAWS for a randomized model, else 1
@@ -124,6 +168,10 @@ class Tally:
             self.white_robust[i] += count
         for key, count in verdicts.black_broke.items():
             self.black_broke[key] += count
+        for label, seconds in verdicts.seconds.items():
+            self.attack_seconds[label] += seconds
+        for label, norms in verdicts.norms.items():
+            self.norms.setdefault(label, []).append(norms.cpu())
 
     def state(self, generator: torch.Generator) -> dict[str, Any]:
         """What a resumable evaluation saves after each batch, its random ``generator`` included."""
@@ -136,6 +184,8 @@ class Tally:
             "black_broke": {f"{i}:{label}": count for (label, i), count in self.black_broke.items()},
             "flags": self.warnings,
             "draws": self.draws,
+            "attack_seconds": self.attack_seconds,
+            "norms": self.norms,
             "generator": generator.get_state(),
             "seconds": time.perf_counter() - self.start,
         }
@@ -151,6 +201,8 @@ class Tally:
         self.black_broke = {key: saved["black_broke"][f"{key[1]}:{key[0]}"] for key in self.black_broke}
         self.batches = list(range(saved["batches"]))
         self.warnings, self.draws = saved["flags"], saved.get("draws")
+        self.attack_seconds |= saved.get("attack_seconds") or {}
+        self.norms = saved.get("norms") or {}
         generator.set_state(saved["generator"])
         self.start -= saved["seconds"]
         return saved["batches"]
@@ -167,6 +219,8 @@ class Tally:
                 "black": self.black_broke,
                 "warnings": self.warnings,
                 "draws": self.draws,
+                "seconds": self.attack_seconds,
+                "norms": self.norms,
             }
         )
         order = sorted((b, r, k) for r, part in enumerate(parts) for k, b in enumerate(part["batches"]))
@@ -179,6 +233,8 @@ class Tally:
         merged.worst = {i: [parts[r]["worst"][i][k] for _, r, k in order] for i in self.worst}
         merged.white_robust = {i: sum(part["white"][i] for part in parts) for i in self.white_robust}
         merged.black_broke = {key: sum(part["black"][key] for part in parts) for key in self.black_broke}
+        merged.attack_seconds = {k: max(part["seconds"][k] for part in parts) for k in self.attack_seconds}
+        merged.norms = {k: [parts[r]["norms"][k][j] for _, r, j in order] for k in parts[0]["norms"]}
         return merged
 
     def result(self, *, checks: bool, keep_per_example: bool) -> EvalResult:
@@ -193,26 +249,47 @@ class Tally:
                 for (label, i), broken in self.black_broke.items()
                 if broken
             ]
+        draws = self.draws or 1
+
+        def expected(counts: torch.Tensor) -> float:  # the share of correct passes: plain accuracy for one
+            return counts.float().mean().item() / draws
+
+        def by_majority(counts: torch.Tensor) -> float:
+            return majority(counts, draws).float().mean().item()
+
         clean = torch.cat(self.clean)
-        per_example = {"clean": clean}
+        per_example = {"clean": majority(clean, draws)}
         robust: dict[str, list[float]] = {}
+        voted: dict[str, list[float]] = {}
         for (label, i), flags in self.robust.items():
-            all_flags = torch.cat(flags)
-            robust.setdefault(label, []).append(all_flags.float().mean().item())
-            per_example[f"{label}@{eps[i]:g}"] = all_flags
-        worst = [torch.cat(self.worst[i]).float().mean().item() for i in range(len(eps))]
+            counts = torch.cat(flags)
+            robust.setdefault(label, []).append(expected(counts))
+            voted.setdefault(label, []).append(by_majority(counts))
+            per_example[f"{label}@{eps[i]:g}"] = majority(counts, draws)
+            if draws > 1:
+                per_example[f"{label}@{eps[i]:g} draws"] = counts
+        worst = [torch.cat(self.worst[i]) for i in range(len(eps))]
         return EvalResult(
             n=int(clean.numel()),
-            clean_accuracy=clean.float().mean().item(),
+            clean_accuracy=expected(clean),
             eps=eps,
             attacks={a.label: a.to_dict() for a in self.attacks},
             robust=robust,
-            worst_case=worst,
+            worst_case=[expected(w) for w in worst],
             seconds=time.perf_counter() - self.start,
             model_warnings=warnings,
-            draws=self.draws or 1,
+            attack_seconds=dict(self.attack_seconds),
+            minimal_norms={label: torch.cat(parts) for label, parts in self.norms.items()},
+            draws=draws,
+            majority=None
+            if draws == 1
+            else {
+                "clean_accuracy": by_majority(clean),
+                "robust_accuracy": voted,
+                "worst_case_accuracy": [by_majority(w) for w in worst],
+            },
             per_example=per_example if keep_per_example else {},
         )
 
 
-__all__ = ["DRAWS", "BatchVerdicts", "EvalResult", "Tally"]
+__all__ = ["DRAWS", "BatchVerdicts", "EvalResult", "Tally", "majority"]

@@ -3,8 +3,11 @@
 Every verdict is a fresh forward pass in fp32 on the images an attack returned (never the attack's own
 bookkeeping), each adversarial batch checked to lie in its ε-ball and in [0, 1] first. A targeted attack
 aims at each of the most likely wrong classes in turn, and an example is robust only if it survives every
-target. A randomized model is judged by the majority of :data:`DRAWS` passes, so that one lucky draw neither
-saves nor breaks an example, and its attacks never let an example go on one draw's say. Under reduced
+target. A verdict counts the passes that classify an example correctly: one pass for a deterministic model
+(0 or 1), :data:`DRAWS` for a randomized one, so that the evaluation can report both what the deployed
+random model scores on average (the expected accuracy, the headline) and the majority vote; an attack on a
+randomized model is handed ``draws`` and never keeps a point or lets an example go on one draw's say, and
+across targets and attacks each example keeps its fewest correct passes. Under reduced
 precision an example an attack let go because its low-precision logits looked fooled, but that fp32 judges
 robust, is attacked again in fp32 (:func:`recheck_in_fp32`). :func:`measure_batch` runs a batch through
 every attack and ε for :func:`advlab.evaluate.evaluate`.
@@ -12,6 +15,7 @@ every attack and ε for :func:`advlab.evaluate.evaluate`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,9 +23,10 @@ import torch
 from torch import nn
 
 from advlab.attacks import AttackSpec, likely_wrong_classes, pad_to_bucket
-from advlab.attacks.threat import verify_adversarial
+from advlab.attacks.minimum_norm import robust_at
+from advlab.attacks.threat import IntegrityError, per_example_norm, verify_adversarial
 from advlab.runtime import Runtime
-from advlab.tally import DRAWS, BatchVerdicts
+from advlab.tally import DRAWS, BatchVerdicts, majority
 
 
 @dataclass(frozen=True)
@@ -37,15 +42,19 @@ class Plan:
     draws: int = 1
 
 
+def correct_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
+    """Per example: in how many of ``draws`` fp32 forward passes (no gradient) it is classified as ``y``;
+    (N,) uint8, 0 or 1 for a deterministic model."""
+    with torch.inference_mode():
+        counts = sum((model(x).argmax(1) == y).to(torch.uint8) for _ in range(draws))
+    return counts.clone()  # outside inference mode: a normal tensor, which callers may update in place
+
+
 def verdict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
     """Per example: classified as ``y`` (fp32 forward passes, no gradient). With ``draws`` > 1 (a randomized
-    model) it must be so in more than half of ``draws`` passes: one lucky draw neither saves nor breaks it."""
-    with torch.inference_mode():
-        if draws == 1:
-            held = model(x).argmax(1) == y
-        else:
-            held = sum((model(x).argmax(1) == y).int() for _ in range(draws)) * 2 > draws
-    return held.clone()  # outside inference mode: a normal tensor, which callers may update in place
+    model) it must be so in more than half of ``draws`` passes: the majority vote (:func:`correct_draws` has
+    the counts behind the expected accuracy)."""
+    return majority(correct_draws(model, x, y, draws), draws)
 
 
 def goals(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -68,19 +77,20 @@ def survivors(
     eps: float,
     plan: Plan,
 ) -> torch.Tensor:
-    """Per example: classified correctly (in fp32; a randomized model by the majority of its draws) after
-    ``attack`` at ``eps``; False outside ``todo``. On a randomized model an attack never lets an example go
-    on one draw's say: its own early exit is off, and between targets only the verdict counts."""
+    """Per example: in how many of the plan's ``draws`` fp32 passes it is still classified correctly after
+    ``attack`` at ``eps`` (uint8; 0 or 1 for a deterministic model), the fewest over the targets; 0 outside
+    ``todo``. On a randomized model the attack is handed ``draws`` (it keeps no point and lets no example go
+    on one draw's say) and its own early exit is off."""
     runtime, early_stop, draws = plan.runtime, plan.early_stop, plan.draws
-    robust = torch.zeros_like(todo)
+    robust = torch.zeros(todo.shape, dtype=torch.uint8, device=todo.device)
     index = pad_to_bucket(todo)
     if index.numel() == 0:
         return robust
     xs, ys = x[index], y[index]
-    survived = todo[index].clone()
+    survived = torch.where(todo[index], draws, 0).to(torch.uint8)
     for goal in goals(model, attack, xs, ys):
         # With early exit, each further target attacks only what the earlier ones left standing.
-        rows = pad_to_bucket(survived) if early_stop else torch.arange(len(ys), device=ys.device)
+        rows = pad_to_bucket(survived > 0) if early_stop else torch.arange(len(ys), device=ys.device)
         if rows.numel() == 0:
             break
         with runtime.autocast():
@@ -92,16 +102,48 @@ def survivors(
                 generator=plan.generator,
                 early_stop=early_stop and draws == 1,
                 channels_last=runtime.channels_last,
+                draws=draws,
             )
         verify_adversarial(xs[rows], x_adv, eps, attack.norm, what=attack.label)
-        held = verdict(model, x_adv.float(), ys[rows], draws)  # a normal tensor: updated below
+        held = correct_draws(model, x_adv.float(), ys[rows], draws)  # a normal tensor: updated below
         if early_stop and draws == 1 and runtime.precision != "fp32" and bool(held.any()):
-            held[held.clone()] = recheck_in_fp32(
-                model, attack, (xs[rows][held], goal[rows][held], ys[rows][held]), x_adv[held], eps=eps, plan=plan
-            )
-        survived[rows] &= held
+            mask = held.bool()
+            held[mask] = recheck_in_fp32(
+                model, attack, (xs[rows][mask], goal[rows][mask], ys[rows][mask]), x_adv[mask], eps=eps, plan=plan
+            ).to(torch.uint8)
+        survived[rows] = torch.minimum(survived[rows], held)
     robust[index] = survived
     return robust
+
+
+def curve_run(attack: AttackSpec, plan: Plan) -> bool:
+    """Does ``attack`` run once for the whole ε grid (a minimum-norm attack, judged on its own: not in a chain,
+    where it attacks only what is left at each ε, and not on a randomized model, judged on its draws)?"""
+    return attack.kind.minimum_norm and not plan.chain and plan.draws == 1
+
+
+def minimal_norms(
+    model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor, todo: torch.Tensor, *, plan: Plan
+) -> torch.Tensor:
+    """Per example: the norm of the smallest adversarial ``attack`` (minimum-norm) found, as the verdicts
+    see it: its point must lie in [0, 1] and be misclassified by an fp32 forward pass, else inf; 0 where the
+    clean image is already wrong (outside ``todo``). (N,) float32."""
+    norms = torch.zeros(len(y), dtype=torch.float32, device=y.device)
+    index = pad_to_bucket(todo)
+    if index.numel() == 0:
+        return norms
+    with plan.runtime.autocast():
+        found = attack.minimal(
+            model, x[index], y[index], generator=plan.generator, channels_last=plan.runtime.channels_last
+        )
+    x_adv = found.x_adv.float()
+    if not bool(torch.isfinite(x_adv).all()) or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+        raise IntegrityError(f"{attack.label} returned pixels outside [0, 1] or not finite")
+    with torch.inference_mode():
+        wrong = model(x_adv).argmax(1) != y[index]
+    size = per_example_norm(x_adv - x[index].float(), attack.norm)
+    norms[index] = torch.where(wrong, size, torch.full_like(size, float("inf")))
+    return torch.where(todo, norms, torch.zeros_like(norms))
 
 
 def recheck_in_fp32(
@@ -150,23 +192,36 @@ def measure_batch(
     eps: Sequence[float],
     plan: Plan,
 ) -> BatchVerdicts:
-    """Every attack at every ε on one batch whose clean verdicts are ``correct``: what survives each, the
-    worst case, and what the gradient-free attacks broke that every gradient attack left."""
+    """Every attack at every ε on one batch whose clean verdicts are ``correct`` (correct passes per example,
+    :func:`correct_draws`): what survives each, the worst case (each example's fewest correct passes), and
+    what the gradient-free attacks broke that every gradient attack left (by the majority vote)."""
     out = BatchVerdicts()
+    draws = plan.draws
+    for attack in attacks:  # a minimum-norm attack runs once for every ε (on its own, deterministic model)
+        if curve_run(attack, plan):
+            start = time.perf_counter()
+            out.norms[attack.label] = minimal_norms(model, attack, x, y, correct > 0, plan=plan)
+            out.seconds[attack.label] = time.perf_counter() - start
     for i, e in enumerate(eps):
-        still_robust, white = correct.clone(), correct.clone()
+        still_robust, white = correct.clone(), majority(correct, draws)
         ran: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for attack in attacks:
             # Only clean-correct examples can be robust; chained attacks also skip the broken ones.
             # Without early exit every example is attacked, as a naive evaluation would.
-            todo = still_robust if plan.chain else correct if plan.early_stop else torch.ones_like(correct)
-            robust = survivors(model, attack, x, y, todo, eps=e, plan=plan) & correct
-            out.robust[(attack.label, i)] = robust & still_robust if plan.chain else robust
-            still_robust &= robust
-            if attack.kind.black_box:
-                ran[attack.label] = (todo & correct, robust)
+            todo = (still_robust if plan.chain else correct if plan.early_stop else torch.ones_like(correct)) > 0
+            start = time.perf_counter()
+            if attack.label in out.norms:  # from its one run: robust where the smallest adversarial exceeds ε
+                robust = torch.minimum(robust_at(out.norms[attack.label], e).to(torch.uint8), correct)
             else:
-                white &= todo & robust
+                robust = torch.minimum(survivors(model, attack, x, y, todo, eps=e, plan=plan), correct)
+            out.seconds[attack.label] = out.seconds.get(attack.label, 0.0) + time.perf_counter() - start
+            out.robust[(attack.label, i)] = torch.minimum(robust, still_robust) if plan.chain else robust
+            still_robust = torch.minimum(still_robust, robust)
+            held = majority(robust, draws)
+            if attack.kind.black_box:
+                ran[attack.label] = (todo & majority(correct, draws), held)
+            else:
+                white &= todo & held
         out.worst[i] = still_robust
         out.white_robust[i] = int(white.sum())
         for label, (attacked, robust) in ran.items():
@@ -174,4 +229,16 @@ def measure_batch(
     return out
 
 
-__all__ = ["DRAWS", "Plan", "goals", "measure_batch", "recheck_in_fp32", "survivors", "verdict"]
+__all__ = [
+    "DRAWS",
+    "Plan",
+    "correct_draws",
+    "curve_run",
+    "goals",
+    "majority",
+    "measure_batch",
+    "minimal_norms",
+    "recheck_in_fp32",
+    "survivors",
+    "verdict",
+]

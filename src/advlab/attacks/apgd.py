@@ -36,7 +36,14 @@ from advlab.attacks.apgd_steps import (
     halve_step,
     targeted_dlr_loss,
 )
-from advlab.attacks.loop import Strongest, eval_mode, likely_wrong_classes, objective_and_gradient
+from advlab.attacks.loop import (
+    Strongest,
+    attack_success,
+    eval_mode,
+    likely_wrong_classes,
+    objective_and_gradient,
+    success_rate,
+)
 from advlab.attacks.registry import register_attack
 from advlab.attacks.threat import Norm, check_attack_inputs, check_count
 from advlab.errors import AdvlabError
@@ -90,10 +97,12 @@ def _apgd(
     early_stop: bool,
     channels_last: bool,
     eot: int = 1,
+    draws: int = 1,
 ) -> torch.Tensor:
     """The driver behind the three registered attacks: checks, eval mode, runs per target and restart."""
     check_attack_inputs(model, x, y, eps, norm)
-    eot = check_count("eot", eot)
+    eot, draws = check_count("eot", eot), check_count("draws", draws)
+    early_stop = early_stop and draws == 1  # on a randomized model one pass never lets an example go
     if targeted or spec_loss != "ce":
         raise AdvlabError(
             f"{title} chooses its own loss and target classes and attacks the true labels; "
@@ -109,14 +118,18 @@ def _apgd(
         clean = objective_and_gradient(
             net, x_fast, y, lambda logits, labels: objective(logits, labels, labels), eot=eot, need_grad=False
         ).logits.float()
-        # Misclassified already: x itself succeeds.
-        kept = Strongest(x_fast.clone(), clean.argmax(dim=1) != y, torch.full_like(clean[:, 0], float("-inf")))
+        # Misclassified already: x itself succeeds. On a randomized model only where every draw is wrong:
+        # any attacked point beats x otherwise (their shares of fooled draws differ by noise alone).
+        wrong = clean.argmax(dim=1) != y
+        if draws > 1:
+            wrong = success_rate(net, x_fast, y, attack_success(False), draws) >= 1
+        kept = Strongest(x_fast.clone(), wrong, torch.full_like(clean[:, 0], float("-inf")))
         for goal in likely_wrong_classes(clean, y, targets) if targets else [y]:
             for _ in range(restarts):
                 # Drawn for the whole batch, so an example's start does not depend on which others are left.
                 start = apgd_start(x_fast, eps, norm, generator) if random_start else x_fast
                 # The reference attacks only what is still standing; without early exit, everything.
-                todo = (~kept.success).nonzero().squeeze(1) if early_stop else torch.arange(len(y), device=y.device)
+                todo = (~kept.done).nonzero().squeeze(1) if early_stop else torch.arange(len(y), device=y.device)
                 if todo.numel() == 0:
                     break
                 candidate, fooled, value, _ = apgd_run(
@@ -131,13 +144,14 @@ def _apgd(
                     objective=objective,
                     early_stop=early_stop,
                     eot=eot,
+                    draws=draws,
                 )
                 kept.keep(todo, candidate, fooled, value)
     return kept.x.contiguous()
 
 
 _COUNTS = r"(?:-?(?P<steps>\d+))?(?:x(?P<restarts>\d+))?"
-_OPTIONS = ("steps", "restarts", "random_start", "eot")
+_OPTIONS = ("steps", "restarts", "random_start", "eot", "draws")
 
 
 @register_attack(
@@ -166,6 +180,7 @@ def apgd_ce(
     early_stop: bool = False,
     channels_last: bool = True,
     eot: int = 1,
+    draws: int = 1,
 ) -> torch.Tensor:
     """APGD-CE: Auto-PGD on the cross-entropy loss (Croce & Hein 2020, "Reliable evaluation of adversarial
     robustness with an ensemble of diverse parameter-free attacks", arXiv:2003.01690), AutoAttack's first attack.
@@ -181,7 +196,9 @@ def apgd_ce(
     without it every example runs every iteration of every restart, as a naive evaluation would.
     ``channels_last`` runs CPU convolutions in NHWC on a twin of the model (same values, faster). ``eot``
     averages each step's loss, gradient and logits over that many passes, for randomized models (``-eot20``):
-    an example counts as misclassified by the mean logits, never by one pass.
+    an example counts as misclassified by the mean logits, never by one pass. ``draws`` > 1 (an evaluation of a
+    randomized model) turns early exit off and keeps, per run and across runs, the point fooling the larger
+    share of that many fresh passes (:meth:`advlab.attacks.apgd_steps.APGDRun.judge_by_draws`).
 
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
@@ -203,6 +220,7 @@ def apgd_ce(
         early_stop=early_stop,
         channels_last=channels_last,
         eot=eot,
+        draws=draws,
     )
 
 
@@ -218,6 +236,7 @@ def apgd_ce(
     options=_OPTIONS,
     fixed_loss="dlr",
     min_classes=3,
+    cross_entropy_twin="apgd-ce",
 )
 def apgd_dlr(
     model: nn.Module,
@@ -235,6 +254,7 @@ def apgd_dlr(
     early_stop: bool = False,
     channels_last: bool = True,
     eot: int = 1,
+    draws: int = 1,
 ) -> torch.Tensor:
     """APGD-DLR: Auto-PGD on the difference of logits ratio (Croce & Hein 2020, arXiv:2003.01690;
     :func:`advlab.attacks.loop.dlr_loss`), which shifting or rescaling the logits does not change. Needs 3
@@ -257,6 +277,7 @@ def apgd_dlr(
         early_stop=early_stop,
         channels_last=channels_last,
         eot=eot,
+        draws=draws,
     )
 
 
@@ -292,6 +313,7 @@ def apgd_t(
     early_stop: bool = False,
     channels_last: bool = True,
     eot: int = 1,
+    draws: int = 1,
 ) -> torch.Tensor:
     """APGD-T: Auto-PGD on the targeted DLR loss (:func:`targeted_dlr_loss`; Croce & Hein 2020,
     arXiv:2003.01690), AutoAttack's second attack: in turn against each of the ``targets`` (default 9, at
@@ -316,6 +338,7 @@ def apgd_t(
         early_stop=early_stop,
         channels_last=channels_last,
         eot=eot,
+        draws=draws,
     )
 
 

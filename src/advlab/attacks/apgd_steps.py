@@ -21,10 +21,12 @@ from torch import nn
 from advlab.attacks.loop import (
     ObjectiveGradient,
     Strongest,
+    attack_success,
     cross_entropy,
     dlr_loss,
     objective_and_gradient,
     pad_to_bucket,
+    success_rate,
 )
 from advlab.attacks.threat import per_example_norm, project, step_direction
 from advlab.errors import AdvlabError
@@ -123,9 +125,10 @@ class APGDRun:
         objective: Objective,
         early_stop: bool,
         eot: int = 1,
+        draws: int = 1,
     ) -> None:
         self.model, self.start, self.eps, self.norm, self.objective = model, start, eps, norm, objective
-        self.early_stop, self.eot = early_stop, eot
+        self.early_stop, self.eot, self.draws = early_stop and draws == 1, eot, draws
         n = x.shape[0]
         no = torch.zeros(n, dtype=torch.bool, device=x.device)
         self.kept = Strongest(start.clone(), no, torch.full((n,), float("-inf"), device=x.device))
@@ -234,7 +237,23 @@ class APGDRun:
             if self.early_stop and bool(newly.any()) and not self.compact():
                 break
         self.final_step[self.rows["row"]] = self.rows["step"]
+        if self.draws > 1:
+            self.judge_by_draws()
         return self.kept.x, self.kept.success, self.kept.value, self.final_step
+
+    def judge_by_draws(self) -> None:
+        """A randomized model: the iterate kept because one pass (or the EOT mean) called it wrong may owe that
+        to a lucky draw. Each example's two candidates, that point and x_max (the highest objective), are
+        judged by the share of ``draws`` fresh passes they fool, and the better stays (then the higher
+        objective). Every row is still in the batch here: without early exit none leaves."""
+        s, success = self.rows, attack_success(False)
+        kept = Strongest(
+            self.kept.x, success_rate(self.model, self.kept.x, s["labels"], success, self.draws), self.kept.value
+        )
+        kept.keep(
+            s["row"], s["best"], success_rate(self.model, s["best"], s["labels"], success, self.draws), s["best_loss"]
+        )
+        self.kept = kept
 
 
 def apgd_run(
@@ -250,6 +269,7 @@ def apgd_run(
     objective: Objective,
     early_stop: bool,
     eot: int = 1,
+    draws: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run of ``steps`` iterations from ``start`` (Croce & Hein 2020, Algorithm 1), low level: no
     checks, no eval mode. ``objective(logits, labels, goals)`` is ascended; success is a wrong prediction by
@@ -257,10 +277,22 @@ def apgd_run(
 
     Returns per example ``(x_adv, fooled, loss, step)``: the strongest iterate (a misclassified one first,
     then the higher objective; with ``early_stop`` the first misclassified one, after which the example
-    leaves the batch), whether it is misclassified, its objective, and the final step size η.
+    leaves the batch), whether it is misclassified, its objective, and the final step size η. With ``draws``
+    > 1 (a randomized model) there is no early exit, and ``fooled`` is the share of that many fresh passes the
+    point fools (:meth:`APGDRun.judge_by_draws`).
     Shapes: ``x``, ``start`` (N, ...); ``labels``, ``goals`` (N,); returns (N, ...), (N,), (N,), (N,).
     """
     run = APGDRun(
-        model, x, labels, goals, start, eps=eps, norm=norm, objective=objective, early_stop=early_stop, eot=eot
+        model,
+        x,
+        labels,
+        goals,
+        start,
+        eps=eps,
+        norm=norm,
+        objective=objective,
+        early_stop=early_stop,
+        eot=eot,
+        draws=draws,
     )
     return run.run(steps)

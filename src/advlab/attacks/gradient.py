@@ -32,6 +32,7 @@ from advlab.attacks.loop import (
     eval_mode,
     objective_and_gradient,
     perturb,
+    success_rate,
 )
 from advlab.attacks.registry import register_attack
 from advlab.attacks.threat import Norm, check_attack_inputs, check_count, step_direction
@@ -54,7 +55,7 @@ def madry_alpha(eps: float, steps: int) -> float:
     syntax="pgd[STEPS][xRESTARTS]",
     default_steps=20,
     step_ratio=lambda steps: madry_alpha(1.0, steps),
-    options=("steps", "restarts", "random_start", "alpha", "step_ratio", "loss", "targeted", "eot"),
+    options=("steps", "restarts", "random_start", "alpha", "step_ratio", "loss", "targeted", "eot", "draws"),
 )
 def pgd(
     model: nn.Module,
@@ -73,6 +74,7 @@ def pgd(
     early_stop: bool = False,
     channels_last: bool = True,
     eot: int = 1,
+    draws: int = 1,
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018, "Towards Deep Learning Models Resistant to
     Adversarial Attacks", arXiv:1706.06083).
@@ -87,12 +89,16 @@ def pgd(
     runs on every example, as a naive evaluation would, and the strongest result is still kept.
     ``channels_last`` runs CPU convolutions in NHWC on a copy of the model (same values, faster). ``eot``
     averages each step's gradient, and the logits that judge success, over that many passes, for randomized
-    models (``pgd50-eot20``).
+    models (``pgd50-eot20``). ``draws`` > 1 (an evaluation of a randomized model) judges each restart's
+    result by the share of that many fresh passes it fools (:func:`advlab.attacks.loop.success_rate`), and
+    no example leaves early on one pass's say.
 
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
     check_attack_inputs(model, x, y, eps, norm)
     steps, restarts, eot = check_count("steps", steps), check_count("restarts", restarts), check_count("eot", eot)
+    draws = check_count("draws", draws)
+    early_stop = early_stop and draws == 1  # on a randomized model one pass never lets an example go
     if loss not in LOSSES:
         raise AdvlabError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
     alpha = madry_alpha(eps, steps) if alpha is None else alpha
@@ -115,7 +121,7 @@ def pgd(
         best = perturb(net, x_fast, y, **run)
         if restarts > 1:
             best = _more_restarts(
-                net, x_fast, y, best, run=run, more=restarts - 1, success=success, early_stop=early_stop
+                net, x_fast, y, best, run=run, more=restarts - 1, success=success, early_stop=early_stop, draws=draws
             )
     return best.contiguous()
 
@@ -130,20 +136,24 @@ def _more_restarts(
     more: int,
     success: Objective,
     early_stop: bool,
+    draws: int = 1,
 ) -> torch.Tensor:
     """``more`` further random starts, each example keeping its strongest result (:class:`Strongest`: a
     success first, then the higher objective); with ``early_stop`` a restart runs only on the examples not
-    yet fooled. Each result is judged by its objective and logits averaged over the run's EOT passes."""
+    yet fooled. Each result is judged by its objective and logits averaged over the run's EOT passes, and
+    with ``draws`` > 1 by the share of that many fresh passes it fools."""
 
     def judge(x_adv: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         value, _, logits = objective_and_gradient(
             model, x_adv, target, run["objective"], eot=run["eot"], need_grad=False
         )
+        if draws > 1:
+            return success_rate(model, x_adv, target, success, draws), value
         return success(logits, target), value
 
     kept = Strongest(best, *judge(best, y))
     for _ in range(more):
-        todo = (~kept.success if early_stop else torch.ones_like(kept.success)).nonzero().squeeze(1)
+        todo = (~kept.done if early_stop else torch.ones_like(kept.done)).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
         candidate = perturb(model, x[todo], y[todo], **run)

@@ -99,15 +99,34 @@ def likely_wrong_classes(logits: torch.Tensor, labels: torch.Tensor, count: int 
     return [wrong[:, rank].clone() for rank in range(count)]
 
 
+def success_rate(model: nn.Module, x_adv: torch.Tensor, target, success: Objective, draws: int) -> torch.Tensor:
+    """Per example, the share of ``draws`` fresh forward passes (no gradient) in which the attack gets its
+    way (``success(logits, target)``): how a randomized model is judged, so that no attack keeps a point or
+    lets an example go on one lucky draw. Shapes: ``x_adv`` (N, ...); returns (N,) float32 in [0, 1]."""
+    with torch.no_grad():
+        hits = sum(success(model(x_adv), target).float() for _ in range(draws))
+    return hits / draws
+
+
 @dataclass
 class Strongest:
     """Each example's strongest result so far, updated in place by :meth:`keep`: PGD's restarts, APGD's
     iterates, runs and targets all keep theirs by this one rule. Shapes: ``x`` (N, ...); ``success`` (N,)
-    bool, did ``x`` get the attack its way; ``value`` (N,), the objective at ``x`` (−inf: nothing kept)."""
+    did ``x`` get the attack its way: a bool, or on a randomized model the share of passes it did
+    (:func:`success_rate`), kept as float32 either way; ``value`` (N,), the objective at ``x`` (−inf:
+    nothing kept)."""
 
     x: torch.Tensor
     success: torch.Tensor
     value: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.success = self.success.float()
+
+    @property
+    def done(self) -> torch.Tensor:
+        """Per example: its kept result succeeds outright (on every pass judged), nothing left to gain."""
+        return self.success >= 1
 
     def keep(
         self,
@@ -119,13 +138,14 @@ class Strongest:
         first_success: bool = False,
     ) -> torch.Tensor:
         """Keep ``candidate`` (results for the examples ``rows``) where it is stronger: a success beats a
-        failure, then the higher objective wins. With ``first_success`` a kept success is never replaced
-        (early exit: an example is frozen at its first success). Returns the mask over ``rows`` of what was
-        kept. Shapes: ``rows`` (M,) indices, ``candidate`` (M, ...), ``success`` and ``value`` (M,)."""
-        had = self.success[rows]
-        better = (success & ~had) | ((success == had) & (value > self.value[rows]))
+        failure (a higher success rate a lower one), then the higher objective wins. With ``first_success``
+        a kept success is never replaced (early exit: an example is frozen at its first success). Returns
+        the mask over ``rows`` of what was kept. Shapes: ``rows`` (M,) indices, ``candidate`` (M, ...),
+        ``success`` (bool or rates) and ``value`` (M,)."""
+        had, success = self.success[rows], success.float()
+        better = (success > had) | ((success == had) & (value > self.value[rows]))
         if first_success:
-            better &= ~had
+            better &= had < 1
         taken = rows[better]
         self.x[taken], self.success[taken], self.value[taken] = candidate[better], success[better], value[better]
         return better

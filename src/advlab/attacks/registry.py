@@ -8,28 +8,32 @@ scales with ε, for evaluations over an ε grid::
     x_adv = spec(model, x, y, eps=1.5)
     spec.label, spec.hyperparameters(1.5)         # "PGD-50×10 L2 margin", {...every setting...}
 
-Names: ``NAME[COUNTS][-MODIFIER...]``. The counts are the attack's own (``pgd50x10``: 50 steps, 10
-restarts); the modifiers are shared: a norm (``-linf``, ``-l2``), a loss (``-ce``, ``-margin`` or its
-alias ``-cw``) and ``-targeted`` (in an evaluation: every other class in turn) or ``-targetedK`` (the K
-most likely wrong classes). Nothing here dispatches on an attack's name: what differs between attacks
-is data in their :class:`AttackKind`.
+Names: ``NAME[COUNTS][-MODIFIER...][:KEY=VALUE,...]``. The counts are the attack's own (``pgd50x10``: 50 steps, 10
+restarts); the modifiers are shared: a norm (``-linf``, ``-l2``), a loss (``-ce``, ``-margin`` or its alias ``-cw``)
+and ``-targeted`` (in an evaluation: every other class in turn) or ``-targetedK`` (the K most likely wrong classes);
+the parameters after ``:`` are the attack's own, declared with type, default and check by its kind (``cw:c=0.1``,
+``deepfool-linf:overshoot=0.05``), spelt as ``--defense NAME:KEY=VALUE``. A minimum-norm attack (FAB, FMN, C&W,
+DeepFool) also gives each example's smallest adversarial (:meth:`AttackSpec.minimal`). Nothing here dispatches on
+an attack's name: what differs between attacks is data in their :class:`AttackKind`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from advlab.attacks.adaptive import straight_through
 from advlab.attacks.loop import LOSSES
+from advlab.attacks.minimum_norm import AttackParameter, MinimalPerturbation
 from advlab.attacks.threat import NORM_LABELS, NORMS
 from advlab.errors import AdvlabError, check_range
 
 AttackFn = Callable[..., torch.Tensor]
+MinimalFn = Callable[..., MinimalPerturbation]
 
 
 @dataclass(frozen=True)
@@ -52,52 +56,45 @@ class AttackKind:
     picks_targets: int = 0  # it aims at this many target classes it picks itself by default (APGD-T: 9)
     min_classes: int = 2  # the fewest classes it works on (DLR needs 3, APGD-T 4)
     fallback: str | None = None  # the attack a suite runs instead on fewer classes (APGD-T: APGD-DLR); None: none
+    cross_entropy_twin: str | None = None  # the same attack on cross-entropy (APGD-DLR: APGD-CE), for the checks
+    norms: tuple[str, ...] = NORMS  # the threat models it has (C&W: L2 only); the first is its default
+    parameters: tuple[AttackParameter, ...] = ()  # its own settings, NAME:key=value
+    minimal: MinimalFn | None = None  # like function without eps, loss, targeted, early_stop: a MinimalPerturbation
 
     def takes(self, option: str) -> bool:
         return option in self.options
+
+    @property
+    def minimum_norm(self) -> bool:
+        """It looks for each example's smallest adversarial, whatever ε (FAB, FMN, C&W, DeepFool)."""
+        return self.minimal is not None
+
+    def parameter(self, name: str) -> AttackParameter:
+        for parameter in self.parameters:
+            if parameter.name == name:
+                return parameter
+        takes = ", ".join(p.name for p in self.parameters) or "none"
+        raise AdvlabError(f"attack {self.name} has no parameter {name!r}; it takes: {takes}")
 
 
 ATTACKS: dict[str, AttackKind] = {}
 
 
-def register_attack(
-    name: str,
-    *,
-    title: str,
-    summary: str,
-    counts: str = "",
-    syntax: str = "",
-    default_steps: int = 0,
-    step_ratio: Callable[[int], float] | None = None,
-    options: tuple[str, ...] = (),
-    black_box: bool = False,
-    gradient: bool = True,
-    fixed_loss: str | None = None,
-    picks_targets: int = 0,
-    min_classes: int = 2,
-    fallback: str | None = None,
-) -> Callable[[AttackFn], AttackFn]:
-    """Decorator: make the attack function findable by ``name`` (see :class:`AttackKind`)."""
+def register_attack(name: str, **fields: Any) -> Callable[[AttackFn], AttackFn]:
+    """Decorator: make the attack function findable by ``name``. ``fields`` are :class:`AttackKind`'s (``title``
+    and ``summary`` at least; ``options``, ``norms`` and ``parameters`` as tuples); a misspelt one fails at import."""
 
     def decorate(function: AttackFn) -> AttackFn:
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} is registered twice")
-        ATTACKS[name] = AttackKind(
-            name=name,
-            function=function,
-            title=title,
-            summary=summary,
-            counts=counts,
-            syntax=syntax or name,
-            default_steps=default_steps,
-            step_ratio=step_ratio,
-            options=frozenset(options),
-            black_box=black_box,
-            gradient=gradient and not black_box,
-            fixed_loss=fixed_loss,
-            picks_targets=picks_targets,
-            min_classes=min_classes,
-            fallback=fallback,
+        kind = AttackKind(name=name, function=function, **fields)
+        ATTACKS[name] = replace(
+            kind,
+            syntax=kind.syntax or name,
+            options=frozenset(kind.options),
+            gradient=kind.gradient and not kind.black_box,
+            norms=tuple(kind.norms),
+            parameters=tuple(kind.parameters),
         )
         return function
 
@@ -125,11 +122,13 @@ class AttackSpec:
     """A named, fully specified attack whose step size scales with ε (α = step_ratio·ε).
 
     Options left at None take the attack's defaults (PGD: 20 steps, 1 start, a random start, α = 2.5ε/steps
-    as Madry et al.); an option the attack does not take must stay at its neutral value.
+    as Madry et al.); an option the attack does not take must stay at its neutral value. ``params`` holds the
+    attack's own parameters (:class:`AttackParameter`), given as a mapping and kept as sorted (key, value)
+    pairs of those that differ from the default, so that two specs of the same attack compare equal.
     """
 
     name: str = "pgd"  # a key of ATTACKS
-    norm: str = "linf"  # the threat model of the paper's tables
+    norm: str | None = None  # None: the attack's first threat model (L∞, the paper's tables; C&W: L2)
     steps: int | None = None  # None: the attack's default (PGD-20: the usual budget for small models)
     restarts: int | None = None  # more restarts only ever strengthen the attack (per-example best is kept)
     step_ratio: float | None = None  # α = step_ratio·ε; None: the attack's rule (2.5/steps for PGD)
@@ -139,11 +138,18 @@ class AttackSpec:
     targets: int | None = None  # with targeted: how many classes to try; None: every other class
     eot: int = 1  # passes averaged per gradient (Expectation over Transformation, for randomized models)
     bpda: bool = False  # the model's preprocessing passes the gradient straight through (Athalye et al. 2018)
+    params: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()  # NAME:key=value; () all defaults
 
     def __post_init__(self) -> None:
         kind = get_attack_kind(self.name)
+        if self.norm is None:
+            object.__setattr__(self, "norm", kind.norms[0])
         if self.norm not in NORMS:
             raise AdvlabError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+        if self.norm not in kind.norms:
+            words = " and ".join(NORM_LABELS[norm] for norm in kind.norms)
+            raise AdvlabError(f"attack {self.name} works in {words} only, not {NORM_LABELS[self.norm]} ({self.norm})")
+        object.__setattr__(self, "params", _given_parameters(kind, self.params))
         if self.loss not in LOSSES:
             raise AdvlabError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
         neutral = {
@@ -187,6 +193,11 @@ class AttackSpec:
     def kind(self) -> AttackKind:
         return ATTACKS[self.name]
 
+    def parameter_values(self) -> dict[str, Any]:
+        """Every parameter of the attack (:attr:`AttackKind.parameters`), the given ones or the defaults."""
+        given = dict(self.params)
+        return {p.name: given.get(p.name, p.default) for p in self.kind.parameters}
+
     @property
     def label(self) -> str:
         """Short display name, e.g. ``PGD-50×10 L∞``, ``FGSM L2``, ``PGD-20 L∞ top-3 targeted margin``."""
@@ -203,6 +214,7 @@ class AttackSpec:
             + (f" {self.loss}" if self.loss != "ce" else "")
             + (f" EOT-{self.eot}" if self.eot > 1 else "")
             + (" BPDA" if self.bpda else "")
+            + (" " + ",".join(f"{key}={value:g}" for key, value in self.params) if self.params else "")
         )
 
     def alpha(self, eps: float) -> float | None:
@@ -213,7 +225,8 @@ class AttackSpec:
         return None if rule is None else rule(self.steps) * eps
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = {**asdict(self), "params": dict(self.params)}
+        return data if self.params else {k: v for k, v in data.items() if k != "params"}  # as before parameters
 
     def hyperparameters(self, eps: float) -> dict:
         """Everything needed to rerun this attack at ``eps``: for reports and metrics files."""
@@ -231,6 +244,8 @@ class AttackSpec:
             **({"targets": self.targets or self.kind.picks_targets} if self.kind.picks_targets else {}),
             **({"eot": self.eot} if self.eot > 1 else {}),
             **({"bpda": True} if self.bpda else {}),
+            **({"minimum_norm": True} if self.kind.minimum_norm else {}),
+            **self.parameter_values(),
         }
 
     def __call__(
@@ -243,8 +258,11 @@ class AttackSpec:
         generator: torch.Generator | None = None,
         early_stop: bool = False,
         channels_last: bool = True,
+        draws: int = 1,
     ) -> torch.Tensor:
-        """Attack ``x`` (labels ``y``, or with ``targeted`` the target labels) at ``eps``."""
+        """Attack ``x`` (labels ``y``, or with ``targeted`` the target labels) at ``eps``. ``draws`` > 1: the
+        model is randomized, and an attack that decides success (which restart, iterate or query to keep,
+        when to stop) judges it over that many passes (an attack that decides nothing ignores it)."""
         kind = self.kind
         settings = {
             "alpha": self.alpha(eps),
@@ -256,28 +274,50 @@ class AttackSpec:
         if self.targets is not None and not self.targeted:
             settings["targets"] = self.targets  # an attack that picks its own targets: how many
         options = {key: value for key, value in settings.items() if kind.takes(key)}
+        if draws > 1 and kind.takes("draws"):
+            options["draws"] = draws
+        run = dict(eps=eps, norm=self.norm, targeted=self.targeted, loss=self.loss, generator=generator, **options)
+        run.update(early_stop=early_stop, channels_last=channels_last)
         with straight_through(model, self.bpda):
-            return kind.function(
-                model,
-                x,
-                y,
-                eps=eps,
-                norm=self.norm,
-                targeted=self.targeted,
-                loss=self.loss,
-                generator=generator,
-                early_stop=early_stop,
-                channels_last=channels_last,
-                **options,
-            )
+            return kind.function(model, x, y, **run, **self.parameter_values())
+
+    def minimal(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        channels_last: bool = True,
+    ) -> MinimalPerturbation:
+        """Each example's smallest adversarial this minimum-norm attack finds (labels ``y``): one run gives the
+        robust accuracy at every ε (:meth:`MinimalPerturbation.curve`); PGD, APGD or Square: an AdvlabError."""
+        kind = self.kind
+        if kind.minimal is None:
+            choices = ", ".join(name for name, other in ATTACKS.items() if other.minimum_norm)
+            raise AdvlabError(f"attack {self.name} is not a minimum-norm attack; minimal() needs one of: {choices}")
+        settings = {"steps": self.steps, "restarts": self.restarts, "targets": self.targets}
+        options = {key: value for key, value in settings.items() if kind.takes(key) and value is not None}
+        run = dict(norm=self.norm, generator=generator, channels_last=channels_last, **options)
+        with straight_through(model, self.bpda):
+            return kind.minimal(model, x, y, **run, **self.parameter_values())
+
+
+def _given_parameters(kind: AttackKind, params: Any) -> tuple[tuple[str, Any], ...]:
+    """``params`` (a mapping or pairs) read and checked by the kind's declarations: sorted non-default pairs."""
+    given: dict[str, Any] = {}
+    for key, value in params.items() if isinstance(params, Mapping) else params:
+        key = str(key).strip().replace("-", "_")
+        if key in given:
+            raise AdvlabError(f"attack {kind.name} gives its parameter {key} twice")
+        given[key] = kind.parameter(key).read(value, kind.name)
+    return tuple(sorted((key, value) for key, value in given.items() if value != kind.parameter(key).default))
 
 
 _MODIFIERS = r"(?P<modifiers>(?:-[a-z0-9]+)*)"
 _NORM_WORDS = {"linf": "linf", "l2": "l2"}
 _LOSS_WORDS = {"ce": "ce", "margin": "margin", "cw": "margin", "dlr": "dlr"}
-_TARGETED = re.compile(r"targeted(\d*)")
-_EOT = re.compile(r"eot(\d+)")
-_TOP = re.compile(r"top(\d+)")
+_COUNTED = {"targeted": re.compile(r"targeted(\d*)"), "eot": re.compile(r"eot(\d+)"), "top": re.compile(r"top(\d+)")}
 _WORDS = {"bpda": ("bpda", True)}
 
 
@@ -286,43 +326,51 @@ def attack_syntax() -> str:
     return ", ".join(kind.syntax for kind in ATTACKS.values())
 
 
-def parse_attack(text: str, *, norm: str | None = None, step_ratio: float | None = None) -> AttackSpec:
-    """Parse ``fgsm``, ``noise``, ``pgd``, ``pgd50``, ``pgd-50x10``, ``pgd20-l2-margin`` into an :class:`AttackSpec`.
+def _modifier(word: str) -> tuple[str | None, Any]:
+    """One modifier word as (setting, value): ``l2`` is ("norm", "l2"), ``targeted3`` ("targeted", 3)."""
+    if word in _NORM_WORDS or word in _LOSS_WORDS:
+        return ("norm", word) if word in _NORM_WORDS else ("loss", _LOSS_WORDS[word])
+    for key, pattern in _COUNTED.items():
+        if match := pattern.fullmatch(word):
+            return key, int(match[1] or 0)
+    return _WORDS.get(word, (None, None))
 
-    ``norm`` is the default threat model where the name does not give one; ``step_ratio`` (α / ε) is given to
-    an attack that takes a step size and ignored by one that has none (FGSM steps ε, APGD and Square adapt).
+
+def _parse_parameters(text: str, kind: AttackKind, original: str) -> tuple[tuple[str, str], ...]:
+    """``c=0.1,kappa=5`` into (("c", "0.1"), ("kappa", "5")): read and checked by :class:`AttackSpec`."""
+    parts = [part.partition("=") for part in filter(None, (part.strip() for part in text.split(",")))]
+    if any(not sep or not key.strip() for key, sep, _ in parts):
+        example = f"{kind.name}:{kind.parameters[0].name}=..." if kind.parameters else kind.name
+        raise AdvlabError(f"attack {original!r}: write its parameters as key=value, e.g. {example}")
+    return tuple((key, value) for key, _, value in parts)
+
+
+def parse_attack(text: str, *, norm: str | None = None, step_ratio: float | None = None) -> AttackSpec:
+    """Parse ``fgsm``, ``noise``, ``pgd``, ``pgd50``, ``pgd-50x10``, ``pgd20-l2-margin``, ``cw:c=0.1`` into an
+    :class:`AttackSpec`.
+
+    ``norm`` is the default threat model where the name does not give one (then the attack's first: L∞, or
+    L2 for C&W); ``step_ratio`` (α / ε) is given to an attack that takes a step size and ignored by one that
+    has none (FGSM steps ε, APGD and Square adapt).
     """
-    clean = str(text).strip().lower().replace("∞", "inf")
-    for kind in ATTACKS.values():
-        match = re.fullmatch(re.escape(kind.name) + kind.counts + _MODIFIERS, clean)
+    clean, _, parameters = str(text).strip().lower().replace("∞", "inf").partition(":")
+    for kind in sorted(ATTACKS.values(), key=lambda kind: -len(kind.name)):  # fab-t before fab with "-t"
+        match = re.fullmatch(re.escape(kind.name) + kind.counts + _MODIFIERS, clean.strip())
         if match:
             break
     else:
         raise AdvlabError(
             f"unknown attack {text!r}; known: {attack_syntax()} (e.g. pgd50x10), each optionally "
-            "with -l2 or -linf, -margin or -ce, -targeted"
+            "with -l2 or -linf, -margin or -ce, -targeted, and its own :key=value parameters"
         )
     counts = {key: int(value) for key, value in match.groupdict().items() if key != "modifiers" and value}
     settings: dict = {"norm": None, "loss": None, "targeted": None, "eot": None, "top": None, "bpda": None}
     for word in filter(None, match["modifiers"].split("-")):
-        targeted, eot, top = _TARGETED.fullmatch(word), _EOT.fullmatch(word), _TOP.fullmatch(word)
-        key, value = (
-            ("norm", _NORM_WORDS[word])
-            if word in _NORM_WORDS
-            else ("loss", _LOSS_WORDS[word])
-            if word in _LOSS_WORDS
-            else ("targeted", int(targeted[1] or 0))
-            if targeted
-            else ("eot", int(eot[1]))
-            if eot
-            else ("top", int(top[1]))
-            if top
-            else _WORDS.get(word, (None, None))
-        )
+        key, value = _modifier(word)
         if key is None:
             raise AdvlabError(
                 f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin, -dlr, "
-                "-targeted, -eotK, -bpda or (apgd-t) -topK"
+                "-targeted, -eotK, -bpda or (apgd-t, fab-t) -topK"
             )
         if settings[key] is not None:
             raise AdvlabError(f"attack {text!r} gives its {key} twice")
@@ -330,17 +378,20 @@ def parse_attack(text: str, *, norm: str | None = None, step_ratio: float | None
     targeted, top = settings["targeted"], settings["top"]
     if top is not None and not kind.takes("targets"):
         raise AdvlabError(
-            f"attack {text!r}: -top{top} is for an attack that picks its own targets (apgd-t); "
+            f"attack {text!r}: -top{top} is for an attack that picks its own targets (apgd-t, fab-t); "
             "use -targeted{top} to try the most likely wrong classes in turn"
         )
+    if top == 0:
+        raise AdvlabError(f"attack {text!r}: -top0 aims at no class; use -topK with K of at least 1")
     return AttackSpec(
         name=kind.name,
-        norm=settings["norm"] or norm or "linf",
+        norm=settings["norm"] or norm or kind.norms[0],
         loss=settings["loss"] or "ce",
         targeted=targeted is not None,
         targets=targeted or top or None,
         eot=1 if settings["eot"] is None else settings["eot"],
         step_ratio=step_ratio if kind.takes("step_ratio") else None,
         bpda=bool(settings["bpda"]),
+        params=_parse_parameters(parameters, kind, text),
         **counts,
     )

@@ -209,6 +209,15 @@ def _margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -margin_loss(logits.float(), labels)
 
 
+def _judged_margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+    """The margin that decides: one pass's, or on a randomized model (``draws`` > 1) the mean over that many
+    passes, set to −inf where every pass is fooled (only then is an example done: never on a lucky draw)."""
+    if draws == 1:
+        return _margin(model(x), y)
+    margins = torch.stack([_margin(model(x), y) for _ in range(draws)])
+    return margins.mean(0).masked_fill((margins < 0).all(0), float("-inf"))
+
+
 def _single_run(
     model: nn.Module,
     x: torch.Tensor,
@@ -219,30 +228,33 @@ def _single_run(
     steps: int,
     p_init: float,
     generator: torch.Generator | None,
+    draws: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One run of ``steps`` queries from a fresh start: each example's best point and its margin.
 
     Only examples not yet fooled are queried (the reference's ``idx_to_fool``); the rows still in play
-    are gathered again only when some example is fooled.
+    are gathered again only when some example is fooled. On a randomized model (``draws`` > 1) every query
+    is judged over ``draws`` passes (:func:`_judged_margin`, ``draws`` times the cost): a change is kept when
+    it lowers the mean margin, and an example leaves only when every pass is fooled.
     """
     h, w = x.shape[-2:]
     start, candidate_for, side_for = (
         (_l2_start, _l2_candidate, l2_side) if norm == "l2" else (_linf_start, _linf_candidate, linf_side)
     )
     best = start(x, eps, generator)
-    margin = _margin(model(best), y)
-    active = (margin >= 0).nonzero().squeeze(1)
+    margin = _judged_margin(model, best, y, draws)
+    active = (margin >= 0 if draws == 1 else margin > float("-inf")).nonzero().squeeze(1)
     x_act, y_act, best_act, margin_act = x[active], y[active], best[active], margin[active]
     for iteration in range(steps):
         if active.numel() == 0:
             break
         side = side_for(p_schedule(iteration, steps, p_init), h, w)
         candidate = candidate_for(x_act, best_act, eps, side, generator)
-        value = _margin(model(candidate), y_act)
+        value = _judged_margin(model, candidate, y_act, draws)
         improved = value < margin_act
         best_act = torch.where(improved[:, None, None, None], candidate, best_act)
         margin_act = torch.where(improved, value, margin_act)
-        fooled = margin_act < 0
+        fooled = margin_act < 0 if draws == 1 else margin_act == float("-inf")
         if bool(fooled.any()):
             best[active[fooled]], margin[active[fooled]] = best_act[fooled], margin_act[fooled]
             keep = ~fooled
@@ -260,7 +272,7 @@ def _single_run(
     syntax="square[QUERIES][xRESTARTS]",
     default_steps=5000,
     step_ratio=None,
-    options=("steps", "restarts"),
+    options=("steps", "restarts", "draws"),
     black_box=True,
     fixed_loss="margin",
 )
@@ -279,6 +291,7 @@ def square(
     generator: torch.Generator | None = None,
     early_stop: bool = True,
     channels_last: bool = True,
+    draws: int = 1,
 ) -> torch.Tensor:
     """Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020, "Square Attack: a
     query-efficient black-box adversarial attack via random search", arXiv:1912.00049).
@@ -298,7 +311,9 @@ def square(
     examples still not fooled, and an example never fooled keeps the lowest-margin point found.
     ``generator`` drives all randomness (same seed, same result); ``p_init`` is the first fraction of
     pixels a square covers (0.8, as AutoAttack). ``channels_last`` runs CPU convolutions in NHWC on a copy
-    of the model (same values, faster).
+    of the model (same values, faster). ``draws`` > 1 (an evaluation of a randomized model): each query is
+    judged by its mean margin over ``draws`` passes (``draws`` times the cost), and no example is skipped
+    or let go on one pass's say: it is done only when every one of the passes is fooled.
 
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
@@ -306,6 +321,7 @@ def square(
     if x.dim() != 4:
         raise AdvlabError(f"square attacks images of shape (N, C, H, W), got shape {tuple(x.shape)}")
     steps, restarts = check_count("steps (queries)", steps), check_count("restarts", restarts)
+    draws = check_count("draws", draws)
     if targeted:
         raise AdvlabError("square is untargeted: it lowers the true class's margin and takes no target labels")
     if loss not in LOSSES:
@@ -316,13 +332,21 @@ def square(
     y = y.detach().to(device=x.device, dtype=torch.long)
     with eval_mode(model), torch.no_grad(), fast_layout(model, x, channels_last) as (net, x_fast):
         best = x_fast.clone()
-        margin = _margin(net(x_fast), y)  # the reference attacks only what the model gets right
+        margin = _judged_margin(net, x_fast, y, draws)  # the reference attacks only what the model gets right
         for _ in range(restarts if eps > 0 else 0):
-            todo = (margin >= 0).nonzero().squeeze(1)
+            todo = (margin >= 0 if draws == 1 else margin > float("-inf")).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             found, value = _single_run(
-                net, x_fast[todo], y[todo], eps=eps, norm=norm, steps=steps, p_init=p_init, generator=generator
+                net,
+                x_fast[todo],
+                y[todo],
+                eps=eps,
+                norm=norm,
+                steps=steps,
+                p_init=p_init,
+                generator=generator,
+                draws=draws,
             )
             better = value < margin[todo]
             best[todo[better]], margin[todo[better]] = found[better], value[better]

@@ -331,12 +331,16 @@ def _bound_certifier(bound: str) -> Callable[..., dict]:
                 ]
             )
         result = {"images": len(y), "eps": eps, "clean_accuracy": float(correct.float().mean())}
+        proven = torch.zeros_like(correct)
         for method in ("ibp", "crown-ibp") if bound == "crown-ibp" else ("ibp",):
             flags = verified_flags(model, (x, y), eps, method=method, batch_size=batch_size, device=device)
             if (flags & ~correct).any():
                 raise AdvlabError(f"internal: {method} verified an example the model misclassifies; please report it")
             key = "verified_accuracy" if method == bound else f"verified_accuracy_{method.replace('-', '_')}"
             result[key] = float(flags.float().mean())
+            proven |= flags
+        # Which examples a bound proved (either, for crown-ibp): what `advlab certify --cross-check` attacks.
+        result["verified_images"] = proven.nonzero().squeeze(1).tolist()
         return result
 
     return run

@@ -5,7 +5,9 @@ dict`` (the result's fields for ``advlab certify``'s JSON) decorated with :func:
 options (``--eps``; ``--sigma``, ``--n``, ...) are :class:`Option` declarations, which ``advlab certify``
 turns into flags and checks; ``describe`` makes the one line the command prints. A certifier that proves
 L∞ robustness example by example also gives ``flags(model, data, eps, device) -> BoolTensor``: the study's
-``verifier`` setting picks one of those. Adding one touches one file (docs/architecture.md has an example)::
+``verifier`` setting picks one of those; its result names the examples it proved (``verified_images``,
+indices), which ``advlab certify --cross-check`` attacks: an attack that breaks one shows an unsound bound.
+Adding one touches one file (docs/architecture.md has an example)::
 
     @register_certifier("interval", summary="...", options=(EPS,), describe=lambda r: "...",
                         flags=my_flags)

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except AdvlabError as err:
         _say(f"advlab: error: {err}")
-        return 2
+        return getattr(err, "exit_status", 2)
     except Preempted as err:
         _say(f"advlab: {err}")
         return Preempted.exit_status

@@ -54,6 +54,12 @@ def add(commands) -> None:
         help="images, or noise samples, per forward pass (default 1000)",
     )
     p.add_argument("--seed", type=seed, default=0, help="seed for the noise, 0 to 2^63 - 1 (default 0)")
+    p.add_argument(
+        "--cross-check",
+        action="store_true",
+        help="attack the examples the bound verified (PGD-50 from 5 starts); one broken is an error, exit status 1 "
+        "(ibp and crown-ibp)",
+    )
     p.add_argument("--out", type=Path, help="write the result as JSON to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_device(p)
@@ -81,8 +87,12 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         runtime=runtime_of(args),
+        cross_check=args.cross_check,
     )
     print(certifier.describe(result))
+    if "cross_check" in result:
+        check = result["cross_check"]
+        print(f"cross-check: {check['attack']} broke none of the {check['verified']} verified images")
     if args.out:
         print(f"wrote {args.out}")
     return 0

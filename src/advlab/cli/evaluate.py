@@ -62,7 +62,12 @@ def add(commands) -> None:
         help=f"a chain of attacks for one trustworthy number: {suite_help()}; --attack adds "
         "attacks after it, and the whole evaluation then chains",
     )
-    p.add_argument("--eps", type=parse_numbers, required=True, help="comma-separated ε values, e.g. 0.05,0.1")
+    p.add_argument(
+        "--eps",
+        type=parse_numbers,
+        help="comma-separated ε values, e.g. 0.05,0.1 (required, except with minimum-norm attacks alone: "
+        "fmn, fab, fab-t, cw and deepfool give every ε from one run)",
+    )
     p.add_argument(
         "--step-ratio",
         type=parse_number,
@@ -101,6 +106,11 @@ def add(commands) -> None:
         "OUT.state.safetensors meanwhile, so the same command resumes an interrupted evaluation",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        help="draw robust accuracy against ε to this PNG (a minimum-norm attack's whole curve, the others' points)",
+    )
     add_device(
         p,
         precision="arithmetic of the attacks' passes: fp32 (default, the reference), bf16 autocast (CPU "
@@ -111,12 +121,27 @@ def add(commands) -> None:
     p.set_defaults(func=run)
 
 
+def curve_table(label: str, curve: dict) -> str:
+    """A minimum-norm attack's curve as two rows of text: ε, and robust accuracy there."""
+    eps = "  ".join(f"{e:>6.4g}" for e in curve["eps"])
+    acc = "  ".join(f"{100 * a:>5.1f}%" for a in curve["robust_accuracy"])
+    median = curve["median_norm"]
+    return (
+        f"{label}: robust accuracy at every ε from one run (median smallest adversarial "
+        f"{'none found' if median is None else f'{median:.4g}'})\n  eps  {eps}\n  acc  {acc}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from advlab.attacks import parse_attack
+    from advlab.errors import AdvlabError
     from advlab.jobs import evaluate_checkpoint
+    from advlab.jobs.evaluate import minimum_norm_curves
     from advlab.runs import training_outcome
 
-    source, data, threat = model_source(args), data_source(args, args.n), threat_model(args, args.eps)
+    source, data, threat = model_source(args), data_source(args, args.n), threat_model(args, args.eps or ())
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise AdvlabError(f"--plot writes a PNG; give a path ending in .png, got {args.plot}")
     training_note(args)
     names = args.attack or ([] if args.suite else ["fgsm", "pgd20"])
     attacks = [parse_attack(name, norm=args.norm, step_ratio=args.step_ratio) for name in names]
@@ -138,7 +163,24 @@ def run(args: argparse.Namespace) -> int:
     )
     if not runtime.main:
         return 0
-    print(result.table())
+    if args.eps:
+        print(result.table())
+    curves = minimum_norm_curves(result, args.eps or ()) if result.minimal_norms else {}
+    for label, curve in curves.items():
+        print(curve_table(label, curve))
+    if args.plot is not None:
+        from advlab.files import atomic_write_bytes
+        from advlab.report.figures import evaluation_curve_figure, figure_bytes
+
+        top = max([*(args.eps or ()), *(max(c["eps"]) for c in minimum_norm_curves(result).values())], default=0)
+        dense = {  # the plot draws each minimum-norm curve whole: 101 points up to the last ε of interest
+            label: {"eps": grid, "robust_accuracy": result.minimal_curve(label, grid)}
+            for label in result.minimal_norms
+            for grid in [[top * k / 100 for k in range(101)]]
+        }
+        evaluation = {**result.to_dict(), "minimum_norm": dense, "per_eps": bool(args.eps)}
+        atomic_write_bytes(args.plot, figure_bytes(evaluation_curve_figure(evaluation)))
+        print(f"wrote {args.plot}")
     for warning in result.model_warnings:
         print(f"warning ({warning['flag']}): {warning['message']}")
     outcome = training_outcome(args.checkpoint) if args.checkpoint is not None else None

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from advlab.certify import get_certifier
+from advlab.errors import AdvlabError
+from advlab.evaluate import cross_check_verified
 from advlab.files import write_json
 from advlab.jobs.sources import DataSource, ModelSource, ThreatModel, check_output, open_job, require_compatible
 from advlab.runtime import Runtime
@@ -24,13 +26,17 @@ def certify_checkpoint(
     overwrite: bool = False,
     progress: bool = True,
     runtime: Runtime | None = None,
+    cross_check: bool = False,
 ) -> dict:
     """Certify ``model`` on the first ``data.n`` images (the certifier's default count when None) with the
     registered certifier ``method`` (:mod:`advlab.certify.registry`: ``ibp``, ``crown-ibp``, ``smoothing``)
     and its ``options`` (``{"eps": 0.1}``; ``{"sigma": 0.25, "n": 10000, ...}``), and write the result as JSON
-    to ``out``."""
+    to ``out``. ``cross_check``: attack the examples the certifier proved (:func:`advlab.evaluate.
+    cross_check_verified`); one broken is an error. Only for a certifier that verifies examples one by one."""
     certifier = get_certifier(method)
     settings = certifier.settings(options or {})  # an option it does not take, or a missing one: refused now
+    if cross_check and certifier.flags is None:
+        raise AdvlabError(f"--cross-check attacks the examples a bound verifies one by one; {method} verifies none")
     source, out = ModelSource.of(model), Path(out) if out is not None else None
     check_output(out, overwrite)
     runtime = runtime if runtime is not None else Runtime()
@@ -61,6 +67,11 @@ def certify_checkpoint(
         "seed": seed,
         **result,
     }
+    verified = summary.pop("verified_images", None)
+    if cross_check:
+        summary["cross_check"] = cross_check_verified(
+            job.model, x, y, verified or [], eps=settings["eps"], what=method, runtime=runtime
+        )
     summary.setdefault("seconds", time.perf_counter() - start)
     if out is not None:
         write_json(out, summary)

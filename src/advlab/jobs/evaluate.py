@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from advlab.attacks import AttackSpec
 from advlab.attacks.suites import suite_attacks
 from advlab.defenses import describe
+from advlab.errors import AdvlabError
 from advlab.eval_state import EvalState
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
 from advlab.files import run_lock, write_json
@@ -46,6 +50,8 @@ def evaluate_checkpoint(
     if suite is not None:
         attacks = suite_attacks(suite, norm=threat.norm, classes=len(job.data.info.classes)) + list(attacks)
     chain, eps = chain or suite is not None, list(threat.eps)
+    if not eps and not (attacks and all(a.kind.minimum_norm for a in attacks)):
+        raise AdvlabError("give --eps (only minimum-norm attacks, such as fmn or fab, need none: they give every ε)")
     require_compatible(job, budgets=[(a, e) for a in attacks for e in eps], warn=False)
     settings = {
         "dataset": job.data.info.name,
@@ -67,7 +73,7 @@ def evaluate_checkpoint(
             job.model,
             job.data,
             attacks=attacks,
-            eps=eps,
+            eps=eps or [0.0],  # minimum-norm attacks alone: their curve below gives every ε
             batch_size=batch_size,
             chain=chain,
             early_stop=early_stop,
@@ -87,11 +93,37 @@ def evaluate_checkpoint(
                     "hyperparameters": {a.label: [a.hyperparameters(e) for e in eps] for a in attacks},
                     **source.training(),  # a collapsed or unfinished run says so here too
                     **result.to_dict(),
+                    **({"minimum_norm": minimum_norm_curves(result, eps)} if result.minimal_norms else {}),
                 },
             )
             if state is not None:
                 state.remove()
     return result
+
+
+def curve_grid(result: EvalResult, eps: Sequence[float] = (), points: int = 11) -> list[float]:
+    """The ε at which to show a minimum-norm attack's curve: those given, else ``points`` evenly spaced from
+    0 to the largest smallest-adversarial found (the curve is flat beyond it)."""
+    if eps:
+        return [float(e) for e in eps]
+    finite = [n[torch.isfinite(n)] for n in result.minimal_norms.values()]
+    top = max((float(n.max()) for n in finite if n.numel()), default=0.0)
+    return [round(top * k / (points - 1), 6) for k in range(points)]
+
+
+def minimum_norm_curves(result: EvalResult, eps: Sequence[float] = (), points: int = 11) -> dict:
+    """Per minimum-norm attack: its robust-accuracy curve (at :func:`curve_grid`), the median smallest
+    adversarial of the images it was found for, and every image's (null: none found; 0: wrong already)."""
+    grid, curves = curve_grid(result, eps, points), {}
+    for label, norms in result.minimal_norms.items():
+        found = norms[torch.isfinite(norms) & (norms > 0)]
+        curves[label] = {
+            "eps": grid,
+            "robust_accuracy": result.minimal_curve(label, grid),
+            "median_norm": float(found.median()) if found.numel() else None,
+            "norms": [None if not math.isfinite(v) else v for v in norms.tolist()],
+        }
+    return curves
 
 
 def _state(out: Path, job, attacks: Sequence[AttackSpec], eps: list[float], settings: dict) -> EvalState:

@@ -104,6 +104,9 @@ class DataSource:
             images if images is not None else load_dataset(name, self.split, data_dir=self.data_dir, progress=progress)
         )
         count = self.n if n is None else n
+        if count is not None and count > len(data):  # all of them, and one line that says so
+            where = name if images is not None else f"{name} {self.split}"
+            warnings.warn(f"{count} images asked for, but {where} has {len(data)}: using all {len(data)}")
         return data.subset(min(count, len(data))) if count is not None else data
 
 

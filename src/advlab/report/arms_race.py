@@ -155,7 +155,8 @@ def arms_race_html(metrics: dict, figure_tag: str) -> str:
             "through the defense), <b>naive</b> (white-box, with the gradient autograd gives through the defense) and "
             "<b>adaptive</b> (BPDA, the identity on the backward pass, through a deterministic defense; EOT over "
             f"{race.get('eot', '?')} draws through a random one; Athalye, Carlini &amp; Wagner 2018). A random defense "
-            "is judged, clean and attacked alike, by the majority of 20 passes.</p>",
+            "is judged, clean and attacked alike, on 20 passes: its figures are the expected accuracy over the "
+            "draws, what it scores on average.</p>",
             figure_tag,
             "<table><tr><th class='l'>model</th><th class='l'>defense</th><th>clean</th><th>oblivious</th>"
             "<th>naive</th><th>adaptive</th><th>undefended, same attack</th><th class='l'>verdict</th></tr>"

@@ -260,3 +260,46 @@ def training_curves_figure(metrics: dict):
             )
     fig.suptitle("Training curves: accuracy on held-out training images after each epoch", fontsize=11)
     return fig
+
+
+def evaluation_curve_figure(evaluation: dict):
+    """One evaluation (``advlab evaluate``'s JSON) as robust accuracy against ε: each minimum-norm attack's
+    whole curve from its one run, each per-ε attack and the worst case as points."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    per_eps = [(label, values) for label, values in evaluation["robust_accuracy"].items()]
+    curves = evaluation.get("minimum_norm") or {}
+    for k, (label, curve) in enumerate(curves.items()):
+        ax.plot(
+            curve["eps"],
+            [100 * v for v in curve["robust_accuracy"]],
+            label=_plain(label),
+            linestyle=ATTACK_STYLES[k % len(ATTACK_STYLES)],
+            linewidth=1.8,
+        )
+    if evaluation.get("per_eps", True):  # per-ε figures (not the placeholder ε of a curve alone)
+        for k, (label, values) in enumerate(per_eps):
+            if label in curves:
+                continue
+            ax.plot(
+                evaluation["eps"],
+                [100 * v for v in values],
+                marker=ATTACK_MARKERS[k % len(ATTACK_MARKERS)],
+                linestyle="none",
+                label=_plain(label),
+            )
+        if len(per_eps) > 1:
+            ax.plot(
+                evaluation["eps"],
+                [100 * v for v in evaluation["worst_case_accuracy"]],
+                "k_",
+                markersize=14,
+                label="worst case",
+            )
+    ax.set_xlabel("ε")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{evaluation.get('n', '?')} images", fontsize=10)
+    return fig

@@ -16,7 +16,8 @@ A naive number is marked unreliable when the model checks flag the defended mode
 a random forward pass) or the oblivious attack, a black-box one, beats it. A defense whose adaptive robust
 accuracy stays well above the undefended model's (``RESISTS`` points) is said to resist, with the reason
 where one can be computed: for bit-depth reduction, how few pixels lie within ε of a rounding threshold.
-A randomized defended model is judged, clean and attacked alike, by the majority of 20 passes.
+A randomized defended model is judged, clean and attacked alike, on 20 passes: its figures are the expected
+accuracy over the draws (:mod:`advlab.tally`).
 """
 
 from __future__ import annotations

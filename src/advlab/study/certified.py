@@ -5,8 +5,9 @@ For every model, on the study's test images at the training ε: the IBP-verified
 (:func:`advlab.certify.verified_flags`; ``None``, with the reason, for a network interval bounds cannot go
 through). For a model trained with Gaussian noise (``method = "gaussian"``), also randomized smoothing's
 CERTIFY on the first ``smoothing_images`` images at that model's σ: certified accuracy against L2 radius.
-A verified accuracy above the empirical worst case of the same images is impossible for a sound bound and a
-correct attack, so :func:`check_certified_below_empirical` makes it an error, never a figure.
+A verified accuracy above the empirical worst case of the same images, or a single image both verified and
+broken, is impossible for a sound bound and a correct attack, so :func:`check_certified_below_empirical`
+makes it an error, never a figure.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from advlab.certify import UnsupportedLayer, get_certifier
 from advlab.certify.smoothing import certify_dataset
-from advlab.errors import AdvlabError
+from advlab.errors import Contradiction
 from advlab.runtime import Runtime
 
 
@@ -41,6 +42,7 @@ def certified_numbers(
     try:
         flags = get_certifier(verifier).flags(model, test, eps, device=runtime.device)
         result["verified_accuracy"] = float(flags.float().mean())
+        result["verified_images"] = flags.nonzero().squeeze(1).tolist()
     except UnsupportedLayer as err:
         result["verified_accuracy"], result["unsupported"] = None, str(err)
     if smoothing is not None:
@@ -61,11 +63,27 @@ def certified_numbers(
     return result
 
 
-def check_certified_below_empirical(name: str, verified: float | None, empirical: float | None) -> None:
-    """Refuse a verified accuracy above the empirical robust accuracy on the same images: one of the two
-    is wrong (an unsound bound or a broken attack), and neither number may be shown."""
+def check_certified_below_empirical(
+    name: str,
+    verified: float | None,
+    empirical: float | None,
+    *,
+    verified_images: list[int] | None = None,
+    robust_images: list[int] | None = None,
+) -> None:
+    """Refuse a verified accuracy above the empirical robust accuracy on the same images, and, example by
+    example, an image the bound proved robust that an attack broke: one of the two is wrong (an unsound
+    bound or a broken attack), and neither number may be shown."""
+    if verified_images is not None and robust_images is not None:
+        broken = sorted(set(verified_images) - set(robust_images))
+        if broken:
+            shown = ", ".join(map(str, broken[:5])) + (", ..." if len(broken) > 5 else "")
+            raise Contradiction(
+                f"model {name}: {len(broken)} images its bound verified were broken by the study's attacks "
+                f"(image {shown}), which a sound bound and a correct attack cannot give; please report it"
+            )
     if verified is not None and empirical is not None and verified > empirical + 1e-9:
-        raise AdvlabError(
+        raise Contradiction(
             f"model {name}: its IBP-verified accuracy ({verified:.4f}) is above its empirical "
             f"robust accuracy ({empirical:.4f}) on the same images, which a sound bound and a "
             "correct attack cannot give; please report it"

@@ -14,7 +14,7 @@ from advlab.attacks.suites import suite_attacks
 from advlab.certify.smoothing import check_settings
 from advlab.defenses import parse_defense
 from advlab.errors import AdvlabError, check_range
-from advlab.masking import is_pgd, is_single_step
+from advlab.masking_attacks import is_pgd, is_single_step
 from advlab.presets import preset_text
 from advlab.schema import check_fields
 from advlab.train import TrainConfig
@@ -103,7 +103,8 @@ class StudyConfig:
                 "a study's attacks must share one norm (the worst case over attacks is per ε); got "
                 + ", ".join(self.attacks)
             )
-        if parse_attack(self.check_dlr).loss != "dlr" and not self.check_dlr.startswith("apgd-dlr"):
+        dlr = parse_attack(self.check_dlr)
+        if (dlr.kind.fixed_loss or dlr.loss) != "dlr" or (dlr.kind.fixed_loss and not dlr.kind.cross_entropy_twin):
             raise AdvlabError(
                 f"check_dlr must be an attack on the DLR loss (apgd-dlr100, pgd50-dlr), got {self.check_dlr!r}"
             )

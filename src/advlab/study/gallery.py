@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from advlab.attacks import AttackSpec, verify_adversarial
-from advlab.masking import strongest_pgd
+from advlab.masking_attacks import strongest_pgd
 from advlab.runtime import Runtime
 from advlab.study.config import StudyConfig
 from advlab.study.explorer import targeted_attack

@@ -11,7 +11,8 @@ from typing import Any
 from advlab import __version__
 from advlab.data import get_info
 from advlab.files import read_json
-from advlab.masking import sanity_checks, strongest_pgd
+from advlab.masking import sanity_checks
+from advlab.masking_attacks import strongest_pgd
 from advlab.results import best_robust_model
 from advlab.schema import ArmsRace, Certified, CheckMeasurements, Evaluation, RunSummary, read_checked
 from advlab.study.certified import check_certified_below_empirical
@@ -86,10 +87,17 @@ def _model_figures(config: StudyConfig, name: str, folder: Path, train_config: d
         model["worst_case_all_attacks"] = {"eps": checks[name]["eps"], **checks[name]["worst_case_all"]}
     if config.certify and (folder / "certified.json").is_file():
         certified = read_checked(folder / "certified.json", Certified)
+        verified_images = certified.pop("verified_images", None)
         model["certified"] = certified
         i = list(config.eps_grid).index(config.train_eps)
         empirical = (model.get("worst_case_all_attacks") or {}).get("accuracy", evaluation["worst_case_accuracy"][i])
-        check_certified_below_empirical(name, certified.get("verified_accuracy"), empirical)
+        check_certified_below_empirical(
+            name,
+            certified.get("verified_accuracy"),
+            empirical,
+            verified_images=verified_images,
+            robust_images=(checks.get(name) or {}).get("robust_images"),
+        )
     return model
 
 
@@ -119,6 +127,8 @@ def _check_attacks(checks: dict) -> dict[str, dict]:
     ):
         if "hyperparameters" in checks.get(key, {}):
             found[what.format(checks[key]["label"])] = checks[key]["hyperparameters"]
+        if "reference_hyperparameters" in checks.get(key, {}):  # the like it is compared with
+            found[what.format(checks[key]["reference"])] = checks[key]["reference_hyperparameters"]
     return found
 
 

@@ -19,7 +19,7 @@ from advlab.distributed import on_main
 from advlab.errors import AdvlabError
 from advlab.evaluate import evaluate
 from advlab.files import file_sha256, read_json, run_lock, write_json
-from advlab.masking import strongest_pgd
+from advlab.masking_attacks import strongest_pgd
 from advlab.runs import load_checkpoint, prepare_run_dir
 from advlab.runtime import Runtime
 from advlab.study.arms_race import measure_arms_race

@@ -9,7 +9,7 @@ import torch
 
 from advlab.attacks import AttackSpec, parse_attack
 from advlab.attacks.suites import suite_attacks
-from advlab.masking import is_single_step, measure_masking_checks, strongest_pgd
+from advlab.masking_attacks import is_single_step, measure_masking_checks, strongest_pgd
 from advlab.runtime import Runtime
 from advlab.schema import Evaluation, read_checked
 from advlab.study.config import StudyConfig
@@ -36,9 +36,10 @@ def check_numbers(
 
     Each extra attack also counts towards the model's worst case there (``worst_case_all``, the headline):
     the gradient attacks of the study's suite (``standard``: APGD-CE and APGD-T) attack, chained, the
-    examples the study's own attacks left robust, and what they leave is the baseline of the checks; then
-    doubled PGD, APGD-DLR and Square attack what is left, uniform noise and the transfer attack every
-    example, and an example is robust only if it survives them all.
+    examples the study's own attacks left robust; doubled PGD, and APGD-DLR beside APGD-CE of its budget,
+    attack every example (each check compares like with like); Square attacks what every gradient attack
+    left; uniform noise and the transfer attack attack every example; and an example is robust only if it
+    survives them all.
     """
     eps, base = config.train_eps, strongest_pgd(attacks)
     saved = read_checked(out / "models" / name / "eval.json", Evaluation)
@@ -70,6 +71,7 @@ def check_numbers(
         **numbers,
         "pgd": {"label": base.label, "accuracy": saved["robust_accuracy"][base.label][i]},
         "single_step": next(a.label for a in attacks if is_single_step(a)),  # what PGD must beat
+        "robust_images": robust.nonzero().squeeze(1).tolist(),  # for the per-example cross-check
         # The checks' baseline: the study's attacks, then the suite's on what they left.
         "worst_case": {
             "accuracy": numbers["suite"]["accuracy"] if suite else saved["worst_case_accuracy"][i],
