@@ -67,9 +67,21 @@ def command_line() -> str:
     return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
 
 
+_STARTED: dict[str, str] = {}
+
+
+def started_at() -> dict[str, str]:
+    """The commit and date when this benchmark started (taken once, the first time anything asks, which
+    the scripts do before measuring): a long run's result names the code that ran, not a later checkout."""
+    if not _STARTED:
+        _STARTED["commit"] = git_commit()
+        _STARTED["started"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    return dict(_STARTED)
+
+
 def provenance() -> dict:
-    """Command, commit, date and machine: what every committed result file holds."""
-    return {"command": command_line(), "commit": git_commit(), **machine_info()}
+    """Command, commit (at the start), date and machine: what every committed result file holds."""
+    return {"command": command_line(), **machine_info(), **started_at()}
 
 
 def machine_info() -> dict:
@@ -173,3 +185,6 @@ def write_json(path: str | Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"provenance": provenance(), **payload}, indent=2, default=str))
     print(f"wrote {path}")
+
+
+started_at()  # on import, which is when a benchmark starts

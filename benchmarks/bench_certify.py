@@ -88,7 +88,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/smoothing.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    started = C.git_commit()
+    started = C.started_at()["commit"]
     results: dict = {}
     if "throughput" in args.parts:
         model, record = load_checkpoint(args.run, device="cpu")

@@ -102,7 +102,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/clip-start.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    started = C.git_commit()
+    started = C.started_at()["commit"]
     results = []
     for dataset in ("mnist", "fashion-mnist"):
         r = measure(dataset, n=args.n, eps=args.eps, seed=args.seed)

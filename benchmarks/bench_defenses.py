@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/defenses-apgd.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    started = C.git_commit()
+    started = C.started_at()["commit"]
     data = load_dataset("fashion-mnist", "test", download=False, progress=False)
     x, y = data.subset(min(args.n, len(data))).tensors()
     rows = []

@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/fast-at-grid.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    started = C.git_commit()  # the code that ran: the provenance's commit is the one at the end
+    started = C.started_at()["commit"]  # the code that ran
     print(C.machine_info(), "commit", started, flush=True)
     results = []
     for text in args.configs:

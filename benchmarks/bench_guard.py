@@ -95,7 +95,7 @@ def main() -> None:
     p.add_argument("--fixture", help="also write the recorded checks here (tests/guard_trajectories.json)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    started = C.git_commit()
+    started = C.started_at()["commit"]
     print(C.machine_info(), "commit", started, flush=True)
     results = []
     for text in args.configs:

@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/wong-mnist-loop.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    started = C.git_commit()
+    started = C.started_at()["commit"]
     train_x, train_y = load_dataset("mnist", "train", val_size=0, download=False).tensors()
     test = load_dataset("mnist", "test", download=False).subset(args.n)
     test_x, test_y = test.tensors()

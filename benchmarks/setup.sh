@@ -3,14 +3,13 @@
 # Run from anywhere; assumes `bash scripts/setup.sh` already created .venv with advlab (editable) + torch 2.13.0 CPU.
 # Every package goes in with --no-deps so pip can never pull torchvision or another torch.
 #   torchattacks 3.5.1: declares torch, torchvision, scipy, tqdm, requests, numpy; at import time it only
-#       needs torch + scipy (+tqdm/numpy, already present). torchvision is NOT imported, so no stub is needed;
-#       benchmarks/_common.py still puts benchmarks/_stubs on sys.path if a future version needs it and
-#       torchvision is absent (the folder is empty today).
+#       needs torch + scipy (+tqdm/numpy, already present). torchvision is NOT imported.
 #   adversarial-robustness-toolbox 1.20.1 (ART): core deps numpy, scipy, scikit-learn, six, setuptools, tqdm;
 #       scikit-learn 1.9 needs joblib, threadpoolctl, narwhals; joblib 1.6 needs cloudpickle.
 #   autoattack (fra31/auto-attack, the reference AutoAttack of Croce & Hein 2020): not on PyPI; from its git
 #       URL at a pinned commit (needs only torch + numpy at import). Offline, install it with --no-deps from a
-#       local snapshot of the repository instead: pip install --no-deps /path/to/auto-attack
+#       local snapshot of the repository instead: pip install --no-deps /path/to/auto-attack (its package
+#       files and setup.py are enough; the examples' model weights are not needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip=.venv/bin/pip

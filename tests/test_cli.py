@@ -160,7 +160,7 @@ def test_targeted_attack_reaches_its_target(trained_checkpoint, tmp_path, capsys
     [
         (["evaluate", "{ckpt}", "--eps", "-0.1", "--n", "5"], "eps"),
         (["evaluate", "{ckpt}", "--eps", "1.5", "--n", "5"], "eps"),
-        (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "deepfool"], "unknown attack"),
+        (["evaluate", "{ckpt}", "--eps", "0.1", "--attack", "boundary-attack"], "unknown attack"),
         (["evaluate", "{ckpt}", "--eps", "0.1", "--dataset", "imagenet"], "unknown data set"),
         (["evaluate", "{tmp}/missing.safetensors", "--eps", "0.1"], "does not exist"),
         (["evaluate", "{tmp}/corrupt.safetensors", "--eps", "0.1"], "corrupt"),
