@@ -3,7 +3,8 @@
 # but what the row names, then measured on the full MNIST test set with the paper's attack.
 #   bash benchmarks/reproduce.sh ROW [ARGS]     rows below; runs go to runs/repro/NAME (reused when finished)
 # Needs MNIST: `.venv/bin/python benchmarks/mnist_setup.py` writes it to ~/.cache/advlab-bench/mnist, found
-# through $ADVLAB_DATA (set here when unset). RETRAIN=1 trains again; SUITE=0 skips the standard suite.
+# through $ADVLAB_DATA (set here when unset). RETRAIN=1 trains again; SUITE=0 skips the standard suite; SUITE_N=K runs it on the first K
+# test images only (its result file says so: eval-standard-nK.json).
 #   fgsm SEED...          Wong et al.: advlab train --dataset mnist --method fgsm --eps 0.3 --seed SEED; PGD-50×10
 #                         with their α = 0.01 and advlab's --suite standard
 #   preset NAME           a shipped training preset (mnist-quick), the same evaluation
@@ -29,8 +30,9 @@ evaluate() {  # evaluate NAME EPS: PGD-50×10 at the paper's α = ε/30, then th
     local name=$1 eps=$2
     [[ -f "$out/$name/eval-pgd50x10.json" ]] || $advlab evaluate "$out/$name" --attack pgd50x10 --step-ratio 1/30 \
         --eps "$eps" --out "$out/$name/eval-pgd50x10.json" --quiet
-    if [[ "${SUITE:-1}" == 1 && ! -f "$out/$name/eval-standard.json" ]]; then
-        $advlab evaluate "$out/$name" --suite standard --eps "$eps" --out "$out/$name/eval-standard.json" --quiet
+    local n=${SUITE_N:-} file="$out/$name/eval-standard${SUITE_N:+-n$SUITE_N}.json"
+    if [[ "${SUITE:-1}" == 1 && ! -f "$file" ]]; then
+        $advlab evaluate "$out/$name" --suite standard --eps "$eps" ${n:+--n "$n"} --out "$file" --quiet
     fi
 }
 row=${1:?give a row: fgsm, preset, train or certified}
