@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# The suite runs on two workers (pytest-xdist, pyproject.toml): one torch thread each, and the same for every
+# process a test starts (OMP_NUM_THREADS is inherited), so the two never fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 from torch import nn
 
 from advlab.models import create_model

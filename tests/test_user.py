@@ -55,6 +55,16 @@ class Noisy(nn.Sequential):
 
 def noisy(width=4):  # build's layers and keys, and a random forward pass
     return Noisy(nn.Conv2d(3, width, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3))
+
+
+def pretrained(width=4):  # a factory that brings its own weights, as torchvision's and timm's do
+    model = build(width)
+    with torch.no_grad():  # channel c lights up feature c: class c is the brightest channel
+        model[0].weight.copy_(torch.eye(width, 3)[:, :, None, None] * 4)
+        model[0].bias.zero_()
+        model[4].weight.copy_(torch.eye(3, width) * 10)
+        model[4].bias.zero_()
+    return model
 """
 
 
@@ -177,6 +187,19 @@ def test_a_user_model_on_a_folder_and_on_the_same_images_as_npz(user, capsys):
         again = json.loads((folder / f"{name}.json").read_text())
         assert again["clean_accuracy"] == first["clean_accuracy"]
         assert again["robust_accuracy"] == first["robust_accuracy"]  # the same pixels, the same seed: the same numbers
+    # --classes as a text file, one name a line, the same as on the command line; a wrong count is one line.
+    np.savez(folder / "plain.npz", x=x.numpy(), y=y.numpy())
+    (folder / "names.txt").write_text("red\n\ngreen\nblue\n", encoding="utf-8")
+    code, _, err = _run([*base, "--data", "npz:plain.npz", "--classes", "names.txt", "--out", "named.json"], capsys)
+    assert code == 0, err
+    assert json.loads((folder / "named.json").read_text())["robust_accuracy"] == first["robust_accuracy"]
+    from advlab.cli.common import parse_classes
+
+    assert parse_classes("names.txt") == ("red", "green", "blue") == parse_classes("red, green,blue")
+    (folder / "two.txt").write_text("red\ngreen\n", encoding="utf-8")
+    _refused([*base, "--data", "npz:plain.npz", "--classes", "two.txt"], capsys, "2")
+    (folder / "empty.txt").write_text("\n", encoding="utf-8")
+    _refused([*base, "--data", "npz:plain.npz", "--classes", "empty.txt"], capsys, "names no class")
     # A .py path works as well as a dotted module.
     code, _, err = _run(
         _evaluate("--model-from", "nets.py:build", "--weights", "w.safetensors", "--data", "folder:img"), capsys
@@ -266,8 +289,30 @@ def test_bad_weights_files_are_refused_in_one_line(user, capsys):
     (folder / "junk.safetensors").write_bytes(b"not a safetensors file")
     _refused([*base, "--weights", "junk.safetensors"], capsys, "corrupt or not a safetensors file")
     _refused([*base, "--weights", "absent.safetensors"], capsys, "does not exist")
-    _refused(_evaluate("--model-from", f"{package}.nets:build", "--data", "folder:img"), capsys, "needs --weights")
     _refused(_evaluate("--weights", "w.safetensors", "--data", "folder:img"), capsys, "name the model")
+
+
+def test_a_factory_that_brings_its_own_weights_needs_no_weights_file(user, capsys):
+    """Without --weights the factory's model is used as returned; the record names it by its state dict."""
+    folder, package, model = user
+    base = _evaluate("--model-from", f"{package}.nets:pretrained", "--data", "folder:img")
+    code, _, err = _run([*base, "--out", "own.json", "--normalize", "imagenet"], capsys)
+    assert code == 0, err
+    record = json.loads((folder / "own.json").read_text())
+    source = record["model_source"]
+    assert source["weights"] is None and source["weights_sha256"] is None
+    from advlab.user_model import state_dict_sha256
+
+    assert source["state_dict_sha256"] == state_dict_sha256(model)  # the same numbers as the fixture's weights
+    assert source["normalize"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    # Random weights from a plain factory differ call to call: no two digests alike, so nothing resumes wrongly.
+    changed = {k: v.clone() for k, v in model.state_dict().items()}
+    changed["4.bias"][0] += 1e-3
+    other = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    other.load_state_dict(changed)
+    assert state_dict_sha256(other) != state_dict_sha256(model)
+    code, _, err = _run([*base, "--out", "plain.json"], capsys)
+    assert code == 0 and json.loads((folder / "plain.json").read_text())["clean_accuracy"] == 1.0, err
 
 
 def _image(path: Path, mode: str, size=(8, 8), colour=(200, 30, 30)) -> None:
@@ -338,7 +383,8 @@ def test_npz_files_convert_or_refuse_as_documented(tmp_path, capsys):
         _refused(["evaluate", "runs/none", "--data", f"npz:{tmp_path / name}.npz", "--eps", "0.1"], capsys, needle)
     (tmp_path / "text.npz").write_text("hello")
     _refused(["evaluate", "runs/none", "--data", f"npz:{tmp_path / 'text.npz'}", "--eps", "0.1"], capsys, "cannot read")
-    _refused(["evaluate", "runs/none", "--data", "csv:x", "--eps", "0.1"], capsys, "folder:PATH or npz:PATH")
+    bad_kind = ["evaluate", "runs/none", "--data", "csv:x", "--eps", "0.1"]
+    _refused(bad_kind, capsys, "folder:PATH, npz:PATH or image:FILE")
     _refused(["evaluate", "runs/none", "--data", "folder:x", "--dataset", "mnist", "--eps", "0.1"], capsys, "not both")
 
 

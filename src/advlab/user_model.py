@@ -27,6 +27,7 @@ Python::
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -56,18 +57,27 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     return value
 
 
+# Named normalizations: the per-channel mean and std a model family was trained with.
+NAMED_NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's and timm's ImageNet models
+}
+
+
 def parse_normalize(text: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``--normalize MEAN,STD`` or ``M1,M2,M3,S1,S2,S3``: (means, stds), one per channel or one for all."""
+    """``--normalize MEAN,STD``, ``M1,M2,M3,S1,S2,S3`` or a name (``imagenet``): (means, stds), one per
+    channel or one for all."""
     if text is None:
         return None
+    if text.strip().lower() in NAMED_NORMALIZATIONS:
+        return NAMED_NORMALIZATIONS[text.strip().lower()]
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
     if not values or len(values) % 2 or any(v != v for v in values):
         raise AdvlabError(
-            f"--normalize takes MEAN,STD or one mean and one std per channel, means first "
-            f"(e.g. 0.5,0.25 or 0.49,0.48,0.45,0.25,0.24,0.26), got {text!r}"
+            f"--normalize takes MEAN,STD, one mean and one std per channel (means first, e.g. 0.5,0.25 or "
+            f"0.49,0.48,0.45,0.25,0.24,0.26) or a name ({', '.join(NAMED_NORMALIZATIONS)}), got {text!r}"
         )
     half = len(values) // 2
     mean, std = tuple(values[:half]), tuple(values[half:])
@@ -78,27 +88,29 @@ def parse_normalize(text: str | None) -> tuple[tuple[float, ...], tuple[float, .
 
 @dataclass(frozen=True)
 class UserModel:
-    """Where a user's model comes from: ``factory`` (``MODULE:NAME``), ``weights`` (a .safetensors file),
+    """Where a user's model comes from: ``factory`` (``MODULE:NAME``), ``weights`` (a .safetensors file, or
+    None: the factory's model as it returns it, already trained, e.g. a pretrained torchvision or timm model),
     the factory's keyword arguments and an optional normalization put in front."""
 
     factory: str
-    weights: str | Path
+    weights: str | Path | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __str__(self) -> str:
-        return f"the model from {self.factory} with {self.weights}"
+        held = f"with {self.weights}" if self.weights is not None else "with the weights it returns"
+        return f"the model from {self.factory} {held}"
 
     def load(self, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
         """Build, fill and check the model (eval mode, on ``device``): ``(model, record)``, the record as
         an advlab checkpoint's (no data set, no model_args of ours) with ``source`` saying where it came from."""
-        weights = Path(self.weights)
-        if weights.suffix != ".safetensors":
+        weights = None if self.weights is None else Path(self.weights)
+        if weights is not None and weights.suffix != ".safetensors":
             raise AdvlabError(
                 f"--weights {weights}: only .safetensors files are read (nothing is unpickled); "
                 "save yours with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
             )
-        if not weights.is_file():
+        if weights is not None and not weights.is_file():
             raise AdvlabError(f"--weights {weights} does not exist")
         build = _import_factory(self.factory)
         try:
@@ -110,26 +122,56 @@ class UserModel:
             ) from None
         if not isinstance(model, nn.Module):
             raise AdvlabError(f"the factory {self.factory} returned {type(model).__name__}, not a torch.nn.Module")
-        _fill(model, weights)
+        if weights is not None:
+            _fill(model, weights)
+        else:
+            _STATE_DIGESTS[self._key()] = state_dict_sha256(model)  # what it returned, for the record
         if self.normalize is not None:
             model = nn.Sequential(Normalize(*self.normalize), model)
         model = model.to(device).eval()
-        record = {"model": "user", "model_args": {}, "dataset": None, "source": self.describe(weights)}
+        record = {"model": "user", "model_args": {}, "dataset": None, "source": self.describe()}
         return model, record
 
-    def describe(self, weights: Path | None = None) -> dict[str, Any]:
-        weights = Path(weights or self.weights)
+    def _key(self) -> str:
+        return json.dumps([self.factory, self.model_args], sort_keys=True, default=str)
+
+    def digest(self) -> str:
+        """The SHA-256 that names these weights: the file's, or the state dict's of the factory's own model
+        (built once to take it, when it was not loaded yet)."""
+        if self.weights is not None:
+            return file_sha256(Path(self.weights))
+        if self._key() not in _STATE_DIGESTS:
+            self.load("cpu")
+        return _STATE_DIGESTS[self._key()]
+
+    def describe(self) -> dict[str, Any]:
+        own = self.weights is None
         return {
             "kind": "factory",
             "factory": self.factory,
             "module_file": _module_file(self.factory),
             "model_args": self.model_args,
-            "weights": str(weights),
-            "weights_sha256": file_sha256(weights),
+            "weights": None if own else str(self.weights),
+            "weights_from": "the factory (its model as returned)" if own else "the --weights file",
+            "weights_sha256": None if own else self.digest(),
+            "state_dict_sha256": self.digest() if own else None,
             "normalize": None
             if self.normalize is None
             else {"mean": list(self.normalize[0]), "std": list(self.normalize[1])},
         }
+
+
+_STATE_DIGESTS: dict[str, str] = {}  # factory and arguments → the state dict digest of the model it returned
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """One SHA-256 over a model's state dict: each entry's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _import_factory(spec: str):
@@ -244,7 +286,7 @@ def provenance(source: str | Path | UserModel) -> dict[str, Any]:
 def weights_digest(source: str | Path | UserModel) -> str:
     from advlab.runs import resolve_checkpoint
 
-    return file_sha256(Path(source.weights) if isinstance(source, UserModel) else resolve_checkpoint(source))
+    return source.digest() if isinstance(source, UserModel) else file_sha256(resolve_checkpoint(source))
 
 
 def training_record(source: str | Path | UserModel) -> dict[str, Any]:

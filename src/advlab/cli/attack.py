@@ -26,6 +26,9 @@ EPILOG = """examples:
   advlab attack runs/standard --attack pgd20 --eps 0.1 --n 16 --out runs/standard/pgd
   advlab attack runs/standard --attack pgd50 --eps 0.1 --target 8 --out runs/standard/to-bag
   advlab attack --model-from nets.py:build --weights net.safetensors --data npz:test.npz --eps 0.1 --out adv
+  advlab attack --model-from torchvision.models:resnet50 --model-args '{"weights": "IMAGENET1K_V2"}' \
+      --normalize imagenet --preprocess imagenet --classes imagenet_classes.txt --data image:panda.jpg \
+      --eps 1/255 --target gibbon --out panda     # torchvision downloads the weights: your choice
 """
 
 
@@ -42,7 +45,9 @@ def add(commands) -> None:
     p.add_argument("--attack", default="pgd20", help=f"the attack (default pgd20). Attacks: {attack_help()}")
     p.add_argument("--eps", type=parse_number, required=True, help="ε in pixel units, e.g. 0.1 or 8/255")
     p.add_argument("--n", type=positive_int, default=8, help="number of test images to attack (default 8)")
-    p.add_argument("--target", type=int, help="targeted attack towards this class index")
+    p.add_argument(
+        "--target", metavar="CLASS", help="targeted attack towards this class: an index or a name (e.g. gibbon)"
+    )
     p.add_argument("--seed", type=seed, default=0, help="seed for random starts, 0 to 2^63 - 1 (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -122,11 +122,15 @@ def add_sources(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-from",
         metavar="MODULE:FACTORY",
-        help="your own model: a function that returns it, "
-        "e.g. my_pkg.nets:build or nets.py:build (imported: run only code you trust)",
+        help="your own model: a function that returns it, e.g. my_pkg.nets:build, nets.py:build or "
+        "torchvision.models:resnet50 (imported: run only code you trust; a factory that downloads weights "
+        "does so because you asked it to)",
     )
     p.add_argument(
-        "--weights", type=Path, help="with --model-from: its weights, a .safetensors file (nothing is unpickled)"
+        "--weights",
+        type=Path,
+        help="with --model-from: its weights, a .safetensors file (nothing is unpickled); without it the "
+        "factory's model is used as it returns it (a pretrained one), recorded by its state dict's SHA-256",
     )
     p.add_argument(
         "--model-args",
@@ -135,23 +139,40 @@ def add_sources(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--normalize",
-        metavar="MEAN,STD",
-        help="with --model-from: put (x - MEAN) / STD in front, for "
-        "a model trained on normalized input (or M1,M2,M3,S1,S2,S3 per channel)",
+        metavar="MEAN,STD|imagenet",
+        help="with --model-from: put (x - MEAN) / STD in front, for a model trained on normalized input "
+        "(or M1,M2,M3,S1,S2,S3 per channel; imagenet: the usual ImageNet mean and std)",
     )
     p.add_argument("--dataset", help="fashion-mnist, mnist or cifar10 (default: the one the model was trained on)")
     p.add_argument(
         "--data",
-        metavar="folder:PATH|npz:PATH",
-        help="your own images: a folder with one subfolder "
-        "per class, or an .npz with arrays x and y (README: Evaluate your own model)",
+        metavar="folder:PATH|npz:PATH|image:FILE",
+        help="your own images: a folder with one subfolder per class, an .npz with arrays x and y, or photos "
+        "(image:FILE, image:A.jpg,B.png or image:'photos/*.jpg'; README: Evaluate your own model)",
+    )
+    p.add_argument(
+        "--label",
+        metavar="CLASS",
+        help="with --data image:: every photo's class, an index or a name (default: the model's own clean "
+        "prediction, and the output says so)",
+    )
+    p.add_argument(
+        "--preprocess",
+        metavar="NAME",
+        help="with --data folder: or image:: prepare each photo as a model family expects: imagenet (shorter "
+        "side resized to 256, the central 224x224 cropped; ε is in pixels of the cropped image)",
     )
     p.add_argument(
         "--image-size",
         metavar="HxW",
         help="with --data: resize every image to this size (default: the images must share one size)",
     )
-    p.add_argument("--classes", metavar="NAMES", help="with --data npz:PATH: comma-separated class names")
+    p.add_argument(
+        "--classes",
+        metavar="NAMES|FILE",
+        help="with --data npz:PATH or image:FILE: the class names, comma-separated or a text file with one "
+        "name a line (e.g. ImageNet's 1,000)",
+    )
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split (default test)")
     p.add_argument(
         "--require-finished",
@@ -177,15 +198,13 @@ def model_source(args: argparse.Namespace):
     if args.model_from is not None:
         if args.checkpoint is not None:
             raise AdvlabError("give a checkpoint or --model-from, not both")
-        if args.weights is None:
-            raise AdvlabError("--model-from needs --weights FILE.safetensors (the model's state_dict)")
         user = UserModel(
             args.model_from, args.weights, parse_model_args(args.model_args), parse_normalize(args.normalize)
         )
         return ModelSource(user=user)
     if args.checkpoint is None:
         raise AdvlabError(
-            "name the model: a run folder or .safetensors checkpoint, or --model-from MODULE:FACTORY with --weights"
+            "name the model: a run folder or .safetensors checkpoint, or --model-from MODULE:FACTORY (and --weights)"
         )
     if given:
         raise AdvlabError(f"{given[0]} goes with --model-from; an advlab checkpoint carries its own")
@@ -200,16 +219,36 @@ def data_source(args: argparse.Namespace, n: int | None):
     if args.data is not None and args.dataset is not None:
         raise AdvlabError("give --dataset (a built-in set) or --data (your images), not both")
     if args.data is not None and not is_user_data(args.data):
-        raise AdvlabError(f"--data must be folder:PATH or npz:PATH, got {args.data!r} (built-in sets: --dataset)")
-    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+        raise AdvlabError(
+            f"--data must be folder:PATH, npz:PATH or image:FILE, got {args.data!r} (built-in sets: --dataset)"
+        )
     return DataSource(
         dataset=args.data or args.dataset,
         split=args.split,
         n=n,
         data_dir=args.data_dir,
         image_size=parse_image_size(args.image_size),
-        classes=classes,
+        classes=parse_classes(args.classes),
+        preprocess=args.preprocess,
+        label=args.label,
     )
+
+
+def parse_classes(text: str | None) -> tuple[str, ...] | None:
+    """``--classes``: comma-separated names, or a text file with one name a line (blank lines skipped)."""
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if "," not in text and path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise AdvlabError(f"--classes {text}: cannot read it as UTF-8 text ({type(err).__name__})") from None
+        names = [name for name in names if name]
+        if not names:
+            raise AdvlabError(f"--classes {text}: the file names no class (one name a line)")
+        return tuple(names)
+    return tuple(c.strip() for c in text.split(","))
 
 
 def add_threat(p: argparse.ArgumentParser) -> None:

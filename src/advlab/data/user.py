@@ -31,18 +31,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from advlab.data.catalogue import DatasetInfo
 from advlab.data.images import ImageData
+from advlab.data.photos import images_info, load_photos, read_images
 from advlab.errors import AdvlabError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DATA_KINDS = ("folder", "npz")
-_GREY_MODES = ("L", "1")
-_COLOUR_MODES = ("RGB", "P", "CMYK", "YCbCr", "RGBA", "LA", "PA", "RGBa", "La")
+DATA_KINDS = ("folder", "npz", "image")
 
 
 def is_user_data(spec: str | None) -> bool:
-    """True for ``folder:PATH`` and ``npz:PATH``, the forms :func:`load_user_data` reads."""
+    """True for ``folder:PATH``, ``npz:PATH`` and ``image:FILES``, the forms :func:`load_user_data` reads."""
     return spec is not None and spec.split(":", 1)[0] in DATA_KINDS and ":" in spec
 
 
@@ -63,46 +61,35 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
 
 
 def load_user_data(
-    spec: str, *, image_size: tuple[int, int] | None = None, classes: Sequence[str] | None = None
+    spec: str,
+    *,
+    image_size: tuple[int, int] | None = None,
+    classes: Sequence[str] | None = None,
+    preprocessing: str | None = None,
 ) -> ImageData:
-    """Read ``folder:PATH`` or ``npz:PATH`` (see the module docstring) into an :class:`ImageData`."""
+    """Read ``folder:PATH``, ``npz:PATH`` (see the module docstring) or ``image:FILES`` (unlabelled photos,
+    :mod:`advlab.data.photos`) into an :class:`ImageData`."""
     kind, _, path_text = spec.partition(":")
     if kind not in DATA_KINDS or not path_text:
-        raise AdvlabError(f"--data must be folder:PATH or npz:PATH, got {spec!r}")
+        raise AdvlabError(f"--data must be folder:PATH, npz:PATH or image:FILE, got {spec!r}")
+    if kind == "image":
+        return load_photos(spec, image_size=image_size, preprocessing=preprocessing)
+    if kind == "npz" and preprocessing is not None:
+        raise AdvlabError("--preprocess prepares photos (--data folder: or image:); an .npz holds pixels already")
     path = Path(path_text).expanduser()
     if not path.exists():
         raise AdvlabError(f"--data {spec}: {path} does not exist")
     if kind == "folder":
         if classes is not None:
             raise AdvlabError("--classes names the classes of an .npz file; a folder's classes are its subfolders")
-        pixels, labels, names = _read_folder(path, image_size)
+        pixels, labels, names = _read_folder(path, image_size, preprocessing)
     else:
         pixels, labels, names = _read_npz(path, image_size, classes)
-    channels, height, width = pixels.shape[1:]
-    floats = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels
-    mean = tuple(float(v) for v in floats.mean(dim=(0, 2, 3)))
-    std = tuple(max(float(v), 1e-6) for v in floats.std(dim=(0, 2, 3))) if len(floats) > 1 else (1.0,) * channels
-    info = DatasetInfo(
-        name=f"{kind}:{path}",
-        classes=tuple(names),
-        channels=channels,
-        height=height,
-        width=width,
-        mean=mean,
-        std=std,
-        kind="user",
-        train_files=(),
-        test_files=(),
-        downloads=(),
-        mirrors=(),
-        subdirs=(),
-    )
+    info = images_info(f"{kind}:{path}", tuple(names), pixels)
     return ImageData(pixels.contiguous(), labels, info)
 
 
-def _read_folder(root: Path, image_size) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from PIL import Image, UnidentifiedImageError
-
+def _read_folder(root: Path, image_size, preprocessing) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     if not root.is_dir():
         raise AdvlabError(f"--data folder:{root}: not a folder (give a folder with one subfolder per class)")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -125,56 +112,9 @@ def _read_folder(root: Path, image_size) -> tuple[torch.Tensor, torch.Tensor, li
         if not found:
             raise AdvlabError(f"class folder {folder} has no images: remove it or add its images")
         files += [(p, label) for p in found]
-    images = []
-    for path, _ in files:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                images.append((path, image.copy()))
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise AdvlabError(f"cannot read image {path}: {str(err).splitlines()[0] or type(err).__name__}") from None
-    colour = any(_mode_of(path, image) == "RGB" for path, image in images)
-    arrays = []
-    first_size = None
-    for path, image in images:
-        image = image.convert("RGB" if colour else "L")
-        if image_size is not None:
-            if image.size != (image_size[1], image_size[0]):
-                image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
-        elif first_size is None:
-            first_size = (path, image.size)
-        elif image.size != first_size[1]:
-            (w0, h0), (w1, h1) = first_size[1], image.size
-            raise AdvlabError(
-                f"images of different sizes: {first_size[0]} is {h0}x{w0}, {path} is {h1}x{w1}; "
-                "pass --image-size HxW to resize them all"
-            )
-        array = np.asarray(image, dtype=np.uint8)
-        arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-    pixels = torch.from_numpy(np.stack(arrays))
+    pixels = read_images([path for path, _ in files], image_size, preprocessing)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return pixels, labels, [p.name for p in class_dirs]
-
-
-def _mode_of(path: Path, image) -> str:
-    """ "L" or "RGB": what an image's mode becomes, or a refusal where converting would invent or round."""
-    mode = image.mode
-    if mode in _GREY_MODES:
-        return "L"
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F", "RGBX") or mode not in _COLOUR_MODES:
-        raise AdvlabError(
-            f"{path} has mode {mode} (more than 8 bits per channel, or unknown): save it as 8-bit PNG or JPEG"
-        )
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        alpha = image.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            raise AdvlabError(
-                f"{path} has transparent pixels: flatten it onto a background first (advlab "
-                "will not choose a colour for them)"
-            )
-    if mode in ("LA", "La"):
-        return "L"
-    return "RGB"
 
 
 def _read_npz(path: Path, image_size, classes) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

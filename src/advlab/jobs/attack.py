@@ -24,7 +24,7 @@ def attack_checkpoint(
     *,
     attack: AttackSpec,
     out: str | Path,
-    target: int | None = None,
+    target: int | str | None = None,
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -34,7 +34,7 @@ def attack_checkpoint(
     ``adversarial.safetensors`` (images, labels, logits) and ``attack.json`` (hyperparameters, class names,
     success rate) into the folder ``out``; :func:`advlab.report.save_attack_gallery` draws ``gallery.png``
     from those files. ``target`` makes the attack targeted at that class index (examples already of that
-    class are skipped)."""
+    class are skipped), given by index or by name."""
     source = ModelSource.of(model)
     (eps,) = threat.eps
     if attack.targeted and target is None:
@@ -48,7 +48,7 @@ def attack_checkpoint(
     runtime = runtime if runtime is not None else Runtime()
     job = open_job(source, dataclasses.replace(data, n=None), threat, device=runtime.device, progress=progress)
     require_compatible(job, budgets=[(attack, eps)])
-    images, attack = _aimed(job.data, attack, target, n=data.n or 8)
+    images, attack, target = _aimed(job.data, attack, target, n=data.n or 8)
     classes = job.data.info.classes
     x, y = images.tensors(runtime.device)
     goal = torch.full_like(y, target) if target is not None else y
@@ -95,13 +95,15 @@ def attack_checkpoint(
     return summary
 
 
-def _aimed(images, attack: AttackSpec, target: int | None, *, n: int):
-    """The first ``n`` images to attack and the attack: for a ``target`` class, targeted, on images not
-    already of it."""
+def _aimed(images, attack: AttackSpec, target: int | str | None, *, n: int):
+    """The first ``n`` images to attack, the attack and the target's index: for a ``target`` class (an
+    index or a name), targeted, on images not already of it."""
+    from advlab.data.photos import class_index
+
     if target is None:
-        return images.subset(min(n, len(images))), attack
-    classes = images.info.classes
-    if not 0 <= target < len(classes):
-        raise AdvlabError(f"--target must be a class index from 0 to {len(classes) - 1}, got {target}")
-    images = images.subset((images.labels != target).nonzero().squeeze(1))
-    return images.subset(min(n, len(images))), dataclasses.replace(attack, targeted=True)
+        return images.subset(min(n, len(images))), attack, None
+    index = class_index(target, images.info.classes, flag="--target")
+    images = images.subset((images.labels != index).nonzero().squeeze(1))
+    if len(images) == 0:
+        raise AdvlabError(f"--target {target}: every image is of that class already; nothing to attack")
+    return images.subset(min(n, len(images))), dataclasses.replace(attack, targeted=True), index

@@ -76,12 +76,22 @@ class DataSource:
     data_dir: str | Path | None = None
     image_size: tuple[int, int] | None = None
     classes: tuple[str, ...] | None = None
+    preprocess: str | None = None  # a named preparation of photos (advlab.data.photos): "imagenet"
+    label: str | None = None  # photos (image:): every one's class, an index or a name; None: the model's guess
 
     def __post_init__(self) -> None:
+        from advlab.data.photos import check_preprocess
         from advlab.data.user import is_user_data
 
-        if not is_user_data(self.dataset) and (self.image_size is not None or self.classes is not None):
-            raise AdvlabError("--image-size and --classes are for your own images (--data folder:PATH or npz:PATH)")
+        check_preprocess(self.preprocess)
+        own = (self.image_size, self.classes, self.preprocess)
+        if not is_user_data(self.dataset) and any(v is not None for v in own):
+            raise AdvlabError(
+                "--image-size, --classes and --preprocess are for your own images "
+                "(--data folder:PATH, npz:PATH or image:FILE)"
+            )
+        if self.label is not None and not str(self.dataset).startswith("image:"):
+            raise AdvlabError("--label labels photos (--data image:FILE); a folder's or .npz's labels are its own")
         if self.n is not None and self.n < 1:
             raise AdvlabError(f"--n must be at least 1, got {self.n}")
 
@@ -91,7 +101,17 @@ class DataSource:
 
         if not is_user_data(self.dataset):
             return None
-        return load_user_data(self.dataset, image_size=self.image_size, classes=self.classes)
+        photos = str(self.dataset).startswith("image:")
+        classes = None if photos else self.classes  # photos get their names with their labels, from the model
+        return load_user_data(self.dataset, image_size=self.image_size, classes=classes, preprocessing=self.preprocess)
+
+    def labelled(self, images, model: nn.Module):
+        """Photos given their class names and labels once the model is there (:func:`label_photos`)."""
+        from advlab.data.photos import is_unlabelled, label_photos
+
+        if images is None or not is_unlabelled(images):
+            return images
+        return label_photos(images, model, label=self.label, classes=self.classes)
 
     def load(self, record: dict, images=None, *, n: int | None = None, progress: bool = True):
         """The user's ``images``, else the split of a built-in set; the first ``n`` (default: this source's)."""
@@ -148,6 +168,7 @@ def open_job(
     on ``device`` behind the threat model's defenses, and the images it is measured on."""
     images = data.read_user_images()
     model, record = source.open(device)
+    images = data.labelled(images, model)
     defenses = threat.modules()
     return Job(source, defend(model, defenses), record, data.load(record, images, n=n, progress=progress), defenses)
 
