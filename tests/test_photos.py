@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,27 +16,7 @@ from PIL import Image
 from advlab.cli import main
 from advlab.tensor_files import load_tensors
 
-NETS = """
-import torch
-from torch import nn
-
-
-class Block(nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                  nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
-
-    def forward(self, x):
-        return torch.relu(x + self.body(x))
-
-
-def resnetish(width=8, classes=1000, seed=0):  # a pretrained model: its weights come with it
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, width, 7, stride=4, padding=3), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.MaxPool2d(2), Block(width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(width, classes))
-"""
+NETS = (Path(__file__).resolve().parents[1] / "docs" / "figures" / "resnetish.py").read_text()  # the README's
 NAMES = [f"class {i}" for i in range(1000)]
 NAMES[368] = "gibbon"
 NAMES[388] = "giant panda"
@@ -85,6 +66,16 @@ def test_a_photo_attacked_towards_a_named_class(photos, capsys):
     assert (tensors["labels"] == tensors["prediction_clean"]).all()  # no --label: the model's own guess
     assert (tensors["targets"] == 368).all()
     assert (photos / "out" / "gallery.png").is_file()
+    # The picture: clean and adversarial with their top-5 class names, the perturbation between; PNG and SVG.
+    svg = (photos / "out" / "figure.svg").read_text()
+    assert (photos / "out" / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from advlab.report.photo import top_classes
+
+    for row in range(2):
+        for logits in (tensors["logits_clean"][row], tensors["logits_adv"][row]):
+            for name, p in top_classes(logits, record["classes"]):
+                assert f"{name}: {100 * p:.1f}%" in svg  # every top-5 line, as text in the SVG
+    assert "PGD-10 L∞ targeted, ε = 16/255 (pixel units, aimed at gibbon)" in svg
 
 
 def test_evaluate_photos_without_a_label_says_so(photos, capsys):

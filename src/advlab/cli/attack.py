@@ -63,7 +63,7 @@ def add(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from advlab.attacks import parse_attack
     from advlab.jobs import attack_checkpoint
-    from advlab.report import save_attack_gallery
+    from advlab.report import save_attack_gallery, save_photo_figure
 
     source, data, threat = model_source(args), data_source(args, args.n), threat_model(args, [args.eps])
     training_note(args)
@@ -81,9 +81,13 @@ def run(args: argparse.Namespace) -> int:
         runtime=runtime_of(args),
     )
     save_attack_gallery(args.out)
+    drawn = f"{args.out}/gallery.png"
+    if str(args.data or "").startswith("image:"):  # photos: the Goodfellow-style figure with the top-5 names
+        save_photo_figure(args.out)
+        drawn += f", {args.out}/figure.png (and .svg)"
     goal = "reached the target" if args.target is not None else "fooled the model"
     print(
         f"{attack.label} at ε = {args.eps:g}: {100 * summary['success_rate']:.1f}% of {summary['n']} examples "
-        f"{goal}; wrote {args.out}/gallery.png and {args.out}/adversarial.safetensors"
+        f"{goal}; wrote {drawn} and {args.out}/adversarial.safetensors"
     )
     return 0
