@@ -142,6 +142,45 @@ def read_json(path: str | Path) -> Any:
         raise AdvlabError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise AdvlabError(f"{path} is not a readable JSON file ({err}); recreate it or point to another run") from None
+    except RecursionError:  # a record nested thousands of levels deep: made to hurt, never written by advlab
+        raise AdvlabError(f"{path} is nested too deeply to be a record advlab wrote; recreate it") from None
+
+
+NAME_LIMIT = 100  # characters: a name that becomes a file or folder name
+
+
+def safe_name(name: Any, what: str) -> str:
+    """``name`` if it can be one file or folder name and nothing else: 1 to :data:`NAME_LIMIT` characters,
+    no path separator, not ``.`` or ``..``, no control character. Anything else is refused with one line
+    (a name from a shared config must never write outside the output folder)."""
+    text = str(name)
+    problem = (
+        "is empty"
+        if not text.strip()
+        else f"is {len(text)} characters long (at most {NAME_LIMIT})"
+        if len(text) > NAME_LIMIT
+        else "holds a path separator"
+        if "/" in text or "\\" in text or (os.altsep and os.altsep in text)
+        else "is a relative path"
+        if text.strip() in (".", "..")
+        else "holds a control character"
+        if any(ord(c) < 32 or ord(c) == 127 for c in text)
+        else None
+    )
+    if problem:
+        raise AdvlabError(
+            f"{what} {text[:40]!r}{'...' if len(text) > 40 else ''} {problem}: a name becomes a folder "
+            "name, so use letters, digits, '-', '_' or '.'"
+        )
+    return text
+
+
+def inside(folder: str | Path, path: str | Path) -> Path:
+    """``path`` if it lies inside ``folder`` once resolved (links followed), else a one-line refusal."""
+    root, target = Path(folder).resolve(), Path(path).resolve()
+    if target != root and root not in target.parents:
+        raise AdvlabError(f"{path} would be written outside {folder}; refused")
+    return Path(path)
 
 
 def _json_default(value: Any) -> Any:

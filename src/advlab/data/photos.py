@@ -30,6 +30,7 @@ from advlab.errors import AdvlabError
 
 PREPROCESSING = {"imagenet": (256, 224)}  # name → (shorter side after resizing, central crop)
 UNLABELLED = -1  # a photo's label until the model or --label gives one
+MAX_PIXELS = 64 * 10**6  # per image: above it a file is refused before decoding (a 20,000² PNG bomb is 400M)
 _GREY_MODES = ("L", "1")
 _COLOUR_MODES = ("RGB", "P", "CMYK", "YCbCr", "RGBA", "LA", "PA", "RGBa", "La")
 
@@ -164,11 +165,22 @@ def read_images(paths: Sequence[Path], image_size, preprocessing: str | None = N
     images = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                image.load()
-                images.append((path, image.copy()))
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:  # reads the header only: the size is known before decoding
+                    width, height = image.size
+                    if width * height > MAX_PIXELS:
+                        raise AdvlabError(
+                            f"{path} declares {width}x{height} pixels, over {MAX_PIXELS // 10**6} million: "
+                            "refused before decoding (a decompression bomb, or far larger than any model "
+                            "takes); resize it first"
+                        )
+                    image.load()
+                    images.append((path, image.copy()))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise AdvlabError(f"cannot read image {path}: {str(err).splitlines()[0] or type(err).__name__}") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise AdvlabError(f"{path} refused before decoding: {str(err).splitlines()[0]}") from None
     colour = any(_mode_of(path, image) == "RGB" for path, image in images)
     arrays = []
     first_size = None

@@ -14,6 +14,7 @@ from advlab.attacks.suites import suite_attacks
 from advlab.certify.smoothing import check_settings
 from advlab.defenses import parse_defense
 from advlab.errors import AdvlabError, check_range
+from advlab.files import safe_name
 from advlab.masking_attacks import is_pgd, is_single_step
 from advlab.presets import preset_text
 from advlab.schema import check_fields
@@ -141,6 +142,8 @@ class StudyConfig:
             )
         if "standard" not in self.models or len(self.models) < 2:
             raise AdvlabError("a study needs a model named 'standard' and at least one adversarially trained model")
+        for name in self.models:
+            safe_name(name, "model name")  # it becomes models/NAME: never a path out of --out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StudyConfig:

@@ -18,7 +18,7 @@ from advlab.data import load_dataset
 from advlab.distributed import on_main
 from advlab.errors import AdvlabError
 from advlab.evaluate import evaluate
-from advlab.files import file_sha256, read_json, run_lock, write_json
+from advlab.files import file_sha256, inside, read_json, run_lock, write_json
 from advlab.masking_attacks import strongest_pgd
 from advlab.runs import load_checkpoint, prepare_run_dir
 from advlab.runtime import Runtime
@@ -161,7 +161,7 @@ class Study:
         """Every model trained (or resumed) into models/NAME, then loaded onto the device."""
         world = self.runtime.world
         for name in self.config.models:
-            folder = self.out / "models" / name
+            folder = inside(self.out, self.out / "models" / name)  # a name is checked; the write is too
             done = folder / "done.json"
             if on_main(world, lambda done=done: self.overwrite or not done.is_file()):
                 self.log(f"training {self.config.label(name)}")
