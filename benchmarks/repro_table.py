@@ -63,6 +63,8 @@ def _guard(summary: dict) -> str:
         return "never fired" + ("; ends without robustness" if summary.get("ends_without_robustness") else "")
     first = collapses[0]
     where = f"epoch {first.get('epoch')}" + (f", step {first['step']}" if first.get("step") else "")
+    if summary.get("remedy") == "stop" or summary.get("stopped_by_guard"):
+        return f"fired at {where}; stopped, last good weights kept"
     return f"fired at {where}; {summary.get('remedy')} → {summary.get('final_method')}"
 
 
@@ -81,9 +83,12 @@ def main() -> None:
     for name, entry in table.items():
         print(row(name, entry["files"], entry["sources"]))
         pgd = entry["files"].get("eval-pgd50x10.json")
+        suite = next((v for k, v in entry["files"].items() if k.startswith("eval-standard")), None)
         if name.startswith("mnist-fgsm-s") and pgd:
             seeds.setdefault("PGD-50×10", []).append(last(pgd["robust_accuracy"], "PGD"))
             seeds.setdefault("clean", []).append(pgd["clean_accuracy"])
+        if name.startswith("mnist-fgsm-s") and suite:
+            seeds.setdefault(f"--suite standard (first {suite['n']})", []).append(last(suite["robust_accuracy"], ""))
     for what, values in seeds.items():
         spread = f"{100 * min(values):.2f}–{100 * max(values):.2f}%"
         print(f"\nfgsm seeds, {what}: mean {pct(statistics.mean(values))}, range {spread} ({len(values)} seeds)")

@@ -24,6 +24,7 @@ LAYERS = [
     ("results.py", ["advlab.results"]),
     ("distributed.py", ["advlab.distributed"]),
     ("runtime.py", ["advlab.runtime"]),
+    ("memory.py", ["advlab.memory"]),
     ("data/", ["advlab.data"]),
     ("models.py", ["advlab.models"]),
     ("defenses/", ["advlab.defenses"]),

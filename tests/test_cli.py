@@ -24,10 +24,19 @@ def _fails_cleanly(capsys, argv, *, match):
     return err
 
 
-def test_cli_evaluation_batch_is_the_library_default():
+def test_cli_evaluation_batch_is_what_memory_fits_up_to_the_library_default(trained_checkpoint, tmp_path):
+    """Unset, the batch is chosen from the free memory (a small network: the library's default) and recorded."""
     from advlab.evaluate import DEFAULT_BATCH
 
-    assert build_parser().parse_args(["evaluate", "run", "--eps", "0.1"]).batch_size == DEFAULT_BATCH
+    assert build_parser().parse_args(["evaluate", "run", "--eps", "0.1"]).batch_size is None
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(trained_checkpoint), "--eps", "0.1", "--n", "5", "--out", str(out), "--quiet"]) == 0
+    record = json.loads(out.read_text())
+    assert record["batch_size"] == DEFAULT_BATCH and record["batch_size_from"] == "the free memory"
+    given = tmp_path / "g.json"
+    args = ["evaluate", str(trained_checkpoint), "--eps", "0.1", "--n", "5", "--batch-size", "3", "--out", str(given)]
+    assert main([*args, "--quiet"]) == 0
+    assert json.loads(given.read_text())["batch_size"] == 3 and "batch_size_from" not in json.loads(given.read_text())
 
 
 def test_parse_numbers():

@@ -124,3 +124,23 @@ def test_bad_photos_and_names_exit_2_with_one_line(photos, capsys):
     odd = ["attack", "--model-from", "nets.py:resnetish", "--normalize", "ultra", "--data", "image:wide.png"]
     _refused([*odd, "--eps", "1/255", "--out", "x"], capsys, "imagenet")
     assert not (photos / "x").exists()
+
+
+def test_the_batch_fits_the_free_memory(monkeypatch):
+    """Unset, --batch-size is what fits half the free memory: 256 for a small network, few at 224×224."""
+    import advlab.memory as memory
+    from advlab.evaluate import DEFAULT_BATCH
+
+    small = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+    x_small = torch.rand(1, 1, 28, 28)
+    assert memory.fitting_batch(small, x_small, "cpu", ceiling=DEFAULT_BATCH) == DEFAULT_BATCH
+    big = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, padding=1)
+    )
+    x_big = torch.rand(1, 3, 224, 224)
+    per_image = memory.activation_bytes(big, x_big)
+    assert per_image == 3 * 64 * 224 * 224 * 4  # three outputs of 64 × 224 × 224 floats
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2 << 30)  # 2 GiB free
+    assert memory.fitting_batch(big, x_big, "cpu", ceiling=DEFAULT_BATCH) == int(0.5 * (2 << 30) // (3 * per_image))
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1 << 20)  # almost nothing: still one image
+    assert memory.fitting_batch(big, x_big, "cpu", ceiling=DEFAULT_BATCH) == 1

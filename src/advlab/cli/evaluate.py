@@ -84,20 +84,11 @@ def add(commands) -> None:
         "all; under torchrun write --images, which torchrun does not take for its --nnodes)",
     )
     p.add_argument(
-        "--batch-size", type=positive_int, default=DEFAULT_BATCH, help=f"images per batch (default {DEFAULT_BATCH})"
+        "--batch-size",
+        type=positive_int,
+        help=f"images per batch (default: what fits half the free memory, ≤ {DEFAULT_BATCH})",
     )
-    p.add_argument(
-        "--chain",
-        action="store_true",
-        help="run each attack only on examples that earlier attacks "
-        "left robust (fastest; per-attack numbers become cumulative)",
-    )
-    p.add_argument(
-        "--no-early-stop",
-        action="store_true",
-        help="the naive evaluation, for benchmarks: attack every "
-        "example with every step and restart, even those already fooled (much slower)",
-    )
+    _add_order(p)
     p.add_argument("--seed", type=seed, default=0, help="seed for random starts, 0 to 2^63 - 1 (default 0)")
     p.add_argument(
         "--out",
@@ -119,6 +110,22 @@ def add(commands) -> None:
     )
     add_common(p)
     p.set_defaults(func=run)
+
+
+def _add_order(p: argparse.ArgumentParser) -> None:
+    """Which examples each attack runs on: --chain and --no-early-stop."""
+    p.add_argument(
+        "--chain",
+        action="store_true",
+        help="run each attack only on examples that earlier attacks "
+        "left robust (fastest; per-attack numbers become cumulative)",
+    )
+    p.add_argument(
+        "--no-early-stop",
+        action="store_true",
+        help="the naive evaluation, for benchmarks: attack every "
+        "example with every step and restart, even those already fooled (much slower)",
+    )
 
 
 def curve_table(label: str, curve: dict) -> str:

@@ -17,6 +17,7 @@ from advlab.eval_state import EvalState
 from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
 from advlab.files import run_lock, write_json
 from advlab.jobs.sources import DataSource, ModelSource, ThreatModel, check_output, open_job, require_compatible
+from advlab.memory import fitting_batch
 from advlab.runtime import Runtime
 
 
@@ -29,7 +30,7 @@ def evaluate_checkpoint(
     suite: str | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = DEFAULT_BATCH,
     chain: bool = False,
     early_stop: bool = True,
     seed: int = 0,
@@ -53,19 +54,20 @@ def evaluate_checkpoint(
     if not eps and not (attacks and all(a.kind.minimum_norm for a in attacks)):
         raise AdvlabError("give --eps (only minimum-norm attacks, such as fmn or fab, need none: they give every ε)")
     require_compatible(job, budgets=[(a, e) for a in attacks for e in eps], warn=False)
+    chosen, batch_size = batch_size is None, _batch_size(job, batch_size, runtime)  # None: what memory fits
     settings = {
         "dataset": job.data.info.name,
         "split": data.split,
         "defenses": describe(job.defenses),
         "seed": seed,
         "batch_size": batch_size,
+        **({"batch_size_from": "the free memory"} if chosen else {}),
         "chain": chain,
         "early_stop": early_stop,
         "runtime": runtime.to_dict(),
     }
-    # One writer per output: a second evaluate --out on the same file is refused (the lock sits beside it,
-    # when its folder exists; a new folder is made only when the results are written).
-    writes = out is not None and runtime.main  # under torchrun rank 0 writes the result
+    # One writer per output (rank 0 under torchrun): a second evaluate --out on the same file is refused.
+    writes = out is not None and runtime.main
     with run_lock(out) if writes and out.parent.is_dir() else contextlib.nullcontext():
         # Resumable: the progress is saved beside the output after every batch (one process only).
         state = _state(out, job, attacks, eps, settings) if writes and runtime.world is None else None
@@ -124,6 +126,14 @@ def minimum_norm_curves(result: EvalResult, eps: Sequence[float] = (), points: i
             "norms": [None if not math.isfinite(v) else v for v in norms.tolist()],
         }
     return curves
+
+
+def _batch_size(job, batch_size: int | None, runtime: Runtime) -> int:
+    """The batch given, or as many images as fit in the free memory (advlab.memory), at most DEFAULT_BATCH."""
+    if batch_size is not None:
+        return batch_size
+    x1, _ = job.data.subset(1).tensors(runtime.device)
+    return fitting_batch(job.model, x1, runtime.device, ceiling=DEFAULT_BATCH)
 
 
 def _state(out: Path, job, attacks: Sequence[AttackSpec], eps: list[float], settings: dict) -> EvalState:
