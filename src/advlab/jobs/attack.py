@@ -10,8 +10,10 @@ import torch
 from advlab.attacks import AttackSpec, verify_adversarial
 from advlab.defenses import describe
 from advlab.errors import AdvlabError
+from advlab.evaluate import DEFAULT_BATCH
 from advlab.files import write_json
 from advlab.jobs.sources import DataSource, ModelSource, ThreatModel, open_job, require_compatible
+from advlab.memory import fitting_batch
 from advlab.runs import check_run_dir, prepare_run_dir
 from advlab.runtime import Runtime
 from advlab.tensor_files import save_tensors
@@ -52,14 +54,7 @@ def attack_checkpoint(
     classes = job.data.info.classes
     x, y = images.tensors(runtime.device)
     goal = torch.full_like(y, target) if target is not None else y
-    with runtime.autocast():
-        x_adv = attack(
-            job.model, x, goal, eps=eps, generator=runtime.generator(seed), channels_last=runtime.channels_last
-        )
-    x_adv = x_adv.float()
-    verify_adversarial(x, x_adv, eps, attack.norm, what=attack.label)
-    with torch.inference_mode():
-        logits_clean, logits_adv = job.model(x), job.model(x_adv)
+    x_adv, logits_clean, logits_adv = _in_batches(job.model, attack, x, goal, eps=eps, runtime=runtime, seed=seed)
     prediction = logits_adv.argmax(1)
     success = prediction == goal if target is not None else prediction != y
     tensors = {
@@ -93,6 +88,26 @@ def attack_checkpoint(
     }
     write_json(out / "attack.json", summary)
     return summary
+
+
+def _in_batches(model, attack: AttackSpec, x, goal, *, eps: float, runtime: Runtime, seed: int):
+    """The attack on as many images at a time as fit the free memory (224×224 photos: a few), checked in
+    its ε-ball; returns the adversarial images and the clean and adversarial logits."""
+    batch = fitting_batch(model, x[:1], runtime.device, ceiling=DEFAULT_BATCH)
+    generator, parts = runtime.generator(seed), range(0, len(x), batch)
+    with runtime.autocast():
+        x_adv = torch.cat(
+            [
+                attack(model, x[i : i + batch], goal[i : i + batch], eps=eps, generator=generator,
+                       channels_last=runtime.channels_last).float()
+                for i in parts
+            ]
+        )  # fmt: skip
+    verify_adversarial(x, x_adv, eps, attack.norm, what=attack.label)
+    with torch.inference_mode():
+        logits_clean = torch.cat([model(x[i : i + batch]) for i in parts])
+        logits_adv = torch.cat([model(x_adv[i : i + batch]) for i in parts])
+    return x_adv, logits_clean, logits_adv
 
 
 def _aimed(images, attack: AttackSpec, target: int | str | None, *, n: int):
