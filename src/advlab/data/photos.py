@@ -27,6 +27,7 @@ import torch
 from advlab.data.catalogue import DatasetInfo
 from advlab.data.images import ImageData
 from advlab.errors import AdvlabError
+from advlab.memory import fitting_batch
 
 PREPROCESSING = {"imagenet": (256, 224)}  # name → (shorter side after resizing, central crop)
 UNLABELLED = -1  # a photo's label until the model or --label gives one
@@ -119,8 +120,9 @@ def label_photos(
     ``label`` (an index or a name) for all, else each photo's own clean prediction, said on one line."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x, _ = data.tensors(device)
+    batch = fitting_batch(model, x[:1], device, ceiling=256)  # many 224×224 photos: a few at a time
     with torch.inference_mode():
-        logits = model(x)
+        logits = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
     if logits.dim() != 2:
         raise AdvlabError(f"the model gives outputs of shape {tuple(logits.shape[1:])} per image, not one per class")
     count = logits.shape[1]

@@ -74,13 +74,12 @@ def save_photo_figure(folder: str | Path) -> tuple[Path, Path]:
     tensors, _ = load_tensors(folder / "adversarial.safetensors")
     if not {"x", "x_adv", "logits_clean", "logits_adv"} <= set(tensors) or not summary.get("classes"):
         raise AdvlabError(f"{folder} holds no complete attack output; rerun `advlab attack`")
-    written = []
+    fig, written = photo_figure(tensors, summary), []  # drawn once, saved in both formats
     for kind in ("png", "svg"):
-        fig = photo_figure(tensors, summary)
         buffer = io.BytesIO()
         fig.savefig(buffer, format=kind, dpi=DPI, bbox_inches="tight", facecolor="white")
-        _pyplot().close(fig)
         written.append(atomic_write_bytes(folder / f"figure.{kind}", buffer.getvalue()))
+    _pyplot().close(fig)
     return written[0], written[1]
 
 
