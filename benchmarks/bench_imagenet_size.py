@@ -123,6 +123,16 @@ def speed_rows(model, x, y, *, eps: float, batch: int, apgd_n: int) -> list[dict
     return rows
 
 
+def batch_rows(model, x, y, *, eps: float, sizes: list[int]) -> list[dict]:
+    """advlab's PGD-10 in fp32 on the same images at each batch size: which one a CPU runs fastest."""
+    rows = []
+    for size in sizes:
+        seconds, _ = run_advlab(model, x, y, attack="pgd", eps=eps, batch=size, precision="fp32")
+        rows.append({"batch": size, "images": len(x), "seconds_per_image": seconds / len(x)})
+        print(f"advlab PGD-10 fp32, batch {size}: {seconds / len(x):.2f} s per image", flush=True)
+    return rows
+
+
 def memory_rows(counts: list[int], eps: float) -> list[dict]:
     """``advlab attack`` on ``count`` photos, for each count: its peak resident memory and wall time."""
     import numpy as np
@@ -158,6 +168,7 @@ def main() -> None:
     parser.add_argument("--apgd-n", type=int, default=8, help="images for APGD-CE-100 (0: skip)")
     parser.add_argument("--memory-n", default="4,16,64", help="photo counts for advlab attack's memory ('': skip)")
     parser.add_argument("--batch", type=int, default=None, help="default: advlab's pick from the free memory")
+    parser.add_argument("--sweep", default="", help="batch sizes to time PGD-10 fp32 at, e.g. 4,8,16,32 ('': none)")
     parser.add_argument("--eps", type=float, default=4 / 255)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path)
@@ -172,10 +183,12 @@ def main() -> None:
     with torch.no_grad():
         y = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, args.n, batch)])
     rows = speed_rows(model, x, y, eps=args.eps, batch=batch, apgd_n=min(args.apgd_n, args.n))
+    sweep = batch_rows(model, x, y, eps=args.eps, sizes=[int(b) for b in args.sweep.split(",") if b])
     counts = [int(c) for c in args.memory_n.split(",") if c]
     memory = memory_rows(counts, args.eps) if counts else []
     if args.out:
-        result = {"args": vars(args), "batch": batch, "results": rows, "advlab_attack_memory": memory}
+        result = {"args": vars(args), "batch": batch, "results": rows, "batch_sweep": sweep}
+        result["advlab_attack_memory"] = memory
         C.write_json(args.out, {**result, "peak_rss_mib": _peak_mib()})
 
 
