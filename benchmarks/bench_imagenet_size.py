@@ -103,6 +103,8 @@ def run_torchattacks(model, x, y, *, attack, eps, batch):
 def speed_rows(model, x, y, *, eps: float, batch: int, apgd_n: int) -> list[dict]:
     rows = []
     for attack, title, n in (("pgd", "PGD-10", len(x)), ("apgd", "APGD-CE-100", apgd_n)):
+        if n == 0:
+            continue
         xs, ys, common = x[:n], y[:n], dict(attack=attack, eps=eps, batch=batch)
         for name, call in (
             (f"advlab {title} fp32", lambda: run_advlab(model, xs, ys, precision="fp32", **common)),
