@@ -234,3 +234,20 @@ def test_list_recipes_names_every_source(capsys):
     ):
         assert name in text
     assert "mnist_challenge" in text and "train_mnist.py" in text
+
+
+def test_list_recipes_says_what_has_not_been_run(capsys):
+    """Each recipe says what of it ran to the end here; the CIFAR-10 ones, never run, say "not run"."""
+    from advlab.train.recipes import RAN, RECIPES
+
+    assert set(RAN) <= {recipe.name for recipe in RECIPES}
+    assert main(["train", "--list-recipes"]) == 0
+    blocks = capsys.readouterr().out.split("\n")
+    for recipe in RECIPES:
+        start = next(i for i, line in enumerate(blocks) if line.startswith(f"{recipe.name}:"))
+        verdict = blocks[start + 2]
+        if recipe.dataset == "cifar10":
+            assert verdict.strip().startswith("not run"), verdict
+        else:
+            assert verdict.strip().startswith("run here:"), verdict
+    assert "crown-ibp: not run" in "\n".join(blocks)
