@@ -32,7 +32,7 @@ EPILOG = """examples:
   advlab train --show-preset quick > mine.toml               # start a config of your own from a preset
   advlab train --resume --out runs/fast                      # continue an interrupted run
   advlab train --preset quick --precision bf16 --out runs/q16  # bf16 autocast (CPU with AMX/AVX512-BF16, CUDA)
-  advlab train --preset cifar10-fast --device cuda --out runs/c10-fast  # Wong et al.'s CIFAR-10 recipe
+  advlab train --preset cifar10-fast --device cuda --out runs/c10-fast  # Wong et al.'s CIFAR-10 recipe (not run here)
   torchrun --standalone --nproc_per_node=2 -m advlab train --preset quick --out runs/ddp  # DDP (README: Scale)
 settings left out come from the recipe of the data set and method (--list-recipes); config.json names it.
 Adversarial training runs under a catastrophic-overfitting guard: FGSM and PGD accuracy on the same
@@ -112,8 +112,8 @@ FLAGS: list[tuple[str, Callable, str]] = [
 PRESETS = (
     "a shipped config instead of --config: quick (fast FGSM, minutes) or full (PGD-10, under an hour on 2 CPU "
     "cores) on Fashion-MNIST; mnist-quick (Wong et al.'s fast FGSM, ε = 0.3, minutes) or madry-mnist (Madry "
-    "et al.'s PGD-40, for a GPU); cifar10-fast (Wong et al.'s fast FGSM) or cifar10-pgd (PGD-10 with Rice et "
-    "al.'s early stopping), both for a GPU"
+    "et al.'s PGD-40, for a GPU; one epoch run here); cifar10-fast (Wong et al.'s fast FGSM) or cifar10-pgd "
+    "(PGD-10 with Rice et al.'s early stopping), both for a GPU and not run here"
 )
 PRECISION = (
     "arithmetic of training's passes, inner attack included: fp32 (default), bf16 autocast (CPU with "
