@@ -15,9 +15,10 @@ from torch import nn
 
 SHARE = 0.5  # of the free memory, for the attack's batch: the rest for the process, the data and the OS
 KEPT_PER_ACTIVATION = 3  # an attack's pass keeps each activation, its gradient and working space
-# Measured (benchmarks/results/imagenet-size-detail.json, 2-core AMD EPYC): PGD-10 through a ResNet-50 at
-# 224 × 224 (116 MiB of activations an image) took 1.03 s an image in batches of 8, 0.98 in 16 (1.9 GiB of
-# activations) and 1.35 in 32 (3.7 GiB). A PreAct ResNet-18 at 32 × 32 (4.5 MiB) keeps its 256.
+# Measured (benchmarks/results/imagenet-batch-trial.json and imagenet-size-detail.json, 2-core AMD EPYC):
+# PGD-10 through a ResNet-50 at 224 × 224 (116 MiB of activations an image) took 1.03 and 1.20 s an image in
+# batches of 8, 0.98 and 1.37 in 16 (1.9 GiB of activations), 1.35 and 1.61 in 32 (3.7 GiB). A PreAct
+# ResNet-18 at 32 × 32 (4.5 MiB an image) keeps its 256.
 CPU_BATCH_BYTES = 2 << 30
 
 
