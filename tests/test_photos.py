@@ -109,6 +109,21 @@ def test_evaluate_photos_without_a_label_says_so(photos, capsys):
     assert code == 0 and json.loads((photos / "m.json").read_text())["clean_accuracy"] == 0.0, err
 
 
+def test_certify_a_photo_by_randomized_smoothing(photos, capsys):
+    """`advlab certify` takes photos too: its label is the model's clean prediction, and its count is the photos'."""
+    args = ["certify", *MODEL, "--data", "image:square.jpg", "--preprocess", "imagenet", "--method", "smoothing"]
+    with pytest.warns(UserWarning) as notes:
+        code, _, err = _run([*args, "--sigma", "0.25", "--n", "20", "--n0", "5", "--out", "c.json"], capsys)
+    assert code == 0, err
+    said = [str(note.message) for note in notes]
+    assert any("each photo's label is the model's own clean prediction" in line for line in said), said
+    assert any("but image:square.jpg has 1: using all 1" in line for line in said), said
+    result = json.loads((photos / "c.json").read_text())
+    assert result["images"] == 1 and result["method"] == "smoothing" and result["n"] == 20
+    assert "labels: the model's clean predictions" in result["dataset"]
+    assert set(result["certified_accuracy"]) >= {"0", "0.25"}
+
+
 def test_bad_photos_and_names_exit_2_with_one_line(photos, capsys):
     (photos / "notes.png").write_text("not an image")
     (photos / "few.txt").write_text("a\nb\nc\n")

@@ -215,7 +215,7 @@ def test_a_user_model_on_a_folder_and_on_the_same_images_as_npz(user, capsys):
         code, _, err = _run([*base, "--data", "npz:float.npz", "--n", "5000", "--out", "many.json"], capsys)
     assert code == 0, err
     assert [str(n.message) for n in notes] == [
-        f"5000 images asked for, but npz:float.npz has {len(y)}: using all {len(y)}"
+        f"5000 images to use (--n, --images or their default), but npz:float.npz has {len(y)}: using all {len(y)}"
     ]
     assert json.loads((folder / "many.json").read_text())["n"] == len(y)
 

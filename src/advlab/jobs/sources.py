@@ -126,7 +126,10 @@ class DataSource:
         count = self.n if n is None else n
         if count is not None and count > len(data):  # all of them, and one line that says so
             where = name if images is not None else f"{name} {self.split}"
-            warnings.warn(f"{count} images asked for, but {where} has {len(data)}: using all {len(data)}")
+            have = len(data)
+            warnings.warn(
+                f"{count} images to use (--n, --images or their default), but {where} has {have}: using all {have}"
+            )
         return data.subset(min(count, len(data))) if count is not None else data
 
 
