@@ -151,14 +151,18 @@ def _linf_candidate(
     rows, cols = _corners(n, side, h, w, generator, x.device)
     inside = _square_mask(rows, cols, side, h, w)
     signs = _signs((n, c, 1, 1), generator, x)
-    candidate = torch.where(inside, (x + eps * signs).clamp(0.0, 1.0), best)
+    # Whether each channel's square would change the image with sign −1 and with +1, (2, N, C), worked out
+    # once: the redraws below then decide on these booleans alone, not on a new candidate image each time.
+    moves = torch.stack(
+        [((x + eps * s).clamp(0.0, 1.0) - best).abs().ge(CHANGE_TOLERANCE).logical_and(inside).flatten(2).any(2)
+         for s in (-1.0, 1.0)]
+    )  # fmt: skip
     for _ in range(MAX_REDRAWS):  # the authors' code: a draw that changes nothing is no query; draw again
-        unchanged = ~((candidate - best).abs().ge(CHANGE_TOLERANCE) & inside).flatten(1).any(dim=1)
+        unchanged = ~torch.where(signs.view(n, c) > 0, moves[1], moves[0]).any(dim=1)
         if not bool(unchanged.any()):
             break
         signs = torch.where(unchanged[:, None, None, None], _signs((n, c, 1, 1), generator, x), signs)
-        candidate = torch.where(inside, (x + eps * signs).clamp(0.0, 1.0), best)
-    return candidate
+    return torch.where(inside, (x + eps * signs).clamp(0.0, 1.0), best)
 
 
 def _l2_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
