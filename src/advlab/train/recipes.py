@@ -360,7 +360,7 @@ RAN: dict[str, str] = {
     "σ = 0.25; fgsm also at ε = 0.2 and 0.3",
     "fashion-mnist-ibp": "ibp at ε = 0.1 (crown-ibp: not run)",
     "mnist-wong": "fgsm at ε = 0.3, 3 seeds (gradalign, free, gradreg, gaussian: not run)",
-    "mnist-nfgsm": "nfgsm at ε = 0.3: it collapses, and falls back to PGD-10",
+    "mnist-nfgsm": "nfgsm at ε = 0.3: it collapses and falls back to PGD-10; with --clip-start no, 39% under PGD-50×10",
     "mnist-madry": "one epoch of pgd, for its time (the whole recipe: not run, a day on this CPU)",
     "mnist-ibp": "ibp at ε = 0.1 and 0.3 (crown-ibp: not run)",
 }
