@@ -82,6 +82,8 @@ class Recipe:
     methods: frozenset[str]  # method names or families (natural, single-step, multi-step, certified)
     settings: Mapping[str, Any] = field(default_factory=dict)  # values or functions of ε
     source: str = ""
+    # What of it has been run to the end here, on the real data (BENCHMARKS.md); "" : not run (the table says so).
+    ran: str = ""
 
     def values(self, eps: float) -> dict[str, Any]:
         """Every recipe setting at budget ``eps``: this recipe's, else BASE's."""
@@ -119,6 +121,8 @@ RECIPES: tuple[Recipe, ...] = (
         "Andriushchenko & Flammarion and de Jorge et al. ramp ε on SVHN: without it PGD-10 training at "
         "ε = 0.3 stayed at chance (benchmarks/bench_fast_at_grid.py); from ε = 0.25, where no single-step "
         "method held, a collapse falls back to PGD-10 (the multi-step methods' default there too)",
+        ran="standard, fgsm, nfgsm, gradalign, pgd, trades, mart, free and gradreg at ε = 0.1, gaussian "
+        "σ = 0.25; fgsm also at ε = 0.2 and 0.3",
     ),
     Recipe(
         "fashion-mnist-ibp",
@@ -138,6 +142,7 @@ RECIPES: tuple[Recipe, ...] = (
         "(conv16-conv32, stride 2, fc100; no pooling), Adam 1e-3 ÷10 at half and again at three quarters, "
         "batch 100, one clean epoch, then ε ramped linearly over 10 epochs while κ falls from 1 to 0.5 "
         "(crown-ibp: and CROWN-IBP's weight β from 1 to 0, Zhang et al. 2020)",
+        ran="ibp at ε = 0.1 (crown-ibp: not run)",
     ),
     Recipe(
         "mnist-wong",
@@ -159,6 +164,7 @@ RECIPES: tuple[Recipe, ...] = (
         "start that is not clipped to the image before the gradient (their code; clipping it collapses, "
         "BENCHMARKS.md); a collapse falls back to PGD-10. GradAlign, free AT, gradreg and gaussian have "
         "no MNIST setting of their own and use this one",
+        ran="fgsm at ε = 0.3, 3 seeds (gradalign, free, gradreg, gaussian: not run)",
     ),
     Recipe(
         "mnist-nfgsm",
@@ -176,6 +182,7 @@ RECIPES: tuple[Recipe, ...] = (
         },
         "de Jorge et al. 2022 have no MNIST setting: Wong et al.'s MNIST network and schedule, N-FGSM's "
         "noise clipped to the image as the authors' code does",
+        ran="nfgsm at ε = 0.3: it collapses and falls back to PGD-10; with --clip-start no, 39% under PGD-50×10",
     ),
     Recipe(
         "mnist-madry",
@@ -193,6 +200,7 @@ RECIPES: tuple[Recipe, ...] = (
         },
         "Madry et al. 2018 (mnist_challenge/config.json): conv32-conv64-fc1024, PGD-40 with α = 0.01 at "
         "ε = 0.3, Adam 1e-4, 100,000 steps of batch 50 (83 epochs)",
+        ran="one epoch of pgd, for its time (the whole recipe: not run, a day on this CPU)",
     ),
     Recipe(
         "mnist-ibp",
@@ -214,6 +222,7 @@ RECIPES: tuple[Recipe, ...] = (
         "batch 100, clean epochs then a linear ε ramp (3 then 18 epochs of 50; 10 then 50 of 100 above "
         "ε = 0.2), bounds trained at ε = 0.2 for a test ε up to 0.2 and 0.4 above, κ from 1 to 0.5 "
         "(crown-ibp: β from 1 to 0); their large network takes 200 epochs on a GPU",
+        ran="ibp at ε = 0.1 and 0.3 (crown-ibp: not run)",
     ),
     Recipe(
         "cifar10-wong",
@@ -353,17 +362,8 @@ def find_recipe(dataset: str, method: str, family: str = "", base: Mapping[str, 
     )
 
 
-# What of each recipe has been run to the end on advlab's machines, on the real data (BENCHMARKS.md); a
-# recipe or method not named here has not been run ("A path nobody ran is not done": the table says so).
-RAN: dict[str, str] = {
-    "fashion-mnist": "standard, fgsm, nfgsm, gradalign, pgd, trades, mart, free and gradreg at ε = 0.1, gaussian "
-    "σ = 0.25; fgsm also at ε = 0.2 and 0.3",
-    "fashion-mnist-ibp": "ibp at ε = 0.1 (crown-ibp: not run)",
-    "mnist-wong": "fgsm at ε = 0.3, 3 seeds (gradalign, free, gradreg, gaussian: not run)",
-    "mnist-nfgsm": "nfgsm at ε = 0.3: it collapses and falls back to PGD-10; with --clip-start no, 39% under PGD-50×10",
-    "mnist-madry": "one epoch of pgd, for its time (the whole recipe: not run, a day on this CPU)",
-    "mnist-ibp": "ibp at ε = 0.1 and 0.3 (crown-ibp: not run)",
-}
+# What of each recipe has been run to the end on advlab's machines, by recipe name (each recipe's ``ran``).
+RAN: dict[str, str] = {recipe.name: recipe.ran for recipe in RECIPES if recipe.ran}
 
 
 def recipe_table() -> str:
