@@ -3,7 +3,7 @@ measured on the model, against the memory free on the device, so that a ResNet-5
 take 256 images at once (tens of GiB) while a 28 × 28 network keeps the measured best of 256. On a CPU a
 batch is also kept under :data:`CPU_BATCH_BYTES` of activations: more is slower there, not faster.
 
-    batch = fitting_batch(model, x[:1], device)     # at most DEFAULT_BATCH, at least 1
+    batch = fitting_batch(model, x[:1], device, ceiling=256)     # at most the ceiling, at least 1
 """
 
 from __future__ import annotations
