@@ -30,8 +30,9 @@ import torch  # noqa: E402
 
 from advlab.attacks.suites import suite_attacks  # noqa: E402
 from advlab.data import load_dataset  # noqa: E402
-from advlab.evaluate import evaluate  # noqa: E402
+from advlab.evaluate import DEFAULT_BATCH, evaluate  # noqa: E402
 from advlab.runs import load_checkpoint  # noqa: E402
+from advlab.runtime import Runtime  # noqa: E402
 
 NAMES = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
 
@@ -41,14 +42,29 @@ def _accuracy(model, x, y) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def advlab_standard(model, x, y, eps: float, seed: int, norm: str) -> dict:
+def advlab_standard(
+    model, x, y, eps: float, seed: int, norm: str, precision: str = "fp32", batch: int = DEFAULT_BATCH
+) -> dict:
     attacks = suite_attacks("standard", norm=norm, classes=int(model(x[:1]).shape[1]))
+    runtime = Runtime(device="cpu", precision=precision)
     start = time.perf_counter()
-    result = evaluate(model, (x, y), attacks=attacks, eps=[eps], chain=True, seed=seed, progress=False)
+    result = evaluate(
+        model,
+        (x, y),
+        attacks=attacks,
+        eps=[eps],
+        chain=True,
+        seed=seed,
+        progress=False,
+        runtime=runtime,
+        batch_size=batch,
+    )
     seconds = time.perf_counter() - start
     return {
         "robust_accuracy": result.worst_case[0],
         "seconds": seconds,
+        "precision": precision,
+        "batch": batch,
         "after_each": {label: values[0] for label, values in result.robust.items()},
         "attack_seconds": result.attack_seconds,
         "model_warnings": [w["flag"] for w in result.model_warnings],
@@ -100,6 +116,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=500, help="the reference's batch size")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="advlab's attack passes (every example is still judged in fp32); the reference runs fp32",
+    )
+    p.add_argument("--advlab-batch", type=int, default=DEFAULT_BATCH, help="advlab's batch size")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,7 +140,9 @@ def main() -> None:
     }
     row["autoattack_standard"] = reference_standard(model, x, y, args.eps, args.seed, args.batch, args.norm)
     print("reference", {k: v for k, v in row["autoattack_standard"].items() if k != "log"}, flush=True)
-    row["advlab_standard"] = advlab_standard(model, x, y, args.eps, args.seed, args.norm)
+    row["advlab_standard"] = advlab_standard(
+        model, x, y, args.eps, args.seed, args.norm, args.precision, args.advlab_batch
+    )
     print("advlab", row["advlab_standard"], flush=True)
     ours, theirs = row["advlab_standard"], row["autoattack_standard"]
     row["difference_points"] = 100 * (ours["robust_accuracy"] - theirs["robust_accuracy"])

@@ -159,9 +159,15 @@ def on_main(world: World | None, work: Callable[[], T]) -> T:
     return work() if world is None else world.from_main(work)
 
 
-def stop() -> None:
-    """Leave the job (at the end of a command run under torchrun)."""
+def stop(*, finished: bool = True) -> None:
+    """Leave the job (at the end of a command run under torchrun). A rank that ``finished`` its command
+    first waits for the others at a barrier, so that none tears its process group down while a peer still
+    has collective work in flight (gloo's threads then abort with "terminate called without an active
+    exception"); a rank that failed leaves at once, which ends its peers' pending collectives with an error
+    instead of a wait for the timeout."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if finished:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -62,8 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     warnings.formatwarning = _one_line_warning
+    finished = False
     try:
-        return args.func(args)
+        status = args.func(args)
+        finished = True
+        return status
     except AdvlabError as err:
         _say(f"advlab: error: {err}")
         return getattr(err, "exit_status", 2)
@@ -81,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "world", None) is not None:
             from advlab.distributed import stop
 
-            stop()  # leave the job this command joined under torchrun
+            stop(finished=finished)  # leave the job this command joined under torchrun
 
 
 def _say(line: str) -> None:
