@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import re
 import sys
 import time
@@ -105,6 +106,22 @@ def reference_standard(model, x, y, eps: float, seed: int, batch: int, norm: str
     }
 
 
+def earlier_reference(args, row: dict) -> dict:
+    """The reference's run from ``args.reference_from``, refused unless it ran on the same model, images, ε,
+    norm, seed and batch; it keeps that file's name and commit."""
+    earlier = json.loads(Path(args.reference_from).read_text())
+    same = ("checkpoint", "n", "eps", "norm", "seed", "batch")
+    mismatched = [key for key in same if earlier["args"].get(key) != getattr(args, key)]
+    if mismatched or earlier["result"]["clean_accuracy"] != row["clean_accuracy"]:
+        sys.exit(f"bench_autoattack: {args.reference_from} ran another setting ({', '.join(mismatched) or 'data'})")
+    return {
+        **earlier["result"]["autoattack_standard"],
+        "from": args.reference_from,
+        "commit": earlier["provenance"]["commit"],
+        "date": earlier["provenance"]["date"],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="an advlab checkpoint (model.safetensors)")
@@ -123,6 +140,12 @@ def main() -> None:
         help="advlab's attack passes (every example is still judged in fp32); the reference runs fp32",
     )
     p.add_argument("--advlab-batch", type=int, default=DEFAULT_BATCH, help="advlab's batch size")
+    p.add_argument(
+        "--reference-from",
+        default=None,
+        help="take the reference's run from this earlier result file (same model, images, ε, seed and "
+        "machine; it must say so) instead of running it again: for a second advlab setting on one model",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,7 +161,10 @@ def main() -> None:
         "norm": args.norm,
         "clean_accuracy": _accuracy(model, x, y),
     }
-    row["autoattack_standard"] = reference_standard(model, x, y, args.eps, args.seed, args.batch, args.norm)
+    if args.reference_from:
+        row["autoattack_standard"] = earlier_reference(args, row)
+    else:
+        row["autoattack_standard"] = reference_standard(model, x, y, args.eps, args.seed, args.batch, args.norm)
     print("reference", {k: v for k, v in row["autoattack_standard"].items() if k != "log"}, flush=True)
     row["advlab_standard"] = advlab_standard(
         model, x, y, args.eps, args.seed, args.norm, args.precision, args.advlab_batch
