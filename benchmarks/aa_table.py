@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/aa_table.py benchmarks/results/aa-standard-pgd.json ...
 
-One row per file: the model, images and ε, both robust accuracies, both times and each attack's share of
+One row per file: the model (and advlab's precision when not fp32), images and ε, both robust accuracies, both times and each attack's share of
 them (advlab's / the reference's seconds), the two bars, and the commit that ran.
 """
 
@@ -30,8 +30,9 @@ def row(path: Path) -> str:
     ours, theirs = r["advlab_standard"], r["autoattack_standard"]
     holds = r["holds"]
     bars = " / ".join("yes" if holds[k] else "**no**" for k in holds)
+    model = r["model"] + (f" ({ours['precision']} passes)" if ours.get("precision", "fp32") != "fp32" else "")
     return (
-        f"| {r['model']} | {r['n']}, ε = {r['eps']:g} | {100 * ours['robust_accuracy']:.1f}% | "
+        f"| {model} | {r['n']}, ε = {r['eps']:g} | {100 * ours['robust_accuracy']:.1f}% | "
         f"{100 * theirs['robust_accuracy']:.1f}% | {r['difference_points']:+.1f} | {ours['seconds']:.0f} s | "
         f"{theirs['seconds']:.0f} s | {r['time_ratio']:.2f} | "
         f"{_shares(ours['attack_seconds'], theirs['attack_seconds'])} | {bars} | [{commit}]({path.as_posix()}) |"

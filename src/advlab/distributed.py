@@ -167,7 +167,10 @@ def stop(*, finished: bool = True) -> None:
     instead of a wait for the timeout."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if finished:
-            torch.distributed.barrier()
+            try:
+                torch.distributed.barrier()
+            except RuntimeError:  # a peer failed and left first (DistBackendError is one): nothing to wait for
+                pass
         torch.distributed.destroy_process_group()
 
 
