@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/aa_table.py benchmarks/results/aa-standard-pgd.json ...
 
-One row per file: the model (and advlab's precision when not fp32), images and ε, both robust accuracies, both times and each attack's share of
-them (advlab's / the reference's seconds), the two bars, and the commit that ran.
+One row per file: the model (and advlab's precision when not fp32), images and ε, both robust accuracies,
+both times and each attack's share of them (advlab's / the reference's seconds), the two bars, and the
+commit that ran.
 """
 
 from __future__ import annotations
