@@ -250,4 +250,5 @@ def test_list_recipes_says_what_has_not_been_run(capsys):
             assert verdict.strip().startswith("not run"), verdict
         else:
             assert verdict.strip().startswith("run here:"), verdict
-    assert "crown-ibp: not run" in "\n".join(blocks)
+    mnist_ibp = next(i for i, line in enumerate(blocks) if line.startswith("mnist-ibp:"))
+    assert "crown-ibp at ε = 0.3: not run" in blocks[mnist_ibp + 2]
