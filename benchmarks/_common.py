@@ -160,6 +160,18 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, result
 
 
+def median_seconds(fn, repeats: int, *, warmup: int = 1) -> float:
+    """The median wall time of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
 def median(values) -> float:
     return statistics.median(values)
 

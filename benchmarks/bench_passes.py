@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,17 +46,6 @@ def multiply_adds(model: nn.Module, x: torch.Tensor) -> int:
     for hook in hooks:
         hook.remove()
     return total
-
-
-def seconds_per_call(fn, repeats: int) -> float:
-    fn()
-    fn()  # warm-up: oneDNN picks its kernels on the first calls
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return C.median(times)
 
 
 def main() -> None:
@@ -97,7 +85,7 @@ def main() -> None:
         layout = x.contiguous(memory_format=memory_format)
         for precision in ("fp32", "bf16"):
             for pass_name, make in (("forward", forward), ("forward+input gradient", with_gradient)):
-                seconds = seconds_per_call(make(layout, precision), args.repeats)
+                seconds = C.median_seconds(make(layout, precision), args.repeats, warmup=2)  # oneDNN warms up
                 row = {
                     "layout": layout_name,
                     "precision": precision,

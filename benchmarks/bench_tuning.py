@@ -58,13 +58,7 @@ def pgd_variant(model, x, y, *, eps, alpha, steps, norm="linf", generator=None, 
 
 
 def time_it(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return C.median(ts)
+    return C.median_seconds(fn, repeats)
 
 
 def main() -> None:
