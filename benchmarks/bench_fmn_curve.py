@@ -7,12 +7,15 @@ chained) runs once per ε. What must hold: at no ε is the FMN curve above the s
 holds both costs: one FMN run against the sum of the per-ε suites.
 
     .venv/bin/python benchmarks/bench_fmn_curve.py --checkpoint runs/quick/models/pgd/model.safetensors \\
-        --n 500 --eps 0.05,0.1,0.15,0.2 --out benchmarks/results/fmn-curve-pgd.json
+        --n 500 --eps 0.05,0.1,0.15,0.2 --attack fmn-t --out benchmarks/results/fmn-t-curve-pgd.json
+    .venv/bin/python benchmarks/bench_fmn_curve.py ... --attack fmn \\
+        --suite-from benchmarks/results/fmn-t-curve-pgd.json --out benchmarks/results/fmn-curve-pgd-alpha10.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -52,6 +55,21 @@ def suite_at(model, x, y, eps: float, norm: str, seed: int) -> dict:
             "attack_seconds": result.attack_seconds}  # fmt: skip
 
 
+def earlier_suites(args, grid: list[float]) -> dict[float, dict]:
+    """The per-ε suites of ``args.suite_from``, refused unless it ran on the same model, images, ε grid, norm
+    and seed; each row keeps that file's name and commit."""
+    earlier = json.loads(Path(args.suite_from).read_text())
+    mismatched = [
+        key for key in ("checkpoint", "n", "eps", "norm", "seed") if earlier["args"].get(key) != getattr(args, key)
+    ]
+    if mismatched:
+        sys.exit(f"bench_fmn_curve: {args.suite_from} ran another setting ({', '.join(mismatched)})")
+    rows = {row["eps"]: row for row in earlier["result"]["per_eps"]}
+    origin = {"from": args.suite_from, "commit": earlier["provenance"]["commit"]}
+    return {eps: {"robust_accuracy": rows[eps]["standard_suite"], "seconds": rows[eps]["suite_seconds"],
+                  "attack_seconds": rows[eps]["suite_attack_seconds"], **origin} for eps in grid}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="an advlab checkpoint (model.safetensors)")
@@ -61,6 +79,12 @@ def main() -> None:
     p.add_argument("--attack", default="fmn", help="the minimum-norm attack (default fmn)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--suite-from",
+        default=None,
+        help="take the per-ε suites from this earlier result file (same model, images, ε grid, norm and seed) "
+        "instead of running them again: for a second minimum-norm attack on one model",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,13 +97,15 @@ def main() -> None:
     fmn = minimum_norm(model, x, y, args.attack, args.norm)
     fmn_curve = curve(fmn["norms"], grid).tolist()
     print(f"{fmn['attack']}: {fmn['seconds']:.1f} s, curve {[round(100 * a, 1) for a in fmn_curve]}", flush=True)
-    rows = []
+    rows, earlier = [], earlier_suites(args, grid) if args.suite_from else {}
     for eps, from_curve in zip(grid, fmn_curve):
-        suite = suite_at(model, x, y, eps, args.norm, args.seed)
+        suite = earlier.get(eps) or suite_at(model, x, y, eps, args.norm, args.seed)
         above = 100 * (from_curve - suite["robust_accuracy"])
         rows.append({"eps": eps, "fmn_curve": from_curve, "standard_suite": suite["robust_accuracy"],
                      "fmn_above_suite_points": above, "suite_seconds": suite["seconds"],
-                     "suite_attack_seconds": suite["attack_seconds"]})  # fmt: skip
+                     "suite_attack_seconds": suite["attack_seconds"],
+                     **({"suite_from": suite["from"], "suite_commit": suite["commit"]} if "from" in suite else {}),
+                     })  # fmt: skip
         print(f"ε = {eps:g}: FMN {100 * from_curve:.1f}%, suite {100 * suite['robust_accuracy']:.1f}% "
               f"({above:+.1f} points) in {suite['seconds']:.0f} s", flush=True)  # fmt: skip
     suites = sum(r["suite_seconds"] for r in rows)

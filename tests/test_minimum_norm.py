@@ -84,7 +84,7 @@ def _check_exact(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.T
 # DeepFool overshoots by design (2 % by default): the exactness check takes a small overshoot. C&W's default
 # learning rate (0.05, to move saturated pixels within 100 steps) oscillates about 2 % around the boundary:
 # the check takes the authors' 0.01.
-EXACT_NAMES = ["fab", "fab-t", "fmn", "cw:lr=0.01", "deepfool:overshoot=0.001"]
+EXACT_NAMES = ["fab", "fab-t", "fmn", "fmn-t", "cw:lr=0.01", "deepfool:overshoot=0.001"]
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -104,6 +104,16 @@ def test_attacks_that_linearize_find_the_nearest_of_many_boundaries(name, norm):
     every wrong class in turn (5 classes: all 4)."""
     base, _, params = name.partition(":")
     _check_exact(parse_attack(f"{base}-{norm}" + (f":{params}" if params else "")), *_dense_model())
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fmn_t_finds_the_nearest_boundary_among_its_targets(norm):
+    """FMN-T on all 4 wrong classes is exact where the nearest boundary is often not the most likely wrong
+    class's; aimed only at the most likely one, it must miss some (so the targets are really followed)."""
+    model, x, y = _dense_model()
+    _check_exact(parse_attack(f"fmn-t200-top4-{norm}"), model, x, y)
+    one = parse_attack(f"fmn-t200-top1-{norm}").minimal(model, x, y)
+    assert (one.norms.double() / _exact(model, x, y, norm) > 1.05).any()
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -143,6 +153,7 @@ SMALL = {  # small budgets: the invariants do not need strength
     "fab": "fab5",
     "fab-t": "fab-t5-top3",
     "fmn": "fmn30",
+    "fmn-t": "fmn-t30-top2",
     "cw": "cw10:searches=2",
     "deepfool": "deepfool5",
 }

@@ -27,6 +27,7 @@ from advlab.attacks.minimum_norm import (
     dual_norm,
     misclassified,
     run_minimal,
+    target_count,
     untargeted_only,
     within_eps,
 )
@@ -195,7 +196,8 @@ def _fab(
     def search(net: nn.Module, x_net: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             clean = net(x_net)
-        goals = [None] if targets is None else likely_wrong_classes(clean, labels, _target_count(targets, clean))
+        count = None if targets is None else target_count("FAB-T", targets, clean.shape[1], TARGETS)
+        goals = [None] if count is None else likely_wrong_classes(clean, labels, count)
         x_flat = x_net.flatten(1)
         correct = ~misclassified(clean, labels)
         best = [x_flat.clone(), torch.where(correct, float("inf"), 0.0).to(x_flat.dtype)]
@@ -213,15 +215,6 @@ def _fab(
         return best[0].view_as(x_net)
 
     return run_minimal(model, x, y, norm=norm, channels_last=channels_last, search=search)
-
-
-def _target_count(targets: int, clean: torch.Tensor) -> int:
-    wrong = clean.shape[1] - 1
-    if targets == 0:
-        return min(TARGETS, wrong)
-    if targets > wrong:
-        raise AdvlabError(f"FAB-T cannot aim at {targets} classes: the model has {wrong + 1}, so {wrong} wrong ones")
-    return targets
 
 
 def _check_mix(mix: dict) -> None:

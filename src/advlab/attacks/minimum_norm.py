@@ -39,7 +39,7 @@ class AttackParameter:
 
     name: str  # the key, a Python identifier: passed to the attack function as a keyword
     type: type  # int or float: how the text after "=" is read
-    default: float  # the attack function's own default, written once beside it
+    default: float | None  # the attack function's own default, written once beside it (None: it decides)
     help: str  # one line for --help and docs
     rule: str = ""  # what ``check`` asks, for the error message: "> 0"
     check: Callable[[float], bool] = lambda value: True
@@ -127,6 +127,17 @@ def within_eps(result: MinimalPerturbation, x: torch.Tensor, eps: float) -> torc
     return torch.where(robust, x, result.x_adv)
 
 
+def target_count(title: str, targets: int, classes: int, default: int) -> int:
+    """How many of the most likely wrong classes a targeted minimum-norm attack (FAB-T, FMN-T) aims at:
+    ``targets``, or ``default`` where it is 0, at most the C − 1 wrong classes (more is an error)."""
+    wrong = classes - 1
+    if targets == 0:
+        return min(default, wrong)
+    if targets > wrong:
+        raise AdvlabError(f"{title} cannot aim at {targets} classes: the model has {classes}, so {wrong} wrong ones")
+    return targets
+
+
 def untargeted_only(title: str, targeted: bool, loss: str) -> None:
     """One clear error for what the registry's neutral values forbid: these attacks choose their own loss."""
     if targeted or loss != "ce":
@@ -171,6 +182,7 @@ __all__ = [
     "misclassified",
     "robust_at",
     "run_minimal",
+    "target_count",
     "untargeted_only",
     "within_eps",
 ]

@@ -370,7 +370,7 @@ def parse_attack(text: str, *, norm: str | None = None, step_ratio: float | None
         if key is None:
             raise AdvlabError(
                 f"unknown attack option -{word} in {text!r}; use -linf, -l2, -ce, -margin, -dlr, "
-                "-targeted, -eotK, -bpda or (apgd-t, fab-t) -topK"
+                "-targeted, -eotK, -bpda or (apgd-t, fab-t, fmn-t) -topK"
             )
         if settings[key] is not None:
             raise AdvlabError(f"attack {text!r} gives its {key} twice")
@@ -378,7 +378,7 @@ def parse_attack(text: str, *, norm: str | None = None, step_ratio: float | None
     targeted, top = settings["targeted"], settings["top"]
     if top is not None and not kind.takes("targets"):
         raise AdvlabError(
-            f"attack {text!r}: -top{top} is for an attack that picks its own targets (apgd-t, fab-t); "
+            f"attack {text!r}: -top{top} is for an attack that picks its own targets (apgd-t, fab-t, fmn-t); "
             "use -targeted{top} to try the most likely wrong classes in turn"
         )
     if top == 0:

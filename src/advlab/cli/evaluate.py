@@ -66,7 +66,7 @@ def add(commands) -> None:
         "--eps",
         type=parse_numbers,
         help="comma-separated ε values, e.g. 0.05,0.1 (required, except with minimum-norm attacks alone: "
-        "fmn, fab, fab-t, cw and deepfool give every ε from one run)",
+        "fmn, fmn-t, fab, fab-t, cw and deepfool give every ε from one run)",
     )
     p.add_argument(
         "--step-ratio",
