@@ -13,7 +13,7 @@
   (``MinimalPerturbation``: each example's smallest adversarial and its norm), the robust-accuracy curve it
   gives at every ε (``curve``, ``robust_at``), their use at one ε (``within_eps``), their parameters;
 - :mod:`~advlab.attacks.fab`: FAB and FAB-T (Croce & Hein 2020), AutoAttack's minimum-norm attack;
-- :mod:`~advlab.attacks.fmn`: the Fast Minimum-Norm attack (Pintor et al. 2021);
+- :mod:`~advlab.attacks.fmn`: the Fast Minimum-Norm attack (Pintor et al. 2021) and FMN-T, its targeted runs;
 - :mod:`~advlab.attacks.cw`: the Carlini–Wagner L2 attack (Carlini & Wagner 2017);
 - :mod:`~advlab.attacks.deepfool`: DeepFool (Moosavi-Dezfooli et al. 2016);
 - :mod:`~advlab.attacks.suites`: named lists of attacks run in a chain (``--suite standard``: AutoAttack's);
@@ -35,7 +35,7 @@ from advlab.attacks.apgd import apgd_ce, apgd_dlr, apgd_t, count_passes
 from advlab.attacks.cw import cw, cw_minimal
 from advlab.attacks.deepfool import deepfool, deepfool_minimal
 from advlab.attacks.fab import fab, fab_minimal, fab_t
-from advlab.attacks.fmn import fmn, fmn_minimal
+from advlab.attacks.fmn import fmn, fmn_minimal, fmn_t
 from advlab.attacks.gradient import fgsm, madry_alpha, pgd, random_noise
 from advlab.attacks.loop import (
     LOSSES,
@@ -82,6 +82,7 @@ __all__ = [
     "fgsm",
     "fmn",
     "fmn_minimal",
+    "fmn_t",
     "likely_wrong_classes",
     "madry_alpha",
     "margin_loss",
