@@ -58,8 +58,8 @@ ALPHA = {"linf": 10.0, "l2": 1.0}
 GAMMA = 0.05  # the first factor by which ε_k moves (the reference's), annealed to GAMMA_FINAL
 GAMMA_FINAL = 0.001
 # FMN-T: FMN toward each of the TARGETS most likely wrong classes, STEPS_T steps each. On the quick study's PGD
-# model (500 images) three targets of 500 steps gave the curve of nine of 200 to within 0.2 point, and an
-# untargeted run beside them added nothing (BENCHMARKS.md, "The FMN curve against the per-ε suite").
+# model (500 images), nine targets of 200 steps, three of 1000, or an untargeted run beside three of 500 moved
+# the curve by at most 0.2 point at any ε (BENCHMARKS.md, "The FMN curve against the per-ε suite").
 TARGETS = 3
 STEPS_T = 500
 
