@@ -39,8 +39,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     earlier = json.loads(Path(args.suite_from).read_text())
-    if earlier["args"]["checkpoint"] != args.checkpoint or earlier["args"]["n"] != args.n:
-        sys.exit(f"screen_fmn: {args.suite_from} ran another model or image count")
+    if (earlier["args"]["checkpoint"], earlier["args"]["n"], earlier["args"]["norm"]) != (
+        args.checkpoint,
+        args.n,
+        "linf",
+    ):
+        sys.exit(f"screen_fmn: {args.suite_from} ran another model, image count or norm (this screen is L∞)")
     grid = [row["eps"] for row in earlier["result"]["per_eps"]]
     suite = [row["standard_suite"] for row in earlier["result"]["per_eps"]]
     model, record = load_checkpoint(args.checkpoint, device="cpu")

@@ -247,6 +247,38 @@ def test_fab_t_at_eps_is_as_strong_as_its_minimal_run(trained_model, fashion_tes
     assert fooled.any() and not fooled.all()
 
 
+def test_fmn_t_at_eps_is_as_strong_as_its_minimal_run(trained_model, fashion_test):
+    """FMN-T at ε with early exit (a later target only on what the earlier ones left) reaches the verdict of
+    the full minimum-norm run at that ε, image for image."""
+    (x, y), eps = fashion_test.subset(32).tensors(), 0.05
+    spec = parse_attack("fmn-t60-top2")
+    x_adv = spec(trained_model, x, y, eps=eps, early_stop=True)
+    verify_adversarial(x, x_adv, eps, "linf")
+    with torch.no_grad():
+        fooled = trained_model(x_adv).argmax(dim=1) != y
+    minimal = spec.minimal(trained_model, x, y)
+    assert torch.equal(fooled, ~minimal.robust_at(eps))
+    assert fooled.any() and not fooled.all()
+
+
+def test_fmn_first_step_depends_on_the_norm(tiny_cnn, batch):
+    """FMN's first step is 10 in L∞ and 1 in L2 (the reference's): what runs, and what metrics record."""
+    x, y = batch
+    assert parse_attack("fmn").hyperparameters(0.1)["alpha"] == 10.0
+    assert parse_attack("fmn-l2").hyperparameters(0.5)["alpha"] == 1.0
+    assert parse_attack("fmn:alpha=10") == parse_attack("fmn") and parse_attack("fmn:alpha=1").params
+    default, ten, one = (
+        parse_attack(name).minimal(tiny_cnn, x, y).norms for name in ("fmn30", "fmn30:alpha=10", "fmn30:alpha=1")
+    )
+    assert torch.equal(default, ten) and not torch.equal(default, one)
+
+
+def test_fmn_t_refuses_more_targets_than_wrong_classes(tiny_cnn, batch):
+    x, y = batch
+    with pytest.raises(AdvlabError, match="FMN-T cannot aim at 12 classes"):
+        parse_attack("fmn-t5-top12").minimal(tiny_cnn, x, y)
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

@@ -44,9 +44,9 @@ from advlab.attacks.registry import register_attack
 from advlab.attacks.threat import Norm, check_attack_inputs, check_count, per_example_norm
 from advlab.errors import AdvlabError
 
-# The reference's default of 10 steps is a demonstration budget. On a small Fashion-MNIST CNN, 100 steps
-# left the curve above APGD-CE + APGD-T's per-ε worst case at some ε and 300 met it; 1000 keeps a margin
-# for harder models. It is affordable because one run gives the whole curve: 1000 forward-backward passes
+# The reference's default of 10 steps is a demonstration budget. On a small Fashion-MNIST CNN (first step 1),
+# 100 steps left the curve above APGD-CE + APGD-T's per-ε worst case at some ε and 300 met it; 1000 keeps a
+# margin for harder models. It is affordable because one run gives the whole curve: 1000 forward-backward passes
 # per example, what APGD-CE and APGD-T spend at a single ε (and at one ε an example leaves once it has an
 # adversarial within ε).
 STEPS = 1000
@@ -58,8 +58,9 @@ ALPHA = {"linf": 10.0, "l2": 1.0}
 GAMMA = 0.05  # the first factor by which ε_k moves (the reference's), annealed to GAMMA_FINAL
 GAMMA_FINAL = 0.001
 # FMN-T: FMN toward each of the TARGETS most likely wrong classes, STEPS_T steps each. On the quick study's PGD
-# model (500 images), nine targets of 200 steps, three of 1000, or an untargeted run beside three of 500 moved
-# the curve by at most 0.2 point at any ε (BENCHMARKS.md, "The FMN curve against the per-ε suite").
+# model (500 images, with the reference's first step of 1), nine targets of 200 steps, three of 1000, or an
+# untargeted run beside three of 500 moved the curve by at most 0.2 point at any ε (BENCHMARKS.md, "The FMN
+# curve against the per-ε suite").
 TARGETS = 3
 STEPS_T = 500
 
@@ -152,7 +153,13 @@ def _fmn_search(
 
 _PARAMETERS = (
     AttackParameter(
-        "alpha", float, None, "the first step's L2 size, annealed to 1/100 (10 in L∞, 1 in L2)", "> 0", lambda v: v > 0
+        "alpha",
+        float,
+        ALPHA["l2"],
+        "the first step's L2 size, annealed to 1/100 (10 in L∞, 1 in L2)",
+        "> 0",
+        lambda v: v > 0,
+        by_norm=ALPHA,
     ),
     AttackParameter("gamma", float, GAMMA, "the first factor ε_k moves by", "in (0, 1)", lambda v: 0 < v < 1),
 )
@@ -290,10 +297,11 @@ def fmn_t(
     do; success is any wrong prediction, and each example keeps its smallest adversarial over the runs.
 
     Why: the untargeted margin f_y − max_{j≠y} f_j switches class as the iterate moves, and on the quick
-    study's PGD model untargeted FMN-1000 ended 8.4 points above the per-ε standard suite at ε = 0.2; three
-    targeted runs of 500 steps closed most of that gap (BENCHMARKS.md, "The FMN curve against the per-ε
-    suite"). With ``early_stop`` each later target attacks only the examples with no adversarial within ε
-    yet. Other arguments, threat model and shapes as :func:`fmn`.
+    study's PGD model untargeted FMN-1000 ended 8.4 points above the per-ε standard suite at ε = 0.2 with
+    the reference's first step of 1 (6.6 with 10); three targeted runs of 500 steps closed most of that gap
+    (BENCHMARKS.md, "The FMN curve against the per-ε suite"). With ``early_stop`` each later target attacks
+    only the examples with no adversarial within ε yet. Other arguments, threat model and shapes as
+    :func:`fmn`.
     """
     check_attack_inputs(model, x, y, eps, norm)
     untargeted_only("FMN-T", targeted, loss)

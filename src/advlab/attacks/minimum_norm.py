@@ -17,7 +17,7 @@ Command line: ``advlab attack RUN_DIR --attack fab-t --eps 8/255 --out OUT`` (or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -39,10 +39,15 @@ class AttackParameter:
 
     name: str  # the key, a Python identifier: passed to the attack function as a keyword
     type: type  # int or float: how the text after "=" is read
-    default: float | None  # the attack function's own default, written once beside it (None: it decides)
+    default: float  # the attack function's own default, written once beside it
     help: str  # one line for --help and docs
     rule: str = ""  # what ``check`` asks, for the error message: "> 0"
     check: Callable[[float], bool] = lambda value: True
+    by_norm: Mapping[str, float] | None = None  # a default per threat model, where it depends on it (FMN's α)
+
+    def default_for(self, norm: str) -> float:
+        """The default in the threat model ``norm``: what runs, and what a metrics file records."""
+        return self.by_norm[norm] if self.by_norm is not None else self.default
 
     def read(self, value: Any, attack: str) -> float:
         """``value`` (text from a name, or a number from Python or TOML) as this parameter's type, checked."""

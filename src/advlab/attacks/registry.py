@@ -149,7 +149,7 @@ class AttackSpec:
         if self.norm not in kind.norms:
             words = " and ".join(NORM_LABELS[norm] for norm in kind.norms)
             raise AdvlabError(f"attack {self.name} works in {words} only, not {NORM_LABELS[self.norm]} ({self.norm})")
-        object.__setattr__(self, "params", _given_parameters(kind, self.params))
+        object.__setattr__(self, "params", _given_parameters(kind, self.params, self.norm))
         if self.loss not in LOSSES:
             raise AdvlabError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
         neutral = {
@@ -196,7 +196,7 @@ class AttackSpec:
     def parameter_values(self) -> dict[str, Any]:
         """Every parameter of the attack (:attr:`AttackKind.parameters`), the given ones or the defaults."""
         given = dict(self.params)
-        return {p.name: given.get(p.name, p.default) for p in self.kind.parameters}
+        return {p.name: given.get(p.name, p.default_for(self.norm)) for p in self.kind.parameters}
 
     @property
     def label(self) -> str:
@@ -303,15 +303,16 @@ class AttackSpec:
             return kind.minimal(model, x, y, **run, **self.parameter_values())
 
 
-def _given_parameters(kind: AttackKind, params: Any) -> tuple[tuple[str, Any], ...]:
-    """``params`` (a mapping or pairs) read and checked by the kind's declarations: sorted non-default pairs."""
+def _given_parameters(kind: AttackKind, params: Any, norm: str) -> tuple[tuple[str, Any], ...]:
+    """``params`` (a mapping or pairs) read and checked by the kind's declarations: sorted pairs that differ
+    from the defaults in ``norm``."""
     given: dict[str, Any] = {}
     for key, value in params.items() if isinstance(params, Mapping) else params:
         key = str(key).strip().replace("-", "_")
         if key in given:
             raise AdvlabError(f"attack {kind.name} gives its parameter {key} twice")
         given[key] = kind.parameter(key).read(value, kind.name)
-    return tuple(sorted((key, value) for key, value in given.items() if value != kind.parameter(key).default))
+    return tuple(sorted((k, v) for k, v in given.items() if v != kind.parameter(k).default_for(norm)))
 
 
 _MODIFIERS = r"(?P<modifiers>(?:-[a-z0-9]+)*)"
