@@ -253,10 +253,27 @@ def fmn(
 
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
-    check_attack_inputs(model, x, y, eps, norm)
-    untargeted_only("FMN", targeted, loss)
-    run = dict(norm=norm, steps=steps, eps=eps, early_stop=early_stop, channels_last=channels_last)
-    return within_eps(fmn_minimal(model, x, y, alpha=alpha, gamma=gamma, **run), x.detach(), eps)
+    run = dict(norm=norm, steps=steps, early_stop=early_stop, channels_last=channels_last, alpha=alpha, gamma=gamma)
+    return _at_eps("FMN", model, x, y, eps, None, targeted, loss, run)
+
+
+def _at_eps(
+    title: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    targets: int | None,
+    targeted: bool,
+    loss: str,
+    run: dict,
+) -> torch.Tensor:
+    """FMN or FMN-T (``targets`` None or a count) at one ε: the inputs checked, then what
+    :func:`fmn_minimal` found within ε, else x."""
+    check_attack_inputs(model, x, y, eps, run["norm"])
+    untargeted_only(title, targeted, loss)
+    targets = targets if targets in (None, 0) else check_count("targets", targets)
+    return within_eps(fmn_minimal(model, x, y, targets=targets, eps=eps, **run), x.detach(), eps)
 
 
 @register_attack(
@@ -303,11 +320,8 @@ def fmn_t(
     only the examples with no adversarial within ε yet. Other arguments, threat model and shapes as
     :func:`fmn`.
     """
-    check_attack_inputs(model, x, y, eps, norm)
-    untargeted_only("FMN-T", targeted, loss)
-    run = dict(norm=norm, steps=steps, eps=eps, early_stop=early_stop, channels_last=channels_last)
-    targets = 0 if targets == 0 else check_count("targets", targets)
-    return within_eps(fmn_minimal(model, x, y, targets=targets, alpha=alpha, gamma=gamma, **run), x.detach(), eps)
+    run = dict(norm=norm, steps=steps, early_stop=early_stop, channels_last=channels_last, alpha=alpha, gamma=gamma)
+    return _at_eps("FMN-T", model, x, y, eps, targets, targeted, loss, run)
 
 
 __all__ = ["ALPHA", "GAMMA", "STEPS", "STEPS_T", "TARGETS", "fmn", "fmn_minimal", "fmn_t"]
