@@ -254,7 +254,7 @@ def fmn(
     Shapes: ``x`` (N, C, H, W) float in [0, 1], ``y`` (N,) int64; returns (N, C, H, W) in [0, 1].
     """
     run = dict(norm=norm, steps=steps, early_stop=early_stop, channels_last=channels_last, alpha=alpha, gamma=gamma)
-    return _at_eps("FMN", model, x, y, eps, None, targeted, loss, run)
+    return _at_eps("FMN", model, x, y, eps=eps, targets=None, targeted=targeted, loss=loss, run=run)
 
 
 def _at_eps(
@@ -262,6 +262,7 @@ def _at_eps(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     eps: float,
     targets: int | None,
     targeted: bool,
@@ -321,7 +322,7 @@ def fmn_t(
     :func:`fmn`.
     """
     run = dict(norm=norm, steps=steps, early_stop=early_stop, channels_last=channels_last, alpha=alpha, gamma=gamma)
-    return _at_eps("FMN-T", model, x, y, eps, targets, targeted, loss, run)
+    return _at_eps("FMN-T", model, x, y, eps=eps, targets=targets, targeted=targeted, loss=loss, run=run)
 
 
 __all__ = ["ALPHA", "GAMMA", "STEPS", "STEPS_T", "TARGETS", "fmn", "fmn_minimal", "fmn_t"]
