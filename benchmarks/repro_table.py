@@ -80,7 +80,7 @@ def main() -> None:
             entry = table.setdefault(name, {"files": {}, "sources": []})
             entry["files"].update(files)
             entry["sources"].append((path.name, record["provenance"]["commit"]))
-    for name, entry in table.items():
+    for name, entry in sorted(table.items()):
         print(row(name, entry["files"], entry["sources"]))
         pgd = entry["files"].get("eval-pgd50x10.json")
         suite = next((v for k, v in entry["files"].items() if k.startswith("eval-standard")), None)
@@ -90,8 +90,25 @@ def main() -> None:
         if name.startswith("mnist-fgsm-s") and suite:
             seeds.setdefault(f"--suite standard (first {suite['n']})", []).append(last(suite["robust_accuracy"], ""))
     for what, values in seeds.items():
-        spread = f"{100 * min(values):.2f}–{100 * max(values):.2f}%"
-        print(f"\nfgsm seeds, {what}: mean {pct(statistics.mean(values))}, range {spread} ({len(values)} seeds)")
+        print(f"\nfgsm seeds, {what}: {_spread(values)}")
+    loop = RESULTS / "wong-mnist-loop.json"  # Wong et al.'s own training loop (bench_wong_mnist.py), for comparison
+    if loop.is_file():
+        record = json.loads(loop.read_text())
+        rows = record["results"]
+        attack = f"PGD-50×{record['args']['restarts']}, first {record['args']['n']}"
+        print(f"\nWong et al.'s loop ({loop.name}, {record['provenance']['commit'][:7]}), seeds "
+              f"{', '.join(str(r['seed']) for r in rows)}:")
+        for what, key in ((attack, "pgd50"), ("clean", "clean")):
+            values = [r[key] for r in rows]
+            each = " / ".join(pct(v) for v in values)
+            print(f"- {what}: {each}; {_spread(values)}")
+
+
+def _spread(values: list[float]) -> str:
+    return (
+        f"mean {pct(statistics.mean(values))}, range {100 * min(values):.2f}–{100 * max(values):.2f}% "
+        f"({len(values)} seeds)"
+    )
 
 
 if __name__ == "__main__":

@@ -66,13 +66,22 @@ agreement() {
     "$py" benchmarks/bench_agreement.py --n 10000 --robust runs/train-quick --out "$out/agreement.json" \
         | tee "$out/agreement.log"
 }
-methods() {
-    local attach=()
-    for name in standard fgsm nfgsm gradalign pgd trades-b1 trades-b6 mart free gradreg; do
-        attach+=(--attach "runs/methods/$name/summary.json" --attach "runs/methods/$name/metrics.jsonl"
-                 --attach "runs/methods/$name/eval-pgd50x10-n10000.json")
-    done
-    RETRAIN=1 "${rec[@]}" methods-n10000 "${attach[@]}" -- bash benchmarks/methods_table.sh 10000 runs/methods
+methods() {  # two one-thread halves side by side, each recorded with the command that trained and evaluated it
+    half() {
+        local name=$1 attach=()
+        shift
+        for method in "$@"; do
+            attach+=(--attach "runs/methods/$method/summary.json" --attach "runs/methods/$method/metrics.jsonl"
+                     --attach "runs/methods/$method/eval-pgd50x10-n10000.json")
+        done
+        "${rec[@]}" "$name" "${attach[@]}" \
+            -- env OMP_NUM_THREADS=1 RETRAIN=1 bash benchmarks/methods_table.sh 10000 runs/methods "$@"
+    }
+    half methods-n10000-a standard fgsm nfgsm gradalign gradreg free &
+    local first=$!
+    half methods-n10000-b pgd trades-b1 trades-b6 mart &
+    wait "$first"
+    wait "$!"  # each wait fails the stage if its half failed
 }
 gradreg() {  # issue 15: gradient regularization against fast FGSM AT on the method table's budget
     local attach=()

@@ -15,6 +15,7 @@ from advlab.files import read_json
 from advlab.runs import load_checkpoint
 from advlab.tensor_files import load_tensors
 from advlab.train import METHODS, TrainConfig, load_config, train
+from advlab.train.state import scores_better
 
 pytestmark = pytest.mark.skipif(
     not have_fashion_mnist(), reason="Fashion-MNIST not found ($ADVLAB_DATA, cache, or Debian's dataset-fashion-mnist)"
@@ -161,6 +162,17 @@ def test_run_folder_and_checkpoints(trained):
     _, best_record = load_checkpoint(folder)  # a run folder means best.safetensors
     assert best_record["epoch"] == summary["best_epoch"]
     assert best_record["metrics"]["val_robust_acc"] == max(r["val_robust_acc"] for r in rows(folder))
+    # The most robust epoch, a tie going to the higher clean accuracy (the first of exact equals).
+    assert summary["best_epoch"] == max(rows(folder), key=lambda r: (r["val_robust_acc"], r["val_clean_acc"]))["epoch"]
+
+
+def test_a_tie_on_the_best_score_goes_to_the_cleaner_epoch():
+    assert scores_better((0.5, 0.9), None)  # the first epoch
+    assert scores_better((0.6, 0.8), (0.5, 0.9))  # more robust, whatever its clean accuracy
+    assert not scores_better((0.5, 0.99), (0.6, 0.8))
+    assert scores_better((0.861, 0.986), (0.861, 0.982))  # MNIST seed 1: epoch 10 over epoch 7
+    assert not scores_better((0.861, 0.982), (0.861, 0.982))  # exact equals: the earlier epoch stays
+    assert not scores_better((0.861, 0.990), (0.861, None))  # a held epoch with no clean reading stays
 
 
 # ------------------------------------------------------------------------------------------ resume

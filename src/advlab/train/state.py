@@ -280,6 +280,15 @@ def restore(state, owner: StateOwner, *, rank: int = 0) -> RunProgress:
         ) from None
 
 
+def scores_better(candidate: tuple[float, float], held: tuple[float, float | None] | None) -> bool:
+    """Whether an epoch scoring ``candidate`` (its selection score, its clean accuracy) replaces the best
+    epoch so far, ``held`` (None before the first): a higher score, or the same score and a higher clean
+    accuracy."""
+    if held is None or candidate[0] > held[0]:
+        return True
+    return candidate[0] == held[0] and held[1] is not None and candidate[1] > held[1]
+
+
 def summarize(out: Path, config: TrainConfig, run: RunProgress, ending: list[str] = ()) -> dict[str, Any]:
     """summary.json: the outcome; ``ending``: what is wrong with the weights the run ends with (the guard's
     :func:`~advlab.train.guard.end_of_run_warnings`), kept with the lines said during the run."""
