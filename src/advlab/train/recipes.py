@@ -164,7 +164,7 @@ RECIPES: tuple[Recipe, ...] = (
         "start that is not clipped to the image before the gradient (their code; clipping it collapses, "
         "BENCHMARKS.md); a collapse falls back to PGD-10. GradAlign, free AT, gradreg and gaussian have "
         "no MNIST setting of their own and use this one",
-        ran="fgsm at ε = 0.3, 3 seeds (gradalign, free, gradreg, gaussian: not run)",
+        ran="fgsm at ε = 0.3, 5 seeds (gradalign, free, gradreg, gaussian: not run)",
     ),
     Recipe(
         "mnist-nfgsm",
