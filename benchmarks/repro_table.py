@@ -96,8 +96,10 @@ def main() -> None:
         record = json.loads(loop.read_text())
         rows = record["results"]
         attack = f"PGD-50×{record['args']['restarts']}, first {record['args']['n']}"
-        print(f"\nWong et al.'s loop ({loop.name}, {record['provenance']['commit'][:7]}), seeds "
-              f"{', '.join(str(r['seed']) for r in rows)}:")
+        print(
+            f"\nWong et al.'s loop ({loop.name}, {record['provenance']['commit'][:7]}), seeds "
+            f"{', '.join(str(r['seed']) for r in rows)}:"
+        )
         for what, key in ((attack, "pgd50"), ("clean", "clean")):
             values = [r[key] for r in rows]
             each = " / ".join(pct(v) for v in values)
