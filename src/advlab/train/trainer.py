@@ -298,9 +298,7 @@ class Trainer:
         """The epoch's weights become model.safetensors, a good point for the guard, and best.safetensors if
         they score best: validation PGD accuracy for robust methods (Rice et al.), clean accuracy for standard
         training (its PGD accuracy is ~0 and would pick an untrained epoch), the verified accuracy for
-        certified training. A tie on that score goes to the higher clean accuracy: on 1,000 validation images
-        ties are common, and MNIST's seed 1 kept epoch 7 (98.2% clean on validation) over an equally robust
-        epoch 10 (98.6%; BENCHMARKS.md, "Reproducing the papers")."""
+        certified training. A tie goes to the higher clean accuracy (:func:`~advlab.train.state.scores_better`)."""
         epoch, run = row["epoch"], self.run
         self._save("model", row)
         run.last_good_epoch, run.kept_weights = epoch, f"the end of epoch {epoch}"
