@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from repro_table import runs as attached_by_run  # noqa: E402
 
 ORDER = ("standard", "fgsm", "nfgsm", "gradalign", "pgd", "trades-b1", "trades-b6", "mart", "free", "gradreg")
 LABELS = {
@@ -33,10 +37,8 @@ def runs(paths: list[Path]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for path in paths:
         record = json.loads(path.read_text())
-        for attached, content in record["attached"].items():
-            parts = Path(attached).parts
-            entry = out.setdefault(parts[-2], {"source": (path.name, record["provenance"]["commit"][:7])})
-            entry[parts[-1]] = content
+        for name, files in attached_by_run(record).items():
+            out[name] = {**files, "source": (path.name, record["provenance"]["commit"][:7])}
     return out
 
 
