@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from advlab.attacks.suites import suite_attacks  # noqa: E402
 from advlab.data import load_dataset  # noqa: E402
-from advlab.evaluate import DEFAULT_BATCH, evaluate  # noqa: E402
+from advlab.evaluate import DEFAULT_BATCH, POOL, evaluate  # noqa: E402
 from advlab.runs import load_checkpoint  # noqa: E402
 from advlab.runtime import Runtime  # noqa: E402
 
@@ -44,7 +44,15 @@ def _accuracy(model, x, y) -> float:
 
 
 def advlab_standard(
-    model, x, y, eps: float, seed: int, norm: str, precision: str = "fp32", batch: int = DEFAULT_BATCH
+    model,
+    x,
+    y,
+    eps: float,
+    seed: int,
+    norm: str,
+    precision: str = "fp32",
+    batch: int = DEFAULT_BATCH,
+    pool: int = POOL,
 ) -> dict:
     attacks = suite_attacks("standard", norm=norm, classes=int(model(x[:1]).shape[1]))
     runtime = Runtime(device="cpu", precision=precision)
@@ -59,6 +67,7 @@ def advlab_standard(
         progress=False,
         runtime=runtime,
         batch_size=batch,
+        pool=pool,
     )
     seconds = time.perf_counter() - start
     return {
@@ -66,6 +75,7 @@ def advlab_standard(
         "seconds": seconds,
         "precision": precision,
         "batch": batch,
+        "pool": pool,
         "after_each": {label: values[0] for label, values in result.robust.items()},
         "attack_seconds": result.attack_seconds,
         "model_warnings": [w["flag"] for w in result.model_warnings],
@@ -140,6 +150,7 @@ def main() -> None:
         help="advlab's attack passes (every example is still judged in fp32); the reference runs fp32",
     )
     p.add_argument("--advlab-batch", type=int, default=DEFAULT_BATCH, help="advlab's batch size")
+    p.add_argument("--advlab-pool", type=int, default=POOL, help="batches advlab pools into one unit of work (1: none)")
     p.add_argument(
         "--reference-from",
         default=None,
@@ -167,7 +178,7 @@ def main() -> None:
         row["autoattack_standard"] = reference_standard(model, x, y, args.eps, args.seed, args.batch, args.norm)
     print("reference", {k: v for k, v in row["autoattack_standard"].items() if k != "log"}, flush=True)
     row["advlab_standard"] = advlab_standard(
-        model, x, y, args.eps, args.seed, args.norm, args.precision, args.advlab_batch
+        model, x, y, args.eps, args.seed, args.norm, args.precision, args.advlab_batch, args.advlab_pool
     )
     print("advlab", row["advlab_standard"], flush=True)
     ours, theirs = row["advlab_standard"], row["autoattack_standard"]

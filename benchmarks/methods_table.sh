@@ -35,7 +35,8 @@ for spec in "${runs[@]}"; do
     if [[ "${RETRAIN:-0}" == 1 || ! -f "$out/$name/summary.json" ]]; then
         # shellcheck disable=SC2086
         $advlab train $args --eps 0.1 --out "$out/$name" --overwrite --quiet >/dev/null
-        rm -f "$out/$name"/eval-pgd50x10-n*.json "$out/$name"/eval-apgd-ce-n*.json
+        # An interrupted evaluation's resume state belongs to the old weights: it would be refused.
+        rm -f "$out/$name"/eval-{pgd50x10,apgd-ce}-n*.json{,.state.safetensors}
     fi
     [[ -f "$out/$name/eval-pgd50x10-n$n.json" ]] ||
         $advlab evaluate "$out/$name" --attack pgd50x10 --eps 0.1 --n "$n" --out "$out/$name/eval-pgd50x10-n$n.json" \

@@ -76,6 +76,44 @@ def test_chained_worst_case_equals_per_attack_worst_case(trained_model, fashion_
     assert b.robust[specs[1].label][0] == b.worst_case[0]  # chained numbers are cumulative
 
 
+def test_a_pool_hands_later_attacks_the_leftovers_of_several_batches(trained_model, fashion_test):
+    """Pooling changes who is attacked together, never the verdicts: with deterministic attacks a pool of
+    4 batches gives every example the verdict batch by batch gives, in fewer and fuller attack batches, and
+    no pass ever sees more than the batch size."""
+    specs = [AttackSpec("fgsm"), AttackSpec("pgd", steps=5, random_start=False)]
+    x, y = fashion_test.subset(256).tensors()
+    sizes: list[int] = []
+    hook = trained_model.register_forward_hook(lambda module, args, out: sizes.append(len(args[0])))
+    try:
+        runs = {}
+        for pool in (1, 4):
+            sizes.clear()
+            runs[pool] = evaluate(
+                trained_model,
+                (x, y),
+                attacks=specs,
+                eps=[0.05],
+                batch_size=32,
+                pool=pool,
+                chain=True,
+                progress=False,
+                keep_per_example=True,
+                checks=False,
+            )
+            runs[pool].passes = list(sizes)
+    finally:
+        hook.remove()
+    alone, pooled = runs[1], runs[4]
+    for key in alone.per_example:
+        assert torch.equal(alone.per_example[key], pooled.per_example[key]), key
+    assert pooled.worst_case[0] < pooled.clean_accuracy - 0.2  # the attacks broke images
+    assert max(pooled.passes) <= 32
+    # PGD-5 on the leftovers: pooled, in fuller batches, so fewer passes
+    assert len(pooled.passes) < len(alone.passes)
+    with pytest.raises(AdvlabError, match="pool must be at least 1"):
+        evaluate(trained_model, (x, y), attacks=specs, eps=[0.05], pool=0, progress=False)
+
+
 def test_same_seed_same_result(trained_model, fashion_test):
     a = _run(trained_model, fashion_test.subset(100), ["pgd5x2"], seed=3, keep_per_example=True)
     b = _run(trained_model, fashion_test.subset(100), ["pgd5x2"], seed=3, keep_per_example=True)

@@ -1,7 +1,7 @@
 """An interrupted evaluation's progress, saved beside its output so that the same command resumes it.
 
 ``advlab evaluate --out OUT`` keeps ``OUT.state.safetensors`` while it runs (:class:`EvalState`); the evaluation
-loop (:func:`advlab.evaluate.evaluate`, its ``state`` argument) saves it after every batch.
+loop (:func:`advlab.evaluate.evaluate`, its ``state`` argument) saves it after every pool of batches.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class EvalProgress:
 class EvalState:
     """An interrupted evaluation's progress, beside its output: ``OUT.state.safetensors`` for ``--out OUT``.
 
-    Saved atomically after every batch (the per-example flags so far, the random generator, the counts), read
+    Saved atomically after every pool of batches (the per-example flags so far, the random generator, the counts), read
     back when the same evaluation starts again and removed once the result is written. Like a training state
     it is a checksummed tensor file whose record is checked field by field, and it names what it was computed
     from (the checkpoint's content, the data, every attack setting, ε, seed, batch size, device, precision):

@@ -35,6 +35,7 @@ from advlab.verdicts import Plan, correct_draws, measure_batch, verdict
 
 __all__ = [
     "DEFAULT_BATCH",
+    "POOL",
     "DRAWS",
     "EvalResult",
     "IntegrityError",
@@ -47,6 +48,11 @@ __all__ = [
 # Images per evaluation batch, chosen by measurement (benchmarks/bench_eval_batch.py; BENCHMARKS.md, "The
 # evaluation batch"): activations that fit the cache against per-batch overhead.
 DEFAULT_BATCH = 256
+# Batches pooled into one unit of work: each attack (and each target of a targeted one) runs on what the pool
+# still holds, in batches of at most ``batch_size``, so a chain's later attacks see full batches of leftovers
+# instead of a few per batch. On a small network each attack step's fixed cost is most of its time, and a
+# pool of 4 cut the standard suite's time on one (BENCHMARKS.md, "Evaluation as strong as AutoAttack").
+POOL = 4
 
 
 def _batches(data, batch_size: int, device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -58,6 +64,24 @@ def _batches(data, batch_size: int, device) -> Iterable[tuple[torch.Tensor, torc
             (x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)
         )
     return data  # an iterable of (x, y) batches, e.g. a DataLoader
+
+
+def _pools(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], pool: int):
+    """Consecutive batches, ``pool`` at a time, joined into one (x, y): the evaluation's unit of work."""
+    group: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == pool:
+            yield _joined(group)
+            group = []
+    if group:
+        yield _joined(group)
+
+
+def _joined(group: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(group) == 1:
+        return group[0]
+    return torch.cat([x for x, _ in group]), torch.cat([y for _, y in group])
 
 
 def _runtime_for(model: nn.Module, runtime: Runtime | None) -> Runtime:
@@ -87,6 +111,7 @@ def evaluate(
     keep_per_example: bool = False,
     checks: bool = True,
     state=None,
+    pool: int = POOL,
 ) -> EvalResult:
     """Clean accuracy, and robust accuracy for each attack and ε, with the per-example worst case.
 
@@ -105,10 +130,12 @@ def evaluate(
     attack is in the list, warns of the images it broke that every gradient attack left robust; the
     warnings are in ``result.model_warnings``. ``state`` (an object with ``load() -> dict | None`` and
     ``save(dict)``, such as :class:`advlab.eval_state.EvalState`) makes a long evaluation resumable: the
-    progress is saved after every batch, random generator included, and a resumed run skips the finished
-    batches and ends with the very numbers an uninterrupted one would.
+    progress is saved after every pool, random generator included, and a resumed run skips the finished
+    pools and ends with the very numbers an uninterrupted one would. ``pool`` batches at a time are one unit
+    of work (:data:`POOL`): every attack runs on what the pool still holds, in batches of ``batch_size``.
     """
     _check_request(attacks, eps)
+    check_range("pool", pool, 1, None)
     runtime = _runtime_for(model, runtime)
     if runtime.world is not None and state is not None:
         raise AdvlabError("a resumable evaluation (state beside --out) runs in one process, not under torchrun")
@@ -117,13 +144,13 @@ def evaluate(
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, (tuple, list)) else None
     bar = _progress(total, progress and runtime.main, "evaluate")
     with eval_mode(model):
-        for index, (x, y) in enumerate(_batches(data, batch_size, runtime.device)):
+        for index, (x, y) in enumerate(_pools(_batches(data, batch_size, runtime.device), pool)):
             if index < done or (runtime.world is not None and not runtime.world.owns(index)):
                 bar.update(len(y) if index < done else 0)  # a finished batch, or another rank's
                 continue
-            tally.first_batch(model, x, y, training=training, checks=checks)
-            correct = correct_draws(model, x, y, tally.draws)
-            plan = Plan(runtime, generator, early_stop, chain, tally.draws)
+            tally.first_batch(model, x[:batch_size], y[:batch_size], training=training, checks=checks)
+            plan = Plan(runtime, generator, early_stop, chain, tally.draws, batch=batch_size)
+            correct = correct_draws(model, x, y, tally.draws, batch=batch_size)
             tally.add(index, correct, measure_batch(model, x, y, correct, attacks=attacks, eps=eps, plan=plan))
             bar.update(len(y))
             release_freed_memory()

@@ -32,21 +32,34 @@ from advlab.tally import DRAWS, BatchVerdicts, majority
 @dataclass(frozen=True)
 class Plan:
     """How an evaluation attacks: where and in what precision, its generator, whether examples leave early
-    (``early_stop``), whether each attack runs only on what the earlier ones left (``chain``), and the passes
-    per verdict (``draws``)."""
+    (``early_stop``), whether each attack runs only on what the earlier ones left (``chain``), the passes
+    per verdict (``draws``), and the most images an attack is handed at once (``batch``; None: all)."""
 
     runtime: Runtime
     generator: torch.Generator
     early_stop: bool
     chain: bool
     draws: int = 1
+    batch: int | None = None
 
 
-def correct_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
-    """Per example: in how many of ``draws`` fp32 forward passes (no gradient) it is classified as ``y``;
-    (N,) uint8, 0 or 1 for a deterministic model."""
+def chunks(rows: torch.Tensor, batch: int | None) -> list[torch.Tensor]:
+    """``rows`` in consecutive pieces of at most ``batch`` (all of them at once with ``batch`` None)."""
+    return [rows] if batch is None or len(rows) <= batch else list(rows.split(batch))
+
+
+def correct_draws(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1, *, batch: int | None = None
+) -> torch.Tensor:
+    """Per example: in how many of ``draws`` fp32 forward passes (no gradient) it is classified as ``y``,
+    ``batch`` images at a time; (N,) uint8, 0 or 1 for a deterministic model."""
     with torch.inference_mode():
-        counts = sum((model(x).argmax(1) == y).to(torch.uint8) for _ in range(draws))
+        counts = torch.cat(
+            [
+                sum((model(x[rows]).argmax(1) == y[rows]).to(torch.uint8) for _ in range(draws))
+                for rows in chunks(torch.arange(len(y), device=y.device), batch)
+            ]
+        )
     return counts.clone()  # outside inference mode: a normal tensor, which callers may update in place
 
 
@@ -57,13 +70,15 @@ def verdict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) 
     return majority(correct_draws(model, x, y, draws), draws)
 
 
-def goals(model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+def goals(
+    model: nn.Module, attack: AttackSpec, x: torch.Tensor, y: torch.Tensor, *, batch: int | None = None
+) -> list[torch.Tensor]:
     """The labels to hand the attack: the true ones, or for a targeted attack each of the most likely
-    wrong classes by the clean logits, most likely first."""
+    wrong classes by the clean logits (``batch`` images a pass), most likely first."""
     if not attack.targeted:
         return [y]
     with torch.inference_mode():
-        logits = model(x).float()
+        logits = torch.cat([model(x[rows]).float() for rows in chunks(torch.arange(len(y), device=y.device), batch)])
     return likely_wrong_classes(logits, y, attack.targets)
 
 
@@ -81,39 +96,57 @@ def survivors(
     ``attack`` at ``eps`` (uint8; 0 or 1 for a deterministic model), the fewest over the targets; 0 outside
     ``todo``. On a randomized model the attack is handed ``draws`` (it keeps no point and lets no example go
     on one draw's say) and its own early exit is off."""
-    runtime, early_stop, draws = plan.runtime, plan.early_stop, plan.draws
+    early_stop, draws = plan.early_stop, plan.draws
     robust = torch.zeros(todo.shape, dtype=torch.uint8, device=todo.device)
     index = pad_to_bucket(todo)
     if index.numel() == 0:
         return robust
     xs, ys = x[index], y[index]
     survived = torch.where(todo[index], draws, 0).to(torch.uint8)
-    for goal in goals(model, attack, xs, ys):
-        # With early exit, each further target attacks only what the earlier ones left standing.
-        rows = pad_to_bucket(survived > 0) if early_stop else torch.arange(len(ys), device=ys.device)
-        if rows.numel() == 0:
+    for goal in goals(model, attack, xs, ys, batch=plan.batch):
+        # With early exit, each further target attacks only what the earlier ones left standing, pooled
+        # into batches of at most plan.batch.
+        left = pad_to_bucket(survived > 0) if early_stop else torch.arange(len(ys), device=ys.device)
+        if left.numel() == 0:
             break
-        with runtime.autocast():
-            x_adv = attack(
-                model,
-                xs[rows],
-                goal[rows],
-                eps=eps,
-                generator=plan.generator,
-                early_stop=early_stop and draws == 1,
-                channels_last=runtime.channels_last,
-                draws=draws,
-            )
-        verify_adversarial(xs[rows], x_adv, eps, attack.norm, what=attack.label)
-        held = correct_draws(model, x_adv.float(), ys[rows], draws)  # a normal tensor: updated below
-        if early_stop and draws == 1 and runtime.precision != "fp32" and bool(held.any()):
-            mask = held.bool()
-            held[mask] = recheck_in_fp32(
-                model, attack, (xs[rows][mask], goal[rows][mask], ys[rows][mask]), x_adv[mask], eps=eps, plan=plan
-            ).to(torch.uint8)
-        survived[rows] = torch.minimum(survived[rows], held)
+        for rows in chunks(left, plan.batch):
+            held = _attacked(model, attack, (xs[rows], goal[rows], ys[rows]), eps=eps, plan=plan)
+            survived[rows] = torch.minimum(survived[rows], held)
     robust[index] = survived
     return robust
+
+
+def _attacked(
+    model: nn.Module,
+    attack: AttackSpec,
+    examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    eps: float,
+    plan: Plan,
+) -> torch.Tensor:
+    """One batch through ``attack`` at ``eps``: per example, its correct fp32 passes at the returned point
+    (uint8), after the fp32 recheck under reduced precision. ``examples``: (x, goal, y)."""
+    x, goal, y = examples
+    runtime, early_stop, draws = plan.runtime, plan.early_stop, plan.draws
+    with runtime.autocast():
+        x_adv = attack(
+            model,
+            x,
+            goal,
+            eps=eps,
+            generator=plan.generator,
+            early_stop=early_stop and draws == 1,
+            channels_last=runtime.channels_last,
+            draws=draws,
+        )
+    verify_adversarial(x, x_adv, eps, attack.norm, what=attack.label)
+    held = correct_draws(model, x_adv.float(), y, draws)  # a normal tensor: updated below
+    if early_stop and draws == 1 and runtime.precision != "fp32" and bool(held.any()):
+        mask = held.bool()
+        held[mask] = recheck_in_fp32(model, attack, (x[mask], goal[mask], y[mask]), x_adv[mask], eps=eps, plan=plan).to(
+            torch.uint8
+        )
+    return held
 
 
 def curve_run(attack: AttackSpec, plan: Plan) -> bool:
@@ -132,17 +165,18 @@ def minimal_norms(
     index = pad_to_bucket(todo)
     if index.numel() == 0:
         return norms
-    with plan.runtime.autocast():
-        found = attack.minimal(
-            model, x[index], y[index], generator=plan.generator, channels_last=plan.runtime.channels_last
-        )
-    x_adv = found.x_adv.float()
-    if not bool(torch.isfinite(x_adv).all()) or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
-        raise IntegrityError(f"{attack.label} returned pixels outside [0, 1] or not finite")
-    with torch.inference_mode():
-        wrong = model(x_adv).argmax(1) != y[index]
-    size = per_example_norm(x_adv - x[index].float(), attack.norm)
-    norms[index] = torch.where(wrong, size, torch.full_like(size, float("inf")))
+    for rows in chunks(index, plan.batch):
+        with plan.runtime.autocast():
+            found = attack.minimal(
+                model, x[rows], y[rows], generator=plan.generator, channels_last=plan.runtime.channels_last
+            )
+        x_adv = found.x_adv.float()
+        if not bool(torch.isfinite(x_adv).all()) or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+            raise IntegrityError(f"{attack.label} returned pixels outside [0, 1] or not finite")
+        with torch.inference_mode():
+            wrong = model(x_adv).argmax(1) != y[rows]
+        size = per_example_norm(x_adv - x[rows].float(), attack.norm)
+        norms[rows] = torch.where(wrong, size, torch.full_like(size, float("inf")))
     return torch.where(todo, norms, torch.zeros_like(norms))
 
 
@@ -232,6 +266,7 @@ def measure_batch(
 __all__ = [
     "DRAWS",
     "Plan",
+    "chunks",
     "correct_draws",
     "curve_run",
     "goals",

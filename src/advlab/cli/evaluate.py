@@ -41,7 +41,7 @@ than 4 classes, or a gradient-free attack beating the gradient ones (advlab.mode
 
 def add(commands) -> None:
     from advlab.attacks.suites import suite_help
-    from advlab.evaluate import DEFAULT_BATCH
+    from advlab.evaluate import DEFAULT_BATCH, POOL
 
     p = commands.add_parser(
         "evaluate",
@@ -86,7 +86,8 @@ def add(commands) -> None:
     p.add_argument(
         "--batch-size",
         type=positive_int,
-        help=f"images per batch (default: what fits half the free memory, ≤ {DEFAULT_BATCH})",
+        help=f"images per attack batch (default: what fits half the free memory, ≤ {DEFAULT_BATCH}); the "
+        f"evaluation works through pools of {POOL} batches, each attack on what a pool still holds",
     )
     _add_order(p)
     p.add_argument("--seed", type=seed, default=0, help="seed for random starts, 0 to 2^63 - 1 (default 0)")

@@ -14,7 +14,7 @@ from advlab.attacks.suites import suite_attacks
 from advlab.defenses import describe
 from advlab.errors import AdvlabError
 from advlab.eval_state import EvalState
-from advlab.evaluate import DEFAULT_BATCH, EvalResult, evaluate
+from advlab.evaluate import DEFAULT_BATCH, POOL, EvalResult, evaluate
 from advlab.files import run_lock, write_json
 from advlab.jobs.sources import DataSource, ModelSource, ThreatModel, check_output, open_job, require_compatible
 from advlab.memory import fitting_batch
@@ -62,6 +62,7 @@ def evaluate_checkpoint(
         "seed": seed,
         "batch_size": batch_size,
         **({"batch_size_from": "the free memory"} if chosen else {}),
+        "pool": POOL,  # batches per unit of work (advlab.evaluate.POOL): part of what a resumed state must match
         "chain": chain,
         "early_stop": early_stop,
         "runtime": runtime.to_dict(),
@@ -69,7 +70,7 @@ def evaluate_checkpoint(
     # One writer per output (rank 0 under torchrun): a second evaluate --out on the same file is refused.
     writes = out is not None and runtime.main
     with run_lock(out) if writes and out.parent.is_dir() else contextlib.nullcontext():
-        # Resumable: the progress is saved beside the output after every batch (one process only).
+        # Resumable: the progress is saved beside the output after every pool of batches (one process only).
         state = _state(out, job, attacks, eps, settings) if writes and runtime.world is None else None
         result = evaluate(
             job.model,
