@@ -1,5 +1,5 @@
 """Square Attack (advlab.attacks.square): the analytic optimum of a linear model, the L2 ball, the p schedule,
-the shape of one query, determinism, errors, the registry, restarts and per-example early exit."""
+the shape of one query (and that its window equals the whole-image formula), determinism, errors, the registry, restarts and per-example early exit."""
 
 from __future__ import annotations
 
@@ -164,6 +164,47 @@ def test_every_linf_query_is_one_new_square_per_example():
         signs_differ_across_channels |= bool(((signs != signs[:, :1]).any(dim=1) & (change.abs().amax(1) > 0)).any())
     assert not shared_everywhere  # each example draws its own place
     assert signs_differ_across_channels  # a sign per channel, not one for the whole square
+
+
+def _whole_image_candidate(x, best, eps, side, generator):
+    """The L∞ query written over the whole image (a mask of each example's square), drawing its random
+    numbers in the attack's order: what the windowed candidate must equal to the bit."""
+    from advlab.attacks.square import CHANGE_TOLERANCE, MAX_REDRAWS
+
+    n, c, h, w = x.shape
+    rows = torch.randint(0, h - side + 1, (n,), generator=generator)
+    cols = torch.randint(0, w - side + 1, (n,), generator=generator)
+    r, k = torch.arange(h), torch.arange(w)
+    inside = (((r >= rows[:, None]) & (r < rows[:, None] + side))[:, :, None]
+              & ((k >= cols[:, None]) & (k < cols[:, None] + side))[:, None, :])[:, None]  # fmt: skip
+
+    def draw():
+        return torch.randint(0, 2, (n, c, 1, 1), generator=generator).to(x.dtype) * 2 - 1
+
+    signs = draw()
+    for _ in range(MAX_REDRAWS):
+        candidate = torch.where(inside, (x + eps * signs).clamp(0.0, 1.0), best)
+        unchanged = ~((candidate - best).abs() >= CHANGE_TOLERANCE).flatten(1).any(1)
+        if not bool(unchanged.any()):
+            break
+        signs = torch.where(unchanged[:, None, None, None], draw(), signs)
+    return torch.where(inside, (x + eps * signs).clamp(0.0, 1.0), best)
+
+
+@pytest.mark.parametrize("channels, size, eps", [(1, 28, 0.3), (3, 8, 0.1), (1, 7, 8 / 255)])
+def test_linf_query_touches_only_its_window_and_equals_the_whole_image_formula(channels, size, eps):
+    from advlab.attacks.square import _linf_candidate
+
+    for trial in range(30):
+        x = _images(1 + trial, channels, size, seed=trial)
+        if trial % 2 == 0:
+            x = (x > 0.7).float()  # mostly 0 and 1, as MNIST: many draws change nothing and are drawn again
+        sign = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(trial)) * 2 - 1
+        best = (x + eps * sign).clamp(0.0, 1.0)
+        side = 1 + trial % size
+        ours = _linf_candidate(x, best, eps, side, torch.Generator().manual_seed(trial))
+        theirs = _whole_image_candidate(x, best, eps, side, torch.Generator().manual_seed(trial))
+        assert torch.equal(ours, theirs), (trial, side)
 
 
 def test_p_schedule_halves_at_the_reference_points():
