@@ -1,5 +1,6 @@
 """Square Attack (advlab.attacks.square): the analytic optimum of a linear model, the L2 ball, the p schedule,
-the shape of one query (and that its window equals the whole-image formula), determinism, errors, the registry, restarts and per-example early exit."""
+the shape of one query (and that its window equals the whole-image formula), determinism, errors, the
+registry, restarts and per-example early exit."""
 
 from __future__ import annotations
 
