@@ -272,8 +272,8 @@ def test_show_preset_prints_the_shipped_toml(capsys):
 
 
 def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoint, tmp_path, capsys, monkeypatch):
-    """Stopped in its second batch, `advlab evaluate --out` leaves a state file; run again, it skips the
-    first batch and ends with exactly the numbers of an uninterrupted run (random generator included)."""
+    """Stopped in its second pool of batches, `advlab evaluate --out` leaves a state file; run again, it skips
+    the first pool and ends with exactly the numbers of an uninterrupted run (random generator included)."""
     import advlab.verdicts
 
     def argv(eps: str, out: str) -> list[str]:
@@ -287,7 +287,7 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoin
             "--n",
             "60",
             "--batch-size",
-            "32",
+            "8",  # 60 images: pools of 4 × 8, so two pools
             "--quiet",
             "--out",
             str(tmp_path / out),
@@ -298,13 +298,13 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoin
     assert not (tmp_path / "whole.json.state.safetensors").exists()  # removed once the result is written
     real, calls = advlab.verdicts.survivors, []
 
-    def stop_in_second_batch(*args, **kwargs):
+    def stop_in_second_pool(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(advlab.verdicts, "survivors", stop_in_second_batch)
+    monkeypatch.setattr(advlab.verdicts, "survivors", stop_in_second_pool)
     assert main(argv("0.1", "parts.json")) != 0  # interrupted
     state = tmp_path / "parts.json.state.safetensors"
     assert state.is_file() and not (tmp_path / "parts.json").exists()
@@ -320,10 +320,10 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(trained_checkpoin
     assert main(argv("0.1", "parts.json")) == 0
     parts = json.loads((tmp_path / "parts.json").read_text())
     assert parts["robust_accuracy"] == whole["robust_accuracy"] and parts["n"] == whole["n"] == 60
-    assert len(calls) == 2  # the resumed run did not redo the first batch through the stopping spy
+    assert len(calls) == 2  # the resumed run did not redo the first pool through the stopping spy
     # A state left by another evaluation (here: another ε) is refused with one line, never mixed in.
     calls.clear()
-    monkeypatch.setattr(advlab.verdicts, "survivors", stop_in_second_batch)
+    monkeypatch.setattr(advlab.verdicts, "survivors", stop_in_second_pool)
     assert main(argv("0.1", "other.json")) != 0
     monkeypatch.setattr(advlab.verdicts, "survivors", real)
     capsys.readouterr()  # the interruptions' messages

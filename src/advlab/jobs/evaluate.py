@@ -62,7 +62,6 @@ def evaluate_checkpoint(
         "seed": seed,
         "batch_size": batch_size,
         **({"batch_size_from": "the free memory"} if chosen else {}),
-        "pool": POOL,  # batches per unit of work (advlab.evaluate.POOL): part of what a resumed state must match
         "chain": chain,
         "early_stop": early_stop,
         "runtime": runtime.to_dict(),
@@ -144,6 +143,7 @@ def _state(out: Path, job, attacks: Sequence[AttackSpec], eps: list[float], sett
         {
             "checkpoint_sha256": job.source.digest(),
             **settings,
+            "pool": POOL,  # batches per unit of work (advlab.evaluate.POOL): a state counts pools
             "n": len(job.data),
             "attacks": [a.hyperparameters(e) for a in attacks for e in eps],
             "eps": eps,
