@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/aa_table.py benchmarks/results/aa-standard-pgd.json ...
 
-One row per file: the model (and advlab's precision when not fp32), images and ε, both robust accuracies,
+One row per file: the model (and advlab's precision when not fp32, its pool of batches where the file
+records one), images and ε, both robust accuracies,
 both times and each attack's share of them (advlab's / the reference's seconds), the two bars, and the
 commit that ran.
 """
@@ -32,6 +33,7 @@ def row(path: Path) -> str:
     holds = r["holds"]
     bars = " / ".join("yes" if holds[k] else "**no**" for k in holds)
     model = r["model"] + (f" ({ours['precision']} passes)" if ours.get("precision", "fp32") != "fp32" else "")
+    model += f" (pool {ours['pool']})" if "pool" in ours else ""  # files from before pooling have no "pool"
     return (
         f"| {model} | {r['n']}, ε = {r['eps']:g} | {100 * ours['robust_accuracy']:.1f}% | "
         f"{100 * theirs['robust_accuracy']:.1f}% | {r['difference_points']:+.1f} | {ours['seconds']:.0f} s | "
