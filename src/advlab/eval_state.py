@@ -39,11 +39,12 @@ class EvalProgress:
 class EvalState:
     """An interrupted evaluation's progress, beside its output: ``OUT.state.safetensors`` for ``--out OUT``.
 
-    Saved atomically after every pool of batches (the per-example flags so far, the random generator, the counts), read
-    back when the same evaluation starts again and removed once the result is written. Like a training state
-    it is a checksummed tensor file whose record is checked field by field, and it names what it was computed
-    from (the checkpoint's content, the data, every attack setting, ε, seed, batch size, device, precision):
-    a damaged state, or one from anything else, is refused with one line, never mixed in."""
+    Saved atomically after every pool of batches (the per-example flags so far, the random generator, the
+    counts), read back when the same evaluation starts again and removed once the result is written. Like a
+    training state it is a checksummed tensor file whose record is checked field by field, and it names what
+    it was computed from (the checkpoint's content, the data, every attack setting, ε, seed, batch size,
+    pool, device, precision): a damaged state, or one from anything else, is refused with one line, never
+    mixed in."""
 
     KEY = "advlab_eval_state"
 

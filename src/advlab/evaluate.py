@@ -146,7 +146,7 @@ def evaluate(
     with eval_mode(model):
         for index, (x, y) in enumerate(_pools(_batches(data, batch_size, runtime.device), pool)):
             if index < done or (runtime.world is not None and not runtime.world.owns(index)):
-                bar.update(len(y) if index < done else 0)  # a finished batch, or another rank's
+                bar.update(len(y) if index < done else 0)  # a finished pool, or another rank's
                 continue
             tally.first_batch(model, x[:batch_size], y[:batch_size], training=training, checks=checks)
             plan = Plan(runtime, generator, early_stop, chain, tally.draws, batch=batch_size)

@@ -43,9 +43,15 @@ class Plan:
     batch: int | None = None
 
 
-def chunks(rows: torch.Tensor, batch: int | None) -> list[torch.Tensor]:
-    """``rows`` in consecutive pieces of at most ``batch`` (all of them at once with ``batch`` None)."""
-    return [rows] if batch is None or len(rows) <= batch else list(rows.split(batch))
+def chunks(t: torch.Tensor, batch: int | None) -> list[torch.Tensor]:
+    """``t`` (row indices, or images) in consecutive pieces of at most ``batch`` along its first dimension
+    (all of it at once with ``batch`` None)."""
+    return [t] if batch is None or len(t) <= batch else list(t.split(batch))
+
+
+def logits_in_batches(model: nn.Module, x: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """``model``'s fp32 logits for ``x``, ``batch`` images a forward pass; (N, C)."""
+    return torch.cat([model(part).float() for part in chunks(x, batch)])
 
 
 def correct_draws(
@@ -54,12 +60,7 @@ def correct_draws(
     """Per example: in how many of ``draws`` fp32 forward passes (no gradient) it is classified as ``y``,
     ``batch`` images at a time; (N,) uint8, 0 or 1 for a deterministic model."""
     with torch.inference_mode():
-        counts = torch.cat(
-            [
-                sum((model(x[rows]).argmax(1) == y[rows]).to(torch.uint8) for _ in range(draws))
-                for rows in chunks(torch.arange(len(y), device=y.device), batch)
-            ]
-        )
+        counts = sum((logits_in_batches(model, x, batch).argmax(1) == y).to(torch.uint8) for _ in range(draws))
     return counts.clone()  # outside inference mode: a normal tensor, which callers may update in place
 
 
@@ -78,7 +79,7 @@ def goals(
     if not attack.targeted:
         return [y]
     with torch.inference_mode():
-        logits = torch.cat([model(x[rows]).float() for rows in chunks(torch.arange(len(y), device=y.device), batch)])
+        logits = logits_in_batches(model, x, batch)
     return likely_wrong_classes(logits, y, attack.targets)
 
 
@@ -270,6 +271,7 @@ __all__ = [
     "correct_draws",
     "curve_run",
     "goals",
+    "logits_in_batches",
     "majority",
     "measure_batch",
     "minimal_norms",
